@@ -1,0 +1,199 @@
+"""Model bundles: a folder with ``weights.safetensors`` and ``bundle.json``.
+
+``bundle.json`` is the model's contract (in the spirit of MONAI bundles): task, the exact
+classes the model covers, backbone, data config, calibration temperature, test metrics with
+the split they come from, how it was trained, library versions, the weights' sha256 and
+intended use. Loading checks the hash before reading a byte of the weights and reads
+safetensors only: nothing in a bundle is ever unpickled or executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import RUO_STATEMENT, __version__
+from .backbones import create, get_backbone
+from .preprocess import DataConfig
+from .tasks import CELL_NAMES, get_task
+
+BUNDLE_JSON = "bundle.json"
+WEIGHTS_FILE = "weights.safetensors"
+SCHEMA_VERSION = 1
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be trusted or read; the message says which and why."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version(), "bmcore": __version__}
+    for pkg in ("torch", "torchvision", "timm", "safetensors", "numpy", "pillow"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+@dataclass
+class Bundle:
+    path: Path
+    meta: dict
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def backbone(self) -> str:
+        return self.meta["backbone"]
+
+    @property
+    def data_config(self) -> DataConfig:
+        return DataConfig.from_dict(self.meta["data_config"])
+
+    @property
+    def temperature(self) -> float:
+        return float(self.meta.get("calibration", {}).get("temperature", 1.0))
+
+    @property
+    def tta(self) -> bool:
+        return bool(self.meta.get("inference", {}).get("tta", False))
+
+    @property
+    def name(self) -> str:
+        return self.meta.get("name", self.path.name)
+
+    @property
+    def sha256(self) -> str:
+        return self.meta["weights_sha256"]
+
+    @property
+    def task(self):
+        return get_task(self.meta["task"])
+
+    def missing_classes(self) -> list[str]:
+        """Classes of the bundle's task the model does not cover (not in its training data)."""
+        return [c for c in self.task.classes if c not in self.classes]
+
+    def build_model(self) -> nn.Module:
+        """Create the architecture and load the verified weights (CPU, eval mode)."""
+        model = create(self.backbone, len(self.classes), img_size=self.data_config.input_size,
+                       **self.meta.get("model_kwargs", {}))
+        state = load_file(str(self.path / WEIGHTS_FILE))
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise BundleError(f"{self.path.name}: weights do not fit backbone {self.backbone!r}: {exc}") from None
+        return model.eval()
+
+
+def save_bundle(path: str | Path, model: nn.Module, *, task: str, classes: list[str], backbone: str,
+                data_config: DataConfig, name: str | None = None, temperature: float = 1.0,
+                extra: dict | None = None) -> Bundle:
+    """Write ``model`` as a bundle folder at ``path`` and return it (weights stored as float32 safetensors)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    get_task(task)
+    get_backbone(backbone)
+    unknown = [c for c in classes if c not in CELL_NAMES]
+    if unknown:
+        raise BundleError(f"unknown class codes {unknown}")
+    m = model.module if hasattr(model, "module") else model
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in m.state_dict().items()
+             if torch.is_floating_point(v)}
+    state.update({k: v.detach().cpu().contiguous() for k, v in m.state_dict().items() if not torch.is_floating_point(v)})
+    wfile = path / WEIGHTS_FILE
+    save_file(state, str(wfile), metadata={"format": "pt"})
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "name": name or path.name,
+        "task": task,
+        "classes": list(classes),
+        "class_names": {c: CELL_NAMES[c] for c in classes},
+        "backbone": backbone,
+        "timm_name": get_backbone(backbone).timm_name,
+        "data_config": data_config.to_dict(),
+        "calibration": {"temperature": float(temperature)},
+        "weights_file": WEIGHTS_FILE,
+        "weights_sha256": sha256_file(wfile),
+        "parameters": int(sum(p.numel() for p in m.parameters())),
+        "versions": library_versions(),
+        "intended_use": ("Research decision support: pre-classification of single-cell crops from "
+                         "May-Grünwald-Giemsa/Pappenheim-stained bone marrow smears, for review by a "
+                         "qualified morphologist."),
+        "statement": RUO_STATEMENT,
+    }
+    meta.update(extra or {})
+    (path / BUNDLE_JSON).write_text(json.dumps(meta, indent=2, sort_keys=False))
+    return Bundle(path, meta)
+
+
+def update_bundle_meta(bundle: Bundle, **fields) -> Bundle:
+    """Add or replace top-level fields of ``bundle.json`` (metrics, calibration) without touching the weights."""
+    bundle.meta.update(fields)
+    (bundle.path / BUNDLE_JSON).write_text(json.dumps(bundle.meta, indent=2))
+    return bundle
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read and verify a bundle folder; raises ``BundleError`` with a clear reason if it cannot be trusted."""
+    path = Path(path)
+    jf = path / BUNDLE_JSON
+    if not jf.is_file():
+        raise BundleError(f"{path}: not a model bundle (no {BUNDLE_JSON})")
+    try:
+        meta = json.loads(jf.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path.name}: {BUNDLE_JSON} is not valid JSON ({exc})") from None
+    for key in ("task", "classes", "backbone", "data_config", "weights_file", "weights_sha256"):
+        if key not in meta:
+            raise BundleError(f"{path.name}: {BUNDLE_JSON} lacks {key!r}")
+    if meta["weights_file"] != WEIGHTS_FILE or Path(meta["weights_file"]).suffix != ".safetensors":
+        raise BundleError(f"{path.name}: weights must be {WEIGHTS_FILE} (safetensors); "
+                          f"{meta['weights_file']!r} is refused, pickled checkpoints are never loaded")
+    wfile = path / WEIGHTS_FILE
+    if not wfile.is_file():
+        raise BundleError(f"{path.name}: {WEIGHTS_FILE} is missing")
+    digest = sha256_file(wfile)
+    if digest != meta["weights_sha256"]:
+        raise BundleError(f"{path.name}: weights sha256 {digest[:12]}… does not match bundle.json "
+                          f"({str(meta['weights_sha256'])[:12]}…); the file was changed or corrupted")
+    try:
+        get_task(meta["task"])
+        get_backbone(meta["backbone"])
+    except ValueError as exc:
+        raise BundleError(f"{path.name}: {exc}") from None
+    return Bundle(path, meta)
+
+
+def find_bundles(*folders: str | Path) -> list[Path]:
+    """Bundle folders directly inside (or equal to) each of ``folders``, sorted by name."""
+    found: list[Path] = []
+    for folder in folders:
+        if not folder:
+            continue
+        f = Path(folder)
+        if (f / BUNDLE_JSON).is_file():
+            found.append(f)
+        elif f.is_dir():
+            found.extend(sorted(p for p in f.iterdir() if (p / BUNDLE_JSON).is_file()))
+    return found

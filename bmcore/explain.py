@@ -1,0 +1,61 @@
+"""Grad-CAM family through pytorch-grad-cam, with the target layer and reshape from the registry."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM, XGradCAM
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+from .backbones import get_backbone, target_layer
+
+CAM_METHODS = {
+    "gradcam": GradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "eigencam": EigenCAM,
+    "layercam": LayerCAM,
+    "xgradcam": XGradCAM,
+    "scorecam": ScoreCAM,
+}
+
+
+def token_reshape(num_prefix_tokens: int):
+    """(B, N, C) transformer tokens -> (B, C, h, w) map, dropping class/register tokens."""
+
+    def reshape(t: torch.Tensor) -> torch.Tensor:
+        t = t[:, num_prefix_tokens:, :]
+        side = int(round(t.shape[1] ** 0.5))
+        return t.reshape(t.shape[0], side, side, t.shape[2]).permute(0, 3, 1, 2)
+
+    return reshape
+
+
+def compute_cam(model: nn.Module, backbone: str, x: torch.Tensor, class_index: int,
+                method: str = "gradcam") -> np.ndarray:
+    """A (H, W) map in [0, 1] for one normalised CHW image; gradients are enabled here on purpose."""
+    if method not in CAM_METHODS:
+        raise ValueError(f"unknown CAM method {method!r}; choose from {', '.join(CAM_METHODS)}")
+    b = get_backbone(backbone)
+    reshape = token_reshape(getattr(model, "num_prefix_tokens", 1)) if b.transformer else None
+    with torch.enable_grad(), torch.inference_mode(False):
+        inp = x.unsqueeze(0).clone().float().requires_grad_(True)
+        with CAM_METHODS[method](model=model, target_layers=[target_layer(model, backbone)],
+                                 reshape_transform=reshape) as cam:
+            if method == "scorecam":
+                cam.batch_size = 16
+            grayscale = cam(input_tensor=inp, targets=[ClassifierOutputTarget(int(class_index))])
+    m = np.nan_to_num(grayscale[0].astype(np.float32))
+    return m
+
+
+def overlay(rgb: np.ndarray, cam: np.ndarray, opacity: float = 0.5) -> np.ndarray:
+    """Heatmap over the RGB crop (uint8 HxWx3, CAM resized to it)."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    if cam.shape != (h, w):
+        cam = cv2.resize(cam, (w, h), interpolation=cv2.INTER_LINEAR)
+    return show_cam_on_image(rgb.astype(np.float32) / 255.0, np.clip(cam, 0, 1), use_rgb=True,
+                             image_weight=1.0 - float(opacity))

@@ -1,0 +1,198 @@
+"""``Predictor``: calibrated, batched predictions and Grad-CAM for one bundle.
+
+One instance is shared by every session of the app, so it is thread-safe: prediction runs
+under ``torch.inference_mode`` and never mutates the model; Grad-CAM attaches hooks, so
+explanations are serialised with a lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .bundle import Bundle, load_bundle
+from .explain import compute_cam, overlay
+from .metrics import softmax
+from .preprocess import ImageDecodeError, decode_image, normalize, preprocess, resize_rgb, to_uint8_tensor
+from .tasks import HAIRY_CELL_CODE, cell_name
+
+DEFAULT_THRESHOLD = 0.5
+
+
+def pick_device(prefer: str | None = None) -> torch.device:
+    """CUDA, then Apple MPS, then CPU (or exactly ``prefer`` when given)."""
+    if prefer:
+        return torch.device(prefer)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def cpu_bf16_supported() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        return False
+
+
+def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The 4 test-time views used when a bundle asks for TTA: identity, two flips, transpose."""
+    return [x, x.flip(-1), x.flip(-2), x.transpose(-2, -1)]
+
+
+@dataclass
+class CellPrediction:
+    name: str
+    ok: bool
+    error: str = ""
+    code: str = ""
+    confidence: float = float("nan")
+    probabilities: dict[str, float] = field(default_factory=dict)
+    top: list[tuple[str, float]] = field(default_factory=list)
+    uncertain: bool = False
+    hairy_flag: bool = False
+
+    @property
+    def label(self) -> str:
+        return cell_name(self.code) if self.code else ""
+
+
+class Predictor:
+    def __init__(self, bundle: Bundle | str | Path, *, device: str | None = None, threshold: float = DEFAULT_THRESHOLD,
+                 hairy_threshold: float = 0.5, precision: str = "auto", batch_size: int = 64,
+                 tta: bool | None = None, decode_workers: int = 2):
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        self.device = pick_device(device)
+        self.cfg = self.bundle.data_config
+        self.classes = self.bundle.classes
+        self.temperature = self.bundle.temperature
+        self.threshold = threshold
+        self.hairy_threshold = hairy_threshold
+        self.batch_size = batch_size
+        self.tta = self.bundle.tta if tta is None else tta
+        self.model = self.bundle.build_model().to(self.device)
+        if self.device.type in ("cuda", "cpu"):
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if precision == "auto":
+            precision = "fp16" if self.device.type == "cuda" else "fp32"
+        self.precision = precision
+        self._cam_lock = threading.Lock()
+        self._decode_workers = decode_workers
+
+    # -- description -------------------------------------------------------------------------------
+    @property
+    def covers_hairy_cells(self) -> bool:
+        return HAIRY_CELL_CODE in self.classes
+
+    def describe(self) -> dict:
+        return {"bundle": self.bundle.name, "device": str(self.device), "precision": self.precision,
+                "tta": self.tta, "temperature": self.temperature, "classes": self.classes}
+
+    # -- tensors -----------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.precision in ("fp16", "bf16"):
+            dt = torch.float16 if self.precision == "fp16" else torch.bfloat16
+            return torch.autocast(self.device.type, dtype=dt)
+        return torch.autocast(self.device.type, enabled=False)
+
+    @torch.inference_mode()
+    def logits(self, x: torch.Tensor) -> np.ndarray:
+        """Raw (uncalibrated) logits for a normalised NCHW batch, TTA-averaged if the bundle asks for it."""
+        out = []
+        for i in range(0, len(x), self.batch_size):
+            xb = x[i:i + self.batch_size].to(self.device, non_blocking=True)
+            if self.device.type in ("cuda", "cpu"):
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            views = dihedral_views(xb) if self.tta else [xb]
+            with self._autocast():
+                lg = torch.stack([self.model(v).float() for v in views]).mean(0)
+            out.append(lg.cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+    def probabilities(self, x: torch.Tensor) -> np.ndarray:
+        """Calibrated probabilities (temperature-scaled softmax)."""
+        return softmax(self.logits(x), self.temperature)
+
+    # -- images ------------------------------------------------------------------------------------
+    def _load_one(self, src) -> torch.Tensor:
+        img = src if hasattr(src, "size") and hasattr(src, "mode") else decode_image(src)
+        return to_uint8_tensor(resize_rgb(img, self.cfg))
+
+    def load_many(self, sources: list) -> tuple[list[torch.Tensor | None], list[str]]:
+        """Decode + resize in a small thread pool (PIL releases the GIL); errors become messages."""
+
+        def one(src):
+            try:
+                return self._load_one(src), ""
+            except ImageDecodeError as exc:
+                return None, str(exc)
+
+        if self._decode_workers > 1 and len(sources) > 4:
+            with ThreadPoolExecutor(self._decode_workers) as ex:
+                res = list(ex.map(one, sources))
+        else:
+            res = [one(s) for s in sources]
+        return [r[0] for r in res], [r[1] for r in res]
+
+    def predict(self, sources: list, names: list[str] | None = None, progress=None) -> list[CellPrediction]:
+        """Predict a batch of images (bytes, paths or PIL images); unreadable ones come back with ``ok=False``.
+
+        ``progress``: optional callable ``(done, total)`` for a progress bar.
+        """
+        names = names or [Path(s).name if isinstance(s, (str, Path)) else f"image {i + 1}" for i, s in
+                          enumerate(sources)]
+        results: list[CellPrediction] = []
+        chunk = max(self.batch_size, 64)
+        for start in range(0, len(sources), chunk):
+            tensors, errors = self.load_many(sources[start:start + chunk])
+            good = [i for i, t in enumerate(tensors) if t is not None]
+            probs = (self.probabilities(normalize(torch.stack([tensors[i] for i in good]), self.cfg))
+                     if good else np.zeros((0, len(self.classes))))
+            row = dict(zip(good, probs))
+            for i, err in enumerate(errors):
+                name = names[start + i]
+                if i not in row:
+                    results.append(CellPrediction(name=name, ok=False, error=err))
+                    continue
+                results.append(self._verdict(name, row[i]))
+            if progress:
+                progress(min(start + chunk, len(sources)), len(sources))
+        return results
+
+    def _verdict(self, name: str, p: np.ndarray) -> CellPrediction:
+        order = np.argsort(-p)
+        code = self.classes[order[0]]
+        conf = float(p[order[0]])
+        hairy = bool(self.covers_hairy_cells and p[self.classes.index(HAIRY_CELL_CODE)] >= self.hairy_threshold)
+        return CellPrediction(
+            name=name, ok=True, code=code, confidence=conf,
+            probabilities={c: float(v) for c, v in zip(self.classes, p)},
+            top=[(self.classes[j], float(p[j])) for j in order[:3]],
+            uncertain=conf < self.threshold, hairy_flag=hairy)
+
+    # -- explanations ------------------------------------------------------------------------------
+    def explain(self, image, class_code: str | None = None, method: str = "gradcam",
+                opacity: float = 0.5) -> tuple[np.ndarray, np.ndarray, str]:
+        """Grad-CAM map (input size, values 0..1), overlay on the crop as shown to the model, and the class explained.
+
+        ``class_code`` defaults to the predicted class.
+        """
+        img = image if hasattr(image, "mode") else decode_image(image)
+        rgb = np.asarray(resize_rgb(img, self.cfg))
+        x = preprocess(img, self.cfg)
+        if class_code is None:
+            class_code = self.classes[int(np.argmax(self.logits(x.unsqueeze(0))[0]))]
+        if class_code not in self.classes:
+            raise ValueError(f"class {class_code!r} is not covered by this model ({', '.join(self.classes)})")
+        with self._cam_lock:
+            cam = compute_cam(self.model, self.bundle.backbone, x.to(self.device), self.classes.index(class_code),
+                              method)
+        return cam, overlay(rgb, cam, opacity), class_code

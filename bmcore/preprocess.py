@@ -1,0 +1,157 @@
+"""Safe image decoding and the one preprocessing path shared by training and inference.
+
+``decode_image`` turns bytes or a path into an RGB ``PIL.Image``: it checks the pixel count
+from the header before decoding anything (decompression bombs), applies the EXIF
+orientation, reduces 16-bit and palette/alpha/CMYK/greyscale images to 8-bit RGB and, for
+multi-frame files (GIF, TIFF), takes the first frame. Any failure raises
+``ImageDecodeError`` with a readable reason; callers report it by file name and go on.
+
+``DataConfig`` travels inside every bundle (input size, mean/std, optional seed-003
+denoise + sharpen), so no caller ever re-types a mean or a size.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 4096 * 4096  # a single-cell crop is ~250x250; 16 MP is already generous
+DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")
+
+SHARPEN_KERNEL = np.array([[-1, -1, -1], [-1, 9, -1], [-1, -1, -1]], dtype=np.float32)
+
+
+class ImageDecodeError(ValueError):
+    """A file that cannot be used as an image; the message says why in plain words."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    input_size: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    denoise_sharpen: bool = False  # seed 003: non-local means denoising + 3x3 sharpening
+    interpolation: str = "bilinear"
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DataConfig":
+        d = dict(d)
+        d["mean"] = tuple(d["mean"])
+        d["std"] = tuple(d["std"])
+        known = {k: d[k] for k in ("input_size", "mean", "std", "denoise_sharpen", "interpolation", "extra") if k in d}
+        return cls(**known)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(img, dtype=np.float64)
+        hi = a.max() if a.size else 0
+        a = a * (255.0 / hi) if hi > 255 else a
+        img = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        a = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        lo, hi = (a.min(), a.max()) if a.size else (0.0, 1.0)
+        a = (a - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(a)
+        img = Image.fromarray(a.astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))  # transparent -> white, like the slide background
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    if img.mode != "RGB":
+        return img.convert("RGB")
+    return img
+
+
+def decode_image(source: bytes | str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> Image.Image:
+    """Decode ``source`` (bytes or a path) into an 8-bit RGB image, or raise ``ImageDecodeError``."""
+    if isinstance(source, (str, Path)):
+        p = Path(source)
+        try:
+            size = p.stat().st_size
+        except OSError as exc:
+            raise ImageDecodeError(f"cannot read file ({exc.strerror or exc})") from None
+        if size > max_bytes:
+            raise ImageDecodeError(f"file is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB limit")
+        data = p.read_bytes()
+    else:
+        data = bytes(source)
+    if not data:
+        raise ImageDecodeError("file is empty (0 bytes)")
+    if len(data) > max_bytes:
+        raise ImageDecodeError(f"file is {len(data) / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB limit")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageDecodeError(f"image claims {w}x{h} pixels, over the {max_pixels:,}-pixel limit")
+            if w < 1 or h < 1:
+                raise ImageDecodeError("image has no pixels")
+            img.seek(0)
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb(img)
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageDecodeError("image is too large to decode safely (decompression bomb)") from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not a recognised image format") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageDecodeError(f"image data is corrupt or truncated ({exc})") from None
+
+
+def denoise_sharpen(rgb: np.ndarray) -> np.ndarray:
+    """Seed 003's enhancement: OpenCV non-local means denoising, then a 3x3 sharpening kernel."""
+    import cv2
+
+    den = cv2.fastNlMeansDenoisingColored(np.ascontiguousarray(rgb), None, 10, 10, 7, 21)
+    return cv2.filter2D(den, -1, SHARPEN_KERNEL)
+
+
+_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+
+
+def resize_rgb(img: Image.Image, cfg: DataConfig) -> Image.Image:
+    """The whole crop, squashed to a square of ``cfg.input_size`` (the cell stays whole; nothing is cropped)."""
+    if cfg.denoise_sharpen:
+        img = Image.fromarray(denoise_sharpen(np.asarray(img)))
+    s = cfg.input_size
+    if img.size != (s, s):
+        img = img.resize((s, s), _RESAMPLE.get(cfg.interpolation, Image.BILINEAR), reducing_gap=None)
+    return img
+
+
+def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
+    """HWC uint8 PIL image -> CHW uint8 tensor (no copy of the pixel data beyond numpy's)."""
+    return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+
+
+def normalize(x: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
+    """uint8 (or 0..1 float) CHW/NCHW tensor -> normalised float tensor."""
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    mean = torch.tensor(cfg.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    std = torch.tensor(cfg.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    return (x - mean) / std
+
+
+def preprocess(img: Image.Image, cfg: DataConfig) -> torch.Tensor:
+    """Decoded RGB image -> normalised CHW float tensor for the model: the inference path."""
+    return normalize(to_uint8_tensor(resize_rgb(img, cfg)), cfg)
+
+
+def load_image(source: bytes | str | Path, cfg: DataConfig, **limits) -> torch.Tensor:
+    return preprocess(decode_image(source, **limits), cfg)

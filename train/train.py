@@ -1,0 +1,336 @@
+"""Fine-tune a registered backbone on a task and write a bundle the app loads.
+
+    python -m train.train --config train/configs/default.yaml [--epochs 20 --backbone efficientnet_lite0 ...]
+    torchrun --nproc-per-node 2 -m train.train --config ...      # DistributedDataParallel (gloo/NCCL)
+
+The YAML gives defaults, flags override them, and the resolved config is written next to the
+outputs. Model selection (early stopping, the TTA choice) uses the validation split only;
+the test split is read once, at the end, by ``train.evaluate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from sklearn.metrics import f1_score
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from bmcore.backbones import get_backbone
+from bmcore.bundle import save_bundle, update_bundle_meta
+from bmcore.preprocess import DataConfig
+from bmcore.weights import build_pretrained
+
+from .data import CropDataset, build_augment, load_splits, task_classes_present
+from .evaluate import evaluate
+
+DEFAULTS: dict = {
+    "data_root": "../shared/data/bm-dev",
+    "splits": "train/splits/bm-dev_seed42.csv",
+    "task": "bm14",
+    "backbone": "mobilenetv2",
+    "weights": "auto",
+    "img_size": None,  # None: the backbone's default
+    "denoise_sharpen": False,
+    "epochs": 20,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "weight_decay": 0.05,
+    "warmup_epochs": 1.0,
+    "label_smoothing": 0.1,
+    "balance": "sampler",  # sampler | loss | none
+    "augment": "strong",  # strong | light | none
+    "amp": "auto",  # auto | bf16 | fp16 | none
+    "channels_last": True,
+    "patience": 6,
+    "seed": 42,
+    "workers": 0,
+    "threads": 0,  # 0: torch's default
+    "out": "runs/default",
+    "bundle_name": None,
+    "resume": True,
+    "tta": "auto",  # auto (chosen on val) | on | off
+    "max_steps": 0,  # >0: stop after this many optimiser steps (smoke tests)
+    "limit_per_class": 0,  # >0: at most this many crops per class and split (smoke tests)
+    "evaluate_test": True,
+}
+
+
+def str2bool(v: str) -> bool:
+    return str(v).lower() in ("1", "true", "yes", "on")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    cfg = dict(DEFAULTS)
+    if known.config:
+        loaded = yaml.safe_load(Path(known.config).read_text()) or {}
+        unknown = set(loaded) - set(DEFAULTS)
+        if unknown:
+            raise SystemExit(f"{known.config}: unknown keys {sorted(unknown)}")
+        cfg.update(loaded)
+    ap = argparse.ArgumentParser(prog="python -m train.train", parents=[pre], description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    for k, v in DEFAULTS.items():
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            ap.add_argument(flag, type=str2bool, metavar="BOOL")
+        elif v is None:
+            ap.add_argument(flag, type=lambda s: None if s in ("", "none", "None") else (int(s) if s.isdigit() else s))
+        else:
+            ap.add_argument(flag, type=type(v))
+    ap.set_defaults(**cfg)
+    return ap.parse_args(argv)
+
+
+class EpochSampler(Sampler[int]):
+    """Seeded per-epoch draw (uniform permutation or class-balanced with replacement), sharded by rank."""
+
+    def __init__(self, n: int, weights: np.ndarray | None, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.weights, self.seed, self.rank, self.world = n, weights, seed, rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        if self.weights is None:
+            idx = torch.randperm(self.n, generator=g)
+        else:
+            idx = torch.multinomial(torch.as_tensor(self.weights, dtype=torch.double), self.n, True, generator=g)
+        per = self.n // self.world
+        return iter(idx[self.rank * per:(self.rank + 1) * per].tolist())
+
+    def __len__(self) -> int:
+        return self.n // self.world
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", 0))
+            torch.cuda.set_device(local)
+            return rank, world, torch.device("cuda", local)
+        return rank, world, torch.device("cpu")
+    return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "none":
+        return None
+    if amp == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        from bmcore.predictor import cpu_bf16_supported
+
+        return torch.bfloat16 if cpu_bf16_supported() else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def limit(df, n: int, seed: int):
+    if n <= 0:
+        return df
+    shuffled = df.sample(frac=1.0, random_state=seed)
+    return shuffled[shuffled.groupby("label").cumcount() < n].sort_index()
+
+
+@torch.no_grad()
+def predict_logits(model, ds, device, dtype, channels_last: bool, tta: bool = False, bs: int = 128) -> np.ndarray:
+    from bmcore.predictor import dihedral_views
+    from bmcore.preprocess import normalize
+
+    model.eval()
+    out = []
+    for i in range(0, len(ds), bs):
+        xb = normalize(torch.stack([ds.uint8(j) for j in range(i, min(i + bs, len(ds)))]), ds.cfg).to(device)
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            views = dihedral_views(xb) if tta else [xb]
+            out.append(torch.stack([model(v).float() for v in views]).mean(0).cpu().numpy())
+    return np.concatenate(out)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    rank, world, device = setup_distributed()
+    main_proc = rank == 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed + rank)
+    np.random.seed(args.seed + rank)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = {k: getattr(args, k) for k in DEFAULTS}
+    command = "python -m train.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    if main_proc:
+        (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+
+    spec = get_backbone(args.backbone)
+    size = int(args.img_size or spec.input_size)
+    dcfg = DataConfig(size, spec.mean, spec.std, bool(args.denoise_sharpen))
+    df = load_splits(args.splits)
+    classes = task_classes_present(df, args.task)
+    df = df[df.label.isin(classes)]
+    tr_df = limit(df[df.split == "train"], args.limit_per_class, args.seed)
+    va_df = limit(df[df.split == "val"], args.limit_per_class, args.seed)
+    train_ds = CropDataset(args.data_root, tr_df, classes, dcfg, augment=build_augment(args.augment, size))
+    val_ds = CropDataset(args.data_root, va_df, classes, dcfg)
+
+    counts = np.bincount(train_ds.targets, minlength=len(classes)).astype(np.float64)
+    sample_w = (1.0 / counts)[train_ds.targets] if args.balance == "sampler" else None
+    sampler = EpochSampler(len(train_ds), sample_w, args.seed, rank, world)
+    loader = DataLoader(train_ds, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+                        drop_last=len(train_ds) // world > args.batch_size, persistent_workers=args.workers > 0)
+    class_w = torch.tensor(counts.sum() / (len(classes) * counts), dtype=torch.float32) if args.balance == "loss" else None
+
+    model, weight_source = build_pretrained(args.backbone, len(classes), args.weights, img_size=size)
+    model = model.to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    dtype = amp_dtype(args.amp, device)
+    scaler = torch.amp.GradScaler(enabled=dtype == torch.float16 and device.type == "cuda")
+    criterion = torch.nn.CrossEntropyLoss(weight=class_w.to(device) if class_w is not None else None,
+                                          label_smoothing=args.label_smoothing)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps_per_epoch = max(1, len(loader))
+    total = args.epochs * steps_per_epoch
+    warm = int(args.warmup_epochs * steps_per_epoch)
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return (step + 1) / max(1, warm)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    state = {"epoch": 0, "step": 0, "best_f1": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": [],
+             "train_seconds": 0.0}
+    ckpt = out / "last.pt"
+    if args.resume and ckpt.is_file():
+        c = torch.load(ckpt, map_location=device, weights_only=True)
+        model.load_state_dict(c["model"])
+        opt.load_state_dict(c["optimizer"])
+        sched.load_state_dict(c["scheduler"])
+        state = c["state"]
+        if main_proc:
+            print(f"resumed from {ckpt} at epoch {state['epoch']}", flush=True)
+
+    stop = False
+    while state["epoch"] < args.epochs and not stop:
+        ep = state["epoch"]
+        sampler.set_epoch(ep)
+        ddp.train()
+        t0 = time.perf_counter()
+        run_loss, seen = 0.0, 0
+        bar = tqdm(loader, desc=f"epoch {ep + 1}/{args.epochs}", disable=not main_proc, leave=False, unit="batch")
+        for xb, yb in bar:
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            if args.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss = criterion(ddp(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            state["step"] += 1
+            run_loss += float(loss.detach()) * len(yb)
+            seen += len(yb)
+            bar.set_postfix(loss=f"{run_loss / seen:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+            if args.max_steps and state["step"] >= args.max_steps:
+                stop = True
+                break
+        state["train_seconds"] += time.perf_counter() - t0
+        # validation: every rank scores the full (small) val split, so all reach the same decision
+        lg = predict_logits(model, val_ds, device, dtype, args.channels_last)
+        f1 = float(f1_score(val_ds.targets, lg.argmax(1), average="macro"))
+        acc = float((lg.argmax(1) == np.asarray(val_ds.targets)).mean())
+        state["epoch"] = ep + 1
+        state["history"].append({"epoch": ep + 1, "train_loss": run_loss / max(1, seen), "val_macro_f1": f1,
+                                 "val_accuracy": acc, "seconds": round(time.perf_counter() - t0, 1)})
+        improved = f1 > state["best_f1"]
+        if improved:
+            state["best_f1"], state["best_epoch"], state["bad_epochs"] = f1, ep + 1, 0
+        else:
+            state["bad_epochs"] += 1
+        if main_proc:
+            print(f"epoch {ep + 1}: loss {run_loss / max(1, seen):.4f} val macro-F1 {f1:.4f} acc {acc:.4f}"
+                  f"{' *' if improved else ''} ({time.perf_counter() - t0:.0f}s)", flush=True)
+            if improved:
+                torch.save(model.state_dict(), out / "best.pt")
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "state": state}, ckpt)
+        if state["bad_epochs"] >= args.patience:
+            if main_proc:
+                print(f"early stop: no val macro-F1 gain for {args.patience} epochs", flush=True)
+            stop = True
+    if world > 1:
+        dist.barrier()
+    if not main_proc:
+        dist.destroy_process_group()
+        return 0
+
+    model.load_state_dict(torch.load(out / "best.pt", map_location=device, weights_only=True))
+    tta = args.tta == "on"
+    val_choice = {}
+    if args.tta == "auto":  # model selection on val only
+        for flag in (False, True):
+            lg = predict_logits(model, val_ds, device, dtype, args.channels_last, tta=flag)
+            val_choice[str(flag)] = float(f1_score(val_ds.targets, lg.argmax(1), average="macro"))
+        tta = val_choice["True"] > val_choice["False"] + 0.002
+    bundle = save_bundle(
+        out / "bundle", model.to("cpu", memory_format=torch.contiguous_format), task=args.task, classes=classes,
+        backbone=args.backbone, data_config=dcfg, name=args.bundle_name or f"{args.task}-{args.backbone}-{size}px",
+        extra={
+            "inference": {"tta": tta, "tta_val_macro_f1": val_choice or None},
+            "classes_missing_from_task": [c for c in __import__("bmcore.tasks").tasks.get_task(args.task).classes
+                                          if c not in classes],
+            "training": {
+                "command": command, "config": resolved, "weights_source": weight_source,
+                "data": {"root": Path(args.data_root).name, "splits": Path(args.splits).name,
+                         "train": {c: int(n) for c, n in zip(classes, counts)}, "val": len(val_ds)},
+                "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
+                "best_val_macro_f1": state["best_f1"], "history": state["history"],
+                "train_seconds": round(state["train_seconds"], 1), "amp": str(dtype).replace("torch.", ""),
+                "world_size": world, "hardware": hardware(device)},
+        })
+    report = evaluate(bundle, args.data_root, args.splits, split="test", fit_calibration=True,
+                      write=args.evaluate_test) if args.evaluate_test else None
+    if report:
+        m = report["metrics"]
+        print(f"test: acc {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f} ECE {report['ece_before_temperature']:.4f}"
+              f" -> {m['ece']:.4f} (T={report['temperature']:.3f}, tta={report['tta']})", flush=True)
+    print(f"bundle: {bundle.path}", flush=True)
+    if world > 1:
+        dist.destroy_process_group()
+    return 0
+
+
+def hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
