@@ -167,6 +167,12 @@ class Predictor:
                 progress(min(start + chunk, len(sources)), len(sources))
         return results
 
+    def predict_items(self, items, progress=None) -> list[CellPrediction]:
+        """Predict ``bmcore.inputs.InputItem``s in order; items refused at collection keep their error."""
+        ok = [it for it in items if it.ok]
+        preds = iter(self.predict([it.source for it in ok], [it.name for it in ok], progress))
+        return [next(preds) if it.ok else CellPrediction(name=it.name, ok=False, error=it.error) for it in items]
+
     def _verdict(self, name: str, p: np.ndarray) -> CellPrediction:
         order = np.argsort(-p)
         code = self.classes[order[0]]

@@ -107,7 +107,8 @@ def decode_image(source: bytes | str | Path, *, max_pixels: int = DEFAULT_MAX_PI
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageDecodeError("image is too large to decode safely (decompression bomb)") from None
+        raise ImageDecodeError(f"image claims more pixels than the {max_pixels:,}-pixel limit "
+                               "(possible decompression bomb)") from None
     except UnidentifiedImageError:
         raise ImageDecodeError("not a recognised image format") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:

