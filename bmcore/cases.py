@@ -322,3 +322,26 @@ def case_store_from_env() -> CaseStore:
 
 __all__ = ["CaseStore", "CellInput", "CaseError", "ConflictError", "Case", "Cell", "AuditEvent",
            "case_store_from_env", "STATUS_OPEN", "STATUS_SIGNED"]
+
+
+def cell_inputs(items, preds) -> list[CellInput]:
+    """Pair collected inputs with their predictions into rows for the store (sha256 + thumbnail per crop)."""
+    import hashlib
+    from pathlib import Path as _P
+
+    from .preprocess import ImageDecodeError, decode_image, thumbnail_jpeg
+
+    out = []
+    for it, p in zip(items, preds):
+        if not p.ok:
+            out.append(CellInput(name=p.name, ok=False, error=p.error))
+            continue
+        data = it.source.read_bytes() if isinstance(it.source, _P) else bytes(it.source)
+        try:
+            thumb = thumbnail_jpeg(decode_image(data))
+        except ImageDecodeError:  # decoded a moment ago; cannot happen unless the file changed
+            thumb = None
+        out.append(CellInput(name=p.name, ok=True, sha256=hashlib.sha256(data).hexdigest(), thumbnail=thumb,
+                             predicted=p.code, confidence=p.confidence, probabilities=p.probabilities,
+                             uncertain=p.uncertain, hairy_flag=p.hairy_flag))
+    return out

@@ -142,11 +142,16 @@ class Predictor:
             res = [one(s) for s in sources]
         return [r[0] for r in res], [r[1] for r in res]
 
-    def predict(self, sources: list, names: list[str] | None = None, progress=None) -> list[CellPrediction]:
+    def predict(self, sources: list, names: list[str] | None = None, progress=None, *,
+                threshold: float | None = None, hairy_threshold: float | None = None) -> list[CellPrediction]:
         """Predict a batch of images (bytes, paths or PIL images); unreadable ones come back with ``ok=False``.
 
-        ``progress``: optional callable ``(done, total)`` for a progress bar.
+        ``progress``: optional callable ``(done, total)`` for a progress bar. ``threshold`` and
+        ``hairy_threshold`` override the instance defaults for this call only (the app shares one
+        Predictor between sessions, each with its own sidebar settings).
         """
+        thr = self.threshold if threshold is None else threshold
+        hthr = self.hairy_threshold if hairy_threshold is None else hairy_threshold
         names = names or [Path(s).name if isinstance(s, (str, Path)) else f"image {i + 1}" for i, s in
                           enumerate(sources)]
         results: list[CellPrediction] = []
@@ -162,27 +167,27 @@ class Predictor:
                 if i not in row:
                     results.append(CellPrediction(name=name, ok=False, error=err))
                     continue
-                results.append(self._verdict(name, row[i]))
+                results.append(self._verdict(name, row[i], thr, hthr))
             if progress:
                 progress(min(start + chunk, len(sources)), len(sources))
         return results
 
-    def predict_items(self, items, progress=None) -> list[CellPrediction]:
+    def predict_items(self, items, progress=None, **thresholds) -> list[CellPrediction]:
         """Predict ``bmcore.inputs.InputItem``s in order; items refused at collection keep their error."""
         ok = [it for it in items if it.ok]
-        preds = iter(self.predict([it.source for it in ok], [it.name for it in ok], progress))
+        preds = iter(self.predict([it.source for it in ok], [it.name for it in ok], progress, **thresholds))
         return [next(preds) if it.ok else CellPrediction(name=it.name, ok=False, error=it.error) for it in items]
 
-    def _verdict(self, name: str, p: np.ndarray) -> CellPrediction:
+    def _verdict(self, name: str, p: np.ndarray, threshold: float, hairy_threshold: float) -> CellPrediction:
         order = np.argsort(-p)
         code = self.classes[order[0]]
         conf = float(p[order[0]])
-        hairy = bool(self.covers_hairy_cells and p[self.classes.index(HAIRY_CELL_CODE)] >= self.hairy_threshold)
+        hairy = bool(self.covers_hairy_cells and p[self.classes.index(HAIRY_CELL_CODE)] >= hairy_threshold)
         return CellPrediction(
             name=name, ok=True, code=code, confidence=conf,
             probabilities={c: float(v) for c, v in zip(self.classes, p)},
             top=[(self.classes[j], float(p[j])) for j in order[:3]],
-            uncertain=conf < self.threshold, hairy_flag=hairy)
+            uncertain=conf < threshold, hairy_flag=hairy)
 
     # -- explanations ------------------------------------------------------------------------------
     def explain(self, image, class_code: str | None = None, method: str = "gradcam",

@@ -154,5 +154,14 @@ def preprocess(img: Image.Image, cfg: DataConfig) -> torch.Tensor:
     return normalize(to_uint8_tensor(resize_rgb(img, cfg)), cfg)
 
 
+def thumbnail_jpeg(img: Image.Image, max_side: int = 256, quality: int = 90) -> bytes:
+    """A small JPEG of the crop for storage and galleries (a 250 px crop is kept at full size)."""
+    im = img.copy()
+    im.thumbnail((max_side, max_side))
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
 def load_image(source: bytes | str | Path, cfg: DataConfig, **limits) -> torch.Tensor:
     return preprocess(decode_image(source, **limits), cfg)

@@ -103,3 +103,82 @@ def differential(labels: list[str | None], model_classes: list[str], *, uncertai
 
 def statement() -> str:
     return RUO_STATEMENT
+
+
+def case_differential(case) -> Differential:
+    """The differential of a stored case, with reviewers' labels where they exist."""
+    ok = list(case.cells)
+    return differential([c.label for c in ok], list(case.model_classes or []),
+                        uncertain=[bool(c.ok and c.uncertain and not c.reviewed) for c in ok],
+                        hairy=[bool(c.hairy_flag) for c in ok])
+
+
+def case_rows(case) -> list[dict]:
+    """The exported cell table of a stored case: prediction, review and probabilities per cell."""
+    rows = []
+    for c in case.cells:
+        row = {"case": case.case_code, "position": c.position + 1, "file": c.name,
+               "status": "ok" if c.ok else "error", "error": c.error, "sha256": c.sha256,
+               "predicted": c.predicted, "confidence": round(c.confidence, 4) if c.confidence is not None else "",
+               "uncertain": c.uncertain if c.ok else "", "hairy_flag": c.hairy_flag if c.ok else "",
+               "final_label": c.label or "", "final_name": cell_name(c.label) if c.label else "",
+               "reviewed_by": c.reviewed_by or "", "reviewed_at": c.reviewed_at.isoformat() if c.reviewed_at else ""}
+        for k in case.model_classes or []:
+            row[f"p_{k}"] = round((c.probabilities or {}).get(k, 0.0), 4) if c.ok else ""
+        rows.append(row)
+    return rows
+
+
+def render_html_report(case, model_meta: dict, audit: list[dict] | None = None, max_flagged: int = 48) -> str:
+    """A printable, self-contained HTML report (thumbnails inline) of one case."""
+    import base64
+    import html
+
+    e = html.escape
+    d = case_differential(case)
+    metrics = model_meta.get("metrics", {})
+    flagged = [c for c in case.cells if c.ok and (c.hairy_flag or (c.uncertain and not c.reviewed))]
+    rows = "".join(f"<tr><td>{e(r['class'])}</td><td>{e(r['name'])}</td><td>{r['count']}</td>"
+                   f"<td>{r['percent']:.1f}%</td></tr>" for r in d.table())
+    excl = ", ".join(f"{e(k)}: {v}" for k, v in d.excluded.items()) or "none"
+    thumbs = ""
+    for c in flagged[:max_flagged]:
+        img = (f"<img src='data:image/jpeg;base64,{base64.b64encode(c.thumbnail).decode()}' width='96'>"
+               if c.thumbnail else "")
+        why = "hairy-cell flag" if c.hairy_flag else "uncertain, unresolved"
+        thumbs += (f"<figure>{img}<figcaption>#{c.position + 1} {e(c.label or '')} "
+                   f"({(c.confidence or 0):.2f})<br>{why}</figcaption></figure>")
+    signed = (f"Signed off by {e(case.signed_by)} on {case.signed_at:%Y-%m-%d %H:%M} UTC" if case.signed_by
+              else "<b>Not signed off</b>")
+    reviewers = sorted({c.reviewed_by for c in case.cells if c.reviewed_by})
+    audit_rows = "".join(f"<tr><td>{a['at']:%Y-%m-%d %H:%M:%S}</td><td>{e(a['who'])}</td><td>{e(a['action'])}</td>"
+                         f"<td>{e(a['cell'])}</td><td>{e(a['from'])}</td><td>{e(a['to'])}</td>"
+                         f"<td>{e(a['note'])}</td></tr>" for a in (audit or []))
+    me = f"{d.me_ratio:.2f} ({e(d.me_note)})" if d.me_ratio is not None else e(d.me_note)
+    blast = f"{d.blast_percent:.1f}%" if d.blast_percent is not None else "not available"
+    hairy = (f"{d.hairy_flagged} cell(s), {d.hairy_percent:.1f}% of readable cells" if d.hairy_percent is not None
+             else "off: the model was not trained on hairy cells (HAC)")
+    perf = (f"macro-F1 {metrics['macro_f1']:.3f}, accuracy {metrics['accuracy']:.3f} on the "
+            f"{e(metrics.get('split', ''))}" if metrics else "no test metrics recorded")
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Case {e(case.case_code)}</title>
+<style>body{{font-family:sans-serif;margin:2em;color:#222}} table{{border-collapse:collapse;margin:.5em 0}}
+td,th{{border:1px solid #bbb;padding:3px 8px;text-align:left}} .ruo{{border:2px solid #b00;padding:.5em;
+color:#b00;font-weight:bold}} figure{{display:inline-block;margin:4px;font-size:11px;text-align:center}}
+@media print{{.noprint{{display:none}}}}</style></head><body>
+<p class="ruo">{e(RUO_STATEMENT)}</p>
+<h1>Bone marrow differential: case {e(case.case_code)}</h1>
+<p>Created {case.created_at:%Y-%m-%d %H:%M} UTC · status <b>{e(case.status)}</b> · {signed}<br>
+Reviewers: {e(', '.join(reviewers) or 'none')}</p>
+<h2>Differential</h2>
+<p>{d.denominator} cells counted. Left out of the denominator: {excl}.</p>
+<table><tr><th>Code</th><th>Cell type</th><th>Count</th><th>%</th></tr>{rows}</table>
+<p>M:E ratio: {me}<br>Blasts: {blast}<br>Hairy-cell screen: {hairy}</p>
+{''.join(f'<p><i>{e(n)}</i></p>' for n in d.notes)}
+<h2>Flagged cells</h2>{thumbs or '<p>None.</p>'}
+<h2>Model</h2>
+<p>{e(model_meta.get('name', case.model_name))} ({e(model_meta.get('timm_name', ''))}), weights sha256
+<code>{e(case.model_sha256[:16])}…</code>, bmcore {e(model_meta.get('versions', {}).get('bmcore', ''))}.<br>
+Classes: {e(', '.join(case.model_classes or []))}. Test performance: {perf}; image-level split.</p>
+<h2>Audit trail</h2><table><tr><th>When (UTC)</th><th>Who</th><th>Action</th><th>Cell</th><th>From</th><th>To</th>
+<th>Note</th></tr>{audit_rows}</table>
+<p class="ruo">{e(RUO_STATEMENT)}</p></body></html>"""

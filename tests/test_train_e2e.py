@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -32,7 +33,16 @@ def _train(tmp, splits, dev_root, *extra, nproc=0):
                "-m", "train.train", *args]
     else:
         cmd = [sys.executable, "-m", "train.train", *args]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    # own process group, so a hang cannot leave torchrun's workers behind
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"training timed out: {err[-2000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def test_tiny_finetune_bundle_and_resume(tmp_path, tiny_splits, dev_root, crops):

@@ -1,0 +1,37 @@
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+import appkit
+from bmcore.report import case_differential
+
+st.title("Differential count")
+appkit.ruo_banner()
+case = appkit.active_case()
+if case is None:
+    st.stop()
+d = case_differential(case)
+reviewed = sum(c.reviewed for c in case.cells if c.ok)
+st.write(f"Case **{case.case_code}** · {d.denominator} cells in the count · {reviewed} of "
+         f"{sum(c.ok for c in case.cells)} readable cells reviewed. Reviewer corrections are included as they are saved.")
+if d.denominator:
+    df = pd.DataFrame(d.table())
+    fig = px.bar(df, x="class", y="percent", text="count", hover_data=["name"],
+                 labels={"percent": "% of counted cells", "class": ""})
+    fig.update_layout(height=360, margin=dict(t=10, b=10))
+    st.plotly_chart(fig, width="stretch")
+    st.dataframe(df, hide_index=True, width="stretch",
+                 column_config={"percent": st.column_config.NumberColumn("%", format="%.1f")})
+else:
+    st.info("No cells count towards the differential yet.")
+if d.excluded:
+    st.caption("Left out of the denominator: " + ", ".join(f"{k}: {v}" for k, v in d.excluded.items())
+               + ". Artefacts, smudge and not-identifiable cells are not part of a differential; uncertain cells "
+                 "count once a reviewer resolves them.")
+c1, c2, c3 = st.columns(3)
+c1.metric("M:E ratio", f"{d.me_ratio:.2f}" if d.me_ratio is not None else "n/a", help=d.me_note)
+c1.caption(d.me_note)
+c2.metric("Blasts", f"{d.blast_percent:.1f}%" if d.blast_percent is not None else "n/a")
+c3.metric("Hairy-cell flags", d.hairy_flagged if d.hairy_percent is not None else "off")
+for n in d.notes:
+    st.caption(n)
