@@ -50,8 +50,13 @@ def get_predictor(bundle_path: str) -> Predictor:
 
 
 @st.cache_resource
+def _store(url: str) -> CaseStore:
+    return CaseStore(url or None)
+
+
 def get_store() -> CaseStore:
-    return CaseStore(os.environ.get("BM_DATABASE_URL") or _secret("database_url") or None)
+    """The case database: BM_DATABASE_URL, else secrets' database_url, else data/bmcases.db (SQLite)."""
+    return _store(os.environ.get("BM_DATABASE_URL") or _secret("database_url") or "")
 
 
 def _persist(key: str, default):

@@ -24,9 +24,11 @@ if case is None:
     st.stop()
 
 
-def act(fn, *args, ok_msg: str = "", **kw):
+def act(fn, *args, ok_msg: str = "", advance: bool = False, **kw):
     try:
         fn(*args, **kw)
+        if advance:  # go on to the next unresolved cell (the queue puts them first)
+            st.session_state.pop("review_cell", None)
     except ConflictError as exc:
         st.session_state["review_msg"] = ("warning", f"Not saved: {exc}")
     except CaseError as exc:
@@ -73,10 +75,10 @@ if not signed and ok:
                           key=f"label_{cell.id}")
     b1, b2 = right.columns(2)
     if b1.button("Confirm model's label", key="confirm_btn", disabled=cell.reviewed and cell.label == cell.predicted):
-        act(store.review_cell, cell.id, who, cell.predicted, expected_version=cell.version,
+        act(store.review_cell, cell.id, who, cell.predicted, expected_version=cell.version, advance=True,
             ok_msg=f"#{cell.position + 1} confirmed as {cell.predicted}.")
     if b2.button("Save label", key="save_btn", type="primary"):
-        act(store.review_cell, cell.id, who, new, expected_version=cell.version,
+        act(store.review_cell, cell.id, who, new, expected_version=cell.version, advance=True,
             ok_msg=f"#{cell.position + 1} set to {new} ({cell_name(new)}).")
 
     st.markdown("#### Whole case")
