@@ -5,19 +5,19 @@
 
 import streamlit as st
 
-st.set_page_config(page_title="Bone marrow cell classifier", page_icon="🔬", layout="wide")
+st.set_page_config(page_title="Bone marrow cell classifier", page_icon=":material/biotech:", layout="wide")
 
 import appkit  # noqa: E402  (after set_page_config)
 
 PAGES = [
-    st.Page("pages/home.py", title="Home", icon="🏠", default=True),
-    st.Page("pages/classify.py", title="Classify", icon="🔬"),
-    st.Page("pages/hairy_cells.py", title="Hairy cells", icon="🚩"),
-    st.Page("pages/differential.py", title="Differential", icon="📊"),
-    st.Page("pages/review.py", title="Review", icon="✅"),
-    st.Page("pages/export.py", title="Export", icon="📄"),
-    st.Page("pages/model_comparison.py", title="Model comparison", icon="⚖️"),
-    st.Page("pages/model_card.py", title="Model card", icon="🪪"),
+    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("pages/classify.py", title="Classify", icon=":material/biotech:"),
+    st.Page("pages/hairy_cells.py", title="Hairy cells", icon=":material/flag:"),
+    st.Page("pages/differential.py", title="Differential", icon=":material/bar_chart:"),
+    st.Page("pages/review.py", title="Review", icon=":material/task_alt:"),
+    st.Page("pages/export.py", title="Export", icon=":material/description:"),
+    st.Page("pages/model_comparison.py", title="Model comparison", icon=":material/compare:"),
+    st.Page("pages/model_card.py", title="Model card", icon=":material/badge:"),
 ]
 
 page = st.navigation(PAGES)
