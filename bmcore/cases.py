@@ -186,15 +186,20 @@ class CaseStore:
                              note=f"{len(cells)} cells; model {model_name}"))
             return case.id
 
+    @staticmethod
+    def _case(s: Session, case_id: int) -> Case:
+        case = s.get(Case, case_id)
+        if case is None:
+            raise CaseError(f"no case with id {case_id}")
+        return case
+
     def case_id(self, case_code: str) -> int | None:
         with self.session() as s:
             return s.scalar(select(Case.id).where(Case.case_code == case_code.strip()))
 
     def get_case(self, case_id: int) -> Case:
         with self.session() as s:
-            case = s.get(Case, case_id)
-            if case is None:
-                raise CaseError(f"no case with id {case_id}")
+            case = self._case(s, case_id)
             _ = list(case.cells)  # load while the session is open
             s.expunge_all()
             return case
@@ -215,9 +220,7 @@ class CaseStore:
     def delete_case(self, case_id: int) -> None:
         """Delete a case, its cells and its audit trail (the README explains when to do this)."""
         with self.session() as s:
-            case = s.get(Case, case_id)
-            if case is None:
-                raise CaseError(f"no case with id {case_id}")
+            case = self._case(s, case_id)
             for ev in s.scalars(select(AuditEvent).where(AuditEvent.case_id == case_id)):
                 s.delete(ev)
             s.delete(case)
@@ -264,9 +267,7 @@ class CaseStore:
         if not who:
             raise CaseError("enter your name before signing off")
         with self.session() as s:
-            case = s.get(Case, case_id)
-            if case is None:
-                raise CaseError(f"no case with id {case_id}")
+            case = self._case(s, case_id)
             if case.status == STATUS_SIGNED:
                 raise CaseError(f"case {case.case_code!r} is already signed off by {case.signed_by}")
             if expected_version is not None and case.version != expected_version:
@@ -289,9 +290,7 @@ class CaseStore:
         if not who or not reason:
             raise CaseError("reopening a signed case needs your name and a reason")
         with self.session() as s:
-            case = s.get(Case, case_id)
-            if case is None:
-                raise CaseError(f"no case with id {case_id}")
+            case = self._case(s, case_id)
             if case.status != STATUS_SIGNED:
                 raise CaseError(f"case {case.case_code!r} is not signed off")
             case.status = STATUS_OPEN

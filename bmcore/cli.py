@@ -72,6 +72,29 @@ def cmd_classify(a) -> int:
     return 0 if len(bad) < len(results) else 2
 
 
+def cmd_cases(a) -> int:
+    import os
+
+    from .cases import CaseError, CaseStore
+
+    store = CaseStore(a.db or os.environ.get("BM_DATABASE_URL") or None)
+    if a.action == "list":
+        for c in store.list_cases():
+            print(f"{c['case']}\t{c['status']}\t{c['cells']} cells\t{c['created']:%Y-%m-%d %H:%M}")
+        return 0
+    cid = store.case_id(a.case or "")
+    if cid is None:
+        print(f"no case {a.case!r}", file=sys.stderr)
+        return 1
+    try:
+        store.delete_case(cid)
+    except CaseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"deleted case {a.case!r} with its cells, thumbnails and audit trail")
+    return 0
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     ap = argparse.ArgumentParser(prog="python -m bmcore", description=__doc__,
@@ -92,10 +115,17 @@ def main(argv=None) -> int:
     b.add_argument("--cams", type=int, default=20)
     b.add_argument("--device", default=None)
     b.add_argument("--out", default=None)
+    cs = sub.add_parser("cases", help="list or delete stored cases")
+    cs.add_argument("action", choices=["list", "delete"])
+    cs.add_argument("case", nargs="?", help="case id to delete")
+    cs.add_argument("--db", default=None, help="SQLAlchemy URL or SQLite file (default: BM_DATABASE_URL or "
+                                                "data/bmcases.db)")
     a = ap.parse_args(argv)
     try:
         if a.cmd == "classify":
             return cmd_classify(a)
+        if a.cmd == "cases":
+            return cmd_cases(a)
         from .bench import run_bench
 
         return run_bench(a.bundle or default_bundle(), a.data, a.cells, a.cams, a.device, a.out)

@@ -14,7 +14,6 @@ used; it is written into the bundle so a reader knows whether a model was pretra
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import logging
 from importlib import metadata
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from .backbones import Backbone, create, get_backbone
+from .bundle import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +79,6 @@ def load_in_key_order(model: nn.Module, source: dict[str, torch.Tensor]) -> None
         raise ValueError(f"incomplete load: missing {missing}, unexpected {unexpected}")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def build_pretrained(key: str, num_classes: int, weights: str = "auto", *, img_size: int | None = None,
                      **kwargs) -> tuple[nn.Module, str]:
     """Create backbone ``key`` with a fresh ``num_classes`` head and the weights named by ``weights``.
@@ -118,7 +110,7 @@ def build_pretrained(key: str, num_classes: int, weights: str = "auto", *, img_s
         model = create(key, 1000, img_size=img_size, **kwargs)  # ImageNet head, so every tensor pairs up
         load_in_key_order(model, read_state_dict(file))
         model.reset_classifier(num_classes)
-        return model, f"{origin} sha256:{_sha256(file)[:16]}"
+        return model, f"{origin} sha256:{sha256_file(file)[:16]}"
 
     if b.timm_pretrained:
         try:

@@ -79,3 +79,22 @@ def test_exports(store):
     assert html.count("For research use only. Not for use in diagnostic procedures.") == 2
     assert "BM-&lt;3&gt;" in html and "BM-<3>" not in html  # user text is escaped
     assert "Not signed off" in html and "uncertain, unresolved" in html
+
+
+def test_cases_cli_lists_and_deletes(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    db = tmp_path / "c.db"
+    store = CaseStore(str(db))
+    store.create_case("KEEP", _cells())
+    store.create_case("DROP", _cells())
+    run = lambda *a: subprocess.run([sys.executable, "-m", "bmcore", "cases", *a, "--db", str(db)], cwd=REPO,
+                                    capture_output=True, text=True)
+    assert "DROP" in run("list").stdout
+    r = run("delete", "DROP")
+    assert r.returncode == 0 and "deleted" in r.stdout
+    assert [c["case"] for c in store.list_cases()] == ["KEEP"]
+    assert run("delete", "NOPE").returncode == 1

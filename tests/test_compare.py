@@ -1,0 +1,43 @@
+"""The comparison command end to end on a tiny budget, and the committed result files against the page's schema."""
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from bmcore.comparison import load_results, validate
+from tests.conftest import REPO
+
+
+def test_compare_runs_end_to_end_on_tiny_budget(tmp_path, dev_root):
+    s = pd.read_csv(REPO / "train" / "splits" / "bm-dev_seed42.csv")
+    s = s[s.label.isin(["BLA", "EOS", "LYT"])].groupby(["split", "label"]).head(4)
+    s.to_csv(tmp_path / "tiny.csv", index=False)
+    cfg = {"out": str(tmp_path / "out"),
+           "common": {"data_root": str(dev_root), "splits": str(tmp_path / "tiny.csv"), "task": "bm14", "tta": "off",
+                      "threads": 1},
+           "budget": {"img_size": 48, "epochs": 1, "batch_size": 4, "max_steps": 2},
+           "runs": [{"key": "cnn", "backbone": "small_cnn", "weights": "none"},
+                    {"key": "mnv2", "backbone": "mobilenetv2", "weights": "auto"}]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    from train.compare import main
+
+    assert main(["--config", str(tmp_path / "c.yaml"), "--runs-dir", str(tmp_path / "runs")]) == 0
+    res = {r["key"]: r for r in load_results(tmp_path / "out")}
+    assert set(res) == {"cnn", "mnv2"}
+    assert res["cnn"]["weights_source"] == "random-init" and res["mnv2"]["weights_source"].startswith("pip:")
+    assert all(0 < r["gflops"] < 1 and r["cpu_ms_per_cell"] > 0 for r in res.values())
+    assert res["cnn"]["metrics"]["n"] == 12 and "--img-size 48" in res["cnn"]["command"]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["runs"] == ["cnn", "mnv2"] and summary["budget"]["img_size"] == 48
+
+
+def test_committed_comparison_results_match_schema():
+    folder = REPO / "assets" / "comparison"
+    files = [p for p in folder.glob("*.json") if p.name != "summary.json"] if folder.is_dir() else []
+    if not files:
+        pytest.skip("no comparison results committed yet (the study has not been run)")
+    for p in files:
+        assert validate(json.loads(p.read_text())) == [], p.name
+    assert len(load_results(folder)) == len(files)

@@ -1,0 +1,119 @@
+"""Comparison study: several backbones, one split, one budget, measured the same way.
+
+    python -m train.compare --config train/configs/compare.yaml [--only resnet50,vit_small] [--out assets/comparison]
+
+The YAML names a shared ``budget`` (any train.train settings: image size, epochs, batch size,
+optimiser) and a list of ``runs`` (``key``, ``backbone``, optional ``weights`` and overrides, e.g.
+the ablations). Each run trains through ``train.train`` on the same split, is evaluated on the same
+test split by ``train.evaluate``, then timed on the CPU; one JSON per run (schema in
+``bmcore.comparison``) and ``summary.json`` are written for the Model comparison page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from bmcore.bundle import load_bundle
+from bmcore.comparison import result_from_bundle, validate
+from bmcore.predictor import Predictor
+from bmcore.preprocess import IMAGE_SUFFIXES
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def gflops(bundle) -> float:
+    """Forward GFLOPs for one crop at the bundle's input size (torch's FlopCounterMode)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = bundle.build_model()
+    s = bundle.data_config.input_size
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(torch.zeros(1, 3, s, s))
+    return fc.get_total_flops() / 1e9
+
+
+def cpu_ms_per_cell(bundle, data_root: Path, n: int = 64) -> float:
+    files = sorted(p for p in data_root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:: 50][:n]
+    blobs = [p.read_bytes() for p in files]
+    pred = Predictor(bundle, device="cpu")
+    pred.predict(blobs[:8])
+    best = float("inf")
+    for _ in range(2):
+        t = time.perf_counter()
+        pred.predict(blobs)
+        best = min(best, time.perf_counter() - t)
+    return 1000 * best / len(blobs)
+
+
+def run_one(run: dict, budget: dict, common: dict, out_dir: Path, runs_dir: Path) -> dict:
+    key = run["key"]
+    settings = {**budget, **{k: v for k, v in run.items() if k not in ("key", "title", "note")}}
+    args = []
+    for k, v in {**common, **settings, "out": str(runs_dir / key), "bundle_name": f"compare-{key}"}.items():
+        args += ["--" + k.replace("_", "-"), str(v).lower() if isinstance(v, bool) else str(v)]
+    cmd = [sys.executable, "-m", "train.train", *args]
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{key}: training failed:\n{r.stderr[-3000:]}")
+    bundle = load_bundle(runs_dir / key / "bundle")
+    res = result_from_bundle(bundle)
+    res.update({"key": key, "title": run.get("title", key), "note": run.get("note", ""),
+                "gflops": gflops(bundle), "cpu_ms_per_cell": cpu_ms_per_cell(bundle, Path(common["data_root"])),
+                "wall_seconds": time.perf_counter() - t0,
+                "command": "python -m train.train " + " ".join(shlex.quote(a) for a in args),
+                "hardware": bundle.meta["training"]["hardware"], "measured_on": platform.node() or "",
+                "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None})
+    problems = validate(res)
+    if problems:
+        raise RuntimeError(f"{key}: result does not match the schema: {problems}")
+    (out_dir / f"{key}.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m train.compare", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--only", default="", help="comma-separated run keys")
+    ap.add_argument("--out", default=None, help="result folder (default: the config's out)")
+    ap.add_argument("--runs-dir", default="runs/compare")
+    a = ap.parse_args(argv)
+    cfg = yaml.safe_load(Path(a.config).read_text())
+    out_dir = Path(a.out or cfg.get("out", "assets/comparison"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs_dir = Path(a.runs_dir)
+    only = {k for k in a.only.split(",") if k}
+    common = cfg["common"]
+    done = []
+    for run in cfg["runs"]:
+        if only and run["key"] not in only:
+            continue
+        print(f"== {run['key']}", flush=True)
+        r = run_one(run, cfg["budget"], common, out_dir, runs_dir)
+        m = r["metrics"]
+        print(f"   macro-F1 {m['macro_f1']:.4f} acc {m['accuracy']:.4f} ECE {m['ece']:.4f} "
+              f"{r['cpu_ms_per_cell']:.1f} ms/cell {r['wall_seconds'] / 60:.1f} min", flush=True)
+        done.append(r["key"])
+    summary_path = out_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary.update({"budget": cfg["budget"], "split": common.get("splits"), "data": Path(common["data_root"]).name,
+                    "config": Path(a.config).name})
+    summary["runs"] = sorted(set(summary.get("runs", [])) | set(done))
+    summary_path.write_text(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
