@@ -113,6 +113,11 @@ def from_paths(paths: list[str | Path], *, max_files: int = MAX_FILES) -> list[I
             items.append(InputItem(p.name, p))
         else:
             items.append(InputItem(str(p), error="no such file or folder"))
+    return enforce_limit(items, max_files)
+
+
+def enforce_limit(items: list[InputItem], max_files: int = MAX_FILES) -> list[InputItem]:
+    """Refuse, by name, every usable image past the first ``max_files`` of a batch."""
     ok = 0
     for it in items:
         if it.ok:

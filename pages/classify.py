@@ -4,7 +4,7 @@ import streamlit as st
 import appkit
 from bmcore.cases import CaseError, cell_inputs
 from bmcore.explain import CAM_METHODS, overlay
-from bmcore.inputs import MAX_FILES, from_upload
+from bmcore.inputs import MAX_FILES, enforce_limit, from_upload
 from bmcore.tasks import cell_name
 
 GALLERY_PAGE = 36
@@ -34,7 +34,9 @@ if go:
             items += from_upload(f.name, f.getvalue(), max_files=MAX_FILES)
         n_ok = sum(it.ok for it in items)
         if n_ok > MAX_FILES:
-            st.warning(f"{n_ok} images: only the first {MAX_FILES} are classified.")
+            st.warning(f"{n_ok} images: only the first {MAX_FILES} are classified; the rest are listed as refused.")
+        items = enforce_limit(items, MAX_FILES)
+        n_ok = min(n_ok, MAX_FILES)
         bar = st.progress(0.0, text=f"Classifying {n_ok} cells…")
         preds = pred.predict_items(items, progress=lambda d, t: bar.progress(d / t, text=f"Classified {d} of {t}"),
                                    threshold=st.session_state["threshold"],

@@ -38,3 +38,24 @@ def test_classify_folder_and_zip_with_bad_files(tmp_path, crops, tiny_bundle):
     assert len(list(heat.glob("*.png"))) == 6
     assert "skipped broken.jpg" in r.stderr
     assert "For research use only" in r.stdout
+
+
+def test_batch_limit_refuses_extra_files_by_name(tmp_path, crops):
+    from bmcore.inputs import from_paths, from_upload
+
+    for p in crops["EOS"][:4]:
+        shutil.copy(p, tmp_path / p.name)
+    items = from_paths([tmp_path], max_files=3)
+    assert [it.ok for it in items] == [True, True, True, False]
+    assert "over the limit of 3" in items[-1].error and items[-1].name == sorted(p.name for p in crops["EOS"][:4])[-1]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("a/../../etc/passwd.jpg", b"x")
+        z.writestr("__MACOSX/._a.jpg", b"x")
+        z.writestr("notes.txt", b"hello")
+        z.writestr("big.jpg", b"\0" * 3_000_000, compress_type=zipfile.ZIP_DEFLATED)  # ~1000x: a bomb
+    got = {i.name: i.error for i in from_upload("case.zip", buf.getvalue())}
+    assert "unsafe path" in got["case.zip/a/../../etc/passwd.jpg"]
+    assert "not an image file type" in got["case.zip/notes.txt"]
+    assert "ZIP bomb" in got["case.zip/big.jpg"]
+    assert not any("__MACOSX" in k for k in got)
