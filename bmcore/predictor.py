@@ -7,6 +7,7 @@ explanations are serialised with a lock.
 
 from __future__ import annotations
 
+import copy
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -85,6 +86,7 @@ class Predictor:
             precision = "fp16" if self.device.type == "cuda" else "fp32"
         self.precision = precision
         self._cam_lock = threading.Lock()
+        self._cam_model = None  # Grad-CAM's own copy: its hooks must never see a concurrent predict()
         self._decode_workers = decode_workers
 
     # -- description -------------------------------------------------------------------------------
@@ -204,6 +206,8 @@ class Predictor:
         if class_code not in self.classes:
             raise ValueError(f"class {class_code!r} is not covered by this model ({', '.join(self.classes)})")
         with self._cam_lock:
-            cam = compute_cam(self.model, self.bundle.backbone, x.to(self.device), self.classes.index(class_code),
-                              method)
+            if self._cam_model is None:
+                self._cam_model = copy.deepcopy(self.model).eval()
+            cam = compute_cam(self._cam_model, self.bundle.backbone, x.to(self.device),
+                              self.classes.index(class_code), method)
         return cam, overlay(rgb, cam, opacity), class_code

@@ -79,6 +79,7 @@ def test_shared_predictor_is_thread_safe(tiny_bundle, crops):
     for t in threads:
         t.join()
     assert not errors
+    assert not p.model._forward_hooks and not any(m._forward_hooks for m in p.model.modules())
     for probs, cams in outs.values():
         for a, b in zip(probs, ref_probs):
             assert a == pytest.approx(b, abs=1e-5)
