@@ -66,14 +66,15 @@ def run_bench(bundle, data, cells: int = 500, cams: int = 20, device=None, out=N
         p.predict(blobs[:64])  # warm-up
         dec = _timeit(lambda: p.load_many(blobs), 2)
         b64 = _timeit(lambda: p.predict(blobs), 2)
+        micro = p.batch_size
         p.batch_size = 1
         n1 = min(50, cells)
         b1 = _timeit(lambda: [p.predict([b]) for b in blobs[:n1]], 1)
-        p.batch_size = 64
+        p.batch_size = micro
         run = {"precision": prec, "tta": p.tta, "device": str(p.device),
                "decode_preprocess_ms_per_cell": 1000 * dec / cells,
                "end_to_end_ms_per_cell_batch1": 1000 * b1 / n1,
-               "end_to_end_ms_per_cell_batch64": 1000 * b64 / cells,
+               "end_to_end_ms_per_cell_batch64": 1000 * b64 / cells, "forward_micro_batch": micro,
                f"differential_{cells}_cells_seconds": b64}
         if prec == "fp32" and tta is None:  # Grad-CAM always runs in fp32, without TTA
             cam_ms = {}

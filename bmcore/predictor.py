@@ -45,8 +45,15 @@ def cpu_bf16_supported() -> bool:
 
 
 def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
-    """The 4 test-time views used when a bundle asks for TTA: identity, two flips, transpose."""
-    return [x, x.flip(-1), x.flip(-2), x.transpose(-2, -1)]
+    """The 4 test-time views used when a bundle asks for TTA: identity, two flips, transpose.
+
+    Views keep the input's memory format: a flipped channels-last tensor is no longer channels-last,
+    and the convolutions would silently take a path ~2.5x slower on a CPU.
+    """
+    views = [x, x.flip(-1), x.flip(-2), x.transpose(-2, -1)]
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+    return views
 
 
 @dataclass
@@ -68,7 +75,7 @@ class CellPrediction:
 
 class Predictor:
     def __init__(self, bundle: Bundle | str | Path, *, device: str | None = None, threshold: float = DEFAULT_THRESHOLD,
-                 hairy_threshold: float = 0.5, precision: str = "auto", batch_size: int = 64,
+                 hairy_threshold: float = 0.5, precision: str = "auto", batch_size: int | None = None,
                  tta: bool | None = None, decode_workers: int = 2):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.device = pick_device(device)
@@ -77,7 +84,9 @@ class Predictor:
         self.temperature = self.bundle.temperature
         self.threshold = threshold
         self.hairy_threshold = hairy_threshold
-        self.batch_size = batch_size
+        # micro-batch of the forward pass: on a CPU small batches stay in cache (measured: MobileNetV2 at 224 px,
+        # 8 ms/cell at 8 vs 13-16 at 32-64, bench/results), on a GPU large ones fill the device
+        self.batch_size = batch_size or (64 if self.device.type == "cuda" else 8)
         self.tta = self.bundle.tta if tta is None else tta
         self.model = self.bundle.build_model().to(self.device)
         if self.device.type in ("cuda", "cpu"):
@@ -157,7 +166,7 @@ class Predictor:
         names = names or [Path(s).name if isinstance(s, (str, Path)) else f"image {i + 1}" for i, s in
                           enumerate(sources)]
         results: list[CellPrediction] = []
-        chunk = max(self.batch_size, 64)
+        chunk = 64  # decode this many at a time (bounded memory), predicted in micro-batches
         for start in range(0, len(sources), chunk):
             tensors, errors = self.load_many(sources[start:start + chunk])
             good = [i for i, t in enumerate(tensors) if t is not None]
