@@ -182,7 +182,7 @@ class CaseStore:
                                        hairy_flag=c.hairy_flag))
             s.add(case)
             s.flush()
-            s.add(AuditEvent(case_id=case.id, who=who or "?", action="create",
+            s.add(AuditEvent(case_id=case.id, who=who or "(name not entered)", action="create",
                              note=f"{len(cells)} cells; model {model_name}"))
             return case.id
 

@@ -43,7 +43,8 @@ if go:
                                    hairy_threshold=st.session_state["hairy_threshold"])
         bar.empty()
         try:
-            cid = store.create_case(code, cell_inputs(items, preds), model_name=pred.bundle.name,
+            cid = store.create_case(code, cell_inputs(items, preds), who=st.session_state.get("reviewer", ""),
+                                    model_name=pred.bundle.name,
                                     model_sha256=pred.bundle.sha256, model_classes=pred.classes)
         except CaseError as exc:
             st.error(str(exc))
