@@ -56,6 +56,25 @@ def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
     return views
 
 
+def forward_logits(model: torch.nn.Module, x: torch.Tensor, device: torch.device, *, dtype: torch.dtype | None = None,
+                   channels_last: bool = True, tta: bool = False, batch_size: int = 8) -> np.ndarray:
+    """Logits of a normalised NCHW batch in micro-batches, TTA-averaged: the one inference forward pass.
+
+    Used by ``Predictor`` and by training's validation, so what is selected on validation is what the app runs.
+    """
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size].to(device, non_blocking=True)
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            views = dihedral_views(xb) if tta else [xb]
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                lg = torch.stack([model(v).float() for v in views]).mean(0)
+            out.append(lg.cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
 @dataclass
 class CellPrediction:
     name: str
@@ -108,25 +127,16 @@ class Predictor:
                 "tta": self.tta, "temperature": self.temperature, "classes": self.classes}
 
     # -- tensors -----------------------------------------------------------------------------------
-    def _autocast(self):
-        if self.precision in ("fp16", "bf16"):
-            dt = torch.float16 if self.precision == "fp16" else torch.bfloat16
-            return torch.autocast(self.device.type, dtype=dt)
-        return torch.autocast(self.device.type, enabled=False)
+    @property
+    def _dtype(self) -> torch.dtype | None:
+        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
 
-    @torch.inference_mode()
     def logits(self, x: torch.Tensor) -> np.ndarray:
         """Raw (uncalibrated) logits for a normalised NCHW batch, TTA-averaged if the bundle asks for it."""
-        out = []
-        for i in range(0, len(x), self.batch_size):
-            xb = x[i:i + self.batch_size].to(self.device, non_blocking=True)
-            if self.device.type in ("cuda", "cpu"):
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            views = dihedral_views(xb) if self.tta else [xb]
-            with self._autocast():
-                lg = torch.stack([self.model(v).float() for v in views]).mean(0)
-            out.append(lg.cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+        if len(x) == 0:
+            return np.zeros((0, len(self.classes)), np.float32)
+        return forward_logits(self.model, x, self.device, dtype=self._dtype, tta=self.tta, batch_size=self.batch_size,
+                              channels_last=self.device.type in ("cuda", "cpu"))
 
     def probabilities(self, x: torch.Tensor) -> np.ndarray:
         """Calibrated probabilities (temperature-scaled softmax)."""

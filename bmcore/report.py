@@ -101,10 +101,6 @@ def differential(labels: list[str | None], model_classes: list[str], *, uncertai
                         (100.0 * n_flag / n_cells) if n_cells and "HAC" in covered else None, notes)
 
 
-def statement() -> str:
-    return RUO_STATEMENT
-
-
 def case_differential(case) -> Differential:
     """The differential of a stored case, with reviewers' labels where they exist."""
     ok = list(case.cells)

@@ -152,20 +152,17 @@ def limit(df, n: int, seed: int):
     return shuffled[shuffled.groupby("label").cumcount() < n].sort_index()
 
 
-@torch.no_grad()
-def predict_logits(model, ds, device, dtype, channels_last: bool, tta: bool = False, bs: int = 128) -> np.ndarray:
-    from bmcore.predictor import dihedral_views
+def predict_logits(model, ds, device, dtype, channels_last: bool, tta: bool = False) -> np.ndarray:
+    """Validation logits through bmcore's one inference forward pass (the app's)."""
+    from bmcore.predictor import forward_logits
     from bmcore.preprocess import normalize
 
     model.eval()
     out = []
-    for i in range(0, len(ds), bs):
-        xb = normalize(torch.stack([ds.uint8(j) for j in range(i, min(i + bs, len(ds)))]), ds.cfg).to(device)
-        if channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            views = dihedral_views(xb) if tta else [xb]
-            out.append(torch.stack([model(v).float() for v in views]).mean(0).cpu().numpy())
+    for i in range(0, len(ds), 256):  # bounded memory whatever the split's size
+        x = normalize(torch.stack([ds.uint8(j) for j in range(i, min(i + 256, len(ds)))]), ds.cfg)
+        out.append(forward_logits(model, x, device, dtype=dtype, channels_last=channels_last, tta=tta,
+                                  batch_size=64 if device.type == "cuda" else 8))
     return np.concatenate(out)
 
 
