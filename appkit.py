@@ -13,7 +13,7 @@ from pathlib import Path
 import streamlit as st
 
 from bmcore import RUO_STATEMENT
-from bmcore.bundle import BundleError, find_bundles, load_bundle
+from bmcore.bundle import BundleError, find_bundles, load_bundle, pick_default
 from bmcore.cases import CaseError, CaseStore
 from bmcore.predictor import DEFAULT_THRESHOLD, Predictor
 from bmcore.tasks import HAIRY_CELL_CODE
@@ -39,9 +39,24 @@ def available_bundles() -> list[Path]:
     return find_bundles(*models_dirs())
 
 
-def default_bundle_path(paths: list[Path]) -> Path | None:
-    marked = [p for p in paths if (p / "DEFAULT").exists()]
-    return (marked or paths or [None])[0]
+@st.cache_data(show_spinner=False)
+def _bundle_metas(stamps: tuple) -> dict[str, dict]:
+    metas = {}
+    for path, _ in stamps:
+        try:
+            metas[path] = load_bundle(path).meta  # verifies the weights' sha256: once per file version
+        except BundleError:
+            continue
+    return metas
+
+
+def installed_bundles() -> dict[Path, dict]:
+    """Verified metadata of every installed bundle, cached by weights file and mtime (no re-hash per rerun)."""
+    stamps = []
+    for p in available_bundles():
+        w = p / "weights.safetensors"
+        stamps.append((str(p), w.stat().st_mtime_ns if w.exists() else 0))
+    return {Path(k): v for k, v in _bundle_metas(tuple(stamps)).items()}
 
 
 @st.cache_resource(show_spinner="Loading model…")
@@ -78,7 +93,7 @@ def sidebar() -> Predictor | None:
         sb.error("No model bundle found under assets/models (or BM_MODELS_DIR).")
         return None
     labels = {str(p): p.name for p in paths}
-    _persist("bundle", str(default_bundle_path(paths)))
+    _persist("bundle", str(pick_default(paths)))
     if st.session_state["bundle"] not in labels:
         st.session_state["bundle"] = st.session_state["_w_bundle"] = str(paths[0])
     sb.selectbox("Model", list(labels), format_func=labels.get, key="_w_bundle", on_change=_store_back,

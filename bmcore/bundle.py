@@ -197,3 +197,9 @@ def find_bundles(*folders: str | Path) -> list[Path]:
         elif f.is_dir():
             found.extend(sorted(p for p in f.iterdir() if (p / BUNDLE_JSON).is_file()))
     return found
+
+
+def pick_default(paths: list[Path]) -> Path | None:
+    """The bundle marked with a ``DEFAULT`` file, else the first one, else None."""
+    marked = [p for p in paths if (Path(p) / "DEFAULT").exists()]
+    return (marked or list(paths) or [None])[0]

@@ -15,17 +15,16 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import RUO_STATEMENT
-from .bundle import BundleError, find_bundles
+from .bundle import BundleError, find_bundles, pick_default
 
 ASSETS_MODELS = Path(__file__).resolve().parent.parent / "assets" / "models"
 
 
 def default_bundle() -> Path:
-    found = find_bundles(ASSETS_MODELS)
-    if not found:
+    found = pick_default(find_bundles(ASSETS_MODELS))
+    if found is None:
         raise SystemExit(f"no bundle under {ASSETS_MODELS}; pass --bundle")
-    pref = [p for p in found if (p / "DEFAULT").exists()]
-    return (pref or found)[0]
+    return found
 
 
 def cmd_classify(a) -> int:

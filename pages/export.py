@@ -1,7 +1,6 @@
 import streamlit as st
 
 import appkit
-from bmcore.bundle import BundleError, find_bundles, load_bundle
 from bmcore.report import case_rows, render_html_report, rows_to_csv
 
 st.title("Export")
@@ -10,15 +9,8 @@ case = appkit.active_case()
 if case is None:
     st.stop()
 store = appkit.get_store()
-meta = {}
-for p in appkit.available_bundles():  # the model that classified the case, if it is still installed
-    try:
-        b = load_bundle(p)
-    except BundleError:
-        continue
-    if b.sha256 == case.model_sha256:
-        meta = b.meta
-        break
+# the model that classified the case, if it is still installed
+meta = next((m for m in appkit.installed_bundles().values() if m["weights_sha256"] == case.model_sha256), {})
 if not meta:
     st.warning("The model that classified this case is no longer installed; the report shows its stored name and hash.")
 rows = case_rows(case)

@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import appkit
-from bmcore.bundle import BundleError, load_bundle
+from bmcore.bundle import Bundle
 from bmcore.comparison import load_results, result_from_bundle
 
 st.title("Model comparison")
@@ -17,11 +17,8 @@ results = load_results(COMP) if COMP.is_dir() else []
 summary = json.loads((COMP / "summary.json").read_text()) if (COMP / "summary.json").is_file() else {}
 if not results:
     st.info("The comparison study has not been committed yet; showing the bundled models' own test evaluations.")
-    for p in appkit.available_bundles():
-        try:
-            r = result_from_bundle(load_bundle(p))
-        except BundleError:
-            r = None
+    for p, meta in appkit.installed_bundles().items():
+        r = result_from_bundle(Bundle(p, meta))
         if r:
             results.append(r)
 if summary.get("budget"):
