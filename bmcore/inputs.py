@@ -1,10 +1,13 @@
 """Collect the crops of one batch from files, folders and ZIP archives, safely.
 
 Nothing is extracted to disk: archive members are read into memory after their declared
-size, the archive's total and its compression ratio are checked (ZIP bombs), names with
-``..`` or absolute paths are never used as paths (they are only reported), nested archives
-are reported, not opened. Every refused item becomes an ``InputItem`` with an ``error`` so a
-caller can list it by name while the rest of the batch goes on.
+size, their compression ratio (ZIP bombs) and the archive's total expansion (many small
+bombs) are checked, names with ``..`` or absolute paths are never used as paths (they are
+only reported), nested archives are reported, not opened, and an archive that cannot be
+read at all is one refused item. Every refused item becomes an ``InputItem`` with an
+``error`` so a caller can list it by name while the rest of the batch goes on: apart from
+known operating-system litter (``__MACOSX/``, ``._*``, ``.DS_Store``, ``Thumbs.db``,
+``desktop.ini``), no file of a folder or archive is dropped without a message.
 """
 
 from __future__ import annotations
@@ -19,7 +22,12 @@ from .preprocess import DEFAULT_MAX_BYTES, IMAGE_SUFFIXES
 MAX_FILES = 5000  # per case / batch
 MAX_ARCHIVE_TOTAL = 2 * 1024 ** 3  # uncompressed bytes in one archive
 MAX_RATIO = 200  # uncompressed/compressed; JPEGs barely compress, so a huge ratio means a bomb
+# the archive as a whole may expand to at most this many times its own size (or the floor, for small archives
+# of small crops): images barely compress, so many members just under the per-member check are a bomb too
+MAX_ARCHIVE_EXPANSION = 20
+ARCHIVE_EXPANSION_FLOOR = 64 * 1024 ** 2
 ARCHIVE_SUFFIXES = (".zip",)
+_LITTER = {".ds_store", "thumbs.db", "desktop.ini"}
 
 
 @dataclass
@@ -39,14 +47,28 @@ def safe_display_name(name: str) -> str:
     return "".join(ch if ch.isprintable() and ch not in '<>:"|?*' else "_" for ch in base)[:200]
 
 
-def from_zip(data: bytes, archive_name: str = "archive.zip", *, max_files: int = MAX_FILES,
+def _is_litter(name: str) -> bool:
+    """Operating-system side files (macOS resource forks and folder data, Windows thumbnails): not crops."""
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    base = parts[-1] if parts else ""
+    return "__MACOSX" in parts or base.startswith("._") or base.lower() in _LITTER
+
+
+def _not_image(suffix: str) -> str:
+    return f"not an image file type ({suffix or 'no extension'})"
+
+
+def from_zip(data: bytes | Path, archive_name: str = "archive.zip", *, max_files: int = MAX_FILES,
              max_bytes: int = DEFAULT_MAX_BYTES) -> list[InputItem]:
+    """The members of a ZIP archive (its bytes, or a path: then it is read member by member, never whole)."""
     try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
-        return [InputItem(archive_name, error="not a valid ZIP archive")]
+        size = data.stat().st_size if isinstance(data, Path) else len(data)
+        zf = zipfile.ZipFile(data if isinstance(data, Path) else io.BytesIO(data))
+    except Exception as exc:  # BadZipFile, but a damaged directory also raises ValueError, NotImplementedError...
+        return [InputItem(archive_name, error=f"not a valid ZIP archive ({exc})")]
     items: list[InputItem] = []
-    total = 0
+    total = accepted = 0
+    budget = min(MAX_ARCHIVE_TOTAL, max(MAX_ARCHIVE_EXPANSION * size, ARCHIVE_EXPANSION_FLOOR))
     with zf:
         infos = [i for i in zf.infolist() if not i.is_dir()]
         for info in infos:
@@ -56,36 +78,42 @@ def from_zip(data: bytes, archive_name: str = "archive.zip", *, max_files: int =
             if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
                 items.append(InputItem(shown, error="unsafe path in archive (absolute or '..'); skipped"))
                 continue
-            if parts and (parts[0] == "__MACOSX" or PurePosixPath(name).name.startswith("._")):
-                continue  # macOS resource forks, not images
+            if _is_litter(name):
+                continue
             suffix = PurePosixPath(name).suffix.lower()
             if suffix in ARCHIVE_SUFFIXES:
                 items.append(InputItem(shown, error="nested archive; unpack it and upload its images"))
                 continue
             if suffix not in IMAGE_SUFFIXES:
-                items.append(InputItem(shown, error=f"not an image file type ({suffix or 'no extension'})"))
+                items.append(InputItem(shown, error=_not_image(suffix)))
                 continue
-            if len([i for i in items if i.ok]) >= max_files:
+            if accepted >= max_files:
                 items.append(InputItem(shown, error=f"over the limit of {max_files} images per batch"))
                 continue
             if info.file_size > max_bytes:
-                items.append(InputItem(shown, error=f"{info.file_size / 1e6:.0f} MB uncompressed, over the limit"))
+                items.append(InputItem(shown, error=f"{info.file_size / 1e6:.0f} MB uncompressed, over the "
+                                                    f"{max_bytes / 1e6:.0f} MB limit"))
                 continue
             if info.compress_size and info.file_size / info.compress_size > MAX_RATIO and info.file_size > 1e6:
                 items.append(InputItem(shown, error="compression ratio too high (ZIP bomb?); skipped"))
                 continue
+            if total + info.file_size > budget:  # every later member is still listed, by name
+                why = ("archive too large in total" if budget == MAX_ARCHIVE_TOTAL else
+                       f"archive unpacks to over {MAX_ARCHIVE_EXPANSION}x its size (ZIP bomb?)")
+                items.append(InputItem(shown, error=f"{why}: over {budget / 1e6:.0f} MB uncompressed; "
+                                                    "this and later members skipped"))
+                total = budget + 1
+                continue
             total += info.file_size
-            if total > MAX_ARCHIVE_TOTAL:
-                items.append(InputItem(shown, error="archive too large in total; the rest was skipped"))
-                break
             try:
                 with zf.open(info) as fh:
-                    blob = fh.read(max_bytes + 1)
+                    blob = fh.read(max_bytes + 1)  # zipfile stops at the declared size, so this is bounded
                 if len(blob) > max_bytes:
                     items.append(InputItem(shown, error="larger than declared; skipped"))
                     continue
                 items.append(InputItem(shown, blob))
-            except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, EOFError) as exc:
+                accepted += 1
+            except Exception as exc:  # bad CRC, corrupt deflate data (zlib.error), encrypted, unknown method
                 items.append(InputItem(shown, error=f"cannot read from archive ({exc})"))
     return items
 
@@ -103,12 +131,17 @@ def from_paths(paths: list[str | Path], *, max_files: int = MAX_FILES) -> list[I
     for p in map(Path, paths):
         if p.is_dir():
             for f in sorted(q for q in p.rglob("*") if q.is_file()):
+                rel = f.relative_to(p).as_posix()
+                if _is_litter(rel):
+                    continue
                 if f.suffix.lower() in IMAGE_SUFFIXES:
-                    items.append(InputItem(f.relative_to(p).as_posix(), f))
+                    items.append(InputItem(rel, f))
                 elif f.suffix.lower() in ARCHIVE_SUFFIXES:
-                    items.append(InputItem(f.relative_to(p).as_posix(), error="archive inside a folder; give it on its own"))
+                    items.append(InputItem(rel, error="archive inside a folder; give it on its own"))
+                else:
+                    items.append(InputItem(rel, error=_not_image(f.suffix.lower())))
         elif p.is_file() and p.suffix.lower() in ARCHIVE_SUFFIXES:
-            items.extend(from_zip(p.read_bytes(), p.name, max_files=max_files))
+            items.extend(from_zip(p, p.name, max_files=max_files))
         elif p.is_file():
             items.append(InputItem(p.name, p))
         else:

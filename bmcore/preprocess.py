@@ -1,10 +1,14 @@
 """Safe image decoding and the one preprocessing path shared by training and inference.
 
-``decode_image`` turns bytes or a path into an RGB ``PIL.Image``: it checks the pixel count
-from the header before decoding anything (decompression bombs), applies the EXIF
-orientation, reduces 16-bit and palette/alpha/CMYK/greyscale images to 8-bit RGB and, for
-multi-frame files (GIF, TIFF), takes the first frame. Any failure raises
-``ImageDecodeError`` with a readable reason; callers report it by file name and go on.
+``decode_image`` turns bytes or a path into an RGB ``PIL.Image``: it checks the file size,
+then the pixel count and the smallest side from the header before decoding anything
+(decompression bombs, icons), opens only the formats the app accepts (JPEG, PNG, TIFF, BMP,
+GIF, WebP: no other Pillow plugin, such as EPS with its Ghostscript call, is ever reached),
+applies the EXIF orientation, reduces 16-bit and palette/alpha/CMYK/greyscale images to 8-bit
+RGB (16-bit: the image's maximum becomes 255; transparent pixels become white, like the
+slide background) and, for multi-frame files (GIF, TIFF), takes the first frame. Any failure
+raises ``ImageDecodeError`` with a readable reason, never another exception; callers report
+it by file name and go on.
 
 ``DataConfig`` travels inside every bundle (input size, mean/std, optional seed-003
 denoise + sharpen), so no caller ever re-types a mean or a size.
@@ -23,7 +27,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 4096 * 4096  # a single-cell crop is ~250x250; 16 MP is already generous
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+MIN_SIDE = 32  # px; smaller is an icon or a thumbnail, not a single-cell crop (those are ~250 px)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")
+DECODE_FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "DIB", "GIF", "WEBP")  # the Pillow plugins of IMAGE_SUFFIXES
+# what an unrecognised file most likely is, for a clearer message (first bytes -> words)
+_NOT_IMAGE_SIGNATURES = ((b"%PDF", "a PDF document"), (b"PK\x03\x04", "a ZIP archive"), (b"\x1f\x8b", "a gzip file"),
+                         (b"%!PS", "a PostScript file"))
 
 SHARPEN_KERNEL = np.array([[-1, -1, -1], [-1, 9, -1], [-1, -1, -1]], dtype=np.float32)
 
@@ -54,16 +63,23 @@ class DataConfig:
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
+    # float32, in place: a 16 MP 16-bit image costs ~64 MB here, not the ~400 MB of float64 temporaries
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        a = np.asarray(img, dtype=np.float64)
-        hi = a.max() if a.size else 0
-        a = a * (255.0 / hi) if hi > 255 else a
-        img = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L")
-    elif img.mode == "F":
-        a = np.nan_to_num(np.asarray(img, dtype=np.float64))
-        lo, hi = (a.min(), a.max()) if a.size else (0.0, 1.0)
-        a = (a - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(a)
+        a = np.array(img, dtype=np.float32)  # a writable copy
+        hi = float(a.max()) if a.size else 0.0
+        if hi > 255:
+            a *= 255.0 / hi
+        np.clip(a, 0, 255, out=a)
         img = Image.fromarray(a.astype(np.uint8), "L")
+    elif img.mode == "F":
+        a = np.nan_to_num(np.array(img, dtype=np.float32), copy=False)
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 1.0)
+        if hi > lo:
+            a -= lo
+            a *= 255.0 / (hi - lo)
+        else:
+            a[:] = 0
+        img = Image.fromarray(np.clip(a, 0, 255, out=a).astype(np.uint8), "L")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))  # transparent -> white, like the slide background
@@ -73,18 +89,34 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
+def _what_is(data: bytes) -> str:
+    """' (it looks like a PDF document)' or '' : a hint for a file no image decoder recognised."""
+    what = next((w for sig, w in _NOT_IMAGE_SIGNATURES if data.startswith(sig)), "")
+    if not what and data[128:132] == b"DICM":
+        what = "a DICOM file; export the crops as JPEG or PNG"
+    if not what:
+        head = data[:1024]
+        try:
+            text = head.decode("utf-8")
+        except UnicodeDecodeError:
+            text = ""
+        if text and all(ch.isprintable() or ch in "\r\n\t" for ch in text):
+            what = "text"
+    return f" (it looks like {what})" if what else ""
+
+
 def decode_image(source: bytes | str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> Image.Image:
+                 max_bytes: int = DEFAULT_MAX_BYTES, min_side: int = MIN_SIDE) -> Image.Image:
     """Decode ``source`` (bytes or a path) into an 8-bit RGB image, or raise ``ImageDecodeError``."""
     if isinstance(source, (str, Path)):
         p = Path(source)
         try:
             size = p.stat().st_size
-        except OSError as exc:
+            if size > max_bytes:
+                raise ImageDecodeError(f"file is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB limit")
+            data = p.read_bytes()
+        except OSError as exc:  # gone, a folder, no permission
             raise ImageDecodeError(f"cannot read file ({exc.strerror or exc})") from None
-        if size > max_bytes:
-            raise ImageDecodeError(f"file is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB limit")
-        data = p.read_bytes()
     else:
         data = bytes(source)
     if not data:
@@ -94,12 +126,15 @@ def decode_image(source: bytes | str | Path, *, max_pixels: int = DEFAULT_MAX_PI
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            w, h = img.size
+            img = Image.open(io.BytesIO(data), formats=DECODE_FORMATS)
+            w, h = img.size  # from the header: nothing is decoded yet
             if w * h > max_pixels:
                 raise ImageDecodeError(f"image claims {w}x{h} pixels, over the {max_pixels:,}-pixel limit")
             if w < 1 or h < 1:
                 raise ImageDecodeError("image has no pixels")
+            if min(w, h) < min_side:
+                raise ImageDecodeError(f"image is too small ({w}x{h} px) to be a single-cell crop "
+                                       f"(at least {min_side} px a side)")
             img.seek(0)
             img.load()
             img = ImageOps.exif_transpose(img)
@@ -110,9 +145,13 @@ def decode_image(source: bytes | str | Path, *, max_pixels: int = DEFAULT_MAX_PI
         raise ImageDecodeError(f"image claims more pixels than the {max_pixels:,}-pixel limit "
                                "(possible decompression bomb)") from None
     except UnidentifiedImageError:
-        raise ImageDecodeError("not a recognised image format") from None
+        raise ImageDecodeError(f"not a recognised image format{_what_is(data)}") from None
+    except MemoryError:
+        raise ImageDecodeError("not enough memory to decode this image") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageDecodeError(f"image data is corrupt or truncated ({exc})") from None
+    except Exception as exc:  # a decoder tripping over malformed data in some other way: still this file's problem
+        raise ImageDecodeError(f"image data is corrupt ({type(exc).__name__}: {exc})") from None
 
 
 def denoise_sharpen(rgb: np.ndarray) -> np.ndarray:

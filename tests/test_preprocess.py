@@ -22,12 +22,12 @@ def test_real_crop_decodes_to_rgb_250(crop_path):
 
 
 def test_exif_orientation_is_applied():
-    img = Image.new("RGB", (40, 20), (200, 10, 10))
-    img.paste((10, 10, 200), (0, 0, 20, 20))  # left half blue
+    img = Image.new("RGB", (80, 40), (200, 10, 10))
+    img.paste((10, 10, 200), (0, 0, 40, 40))  # left half blue
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 CW on display
     out = decode_image(_bytes(img, "JPEG", exif=exif, quality=95))
-    assert out.size == (20, 40)
+    assert out.size == (40, 80)
     top = np.asarray(out)[:5].mean(axis=(0, 1))
     assert top[2] > top[0]  # the blue half is now on top
 
@@ -45,14 +45,14 @@ def test_any_mode_becomes_rgb(mode):
 
 
 def test_transparent_palette_png_composited_on_white():
-    img = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
-    img.paste((255, 0, 0, 255), (0, 0, 8, 16))
+    img = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    img.paste((255, 0, 0, 255), (0, 0, 16, 32))
     out = np.asarray(decode_image(_bytes(img.convert("P"), "PNG", transparency=0)))
-    assert out.shape == (16, 16, 3)
+    assert out.shape == (32, 32, 3)
 
 
 def test_animated_gif_takes_first_frame():
-    frames = [Image.new("RGB", (10, 10), c) for c in [(255, 0, 0), (0, 0, 255)]]
+    frames = [Image.new("RGB", (32, 32), c) for c in [(255, 0, 0), (0, 0, 255)]]
     buf = io.BytesIO()
     frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
     out = np.asarray(decode_image(buf.getvalue()))
