@@ -7,19 +7,27 @@ cell, the crop's sha256, a small thumbnail and the model's output: no patient na
 Every change to a cell or case appends an ``AuditEvent`` (who, when, cell, from, to); audit
 rows are never updated or deleted by this module. Cell and case rows carry a ``version``
 column used for optimistic locking: a reviewer who edits a cell that someone else changed
-since they loaded it gets ``ConflictError`` instead of silently overwriting it.
+since they loaded it gets ``ConflictError`` instead of silently overwriting it; so does one
+who loses a race with a concurrent writer between the check and the write (the UPDATE's
+``WHERE version = ?`` finds nothing), never a raw SQLAlchemy error. Signing a case off bumps
+every cell's version too, so a review racing a sign-off (either way round) is a conflict, not a
+change to a signed case.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text,
-                        UniqueConstraint, create_engine, event, select)
+                        UniqueConstraint, create_engine, event, func, select)
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm.attributes import flag_modified
+from sqlalchemy.orm.exc import StaleDataError
 
 STATUS_OPEN = "open"
 STATUS_SIGNED = "signed"
@@ -76,6 +84,9 @@ class Cell(Base):
     probabilities: Mapped[dict] = mapped_column(JSON, default=dict)
     uncertain: Mapped[bool] = mapped_column(Boolean, default=False)
     hairy_flag: Mapped[bool] = mapped_column(Boolean, default=False)
+    # refused by the model's quality / out-of-distribution gate: no class counts unless a reviewer gives one
+    rejected: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    reject_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
     final_label: Mapped[str | None] = mapped_column(String(10), nullable=True)
     reviewed_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
     reviewed_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
@@ -85,10 +96,12 @@ class Cell(Base):
 
     @property
     def label(self) -> str | None:
-        """The label that counts: the reviewer's if reviewed, else the model's (None if unreadable)."""
+        """The label that counts: the reviewer's if reviewed, else the model's (None if unreadable or rejected)."""
         if not self.ok:
             return None
-        return self.final_label or self.predicted
+        if self.final_label:
+            return self.final_label
+        return None if self.rejected else self.predicted
 
     @property
     def reviewed(self) -> bool:
@@ -109,6 +122,11 @@ class AuditEvent(Base):
     note: Mapped[str] = mapped_column(Text, default="")
 
 
+def _changed_by_other(cell: Cell) -> str:
+    return (f"{cell.name} was changed by {cell.reviewed_by or 'someone else'} while you were looking at it "
+            f"(now {cell.label}); reload and try again")
+
+
 @dataclass
 class CellInput:
     """What the Classify page hands to the store for one cell."""
@@ -123,6 +141,8 @@ class CellInput:
     probabilities: dict | None = None
     uncertain: bool = False
     hairy_flag: bool = False
+    rejected: bool = False
+    reject_reason: str = ""
 
 
 def _sqlite_pragmas(dbapi_conn, _):
@@ -149,7 +169,22 @@ class CaseStore:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
+        self._add_missing_columns()
         self._Session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _add_missing_columns(self) -> None:
+        """Columns added since a database was created (e.g. ``cells.rejected``) are added in place, with defaults."""
+        from sqlalchemy import inspect
+
+        insp = inspect(self.engine)
+        for table in Base.metadata.sorted_tables:
+            have = {c["name"] for c in insp.get_columns(table.name)}
+            for col in table.columns:
+                if col.name not in have and col.server_default is not None:
+                    ddl = (f"ALTER TABLE {table.name} ADD COLUMN {col.name} {col.type.compile(self.engine.dialect)} "
+                           f"DEFAULT {col.server_default.arg!r}")
+                    with self.engine.begin() as c:
+                        c.exec_driver_sql(ddl.replace('"', "'"))
 
     @contextmanager
     def session(self):
@@ -170,21 +205,25 @@ class CaseStore:
         code = case_code.strip()
         if not code:
             raise CaseError("a case id is required")
-        with self.session() as s:
-            if s.scalar(select(Case.id).where(Case.case_code == code)) is not None:
-                raise CaseError(f"case {code!r} already exists; open it on the Review page or choose another id")
-            case = Case(case_code=code, created_by=who, model_name=model_name, model_sha256=model_sha256,
-                        model_classes=list(model_classes or []))
-            for i, c in enumerate(cells):
-                case.cells.append(Cell(position=i, name=c.name, ok=c.ok, error=c.error, sha256=c.sha256,
-                                       thumbnail=c.thumbnail, predicted=c.predicted, confidence=c.confidence,
-                                       probabilities=c.probabilities or {}, uncertain=c.uncertain,
-                                       hairy_flag=c.hairy_flag))
-            s.add(case)
-            s.flush()
-            s.add(AuditEvent(case_id=case.id, who=who or "(name not entered)", action="create",
-                             note=f"{len(cells)} cells; model {model_name}"))
-            return case.id
+        try:
+            with self.session() as s:
+                if s.scalar(select(Case.id).where(Case.case_code == code)) is not None:
+                    raise CaseError(f"case {code!r} already exists; open it on the Review page or choose another id")
+                case = Case(case_code=code, created_by=who, model_name=model_name, model_sha256=model_sha256,
+                            model_classes=list(model_classes or []))
+                for i, c in enumerate(cells):
+                    case.cells.append(Cell(position=i, name=c.name, ok=c.ok, error=c.error, sha256=c.sha256,
+                                           thumbnail=c.thumbnail, predicted=c.predicted, confidence=c.confidence,
+                                           probabilities=c.probabilities or {}, uncertain=c.uncertain,
+                                           hairy_flag=c.hairy_flag, rejected=c.rejected,
+                                           reject_reason=c.reject_reason))
+                s.add(case)
+                s.flush()
+                s.add(AuditEvent(case_id=case.id, who=who or "(name not entered)", action="create",
+                                 note=f"{len(cells)} cells; model {model_name}"))
+                return case.id
+        except IntegrityError:  # the same id created by someone else at the same moment
+            raise CaseError(f"case {code!r} already exists; open it on the Review page or choose another id") from None
 
     @staticmethod
     def _case(s: Session, case_id: int) -> Case:
@@ -232,32 +271,44 @@ class CaseStore:
         who = who.strip()
         if not who:
             raise CaseError("enter your name before reviewing")
+        try:
+            with self.session() as s:
+                cell = s.get(Cell, cell_id)
+                if cell is None:
+                    raise CaseError(f"no cell with id {cell_id}")
+                if not cell.ok:
+                    raise CaseError(f"{cell.name} could not be read; there is nothing to review")
+                if cell.case.status == STATUS_SIGNED:
+                    raise CaseError(f"case {cell.case.case_code!r} is signed off; reopen it to change cells")
+                if expected_version is not None and cell.version != expected_version:
+                    raise ConflictError(_changed_by_other(cell))
+                before = cell.label or ""
+                action = "confirm" if label == cell.predicted and cell.final_label in (None, label) else "reclassify"
+                cell.final_label = label
+                cell.reviewed_by = who
+                cell.reviewed_at = utcnow()
+                s.add(AuditEvent(case_id=cell.case_id, cell_id=cell.id, cell_name=cell.name, who=who,
+                                 action=action, from_value=before, to_value=label, note=note))
+                s.flush()  # UPDATE cells ... WHERE version = <the version read above>
+                return cell.version
+        except StaleDataError:  # another writer committed between our read and our write; nothing was written
+            raise self._cell_conflict(cell_id) from None
+
+    def _cell_conflict(self, cell_id: int) -> ConflictError:
         with self.session() as s:
             cell = s.get(Cell, cell_id)
             if cell is None:
-                raise CaseError(f"no cell with id {cell_id}")
-            if not cell.ok:
-                raise CaseError(f"{cell.name} could not be read; there is nothing to review")
+                return ConflictError(f"cell {cell_id} was deleted while you were looking at it")
             if cell.case.status == STATUS_SIGNED:
-                raise CaseError(f"case {cell.case.case_code!r} is signed off; reopen it to change cells")
-            if expected_version is not None and cell.version != expected_version:
-                raise ConflictError(f"{cell.name} was changed by {cell.reviewed_by or 'someone else'} while you "
-                                    f"were looking at it (now {cell.label}); reload and try again")
-            before = cell.label or ""
-            action = "confirm" if label == cell.predicted and cell.final_label in (None, label) else "reclassify"
-            cell.final_label = label
-            cell.reviewed_by = who
-            cell.reviewed_at = utcnow()
-            s.add(AuditEvent(case_id=cell.case_id, cell_id=cell.id, cell_name=cell.name, who=who, action=action,
-                             from_value=before, to_value=label, note=note))
-            s.flush()
-            return cell.version
+                return ConflictError(f"case {cell.case.case_code!r} was signed off by {cell.case.signed_by} while "
+                                     f"you were reviewing {cell.name}; reopen it to change cells")
+            return ConflictError(_changed_by_other(cell))
 
     def confirm_all(self, case_id: int, who: str, *, include_uncertain: bool = False) -> int:
-        """Confirm every unreviewed readable cell (uncertain ones only if asked); returns how many."""
+        """Confirm every unreviewed readable cell (uncertain ones only if asked, rejected ones never); returns how many."""
         n = 0
         for cell in self.get_case(case_id).cells:
-            if cell.ok and not cell.reviewed and (include_uncertain or not cell.uncertain):
+            if cell.ok and not cell.reviewed and not cell.rejected and (include_uncertain or not cell.uncertain):
                 self.review_cell(cell.id, who, cell.predicted, expected_version=cell.version)
                 n += 1
         return n
@@ -266,24 +317,42 @@ class CaseStore:
         who = who.strip()
         if not who:
             raise CaseError("enter your name before signing off")
+        try:
+            with self.session() as s:
+                case = self._case(s, case_id)
+                if case.status == STATUS_SIGNED:
+                    raise CaseError(f"case {case.case_code!r} is already signed off by {case.signed_by}")
+                if expected_version is not None and case.version != expected_version:
+                    raise ConflictError("the case changed since you loaded it; reload and try again")
+                # rejected images need no review: they stay out of the differential unless someone labels them
+                needs = [c for c in case.cells if c.ok and not c.reviewed and not c.rejected]
+                open_unc = [c.name for c in needs if c.uncertain]
+                unreviewed = [c.name for c in needs]
+                if open_unc:
+                    raise CaseError(f"{len(open_unc)} uncertain cell(s) are unresolved (e.g. {open_unc[0]}); "
+                                    "review them before signing off")
+                if unreviewed:
+                    raise CaseError(f"{len(unreviewed)} cell(s) are not reviewed yet (e.g. {unreviewed[0]})")
+                for c in case.cells:  # bump every cell's version: what is signed is what was checked above,
+                    flag_modified(c, "reviewed_by")  # and a review that read a cell before this commit conflicts
+                case.status = STATUS_SIGNED
+                case.signed_by = who
+                case.signed_at = utcnow()
+                s.add(AuditEvent(case_id=case.id, who=who, action="sign-off", from_value=STATUS_OPEN,
+                                 to_value=STATUS_SIGNED))
+                s.flush()
+        except StaleDataError:  # a cell or the case changed meanwhile; nothing was written
+            raise self._case_conflict(case_id) from None
+
+    def _case_conflict(self, case_id: int) -> ConflictError:
         with self.session() as s:
-            case = self._case(s, case_id)
+            case = s.get(Case, case_id)
+            if case is None:
+                return ConflictError(f"case {case_id} was deleted while you were signing it off")
             if case.status == STATUS_SIGNED:
-                raise CaseError(f"case {case.case_code!r} is already signed off by {case.signed_by}")
-            if expected_version is not None and case.version != expected_version:
-                raise ConflictError("the case changed since you loaded it; reload and try again")
-            open_unc = [c.name for c in case.cells if c.ok and c.uncertain and not c.reviewed]
-            unreviewed = [c.name for c in case.cells if c.ok and not c.reviewed]
-            if open_unc:
-                raise CaseError(f"{len(open_unc)} uncertain cell(s) are unresolved (e.g. {open_unc[0]}); "
-                                "review them before signing off")
-            if unreviewed:
-                raise CaseError(f"{len(unreviewed)} cell(s) are not reviewed yet (e.g. {unreviewed[0]})")
-            case.status = STATUS_SIGNED
-            case.signed_by = who
-            case.signed_at = utcnow()
-            s.add(AuditEvent(case_id=case.id, who=who, action="sign-off", from_value=STATUS_OPEN,
-                             to_value=STATUS_SIGNED))
+                return ConflictError(f"case {case.case_code!r} was signed off by {case.signed_by} meanwhile")
+            return ConflictError(f"case {case.case_code!r} changed while you were signing it off (a cell was "
+                                 "reviewed meanwhile); reload and try again")
 
     def reopen(self, case_id: int, who: str, reason: str) -> None:
         who, reason = who.strip(), reason.strip()
@@ -307,10 +376,53 @@ class CaseStore:
                                        .order_by(AuditEvent.id))]
 
     def integrity_ok(self) -> bool:
-        if not self.url.startswith("sqlite"):
-            return True
-        with self.engine.connect() as c:
-            return c.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+        return not self.integrity_problems()
+
+    def integrity_problems(self) -> list[str]:
+        """What is wrong with the stored data, in words; empty when all is well.
+
+        On every backend: each table answers a row count; no cell and no audit row points at a
+        missing case; no audit row names a cell that is missing or belongs to another case; every
+        case has as many cells as its "create" audit event recorded (no half-written case). On
+        SQLite also ``PRAGMA integrity_check`` (the file's pages, indexes and constraints) and
+        ``PRAGMA foreign_key_check``. PostgreSQL keeps its own files consistent (WAL replay after a
+        crash); no page-level check (such as the amcheck extension) is run there.
+        """
+        problems = []
+        counts = select(func.count())
+        try:
+            with self.engine.connect() as c:
+                if self.url.startswith("sqlite"):
+                    res = [r[0] for r in c.exec_driver_sql("PRAGMA integrity_check")]
+                    if res != ["ok"]:
+                        problems.append(f"sqlite integrity_check: {'; '.join(map(str, res[:5]))}")
+                    if fk := c.exec_driver_sql("PRAGMA foreign_key_check").fetchall():
+                        problems.append(f"sqlite foreign_key_check: {len(fk)} row(s) point at missing rows")
+                for table in (Case, Cell, AuditEvent):
+                    c.execute(counts.select_from(table)).scalar()
+                orphans = {
+                    "cell(s) of a missing case":
+                        counts.select_from(Cell).where(Cell.case_id.not_in(select(Case.id))),
+                    "audit row(s) of a missing case":
+                        counts.select_from(AuditEvent).where(AuditEvent.case_id.not_in(select(Case.id))),
+                    "audit row(s) naming a cell that is missing or in another case":
+                        counts.select_from(AuditEvent).outerjoin(Cell, Cell.id == AuditEvent.cell_id)
+                        .where(AuditEvent.cell_id.is_not(None),
+                               Cell.id.is_(None) | (Cell.case_id != AuditEvent.case_id)),
+                }
+                for what, q in orphans.items():
+                    if n := c.execute(q).scalar():
+                        problems.append(f"{n} {what}")
+                n_cells = dict(c.execute(select(Cell.case_id, func.count()).group_by(Cell.case_id)).all())
+                for case_id, code, note in c.execute(
+                        select(Case.id, Case.case_code, AuditEvent.note)
+                        .join(AuditEvent, (AuditEvent.case_id == Case.id) & (AuditEvent.action == "create"))):
+                    m = re.match(r"(\d+) cells;", note or "")
+                    if m and int(m.group(1)) != n_cells.get(case_id, 0):
+                        problems.append(f"case {code!r} has {n_cells.get(case_id, 0)} cells, created with {m.group(1)}")
+        except SQLAlchemyError as exc:
+            problems.append(f"could not read the store: {exc}")
+        return problems
 
 
 def case_store_from_env() -> CaseStore:
@@ -342,5 +454,6 @@ def cell_inputs(items, preds) -> list[CellInput]:
             thumb = None
         out.append(CellInput(name=p.name, ok=True, sha256=hashlib.sha256(data).hexdigest(), thumbnail=thumb,
                              predicted=p.code, confidence=p.confidence, probabilities=p.probabilities,
-                             uncertain=p.uncertain, hairy_flag=p.hairy_flag))
+                             uncertain=p.uncertain, hairy_flag=p.hairy_flag, rejected=p.rejected,
+                             reject_reason=p.reject_reason))
     return out
