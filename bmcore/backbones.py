@@ -131,8 +131,15 @@ class SmallCNN(nn.Module):
         self.num_classes = num_classes
         self.head = nn.Linear(128, num_classes)
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.features(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.pre_logits(x)
+        return x if pre_logits else self.head(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pre_logits(self.pool(self.features(x))))
+        return self.forward_head(self.forward_features(x))
 
 
 @register_model

@@ -21,6 +21,7 @@ from torch import nn
 
 from . import RUO_STATEMENT, __version__
 from .backbones import create, get_backbone
+from .ood import OOD_FILE, OODGate
 from .preprocess import DataConfig
 from .tasks import CELL_NAMES, get_task
 
@@ -39,6 +40,14 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _read_safetensors(path: Path, bundle_name: str) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file (a format that holds data only: reading it never executes anything)."""
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors' own error type for a malformed header or truncated data
+        raise BundleError(f"{bundle_name}: {path.name} is not a valid safetensors file ({exc}); refused") from None
 
 
 def library_versions() -> dict[str, str]:
@@ -94,11 +103,27 @@ class Bundle:
         """Classes of the bundle's task the model does not cover (not in its training data)."""
         return [c for c in self.task.classes if c not in self.classes]
 
+    def gate(self) -> OODGate | None:
+        """The bundle's out-of-distribution and quality gate (``bmcore.ood``), or None if it has none.
+
+        Its arrays are safetensors checked against ``bundle.json["ood"]["sha256"]``, like the weights.
+        """
+        info = self.meta.get("ood")
+        if not info:
+            return None
+        f = self.path / info.get("file", "")
+        if info.get("file") != OOD_FILE or not f.is_file():
+            raise BundleError(f"{self.path.name}: the out-of-distribution gate file {OOD_FILE} is missing or renamed")
+        if sha256_file(f) != info.get("sha256"):
+            raise BundleError(f"{self.path.name}: {OOD_FILE} does not match the sha256 in bundle.json; "
+                              "the file was changed or corrupted")
+        return OODGate.from_parts({k: v.numpy() for k, v in _read_safetensors(f, self.path.name).items()}, info)
+
     def build_model(self) -> nn.Module:
         """Create the architecture and load the verified weights (CPU, eval mode)."""
         model = create(self.backbone, len(self.classes), img_size=self.data_config.input_size,
                        **self.meta.get("model_kwargs", {}))
-        state = load_file(str(self.path / WEIGHTS_FILE))
+        state = _read_safetensors(self.path / WEIGHTS_FILE, self.path.name)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
@@ -154,6 +179,13 @@ def update_bundle_meta(bundle: Bundle, **fields) -> Bundle:
     return bundle
 
 
+def save_gate(bundle: Bundle, gate, **report) -> Bundle:
+    """Store an ``OODGate`` in the bundle (arrays in ood.safetensors, settings + measured figures in bundle.json)."""
+    f = bundle.path / OOD_FILE
+    save_file(gate.tensors(), str(f))
+    return update_bundle_meta(bundle, ood={"file": OOD_FILE, "sha256": sha256_file(f), **gate.settings(), **report})
+
+
 def load_bundle(path: str | Path) -> Bundle:
     """Read and verify a bundle folder; raises ``BundleError`` with a clear reason if it cannot be trusted."""
     path = Path(path)
@@ -167,6 +199,9 @@ def load_bundle(path: str | Path) -> Bundle:
     for key in ("task", "classes", "backbone", "data_config", "weights_file", "weights_sha256"):
         if key not in meta:
             raise BundleError(f"{path.name}: {BUNDLE_JSON} lacks {key!r}")
+    if int(meta.get("schema_version", 1)) > SCHEMA_VERSION:
+        raise BundleError(f"{path.name}: bundle schema version {meta['schema_version']} is newer than this app "
+                          f"understands ({SCHEMA_VERSION}); update the app")
     if meta["weights_file"] != WEIGHTS_FILE or Path(meta["weights_file"]).suffix != ".safetensors":
         raise BundleError(f"{path.name}: weights must be {WEIGHTS_FILE} (safetensors); "
                           f"{meta['weights_file']!r} is refused, pickled checkpoints are never loaded")

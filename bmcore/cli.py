@@ -54,16 +54,21 @@ def cmd_classify(a) -> int:
     bad = [r for r in results if not r.ok]
     for r in bad:
         print(f"skipped {r.name}: {r.error}", file=sys.stderr)
+    refused = [r for r in results if r.ok and r.rejected]
+    for r in refused:
+        print(f"rejected {r.name}: {r.reject_reason} (no class given; not in the differential)", file=sys.stderr)
     if a.heatmaps:
         out = Path(a.heatmaps)
         out.mkdir(parents=True, exist_ok=True)
-        ok_items = [(it, r) for it, r in zip(items, results) if r.ok]
+        ok_items = [(it, r) for it, r in zip(items, results) if r.ok and not r.rejected]
         for i, (it, r) in enumerate(tqdm(ok_items, unit="cell", desc="heatmaps")):
             _, ov, code = pred.explain(it.source, r.code, a.cam)
             Image.fromarray(ov).save(out / f"{i:05d}_{code}_{Path(safe_display_name(r.name)).stem}.png")
-    d = differential([r.code if r.ok else None for r in results], pred.classes,
-                     uncertain=[r.uncertain for r in results], hairy=[r.hairy_flag for r in results])
-    print(f"{len(results) - len(bad)} cells classified, {len(bad)} skipped; wrote {a.out}")
+    d = differential([r.code if r.ok and not r.rejected else None for r in results], pred.classes,
+                     uncertain=[r.uncertain for r in results], hairy=[r.hairy_flag for r in results],
+                     rejected=[r.ok and r.rejected for r in results])
+    print(f"{len(results) - len(bad) - len(refused)} cells classified, {len(refused)} rejected as not a recognisable "
+          f"cell crop, {len(bad)} skipped; wrote {a.out}")
     print(f"differential over {d.denominator} cells (excluded: {d.excluded or 'none'}):")
     for row in d.table():
         print(f"  {row['class']} {row['name']:<22s} {row['count']:5d} {row['percent']:5.1f}%")

@@ -19,6 +19,7 @@ import torch
 from .bundle import Bundle, load_bundle
 from .explain import compute_cam, overlay
 from .metrics import softmax
+from .ood import quality_stats
 from .preprocess import ImageDecodeError, decode_image, normalize, preprocess, resize_rgb, to_uint8_tensor
 from .tasks import HAIRY_CELL_CODE, cell_name
 
@@ -56,13 +57,20 @@ def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
     return views
 
 
+def split_forward(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(penultimate features, logits): the same computation as ``model(x)``, stopped before the classifier once."""
+    feats = model.forward_head(model.forward_features(x), pre_logits=True)
+    return feats, model.get_classifier()(feats)
+
+
 def forward_logits(model: torch.nn.Module, x: torch.Tensor, device: torch.device, *, dtype: torch.dtype | None = None,
-                   channels_last: bool = True, tta: bool = False, batch_size: int = 8) -> np.ndarray:
+                   channels_last: bool = True, tta: bool = False, batch_size: int = 8, features: bool = False):
     """Logits of a normalised NCHW batch in micro-batches, TTA-averaged: the one inference forward pass.
 
     Used by ``Predictor`` and by training's validation, so what is selected on validation is what the app runs.
+    With ``features=True`` returns ``(logits, penultimate features)``, both TTA-averaged, for the OOD gate.
     """
-    out = []
+    out, feats = [], []
     with torch.inference_mode():
         for i in range(0, len(x), batch_size):
             xb = x[i:i + batch_size].to(device, non_blocking=True)
@@ -70,9 +78,17 @@ def forward_logits(model: torch.nn.Module, x: torch.Tensor, device: torch.device
                 xb = xb.contiguous(memory_format=torch.channels_last)
             views = dihedral_views(xb) if tta else [xb]
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                lg = torch.stack([model(v).float() for v in views]).mean(0)
+                if features:
+                    pairs = [split_forward(model, v) for v in views]
+                    feats.append(torch.stack([f.float() for f, _ in pairs]).mean(0).cpu().numpy())
+                    lg = torch.stack([lg.float() for _, lg in pairs]).mean(0)
+                else:
+                    lg = torch.stack([model(v).float() for v in views]).mean(0)
             out.append(lg.cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    logits = np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    if features:
+        return logits, (np.concatenate(feats) if feats else np.zeros((0, 0), np.float32))
+    return logits
 
 
 @dataclass
@@ -86,6 +102,9 @@ class CellPrediction:
     top: list[tuple[str, float]] = field(default_factory=list)
     uncertain: bool = False
     hairy_flag: bool = False
+    rejected: bool = False     # refused by the bundle's quality / out-of-distribution gate
+    reject_reason: str = ""
+    ood_score: float = float("nan")
 
     @property
     def label(self) -> str:
@@ -95,7 +114,7 @@ class CellPrediction:
 class Predictor:
     def __init__(self, bundle: Bundle | str | Path, *, device: str | None = None, threshold: float = DEFAULT_THRESHOLD,
                  hairy_threshold: float = 0.5, precision: str = "auto", batch_size: int | None = None,
-                 tta: bool | None = None, decode_workers: int = 2):
+                 tta: bool | None = None, decode_workers: int = 2, gate: bool = True):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.device = pick_device(device)
         self.cfg = self.bundle.data_config
@@ -116,6 +135,8 @@ class Predictor:
         self._cam_lock = threading.Lock()
         self._cam_model = None  # Grad-CAM's own copy: its hooks must never see a concurrent predict()
         self._decode_workers = decode_workers
+        # the bundle's quality + out-of-distribution gate (None: the bundle has none, or it was switched off)
+        self.gate = self.bundle.gate() if gate else None
 
     # -- description -------------------------------------------------------------------------------
     @property
@@ -124,7 +145,8 @@ class Predictor:
 
     def describe(self) -> dict:
         return {"bundle": self.bundle.name, "device": str(self.device), "precision": self.precision,
-                "tta": self.tta, "temperature": self.temperature, "classes": self.classes}
+                "tta": self.tta, "temperature": self.temperature, "classes": self.classes,
+                "gate": self.gate is not None}
 
     # -- tensors -----------------------------------------------------------------------------------
     @property
@@ -137,6 +159,13 @@ class Predictor:
             return np.zeros((0, len(self.classes)), np.float32)
         return forward_logits(self.model, x, self.device, dtype=self._dtype, tta=self.tta, batch_size=self.batch_size,
                               channels_last=self.device.type in ("cuda", "cpu"))
+
+    def outputs(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(raw logits, penultimate features) of a normalised NCHW batch, TTA-averaged like ``logits``."""
+        if len(x) == 0:
+            return np.zeros((0, len(self.classes)), np.float32), np.zeros((0, 0), np.float32)
+        return forward_logits(self.model, x, self.device, dtype=self._dtype, tta=self.tta, batch_size=self.batch_size,
+                              channels_last=self.device.type in ("cuda", "cpu"), features=True)
 
     def probabilities(self, x: torch.Tensor) -> np.ndarray:
         """Calibrated probabilities (temperature-scaled softmax)."""
@@ -180,18 +209,33 @@ class Predictor:
         for start in range(0, len(sources), chunk):
             tensors, errors = self.load_many(sources[start:start + chunk])
             good = [i for i, t in enumerate(tensors) if t is not None]
-            probs = (self.probabilities(normalize(torch.stack([tensors[i] for i in good]), self.cfg))
-                     if good else np.zeros((0, len(self.classes))))
-            row = dict(zip(good, probs))
+            probs, reasons, scores = self._judge([tensors[i] for i in good])
+            row = {i: (p, r, sc) for i, p, r, sc in zip(good, probs, reasons, scores)}
             for i, err in enumerate(errors):
                 name = names[start + i]
                 if i not in row:
                     results.append(CellPrediction(name=name, ok=False, error=err))
                     continue
-                results.append(self._verdict(name, row[i], thr, hthr))
+                p, reason, score = row[i]
+                verdict = self._verdict(name, p, thr, hthr)
+                verdict.rejected, verdict.reject_reason, verdict.ood_score = bool(reason), reason, float(score)
+                results.append(verdict)
             if progress:
                 progress(min(start + chunk, len(sources)), len(sources))
         return results
+
+    def _judge(self, tensors: list[torch.Tensor]) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """Calibrated probabilities, gate reasons ("" = accepted) and gate scores for resized uint8 CHW crops."""
+        n = len(tensors)
+        if n == 0:
+            return np.zeros((0, len(self.classes))), [], np.zeros(0)
+        x = normalize(torch.stack(tensors), self.cfg)
+        if self.gate is None:
+            return softmax(self.logits(x), self.temperature), [""] * n, np.full(n, np.nan)
+        logits, feats = self.outputs(x)
+        quality = np.array([quality_stats(t.permute(1, 2, 0).numpy()) for t in tensors])
+        reasons, scores = self.gate.reasons(feats, logits, quality)
+        return softmax(logits, self.temperature), reasons, scores
 
     def predict_items(self, items, progress=None, **thresholds) -> list[CellPrediction]:
         """Predict ``bmcore.inputs.InputItem``s in order; items refused at collection keep their error."""

@@ -10,13 +10,20 @@ from . import RUO_STATEMENT
 from .tasks import BLAST_CODES, ERYTHROID_CODES, MYELOID_CODES, NON_CELL_CODES, cell_name
 
 UNCERTAIN = "uncertain"
+REJECTED = "not a recognisable cell crop (rejected by the gate)"
+UNREADABLE = "unreadable"
+
+
+def _status(ok: bool, rejected: bool) -> str:
+    return "error" if not ok else ("rejected" if rejected else "ok")
 
 
 def prediction_rows(preds, classes: list[str]) -> list[dict]:
     """One flat dict per cell (CSV columns), unreadable files included with their error."""
     rows = []
     for p in preds:
-        row = {"file": p.name, "status": "ok" if p.ok else "error", "error": p.error,
+        row = {"file": p.name, "status": _status(p.ok, p.rejected), "error": p.error,
+               "rejected_reason": p.reject_reason,
                "predicted": p.code, "predicted_name": p.label,
                "confidence": round(p.confidence, 4) if p.ok else "",
                "uncertain": p.uncertain if p.ok else "", "hairy_flag": p.hairy_flag if p.ok else "",
@@ -56,19 +63,22 @@ class Differential:
 
 
 def differential(labels: list[str | None], model_classes: list[str], *, uncertain: list[bool] | None = None,
-                 hairy: list[bool] | None = None) -> Differential:
-    """Count a differential from final labels (``None`` = unreadable / rejected).
+                 hairy: list[bool] | None = None, rejected: list[bool] | None = None) -> Differential:
+    """Count a differential from final labels (``None`` = unreadable, or rejected when ``rejected`` says so).
 
-    Cells marked uncertain (and not yet resolved by a reviewer), artefacts, smudge and
-    not-identifiable cells are left out of the denominator and reported as excluded.
+    Cells marked uncertain (and not yet resolved by a reviewer), cells the gate rejected as not a
+    recognisable cell crop (unless a reviewer labelled them), artefacts, smudge and not-identifiable
+    cells are left out of the denominator and reported as excluded.
     """
     uncertain = uncertain or [False] * len(labels)
     hairy = hairy or [False] * len(labels)
+    rejected = rejected or [False] * len(labels)
     counts: dict[str, int] = {}
     excluded: dict[str, int] = {}
-    for lab, unc in zip(labels, uncertain):
+    for lab, unc, rej in zip(labels, uncertain, rejected):
         if lab is None:
-            excluded["unreadable or rejected"] = excluded.get("unreadable or rejected", 0) + 1
+            key = REJECTED if rej else UNREADABLE
+            excluded[key] = excluded.get(key, 0) + 1
         elif unc:
             excluded[UNCERTAIN] = excluded.get(UNCERTAIN, 0) + 1
         elif lab in NON_CELL_CODES:
@@ -106,7 +116,8 @@ def case_differential(case) -> Differential:
     ok = list(case.cells)
     return differential([c.label for c in ok], list(case.model_classes or []),
                         uncertain=[bool(c.ok and c.uncertain and not c.reviewed) for c in ok],
-                        hairy=[bool(c.hairy_flag) for c in ok])
+                        hairy=[bool(c.hairy_flag) for c in ok],
+                        rejected=[bool(c.ok and c.rejected and not c.reviewed) for c in ok])
 
 
 def case_rows(case) -> list[dict]:
@@ -114,7 +125,8 @@ def case_rows(case) -> list[dict]:
     rows = []
     for c in case.cells:
         row = {"case": case.case_code, "position": c.position + 1, "file": c.name,
-               "status": "ok" if c.ok else "error", "error": c.error, "sha256": c.sha256,
+               "status": _status(c.ok, c.rejected), "error": c.error, "rejected_reason": c.reject_reason,
+               "sha256": c.sha256,
                "predicted": c.predicted, "confidence": round(c.confidence, 4) if c.confidence is not None else "",
                "uncertain": c.uncertain if c.ok else "", "hairy_flag": c.hairy_flag if c.ok else "",
                "final_label": c.label or "", "final_name": cell_name(c.label) if c.label else "",

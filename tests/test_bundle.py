@@ -60,3 +60,40 @@ def test_find_bundles(tmp_path):
     make_bundle(tmp_path / "c", ["BLA", "HAC"], task="hcl7")
     (tmp_path / "not_a_bundle").mkdir()
     assert [p.name for p in find_bundles(tmp_path)] == ["a", "c"]
+
+
+class _Payload:
+    """A pickle that would create a file if anything ever unpickled it."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickle_disguised_as_safetensors_is_refused_and_never_executed(tmp_path):
+    import pickle
+
+    from bmcore.bundle import sha256_file
+
+    make_bundle(tmp_path / "b", DEV_CLASSES)
+    marker = tmp_path / "pwned"
+    w = tmp_path / "b" / WEIGHTS_FILE
+    w.write_bytes(pickle.dumps({"state": _Payload(marker)}))
+    meta = json.loads((tmp_path / "b" / BUNDLE_JSON).read_text())
+    meta["weights_sha256"] = sha256_file(w)  # the hash matches: only the format can give it away
+    (tmp_path / "b" / BUNDLE_JSON).write_text(json.dumps(meta))
+    b = load_bundle(tmp_path / "b")
+    with pytest.raises(BundleError, match="not a valid safetensors file"):
+        b.build_model()
+    assert not marker.exists()
+
+
+def test_bundle_from_a_newer_schema_is_refused(tmp_path):
+    make_bundle(tmp_path / "b", DEV_CLASSES)
+    meta = json.loads((tmp_path / "b" / BUNDLE_JSON).read_text())
+    meta["schema_version"] = 99
+    (tmp_path / "b" / BUNDLE_JSON).write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="schema version 99"):
+        load_bundle(tmp_path / "b")

@@ -1,7 +1,7 @@
 import pytest
 
 from bmcore.cases import CaseError, CaseStore, CellInput, ConflictError
-from bmcore.report import case_rows, differential, render_html_report
+from bmcore.report import REJECTED, UNREADABLE, case_rows, differential, render_html_report
 
 
 def _cells():
@@ -58,10 +58,12 @@ def test_optimistic_locking(store):
 
 
 def test_differential_rules():
-    d = differential(["BLA", "BLA", "EBO", "NGS", "ART", "NIF", None, "LYT"], ["ART", "BLA", "EBO", "LYT", "NGS", "NIF"],
-                     uncertain=[False, False, False, False, False, False, False, True])
+    d = differential(["BLA", "BLA", "EBO", "NGS", "ART", "NIF", None, "LYT", None],
+                     ["ART", "BLA", "EBO", "LYT", "NGS", "NIF"],
+                     uncertain=[False, False, False, False, False, False, False, True, False],
+                     rejected=[False] * 8 + [True])
     assert d.counts == {"BLA": 2, "EBO": 1, "NGS": 1} and d.denominator == 4
-    assert d.excluded == {"ART (Artefact)": 1, "NIF (Not identifiable)": 1, "unreadable or rejected": 1,
+    assert d.excluded == {"ART (Artefact)": 1, "NIF (Not identifiable)": 1, UNREADABLE: 1, REJECTED: 1,
                           "uncertain": 1}
     assert d.percent["BLA"] == pytest.approx(50) and d.blast_percent == pytest.approx(50)
     assert d.me_ratio == pytest.approx(1.0)  # NGS (myeloid) : EBO (erythroid)

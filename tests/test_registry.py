@@ -6,6 +6,7 @@ import torch
 
 from bmcore.backbones import BACKBONES, create, resolve_layer
 from bmcore.explain import CAM_METHODS, compute_cam
+from bmcore.predictor import split_forward
 from bmcore.preprocess import DataConfig, load_image
 from bmcore.weights import build_pretrained, load_in_key_order, package_weights_file, read_state_dict
 
@@ -23,7 +24,11 @@ def test_backbone_forward_and_gradcam(key, crop_tensor):
     model = create(key, 8, img_size=SIZE).eval()
     with torch.no_grad():
         out = model(crop_tensor.unsqueeze(0))
+        feats, logits = split_forward(model, crop_tensor.unsqueeze(0))
     assert out.shape == (1, 8) and torch.isfinite(out).all()
+    # the OOD gate's features come from the same pass, stopped before the classifier: logits must be identical
+    assert feats.dim() == 2 and feats.shape[1] == model.get_classifier().in_features
+    assert torch.equal(logits, out)
     cam = compute_cam(model, key, crop_tensor, class_index=int(out.argmax()), method="gradcam")
     assert cam.shape == (SIZE, SIZE)
     assert np.isfinite(cam).all() and cam.std() > 1e-4, "Grad-CAM map is constant"

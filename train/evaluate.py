@@ -24,15 +24,18 @@ from bmcore.preprocess import normalize
 from .data import CropDataset, load_splits
 
 
-def split_logits(predictor: Predictor, root: str | Path, splits_csv: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+def split_batches(predictor: Predictor, root: str | Path, splits_csv: str | Path, split: str, batch: int = 128):
+    """(targets, iterator of uint8 NCHW batches) of one split, read through the app's decode + resize."""
     df = load_splits(splits_csv)
     df = df[(df.split == split) & df.label.isin(predictor.classes)]
     ds = CropDataset(root, df, predictor.classes, predictor.cfg, cache=False)
-    logits = []
-    for i in range(0, len(ds), 128):
-        xb = torch.stack([ds.uint8(j) for j in range(i, min(i + 128, len(ds)))])
-        logits.append(predictor.logits(normalize(xb, predictor.cfg)))
-    return np.concatenate(logits), np.asarray(ds.targets)
+    batches = (torch.stack([ds.uint8(j) for j in range(i, min(i + batch, len(ds)))]) for i in range(0, len(ds), batch))
+    return np.asarray(ds.targets), batches
+
+
+def split_logits(predictor: Predictor, root: str | Path, splits_csv: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    y, batches = split_batches(predictor, root, splits_csv, split)
+    return np.concatenate([predictor.logits(normalize(xb, predictor.cfg)) for xb in batches]), y
 
 
 def calibrate(predictor: Predictor, root, splits_csv) -> float:

@@ -65,6 +65,7 @@ DEFAULTS: dict = {
     "max_steps": 0,  # >0: stop after this many optimiser steps (smoke tests)
     "limit_per_class": 0,  # >0: at most this many crops per class and split (smoke tests)
     "evaluate_test": True,
+    "gate": False,  # fit + calibrate the quality / out-of-distribution gate into the bundle (train.ood)
 }
 
 
@@ -317,6 +318,12 @@ def main(argv=None) -> int:
         m = report["metrics"]
         print(f"test: acc {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f} ECE {report['ece_before_temperature']:.4f}"
               f" -> {m['ece']:.4f} (T={report['temperature']:.3f}, tta={report['tta']})", flush=True)
+    if args.gate:
+        from .ood import fit_and_measure
+
+        g = fit_and_measure(bundle, args.data_root, args.splits)
+        print(f"gate: refuses {g['val_rejection']:.3f} of val, {g['test_rejection']:.3f} of test crops; "
+              f"AUROC {g['auroc']['gate']:.3f} on {g['ood_images']} out-of-distribution images", flush=True)
     print(f"bundle: {bundle.path}", flush=True)
     if world > 1:
         dist.destroy_process_group()
