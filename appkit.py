@@ -116,11 +116,12 @@ def sidebar() -> Predictor | None:
     if cases:
         ids = [c["id"] for c in cases]
         names = {c["id"]: f"{c['case']} ({c['status']}, {c['cells']} cells)" for c in cases}
-        _persist("case_id", st.session_state.get("case_id") or ids[0])
+        # none until this session classifies or picks one: a new user never lands in someone else's case
+        _persist("case_id", st.session_state.get("case_id"))
         if st.session_state["case_id"] not in ids:
-            st.session_state["case_id"] = st.session_state["_w_case_id"] = ids[0]
+            st.session_state["case_id"] = st.session_state["_w_case_id"] = None
         sb.selectbox("Active case", ids, format_func=names.get, key="_w_case_id", on_change=_store_back,
-                     args=("case_id",))
+                     args=("case_id",), index=None, placeholder="Choose a case…")
     sb.caption(RUO_STATEMENT)
     return pred
 
@@ -129,7 +130,8 @@ def active_case():
     """The active case from the store, or None (with a hint) if there is none yet."""
     cid = st.session_state.get("case_id")
     if not cid:
-        st.info("No case yet. Start one on the **Classify** page.")
+        st.info("No active case. Start one on the **Classify** page, or choose one under **Active case** in the "
+                "sidebar.")
         return None
     try:
         return get_store().get_case(cid)
@@ -180,10 +182,12 @@ def cells_frame(case, *, only_ok: bool = False):
         if only_ok and not c.ok:
             continue
         top = sorted((c.probabilities or {}).items(), key=lambda kv: -kv[1])[:3]
-        rows.append({"#": c.position + 1, "file": c.name, "status": "ok" if c.ok else "unreadable",
+        rows.append({"#": c.position + 1, "file": c.name,
+                     "status": "unreadable" if not c.ok else ("rejected" if c.rejected else "ok"),
                      "predicted": c.predicted, "name": cell_name(c.predicted) if c.predicted else "",
                      "confidence": c.confidence, "top-3": ", ".join(f"{k} {v:.2f}" for k, v in top),
                      "uncertain": bool(c.uncertain), "hairy flag": bool(c.hairy_flag),
-                     "final": c.label or "", "reviewed by": c.reviewed_by or "", "error": c.error,
+                     "final": c.label or "", "reviewed by": c.reviewed_by or "",
+                     "error": c.error or c.reject_reason,
                      "cell_id": c.id, "version": c.version})
     return pd.DataFrame(rows)

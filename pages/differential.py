@@ -27,7 +27,8 @@ else:
 if d.excluded:
     st.caption("Left out of the denominator: " + ", ".join(f"{k}: {v}" for k, v in d.excluded.items())
                + ". Artefacts, smudge and not-identifiable cells are not part of a differential; uncertain cells "
-                 "count once a reviewer resolves them.")
+                 "count once a reviewer resolves them; images the model's gate rejected as not a recognisable cell "
+                 "crop count only if a reviewer gives them a label.")
 c1, c2, c3 = st.columns(3)
 c1.metric("M:E ratio", f"{d.me_ratio:.2f}" if d.me_ratio is not None else "n/a", help=d.me_note)
 c1.caption(d.me_note)

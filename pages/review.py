@@ -43,20 +43,25 @@ if msg:
     getattr(st, kind)(msg)
 
 ok = [c for c in case.cells if c.ok]
-unreviewed = [c for c in ok if not c.reviewed]
+rejected = [c for c in ok if c.rejected and not c.reviewed]  # excluded unless a reviewer labels them
+unreviewed = [c for c in ok if not c.reviewed and not c.rejected]
 open_unc = [c for c in unreviewed if c.uncertain]
 signed = case.status == STATUS_SIGNED
 st.subheader(f"Case {case.case_code}: " + (f"signed off by {case.signed_by}" if signed else "open"))
-m1, m2, m3 = st.columns(3)
-m1.metric("Reviewed", f"{len(ok) - len(unreviewed)} / {len(ok)}")
+m1, m2, m3, m4 = st.columns(4)
+m1.metric("Reviewed", f"{len(ok) - len(unreviewed) - len(rejected)} / {len(ok) - len(rejected)}")
 m2.metric("Uncertain, unresolved", len(open_unc))
-m3.metric("Unreadable files", len(case.cells) - len(ok))
+m3.metric("Rejected (not a cell crop)", len(rejected),
+          help="Refused by the model's quality / out-of-distribution gate; left out of the differential unless you "
+               "give them a label here")
+m4.metric("Unreadable files", len(case.cells) - len(ok))
 
 if not signed and ok:
     st.markdown("#### Review a cell")
-    queue = open_unc + [c for c in unreviewed if not c.uncertain] + [c for c in ok if c.reviewed]
+    queue = open_unc + [c for c in unreviewed if not c.uncertain] + rejected + [c for c in ok if c.reviewed]
     labels = {c.id: (f"#{c.position + 1} {c.name} — model: {c.predicted} ({c.confidence:.2f})"
-                     + (" · UNCERTAIN" if c.uncertain and not c.reviewed else "")
+                     + (f" · REJECTED: {c.reject_reason}" if c.rejected and not c.reviewed else
+                        " · UNCERTAIN" if c.uncertain and not c.reviewed else "")
                      + (f" · reviewed: {c.final_label} by {c.reviewed_by}" if c.reviewed else "")) for c in queue}
     cid = st.selectbox("Cell (uncertain first, then unreviewed)", list(labels), format_func=labels.get,
                        key="review_cell")
@@ -65,6 +70,9 @@ if not signed and ok:
     data = appkit.image_bytes(case.id, cell)
     if data:
         left.image(data, width="stretch")
+    if cell.rejected and not cell.reviewed:
+        right.warning(f"The model's gate rejected this image: {cell.reject_reason}. It is left out of the "
+                      "differential; give it a label only if it is a single bone marrow cell you can classify.")
     top = sorted((cell.probabilities or {}).items(), key=lambda kv: -kv[1])[:3]
     right.write("Model: " + " · ".join(f"**{k}** {cell_name(k)} {v:.2f}" for k, v in top))
     model_classes = list(case.model_classes or [])
@@ -89,7 +97,8 @@ if not signed and ok:
     if c2.button("Sign off case", type="primary", key="sign_off"):
         act(store.sign_off, case.id, who, ok_msg=f"Case {case.case_code} signed off.")
     if open_unc or unreviewed:
-        st.caption("Sign-off needs every readable cell reviewed, uncertain ones included.")
+        st.caption("Sign-off needs every readable cell reviewed, uncertain ones included. Rejected images need no "
+                   "review: they stay out of the differential.")
 elif signed:
     st.success(f"Signed off by {case.signed_by} on {case.signed_at:%Y-%m-%d %H:%M} UTC. "
                "Reopen it to change cells (the reopening is audited).")

@@ -168,3 +168,45 @@ def test_export_page_and_model_pages(env, crops):
     assert not at.exception
     published = at.dataframe[-1].value
     assert {"000", "001", "003", "004"} <= set(published.seed)
+
+
+def test_rejected_bin_is_left_out_of_the_differential(env, crops):
+    """With the default bundle's gate: a blank image and a screenshot get no class, their own bin, no count."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from bmcore.cli import default_bundle
+    from bmcore.report import REJECTED
+    from train.ood import _screenshot
+
+    def png(im):
+        buf = io.BytesIO()
+        im.save(buf, "PNG")
+        return buf.getvalue()
+
+    blank = png(Image.new("RGB", (250, 250), (214, 190, 205)))
+    shot = png(_screenshot(np.random.default_rng(0)))
+    env = {**env, "default": str(default_bundle())}
+    files = real(crops, 1)
+    at = upload(app(env, bundle="default", threshold=0.0), "C-R", files,
+                [("blank.png", blank, "image/png"), ("screen.png", shot, "image/png")])
+    case = CaseStore(env["db"]).get_case(at.session_state["case_id"])
+    rejected = [c for c in case.cells if c.rejected]
+    assert {"blank.png", "screen.png"} <= {c.name for c in rejected}
+    assert all(c.reject_reason and c.label is None for c in rejected)
+    assert metric(at, "Rejected: not a cell crop") == str(len(rejected))
+    assert metric(at, "Cells classified") == str(len(case.cells) - len(rejected))
+    shown = next(d.value for d in at.dataframe if "reason" in d.value.columns)
+    assert set(shown.file) == {c.name for c in rejected}
+    at.switch_page("pages/differential.py").run()
+    assert not at.exception
+    counted = at.dataframe[0].value["count"].sum()
+    assert counted == sum(1 for c in case.cells if c.label and c.label not in ("ART", "NIF"))
+    assert any(f"{REJECTED}: {len(rejected)}" in c.value for c in at.caption)
+    # a reviewer who recognises a rejected image as a cell can still count it
+    store = CaseStore(env["db"])
+    cell = next(c for c in rejected if c.name == "blank.png")
+    store.review_cell(cell.id, "rev", "LYT", expected_version=cell.version)
+    assert store.get_case(case.id).cells[cell.position].label == "LYT"

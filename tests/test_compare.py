@@ -41,3 +41,14 @@ def test_committed_comparison_results_match_schema():
     for p in files:
         assert validate(json.loads(p.read_text())) == [], p.name
     assert len(load_results(folder)) == len(files)
+
+
+def test_written_summary_shows_the_committed_results():
+    """docs/comparison.md's table is generated from assets/comparison and must match the committed results."""
+    from bmcore.comparison import TABLE_END, TABLE_START, load_results, markdown_table
+
+    doc = (REPO / "docs" / "comparison.md").read_text()
+    shown = doc[doc.index(TABLE_START):doc.index(TABLE_END) + len(TABLE_END)]
+    results = load_results(REPO / "assets" / "comparison")
+    assert shown == markdown_table(results)
+    assert len(results) == len(json.loads((REPO / "assets" / "comparison" / "summary.json").read_text())["runs"])

@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from bmcore.bundle import load_bundle
-from bmcore.comparison import result_from_bundle, validate
+from bmcore.comparison import load_results, markdown_table, replace_table, result_from_bundle, validate
 from bmcore.predictor import Predictor
 from bmcore.preprocess import IMAGE_SUFFIXES
 
@@ -89,9 +89,15 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="comma-separated run keys")
     ap.add_argument("--out", default=None, help="result folder (default: the config's out)")
     ap.add_argument("--runs-dir", default="runs/compare")
+    ap.add_argument("--table", metavar="MARKDOWN", default=None,
+                    help="only rewrite the generated results table inside this Markdown file (e.g. docs/comparison.md)")
     a = ap.parse_args(argv)
     cfg = yaml.safe_load(Path(a.config).read_text())
     out_dir = Path(a.out or cfg.get("out", "assets/comparison"))
+    if a.table:
+        doc = Path(a.table)
+        doc.write_text(replace_table(doc.read_text(), markdown_table(load_results(out_dir))))
+        return 0
     out_dir.mkdir(parents=True, exist_ok=True)
     runs_dir = Path(a.runs_dir)
     only = {k for k in a.only.split(",") if k}

@@ -1,0 +1,206 @@
+"""Drive the app in a real browser: the one place that knows how to start it and how to click through it.
+
+Shared by tests/test_e2e_browser.py and bench/load.py. Playwright's sync API with Debian's chromium
+(BM_CHROMIUM overrides the path). Elements are found by what a user sees (labels, roles, captions);
+"the page has finished" is Streamlit's own marker, ``data-test-script-state="notRunning"`` on the app root.
+The sync API is bound to the thread that opened it: give each thread its own ``sync_playwright()``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("BM_CHROMIUM", "/usr/bin/chromium")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+VIEWPORT = {"width": 1400, "height": 1000}
+IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
+
+
+def browser_missing() -> str | None:
+    """Why a browser run cannot happen here, or None."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed"
+    if not Path(CHROMIUM).exists():
+        return f"chromium not found at {CHROMIUM} (apt-get install chromium)"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class AppServer:
+    url: str
+    proc: subprocess.Popen
+    log: Path
+
+
+@contextmanager
+def app_server(database: Path, log: Path, port: int | None = None, start_timeout: float = 120) -> Iterator[AppServer]:
+    """``streamlit run app.py`` headless on loopback with its own SQLite database; stopped (with its children) on exit.
+
+    File watching is off: a test or benchmark server must not react to edits made while it runs.
+    """
+    port = port or free_port()
+    env = dict(os.environ, BM_DATABASE_URL=f"sqlite:///{database}", PYTHONPATH=str(REPO))
+    url = f"http://127.0.0.1:{port}"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                                 "--server.address", "127.0.0.1", "--server.headless", "true",
+                                 "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
+                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            try:
+                urllib.request.urlopen(url + "/_stcore/health", timeout=1)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("streamlit did not start: " + log.read_text()[-2000:]) from None
+                time.sleep(0.5)
+        yield AppServer(url, proc, log)
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group (it was started in its own session), SIGKILL after 15 s."""
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def launch(pw):
+    """Headless chromium from a ``sync_playwright()`` instance."""
+    return pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+
+
+def new_page(browser, timeout_s: float, **context_options):
+    """A page in a fresh browser context (its own cookies, so its own Streamlit session); every wait ``timeout_s``."""
+    from playwright.sync_api import expect
+
+    page = browser.new_context(viewport=VIEWPORT, **context_options).new_page()
+    page.set_default_timeout(timeout_s * 1000)
+    expect.set_options(timeout=timeout_s * 1000)
+    return page
+
+
+def wait_idle(page) -> None:
+    """Until the script run in progress (if any) has finished."""
+    page.locator(IDLE).wait_for(state="attached")
+
+
+def open_classify(page, url: str, case_code: str) -> None:
+    """Open the app, go to Classify and enter the case id."""
+    from playwright.sync_api import expect
+
+    page.goto(url)
+    expect(page.get_by_text("Bone marrow cell classifier").first).to_be_visible()
+    page.get_by_role("link", name="Classify").first.click()
+    box = page.get_by_role("textbox", name="Case id")
+    box.fill(case_code)
+    box.press("Enter")
+    wait_idle(page)
+
+
+def upload(page, files: list) -> None:
+    """Choose the crops in the uploader; returns once they are on the server and the Classify button is live."""
+    from playwright.sync_api import expect
+
+    page.locator('input[type="file"]').set_input_files([str(f) for f in files])
+    expect(page.get_by_role("button", name="Classify", exact=True)).to_be_enabled()  # set by the upload's own rerun
+    wait_idle(page)
+
+
+def classify(page, case_code: str) -> dict[str, str]:
+    """Press Classify; returns the case's metrics (label -> value) once its results page has been drawn."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("button", name="Classify", exact=True).click()
+    expect(page.get_by_text(f"Case {case_code}", exact=True)).to_be_visible()
+    wait_idle(page)
+    return metrics(page)
+
+
+def metrics(page) -> dict[str, str]:
+    out = {}
+    for m in page.get_by_test_id("stMetric").all():
+        label = m.get_by_test_id("stMetricLabel").inner_text().strip()
+        out[label] = m.get_by_test_id("stMetricValue").inner_text().strip()
+    return out
+
+
+def _heatmap_row(page, file_name: str = ""):
+    """The row holding a cell's crop (captioned "<file> as the model sees it") and its heatmap."""
+    caption = page.get_by_text(f"{file_name} as the model sees it".strip())
+    return page.get_by_test_id("stHorizontalBlock").filter(has=caption).last
+
+
+def open_cell_view(page) -> None:
+    """Switch to the Cell view tab and wait for the heatmap of the cell it opens with."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Cell view").click()
+    expect(page.get_by_text("as the model sees it").first).to_be_visible()
+    _wait_images(_heatmap_row(page))
+
+
+def show_heatmap(page, file_name: str) -> float | None:
+    """Pick a cell by its file name in the Cell view tab and wait until its crop and heatmap are on screen.
+
+    Returns the seconds from choosing the cell to the heatmap shown, or None (list closed again) when the cell
+    is not offered, e.g. the model's gate rejected it. The list filters fuzzily: only an exact name counts.
+    """
+    from playwright.sync_api import expect
+
+    box = page.get_by_role("combobox", name="Cell", exact=True)
+    box.click()
+    page.keyboard.type(file_name)
+    expect(box).to_have_value(file_name)
+    option = page.get_by_role("option", name=re.compile(re.escape(file_name)))
+    expect(page.get_by_role("option").first).to_be_visible()  # the filtered list, or its "No results" entry
+    if option.count() == 0:
+        page.keyboard.press("Escape")
+        return None
+    t = time.perf_counter()
+    option.first.click()
+    row = _heatmap_row(page, file_name)
+    expect(row).to_be_visible()
+    wait_idle(page)
+    _wait_images(row)
+    return time.perf_counter() - t
+
+
+def _wait_images(row) -> None:
+    """The crop and its heatmap (the row's images) present and decoded by the browser."""
+    imgs = row.locator("img")
+    imgs.nth(1).wait_for(state="visible")
+    for img in imgs.all():
+        img.evaluate("img => img.complete && img.naturalWidth > 0 ? true : "
+                     "new Promise((ok, no) => { img.onload = () => ok(true); img.onerror = no; })")
