@@ -90,12 +90,17 @@ def evaluate(bundle: Bundle | str | Path, root, splits_csv, *, split: str = "tes
     return report
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def bundle_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """The command line shared by the bundle + split commands (evaluate, ood): --bundle, --splits, --data-root."""
+    ap = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--splits", required=True)
     ap.add_argument("--data-root", required=True)
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = bundle_parser("python -m train.evaluate", __doc__)
     ap.add_argument("--split", default="test", choices=["test", "val"])
     ap.add_argument("--tta", choices=["bundle", "on", "off"], default="bundle")
     ap.add_argument("--fit-calibration", action="store_true", help="refit the temperature on the val split first")

@@ -16,7 +16,6 @@ Writes ``ood.safetensors`` + ``bundle.json["ood"]`` (settings and headline figur
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from bmcore.predictor import Predictor
 from bmcore.preprocess import normalize, resize_rgb, to_uint8_tensor
 
 from .data import load_splits
-from .evaluate import split_batches
+from .evaluate import bundle_parser, split_batches
 
 SKIMAGE_SAMPLES = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon", "page", "text", "horse",
                    "hubble_deep_field", "brick", "grass", "gravel", "cell", "clock", "colorwheel", "logo")
@@ -225,11 +224,7 @@ def fit_and_measure(bundle: Bundle | str | Path, data_root, splits_csv, *, n_ood
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m train.ood", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", required=True)
-    ap.add_argument("--splits", required=True)
-    ap.add_argument("--data-root", required=True)
+    ap = bundle_parser("python -m train.ood", __doc__)
     ap.add_argument("--n-ood", type=int, default=40, help="images per out-of-distribution kind")
     ap.add_argument("--target-rejection", type=float, default=0.04)
     a = ap.parse_args(argv)
