@@ -165,14 +165,17 @@ def test_killed_writer_loses_nothing_committed(stores, db_url, tmp_path):
         n = int(re.match(r"(\d+) cells;", note).group(1))
         assert sorted(c.position for c in by_case[case.id]) == list(range(n)), f"case {code} is half written"
 
-    # every journaled review is in the audit trail, in order, and the cell holds the last audited label
+    # every journaled review is in the audit trail, in order, and the cell holds the last audited label; a
+    # review committed just before a kill has no journal line but can precede later journaled reviews of the
+    # same cell, so the journal must be an ordered subsequence of the audit (the extras are counted below)
     events = _review_events(store)
     journaled = collections.defaultdict(list)
     for cell_id, label in j_reviews:
         journaled[cell_id].append(label)
     for cell_id, labels in journaled.items():
-        audited = [e.to_value for e in events.get(cell_id, [])]
-        assert audited[:len(labels)] == labels, f"cell {cell_id}: journal {labels}, audit {audited} (seed {seed})"
+        audited = iter(e.to_value for e in events.get(cell_id, []))
+        assert all(any(a == lab for a in audited) for lab in labels), \
+            f"cell {cell_id}: journal {labels} is not in the audit {[e.to_value for e in events[cell_id]]} (seed {seed})"
     _check_chains(store, events, cells)
 
     # at most the one commit in flight at each kill is in the database without a journal line

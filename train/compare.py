@@ -56,6 +56,26 @@ def cpu_ms_per_cell(bundle, data_root: Path, n: int = 64) -> float:
     return 1000 * best / len(blobs)
 
 
+def retime(out_dir: Path, runs_dir: Path, data_root: Path) -> int:
+    """Re-measure ``cpu_ms_per_cell`` of every result whose bundle is still under ``runs_dir``, in one process."""
+    missing = []
+    for f in sorted(out_dir.glob("*.json")):
+        if f.name == "summary.json":
+            continue
+        r = json.loads(f.read_text())
+        b = runs_dir / r["key"] / "bundle"
+        if not b.is_dir():
+            missing.append(r["key"])
+            continue
+        r["cpu_ms_per_cell"] = cpu_ms_per_cell(load_bundle(b), data_root)
+        r["cpu_timed"] = f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, all results re-timed in one run"
+        f.write_text(json.dumps(r, indent=1))
+        print(f"{r['key']:28s} {r['cpu_ms_per_cell']:.1f} ms/cell", flush=True)
+    if missing:
+        print(f"not re-timed (bundle not under {runs_dir}): {', '.join(missing)}", flush=True)
+    return 0
+
+
 def run_one(run: dict, budget: dict, common: dict, out_dir: Path, runs_dir: Path) -> dict:
     key = run["key"]
     settings = {**budget, **{k: v for k, v in run.items() if k not in ("key", "title", "note")}}
@@ -89,11 +109,16 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="comma-separated run keys")
     ap.add_argument("--out", default=None, help="result folder (default: the config's out)")
     ap.add_argument("--runs-dir", default="runs/compare")
+    ap.add_argument("--retime", action="store_true",
+                    help="only re-measure CPU ms/cell of every committed result, all in this one run (a quiet machine "
+                         "makes the rows comparable), from the bundles kept under --runs-dir")
     ap.add_argument("--table", metavar="MARKDOWN", default=None,
                     help="only rewrite the generated results table inside this Markdown file (e.g. docs/comparison.md)")
     a = ap.parse_args(argv)
     cfg = yaml.safe_load(Path(a.config).read_text())
     out_dir = Path(a.out or cfg.get("out", "assets/comparison"))
+    if a.retime:
+        return retime(out_dir, Path(a.runs_dir), Path(cfg["common"]["data_root"]))
     if a.table:
         doc = Path(a.table)
         doc.write_text(replace_table(doc.read_text(), markdown_table(load_results(out_dir))))
