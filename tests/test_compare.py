@@ -31,6 +31,17 @@ def test_compare_runs_end_to_end_on_tiny_budget(tmp_path, dev_root):
     assert res["cnn"]["metrics"]["n"] == 12 and "--img-size 48" in res["cnn"]["command"]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["runs"] == ["cnn", "mnv2"] and summary["budget"]["img_size"] == 48
+    # --retime re-measures every result in one run and says so; --table writes the Markdown table between markers
+    assert main(["--config", str(tmp_path / "c.yaml"), "--runs-dir", str(tmp_path / "runs"), "--retime"]) == 0
+    again = {r["key"]: r for r in load_results(tmp_path / "out")}
+    assert all("re-timed in one run" in r["cpu_timed"] and r["cpu_ms_per_cell"] > 0 for r in again.values())
+    from bmcore.comparison import TABLE_END, TABLE_START
+
+    (tmp_path / "doc.md").write_text(f"intro\n{TABLE_START}\nold\n{TABLE_END}\nend\n")
+    assert main(["--config", str(tmp_path / "c.yaml"), "--table", str(tmp_path / "doc.md")]) == 0
+    doc = (tmp_path / "doc.md").read_text()
+    assert doc.startswith("intro\n") and doc.endswith("end\n") and "old" not in doc
+    assert doc.count("| random-init") == 0 and doc.count("| scratch |") == 1 and doc.count("| ImageNet (pip) |") == 1
 
 
 def test_committed_comparison_results_match_schema():
