@@ -1,3 +1,5 @@
+import json
+
 import pandas as pd
 import streamlit as st
 
@@ -46,6 +48,30 @@ st.markdown("#### Calibration")
 cal = m.get("calibration", {})
 st.write(f"Temperature {cal.get('temperature', 1.0):.3f}, fitted on the {cal.get('fitted_on', 'n/a')}. Confidences "
          "shown in the app are temperature-scaled probabilities.")
+st.markdown("#### Images it will not judge")
+ood = m.get("ood")
+if ood:
+    ev_path = b.path / "eval_ood.json"
+    ev = json.loads(ev_path.read_text()) if ev_path.is_file() else {}
+    st.write(f"A gate in front of the classifier refuses blank, out-of-focus and unfamiliar images (not a recognisable "
+             f"bone marrow single-cell crop) instead of giving them a class. Fitted on the {ood['fitted_on']}; "
+             f"threshold set on the {ood['calibrated_on']} to refuse {ood['val_rejection']:.1%} of it. On the test "
+             f"split (never used by the gate) it refuses **{ood['test_rejection']:.1%}** of real crops.")
+    g1, g2, g3 = st.columns(3)
+    g1.metric("Real test crops refused", f"{ood['test_rejection']:.1%}")
+    g2.metric("Out-of-distribution images refused", f"{ev.get('ood_refused', float('nan')):.0%}",
+              help=f"{ood['ood_images']} generated or packaged images (fields, other magnification, blur, blank, "
+                   "photos, another stain, screenshots, noise)")
+    g3.metric("AUROC, unfamiliar vs real", f"{ood['auroc']['gate']:.3f}",
+              help="max-softmax baseline: " + f"{ood['auroc'].get('max_softmax_baseline', float('nan')):.3f}")
+    if ev.get("by_kind"):
+        st.dataframe(pd.DataFrame([{"kind": k, "images": v["n"], "refused": f"{v['refused']:.0%}",
+                                    "AUROC vs test": round(v["auroc_vs_test"], 3)} for k, v in ev["by_kind"].items()]),
+                     hide_index=True)
+    st.caption("A passed gate means the image looks like the training crops, not that it is suitable: the gate has "
+               "never seen real peripheral-blood crops, other stains or other scanners.")
+else:
+    st.info("This bundle has no out-of-distribution gate: every readable image gets a class.")
 st.markdown("#### Training")
 if tr:
     st.write(f"Weights started from: `{tr.get('weights_source')}`. {tr.get('epochs_run')} epochs "

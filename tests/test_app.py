@@ -164,6 +164,7 @@ def test_export_page_and_model_pages(env, crops):
     assert not at.exception and any("not signed off" in w.value for w in at.warning)
     at.switch_page("pages/model_card.py").run()
     assert not at.exception and any("Not covered" in w.value for w in at.warning)
+    assert any("no out-of-distribution gate" in i.value for i in at.info)
     at.switch_page("pages/model_comparison.py").run()
     assert not at.exception
     published = at.dataframe[-1].value
@@ -177,6 +178,7 @@ def test_rejected_bin_is_left_out_of_the_differential(env, crops):
     import numpy as np
     from PIL import Image
 
+    from bmcore.bundle import load_bundle
     from bmcore.cli import default_bundle
     from bmcore.report import REJECTED
     from train.ood import _screenshot
@@ -210,3 +212,9 @@ def test_rejected_bin_is_left_out_of_the_differential(env, crops):
     cell = next(c for c in rejected if c.name == "blank.png")
     store.review_cell(cell.id, "rev", "LYT", expected_version=cell.version)
     assert store.get_case(case.id).cells[cell.position].label == "LYT"
+    # the model card states the gate's measured figures, from the bundle
+    at.switch_page("pages/model_card.py").run()
+    assert not at.exception
+    ood = load_bundle(default_bundle()).meta["ood"]
+    assert metric(at, "Real test crops refused") == f"{ood['test_rejection']:.1%}"
+    assert metric(at, "AUROC, unfamiliar vs real") == f"{ood['auroc']['gate']:.3f}"
