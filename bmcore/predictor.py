@@ -157,15 +157,17 @@ class Predictor:
         """Raw (uncalibrated) logits for a normalised NCHW batch, TTA-averaged if the bundle asks for it."""
         if len(x) == 0:
             return np.zeros((0, len(self.classes)), np.float32)
-        return forward_logits(self.model, x, self.device, dtype=self._dtype, tta=self.tta, batch_size=self.batch_size,
-                              channels_last=self.device.type in ("cuda", "cpu"))
+        return self._forward(x, features=False)
 
     def outputs(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(raw logits, penultimate features) of a normalised NCHW batch, TTA-averaged like ``logits``."""
         if len(x) == 0:
             return np.zeros((0, len(self.classes)), np.float32), np.zeros((0, 0), np.float32)
+        return self._forward(x, features=True)
+
+    def _forward(self, x: torch.Tensor, features: bool):
         return forward_logits(self.model, x, self.device, dtype=self._dtype, tta=self.tta, batch_size=self.batch_size,
-                              channels_last=self.device.type in ("cuda", "cpu"), features=True)
+                              channels_last=self.device.type in ("cuda", "cpu"), features=features)
 
     def probabilities(self, x: torch.Tensor) -> np.ndarray:
         """Calibrated probabilities (temperature-scaled softmax)."""
