@@ -24,6 +24,8 @@ def prediction_rows(preds, classes: list[str]) -> list[dict]:
     for p in preds:
         row = {"file": p.name, "status": _status(p.ok, p.rejected), "error": p.error,
                "rejected_reason": p.reject_reason,
+               # the gate's unfamiliarity score (higher: less like the training crops); empty without a gate
+               "gate_score": round(p.ood_score, 3) if p.ok and p.ood_score == p.ood_score else "",
                "predicted": p.code, "predicted_name": p.label,
                "confidence": round(p.confidence, 4) if p.ok else "",
                "uncertain": p.uncertain if p.ok else "", "hairy_flag": p.hairy_flag if p.ok else "",

@@ -28,7 +28,7 @@ from bmcore.bundle import Bundle, load_bundle, save_gate
 from bmcore.metrics import softmax
 from bmcore.ood import REASON_BLANK, REASON_BLUR, energy, fit_gate, quality_stats
 from bmcore.predictor import Predictor
-from bmcore.preprocess import normalize, resize_rgb, to_uint8_tensor
+from bmcore.preprocess import decode_image, normalize, resize_rgb, to_uint8_tensor
 
 from .data import load_splits
 from .evaluate import bundle_parser, split_batches
@@ -174,7 +174,7 @@ def fit_and_measure(bundle: Bundle | str | Path, data_root, splits_csv, *, n_ood
     df = load_splits(splits_csv)
     test_paths = df[(df.split == "test") & df.label.isin(pred.classes)].path.tolist()
     rng = np.random.default_rng(seed)
-    src = [Image.open(Path(data_root) / test_paths[int(i)]).convert("RGB")
+    src = [decode_image(Path(data_root) / test_paths[int(i)])
            for i in rng.choice(len(test_paths), min(200, len(test_paths)), replace=False)]
     corpus = ood_corpus(src, n=n_ood, seed=seed)
 
