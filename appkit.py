@@ -12,10 +12,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from bmcore import RUO_STATEMENT
+from bmcore import RUO_STATEMENT, caserules
 from bmcore.bundle import BundleError, find_bundles, load_bundle, pick_default
-from bmcore.cases import CaseError, CaseStore
-from bmcore.predictor import DEFAULT_THRESHOLD, Predictor
+from bmcore.cases import JOB_LIVE, CaseError, CaseStore
+from bmcore.jobs import JobRunner
+from bmcore.predictor import Predictor
 from bmcore.tasks import HAIRY_CELL_CODE
 
 ROOT = Path(__file__).resolve().parent
@@ -69,9 +70,48 @@ def _store(url: str) -> CaseStore:
     return CaseStore(url or None)
 
 
+def _store_url() -> str:
+    return os.environ.get("BM_DATABASE_URL") or _secret("database_url") or ""
+
+
 def get_store() -> CaseStore:
     """The case database: BM_DATABASE_URL, else secrets' database_url, else data/bmcases.db (SQLite)."""
-    return _store(os.environ.get("BM_DATABASE_URL") or _secret("database_url") or "")
+    return _store(_store_url())
+
+
+@st.cache_resource
+def _runner(url: str) -> JobRunner:
+    return JobRunner(_store(url))
+
+
+def get_runner() -> JobRunner:
+    """The server process's one classification queue (started on first use; marks a dead server's jobs)."""
+    return _runner(_store_url())
+
+
+def case_bundle_path(case) -> Path | None:
+    """The installed bundle that classified ``case`` (matched by the weights' sha256), or None."""
+    for path, meta in installed_bundles().items():
+        if meta.get("weights_sha256") == case.model_sha256:
+            return path
+    return None
+
+
+def case_predictor(case, *, stop: bool = False) -> Predictor | None:
+    """The model that classified ``case``, loaded through the shared cache; never another one.
+
+    When it is not installed here, says so (and stops the page if ``stop``) instead of falling back.
+    """
+    path = case_bundle_path(case)
+    if path is None:
+        st.warning(f"The model that classified case {case.case_code} ({case.model_name or 'unknown'}, weights sha256 "
+                   f"{(case.model_sha256 or '?')[:12]}…) is not installed on this server. Its stored results are "
+                   "shown; heatmaps and new classifications of this case need that model, and no other model is "
+                   "used in its place.")
+        if stop:
+            st.stop()
+        return None
+    return get_predictor(str(path))
 
 
 def _persist(key: str, default):
@@ -86,9 +126,10 @@ def _store_back(key: str):
 
 
 def sidebar() -> Predictor | None:
-    """Model picker, thresholds and the active case; returns the loaded predictor (or None with a message)."""
+    """Model picker (for new cases), its review thresholds and the active case; returns the picked predictor."""
     paths = available_bundles()
     sb = st.sidebar
+    _active_case_picker(sb)
     if not paths:
         sb.error("No model bundle found under assets/models (or BM_MODELS_DIR).")
         return None
@@ -96,34 +137,60 @@ def sidebar() -> Predictor | None:
     _persist("bundle", str(pick_default(paths)))
     if st.session_state["bundle"] not in labels:
         st.session_state["bundle"] = st.session_state["_w_bundle"] = str(paths[0])
-    sb.selectbox("Model", list(labels), format_func=labels.get, key="_w_bundle", on_change=_store_back,
-                 args=("bundle",), help="Bundles in assets/models and in BM_MODELS_DIR")
+    sb.selectbox("Model for new cases", list(labels), format_func=labels.get, key="_w_bundle", on_change=_store_back,
+                 args=("bundle",), help="Bundles in assets/models and in BM_MODELS_DIR. A case is always shown and "
+                                        "explained with the model that classified it.")
     try:
         pred = get_predictor(st.session_state["bundle"])
     except (BundleError, OSError, RuntimeError) as exc:
         sb.error(f"This model cannot be loaded: {exc}")
         return None
     sb.caption(f"{len(pred.classes)} classes · {pred.bundle.backbone} · {pred.device}")
-    _persist("threshold", DEFAULT_THRESHOLD)
-    sb.slider("Uncertain below confidence", 0.0, 1.0, step=0.05, key="_w_threshold", on_change=_store_back,
-              args=("threshold",), help="Cells whose calibrated confidence is below this go to the uncertain "
-                                        "bin. Applies to new classifications.")
-    _persist("hairy_threshold", 0.5)
+    # thresholds are per model: each starts at the model's validated review rule
+    tkey = f"threshold::{pred.bundle.sha256[:16]}"
+    _persist(tkey, round(pred.rules.uncertain_below, 2))
+    sb.slider("Review when confidence is below", 0.0, 1.0, step=0.01, key=f"_w_{tkey}", on_change=_store_back,
+              args=(tkey,), help="New cases only. Starts at this model's rule chosen on its validation split; "
+                                 "critical classes (blasts) go to review whatever this says.")
+    st.session_state["threshold"] = st.session_state[tkey]
+    hkey = f"hairy_threshold::{pred.bundle.sha256[:16]}"
+    _persist(hkey, pred.rules.hairy_flag_at or 0.5)
     if HAIRY_CELL_CODE in pred.classes:
-        sb.slider("Hairy-cell flag at P(HAC) ≥", 0.05, 0.95, step=0.05, key="_w_hairy_threshold",
-                  on_change=_store_back, args=("hairy_threshold",))
-    cases = get_store().list_cases()
-    if cases:
-        ids = [c["id"] for c in cases]
-        names = {c["id"]: f"{c['case']} ({c['status']}, {c['cells']} cells)" for c in cases}
-        # none until this session classifies or picks one: a new user never lands in someone else's case
-        _persist("case_id", st.session_state.get("case_id"))
-        if st.session_state["case_id"] not in ids:
-            st.session_state["case_id"] = st.session_state["_w_case_id"] = None
-        sb.selectbox("Active case", ids, format_func=names.get, key="_w_case_id", on_change=_store_back,
-                     args=("case_id",), index=None, placeholder="Choose a case…")
+        sb.slider("Hairy-cell flag at P(HAC) ≥", 0.05, 0.95, step=0.05, key=f"_w_{hkey}", on_change=_store_back,
+                  args=(hkey,), help="New cases only.")
+    st.session_state["hairy_threshold"] = st.session_state[hkey]
     sb.caption(RUO_STATEMENT)
     return pred
+
+
+def new_case_rules(pred: Predictor):
+    """The review rules a case classified now by ``pred`` is stored with (this session's sidebar thresholds)."""
+    return pred.review_rules(st.session_state.get("threshold"),
+                             st.session_state.get("hairy_threshold") if pred.covers_hairy_cells else None)
+
+
+def _active_case_picker(sb) -> None:
+    cases = get_store().list_cases()
+    ids = [c["id"] for c in cases]
+    # a reload keeps the tab's case (its id is in the address); a new session starts with none, never another user's
+    if "case_id" not in st.session_state:
+        q = st.query_params.get("case")
+        st.session_state["case_id"] = int(q) if q and q.isdigit() and int(q) in ids else None
+    _persist("case_id", st.session_state.get("case_id"))
+    if st.session_state["case_id"] not in ids:
+        st.session_state["case_id"] = st.session_state["_w_case_id"] = None
+    if cases:
+        names = {c["id"]: f"{c['case']} ({c['status']}, {c['cells']} cells)" for c in cases}
+        sb.selectbox("Active case", ids, format_func=names.get, key="_w_case_id", on_change=_store_back,
+                     args=("case_id",), index=None, placeholder="Choose a case…")
+    if st.session_state["case_id"] is not None:
+        st.query_params["case"] = str(st.session_state["case_id"])
+    elif "case" in st.query_params:
+        del st.query_params["case"]
+
+
+def set_active_case(case_id: int | None) -> None:
+    st.session_state["case_id"] = case_id
 
 
 def active_case():
@@ -171,23 +238,67 @@ def heatmap(bundle_path: str, data: bytes, class_code: str, method: str):
     return cam, rgb, code
 
 
-def cells_frame(case, *, only_ok: bool = False):
-    """The case's cells as a table (one row per cell), labels as the reviewer left them."""
+def cells_frame(case):
+    """The case's cells as a table (one row per cell), labels as the reviewer left them; words from caserules."""
     import pandas as pd
 
     from bmcore.tasks import cell_name
 
     rows = []
     for c in case.cells:
-        if only_ok and not c.ok:
-            continue
-        top = sorted((c.probabilities or {}).items(), key=lambda kv: -kv[1])[:3]
-        rows.append({"#": c.position + 1, "file": c.name,
-                     "status": "unreadable" if not c.ok else ("rejected" if c.rejected else "ok"),
+        rows.append({"#": c.position + 1, "file": c.name, "status": caserules.status(c),
                      "predicted": c.predicted, "name": cell_name(c.predicted) if c.predicted else "",
-                     "confidence": c.confidence, "top-3": ", ".join(f"{k} {v:.2f}" for k, v in top),
-                     "uncertain": bool(c.uncertain), "hairy flag": bool(c.hairy_flag),
+                     "confidence": c.confidence, "top-3": caserules.top3_text(c),
+                     "review": "; ".join(caserules.review_reasons(c)),
+                     "uncertain": bool(c.uncertain), "critical": ",".join(caserules.critical_codes(c)),
+                     "hairy flag": bool(c.hairy_flag),
                      "final": c.label or "", "reviewed by": c.reviewed_by or "",
                      "error": c.error or c.reject_reason,
                      "cell_id": c.id, "version": c.version})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["#", "file", "status", "predicted", "name", "confidence", "top-3", "review",
+                                       "uncertain", "critical", "hairy flag", "final", "reviewed by", "error",
+                                       "cell_id", "version"])
+
+
+def seen_versions(case_id: int) -> dict[int, int]:
+    """{cell id: version} of the cells as this reviewer opened them (or last reloaded them on purpose).
+
+    This, not the version re-read on each rerun, is what an action sends to the store: a colleague's change that
+    lands after the reviewer opened a cell makes the action a conflict instead of a silent overwrite.
+    """
+    return st.session_state.setdefault(f"seen::{case_id}", {})
+
+
+def job_status(case) -> dict | None:
+    """The case's latest classification job as the pages show it (status corrected for a dead worker)."""
+    job = get_store().latest_job(case.id)
+    if job and job["status"] in JOB_LIVE and not get_runner().running(job["id"]) and \
+            job["owner"] == get_runner().owner:
+        job["status"] = "interrupted"  # this process owns it but no longer runs it
+    return job
+
+
+def job_banner(case) -> None:
+    """While the case is being classified: progress, refreshed every second; the page reruns when it ends."""
+    summ = caserules.summary(case)
+    job = job_status(case)
+    live = job is not None and job["status"] in JOB_LIVE
+    if not summ.pending:
+        return
+    if live:
+        @st.fragment(run_every=1.0)
+        def progress() -> None:
+            j = get_store().latest_job(case.id)
+            if j is None or j["status"] not in JOB_LIVE:
+                st.rerun()  # the whole page, now complete
+            others, waiting = get_runner().load(j["id"])
+            share = f" The classifier is shared with {others} other job(s) ({waiting} crops)." if others else ""
+            st.progress(j["done"] / max(1, j["total"]),
+                        text=f"Classifying in the background: {j['done']} of {j['total']} cells done.{share} "
+                             "You can leave this page or reload; the results are saved as they come.")
+        progress()
+    else:
+        why = (job or {}).get("error") or "the classification did not finish"
+        st.error(f"**Partial case:** {summ.pending} of {summ.cells} cells are not classified ({why}). They are not "
+                 "counted and the case cannot be signed off. On the **Classify** page, upload the same files again "
+                 "to finish it (only the missing cells are classified), or delete the case.")

@@ -144,8 +144,48 @@ def classify(page, case_code: str) -> dict[str, str]:
 
     page.get_by_role("button", name="Classify", exact=True).click()
     expect(page.get_by_text(f"Case {case_code}", exact=True)).to_be_visible()
-    wait_idle(page)
+    wait_classified(page)
     return metrics(page)
+
+
+def wait_classified(page) -> None:
+    """Until the case's background classification has finished and the page has redrawn the complete case."""
+    from playwright.sync_api import expect
+
+    wait_idle(page)
+    expect(page.get_by_text("Classifying in the background")).to_have_count(0)
+    wait_idle(page)
+
+
+def choose(page, label: str, option_text: str) -> None:
+    """Pick ``option_text`` (typed as a filter, first match) in the selectbox labelled ``label``."""
+    box = page.get_by_role("combobox", name=label, exact=True)
+    box.click()
+    page.keyboard.type(option_text)
+    page.get_by_role("option").filter(has_text=option_text).first.click()
+    wait_idle(page)
+
+
+def selectbox_text(page, label: str) -> str:
+    """The text a selectbox shows for its current choice."""
+    return page.get_by_role("combobox", name=label, exact=True).input_value().strip()
+
+
+def set_reviewer(page, name: str) -> None:
+    box = page.get_by_role("textbox", name="Your name (recorded with every change)")
+    box.fill(name)
+    box.press("Enter")
+    wait_idle(page)
+
+
+def open_case(page, url: str, case_code: str) -> None:
+    """A fresh session opening an existing case through the sidebar's Active case picker."""
+    from playwright.sync_api import expect
+
+    page.goto(url)
+    expect(page.get_by_text("Bone marrow cell classifier").first).to_be_visible()
+    wait_idle(page)
+    choose(page, "Active case", case_code)
 
 
 def metrics(page) -> dict[str, str]:

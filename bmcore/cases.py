@@ -24,7 +24,7 @@ from pathlib import Path
 
 from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text,
                         UniqueConstraint, create_engine, event, func, select)
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 from sqlalchemy.orm.attributes import flag_modified
 from sqlalchemy.orm.exc import StaleDataError
@@ -32,6 +32,11 @@ from sqlalchemy.orm.exc import StaleDataError
 STATUS_OPEN = "open"
 STATUS_SIGNED = "signed"
 DEFAULT_DB = Path("data") / "bmcases.db"
+NAME_MAX = 300  # characters of a file name kept in cells.name; a longer one is truncated, the full name audited
+WHO_MAX = 100
+CODE_MAX = 100
+JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_FAILED, JOB_INTERRUPTED = "queued", "running", "done", "failed", "interrupted"
+JOB_LIVE = (JOB_QUEUED, JOB_RUNNING)
 
 
 class CaseError(ValueError):
@@ -40,6 +45,10 @@ class CaseError(ValueError):
 
 class ConflictError(CaseError):
     """Someone else changed the same record first."""
+
+
+class StoreError(CaseError):
+    """The database refused or could not take a write (too long a value, server gone); nothing was saved."""
 
 
 def utcnow() -> dt.datetime:
@@ -62,6 +71,8 @@ class Case(Base):
     model_name: Mapped[str] = mapped_column(String(200), default="")
     model_sha256: Mapped[str] = mapped_column(String(64), default="")
     model_classes: Mapped[list] = mapped_column(JSON, default=list)
+    # the review rules in force when the case was classified (bmcore.triage.ReviewRules.to_dict())
+    rules: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     version: Mapped[int] = mapped_column(Integer, default=1, nullable=False)
     cells: Mapped[list["Cell"]] = relationship(back_populates="case", order_by="Cell.position",
                                                cascade="all, delete-orphan")
@@ -87,6 +98,10 @@ class Cell(Base):
     # refused by the model's quality / out-of-distribution gate: no class counts unless a reviewer gives one
     rejected: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     reject_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # created with the case, not classified yet (a background job fills it in)
+    pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # critical classes whose calibrated probability reached the case's review threshold, comma-separated
+    critical: Mapped[str] = mapped_column(String(50), default="", server_default="")
     final_label: Mapped[str | None] = mapped_column(String(10), nullable=True)
     reviewed_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
     reviewed_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
@@ -96,8 +111,8 @@ class Cell(Base):
 
     @property
     def label(self) -> str | None:
-        """The label that counts: the reviewer's if reviewed, else the model's (None if unreadable or rejected)."""
-        if not self.ok:
+        """The label that counts: the reviewer's if reviewed, else the model's (None if unreadable, rejected or pending)."""
+        if not self.ok or self.pending:
             return None
         if self.final_label:
             return self.final_label
@@ -122,9 +137,32 @@ class AuditEvent(Base):
     note: Mapped[str] = mapped_column(Text, default="")
 
 
+class Job(Base):
+    """A classification job: its state lives here so a restarted server can tell a stopped job from a running one."""
+
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(20), default=JOB_QUEUED)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    owner: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    heartbeat: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    error: Mapped[str] = mapped_column(Text, default="")
+
+
 def _changed_by_other(cell: Cell) -> str:
-    return (f"{cell.name} was changed by {cell.reviewed_by or 'someone else'} while you were looking at it "
-            f"(now {cell.label}); reload and try again")
+    who = cell.reviewed_by or "someone else"
+    when = f" at {cell.reviewed_at:%H:%M:%S} UTC" if cell.reviewed_at else ""
+    return (f"#{cell.position + 1} {cell.name} was changed by {who}{when} while you were looking at it (now "
+            f"{cell.label or 'unlabelled'}); reload it and try again")
+
+
+def _cells_named(cells: list) -> str:
+    shown = ", ".join(f"#{c.position + 1} {c.name}" + (f" (now {c.final_label} by {c.reviewed_by})" if c.final_label
+                                                       else "") for c in cells[:5])
+    return shown + (f" and {len(cells) - 5} more" if len(cells) > 5 else "")
 
 
 @dataclass
@@ -143,6 +181,8 @@ class CellInput:
     hairy_flag: bool = False
     rejected: bool = False
     reject_reason: str = ""
+    critical: str = ""
+    pending: bool = False
 
 
 def _sqlite_pragmas(dbapi_conn, _):
@@ -192,6 +232,14 @@ class CaseStore:
         try:
             yield s
             s.commit()
+        except DBAPIError as exc:
+            s.rollback()
+            if isinstance(exc, IntegrityError):
+                raise
+            # a value the database refuses (e.g. too long for its column on PostgreSQL) or a lost server: a
+            # readable refusal for the page, never a raw driver error
+            kind = type(exc.orig or exc).__name__
+            raise StoreError(f"the case database did not save this ({kind}); nothing was changed") from exc
         except Exception:
             s.rollback()
             raise
@@ -200,30 +248,110 @@ class CaseStore:
 
     # -- cases ---------------------------------------------------------------------------------------
     def create_case(self, case_code: str, cells: list[CellInput], *, who: str = "", model_name: str = "",
-                    model_sha256: str = "", model_classes: list[str] | None = None) -> int:
-        """Create a case with all its cells in one transaction (all or nothing)."""
+                    model_sha256: str = "", model_classes: list[str] | None = None, rules: dict | None = None) -> int:
+        """Create a case with all its cells in one transaction (all or nothing).
+
+        Cells marked ``pending`` are placeholders a classification job fills in (``save_results``). A file
+        name longer than the column is stored truncated; the full name goes into the audit trail.
+        """
         code = case_code.strip()
         if not code:
             raise CaseError("a case id is required")
+        if len(code) > CODE_MAX:
+            raise CaseError(f"a case id has at most {CODE_MAX} characters (this one has {len(code)})")
+        who = _who(who, required=False)
         try:
             with self.session() as s:
                 if s.scalar(select(Case.id).where(Case.case_code == code)) is not None:
                     raise CaseError(f"case {code!r} already exists; open it on the Review page or choose another id")
-                case = Case(case_code=code, created_by=who, model_name=model_name, model_sha256=model_sha256,
-                            model_classes=list(model_classes or []))
+                case = Case(case_code=code, created_by=who, model_name=model_name[:200], model_sha256=model_sha256,
+                            model_classes=list(model_classes or []), rules=rules)
+                long_names = []
                 for i, c in enumerate(cells):
-                    case.cells.append(Cell(position=i, name=c.name, ok=c.ok, error=c.error, sha256=c.sha256,
-                                           thumbnail=c.thumbnail, predicted=c.predicted, confidence=c.confidence,
-                                           probabilities=c.probabilities or {}, uncertain=c.uncertain,
-                                           hairy_flag=c.hairy_flag, rejected=c.rejected,
-                                           reject_reason=c.reject_reason))
+                    if len(c.name) > NAME_MAX:
+                        long_names.append((i, c.name))
+                    case.cells.append(Cell(position=i, name=_short_name(c.name), ok=c.ok, error=c.error,
+                                           sha256=c.sha256, thumbnail=c.thumbnail, predicted=c.predicted,
+                                           confidence=c.confidence, probabilities=c.probabilities or {},
+                                           uncertain=c.uncertain, hairy_flag=c.hairy_flag, rejected=c.rejected,
+                                           reject_reason=c.reject_reason, critical=c.critical, pending=c.pending))
                 s.add(case)
                 s.flush()
                 s.add(AuditEvent(case_id=case.id, who=who or "(name not entered)", action="create",
                                  note=f"{len(cells)} cells; model {model_name}"))
+                for i, full in long_names:
+                    cell = case.cells[i]
+                    s.add(AuditEvent(case_id=case.id, cell_id=cell.id, cell_name=cell.name, who=who or "(system)",
+                                     action="name-truncated", note=f"full file name: {full}"))
                 return case.id
         except IntegrityError:  # the same id created by someone else at the same moment
             raise CaseError(f"case {code!r} already exists; open it on the Review page or choose another id") from None
+
+    def save_results(self, case_id: int, results: dict[int, CellInput], *, job_id: int | None = None) -> int:
+        """Fill in pending cells (by position) with their classification, in one transaction; returns how many.
+
+        A cell that is no longer pending is left alone, so a batch saved twice (a resumed job) changes nothing.
+        """
+        with self.session() as s:
+            case = self._case(s, case_id)
+            by_pos = {c.position: c for c in case.cells}
+            filled = []
+            for pos, r in sorted(results.items()):
+                cell = by_pos.get(pos)
+                if cell is None or not cell.pending:
+                    continue
+                cell.pending = False
+                cell.ok, cell.error, cell.thumbnail = r.ok, r.error, r.thumbnail
+                cell.sha256 = r.sha256 or cell.sha256
+                cell.predicted, cell.confidence, cell.probabilities = r.predicted, r.confidence, r.probabilities or {}
+                cell.uncertain, cell.hairy_flag, cell.critical = r.uncertain, r.hairy_flag, r.critical
+                cell.rejected, cell.reject_reason = r.rejected, r.reject_reason
+                filled.append(pos + 1)
+            if job_id is not None:
+                job = s.get(Job, job_id)
+                if job is not None:
+                    job.done = (job.done or 0) + len(filled)
+                    job.heartbeat = utcnow()
+            if filled:
+                s.add(AuditEvent(case_id=case_id, who="(classifier)", action="classified",
+                                 note=f"{len(filled)} cells: {_ranges(filled)}" + (f"; job {job_id}" if job_id else "")))
+            return len(filled)
+
+    # -- jobs ----------------------------------------------------------------------------------------
+    def create_job(self, case_id: int, total: int, owner: str) -> int:
+        with self.session() as s:
+            self._case(s, case_id)
+            job = Job(case_id=case_id, total=total, owner=owner[:200], status=JOB_QUEUED)
+            s.add(job)
+            s.flush()
+            return job.id
+
+    def set_job(self, job_id: int, status: str, error: str = "") -> None:
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is not None:
+                job.status, job.heartbeat = status, utcnow()
+                if error:
+                    job.error = error
+
+    def latest_job(self, case_id: int) -> dict | None:
+        with self.session() as s:
+            job = s.scalars(select(Job).where(Job.case_id == case_id).order_by(Job.id.desc())).first()
+            return None if job is None else _job_dict(job)
+
+    def interrupt_jobs(self, is_alive) -> list[int]:
+        """Mark queued/running jobs whose owner ``is_alive(owner, heartbeat)`` denies as interrupted; returns their ids."""
+        out = []
+        with self.session() as s:
+            for job in s.scalars(select(Job).where(Job.status.in_(JOB_LIVE))):
+                if not is_alive(job.owner, job.heartbeat):
+                    job.status = JOB_INTERRUPTED
+                    job.error = "the server stopped while this job ran"
+                    out.append(job.id)
+                    s.add(AuditEvent(case_id=job.case_id, who="(classifier)", action="interrupted",
+                                     note=f"job {job.id}: {job.done} of {job.total} cells classified before the "
+                                          "server stopped"))
+        return out
 
     @staticmethod
     def _case(s: Session, case_id: int) -> Case:
@@ -248,11 +376,14 @@ class CaseStore:
             rows = []
             for case in s.scalars(select(Case).order_by(Case.created_at.desc())):
                 cells = list(case.cells)
-                rows.append({"id": case.id, "case": case.case_code, "status": case.status,
-                             "created": case.created_at, "cells": sum(c.ok for c in cells),
+                pending = sum(c.pending for c in cells)
+                rows.append({"id": case.id, "case": case.case_code,
+                             "status": case.status if not pending else f"{case.status}, {pending} not classified",
+                             "created": case.created_at, "cells": sum(c.ok and not c.pending for c in cells),
                              "unreadable": sum(not c.ok for c in cells),
                              "reviewed": sum(c.reviewed for c in cells if c.ok),
                              "uncertain_open": sum(c.uncertain and not c.reviewed for c in cells if c.ok),
+                             "pending": pending, "model": case.model_name,
                              "signed_by": case.signed_by or "", "signed_at": case.signed_at})
             return rows
 
@@ -262,37 +393,47 @@ class CaseStore:
             case = self._case(s, case_id)
             for ev in s.scalars(select(AuditEvent).where(AuditEvent.case_id == case_id)):
                 s.delete(ev)
+            for job in s.scalars(select(Job).where(Job.case_id == case_id)):
+                s.delete(job)
             s.delete(case)
 
     # -- reviews -------------------------------------------------------------------------------------
     def review_cell(self, cell_id: int, who: str, label: str, *, expected_version: int | None = None,
                     note: str = "") -> int:
-        """Confirm (label == prediction) or reclassify a cell; returns the cell's new version."""
-        who = who.strip()
-        if not who:
-            raise CaseError("enter your name before reviewing")
+        """Confirm (label == prediction) or reclassify a cell; returns the cell's new version.
+
+        ``expected_version`` is the version the reviewer saw: if the cell changed since, nothing is saved and
+        ``ConflictError`` says who changed it and to what.
+        """
+        who = _who(who)
         try:
             with self.session() as s:
                 cell = s.get(Cell, cell_id)
                 if cell is None:
                     raise CaseError(f"no cell with id {cell_id}")
+                if cell.pending:
+                    raise CaseError(f"{cell.name} is not classified yet; wait for the classification to finish")
                 if not cell.ok:
                     raise CaseError(f"{cell.name} could not be read; there is nothing to review")
                 if cell.case.status == STATUS_SIGNED:
                     raise CaseError(f"case {cell.case.case_code!r} is signed off; reopen it to change cells")
                 if expected_version is not None and cell.version != expected_version:
                     raise ConflictError(_changed_by_other(cell))
-                before = cell.label or ""
-                action = "confirm" if label == cell.predicted and cell.final_label in (None, label) else "reclassify"
-                cell.final_label = label
-                cell.reviewed_by = who
-                cell.reviewed_at = utcnow()
-                s.add(AuditEvent(case_id=cell.case_id, cell_id=cell.id, cell_name=cell.name, who=who,
-                                 action=action, from_value=before, to_value=label, note=note))
+                self._review(s, cell, who, label, note)
                 s.flush()  # UPDATE cells ... WHERE version = <the version read above>
                 return cell.version
         except StaleDataError:  # another writer committed between our read and our write; nothing was written
             raise self._cell_conflict(cell_id) from None
+
+    @staticmethod
+    def _review(s: Session, cell: Cell, who: str, label: str, note: str = "", action: str | None = None) -> None:
+        before = cell.label or ""
+        action = action or ("confirm" if label == cell.predicted and cell.final_label in (None, label) else "reclassify")
+        cell.final_label = label
+        cell.reviewed_by = who
+        cell.reviewed_at = utcnow()
+        s.add(AuditEvent(case_id=cell.case_id, cell_id=cell.id, cell_name=cell.name, who=who,
+                         action=action, from_value=before, to_value=label, note=note))
 
     def _cell_conflict(self, cell_id: int) -> ConflictError:
         with self.session() as s:
@@ -304,19 +445,55 @@ class CaseStore:
                                      f"you were reviewing {cell.name}; reopen it to change cells")
             return ConflictError(_changed_by_other(cell))
 
-    def confirm_all(self, case_id: int, who: str, *, include_uncertain: bool = False) -> int:
-        """Confirm every unreviewed readable cell (uncertain ones only if asked, rejected ones never); returns how many."""
-        n = 0
-        for cell in self.get_case(case_id).cells:
-            if cell.ok and not cell.reviewed and not cell.rejected and (include_uncertain or not cell.uncertain):
-                self.review_cell(cell.id, who, cell.predicted, expected_version=cell.version)
-                n += 1
-        return n
+    def confirm_all(self, case_id: int, who: str, *, expected_versions: dict[int, int] | None = None) -> dict[int, int]:
+        """Confirm the model's label of many cells in ONE transaction: all of them or none.
 
-    def sign_off(self, case_id: int, who: str, *, expected_version: int | None = None) -> None:
-        who = who.strip()
-        if not who:
-            raise CaseError("enter your name before signing off")
+        With ``expected_versions`` ({cell id: version the reviewer saw}) exactly those cells are confirmed, and a
+        cell changed since (or one that needs a person: uncertain, critical, hairy-flagged, rejected, pending)
+        refuses the whole batch with one message naming them. Without it, every bulk-confirmable cell as it is
+        now (scripts only: a page always passes what it showed). Returns {cell id: new version}.
+        """
+        from .caserules import bulk_confirmable, review_reasons, status
+
+        who = _who(who, what="confirming cells")
+        try:
+            with self.session() as s:
+                case = self._case(s, case_id)
+                if case.status == STATUS_SIGNED:
+                    raise CaseError(f"case {case.case_code!r} is signed off; reopen it to change cells")
+                cells = {c.id: c for c in case.cells}
+                want = expected_versions if expected_versions is not None else \
+                    {c.id: c.version for c in case.cells if bulk_confirmable(c)}
+                missing = [i for i in want if i not in cells]
+                if missing:
+                    raise CaseError(f"{len(missing)} cell(s) are not part of case {case.case_code!r}")
+                changed = [cells[i] for i, v in want.items() if cells[i].version != v]
+                if changed:
+                    raise ConflictError(f"nothing was confirmed: {len(changed)} of the {len(want)} cells changed "
+                                        "since your page showed them: " + _cells_named(changed)
+                                        + "; reload and try again")
+                refused = [cells[i] for i in want if not bulk_confirmable(cells[i])]
+                if refused:
+                    c = refused[0]
+                    why = ", ".join(review_reasons(c)) or (status(c) if c.final_label is None else "already reviewed")
+                    raise CaseError(f"nothing was confirmed: {len(refused)} cell(s) cannot be bulk-confirmed "
+                                    f"(e.g. #{c.position + 1} {c.name}: {why}); review them one by one")
+                for i in want:
+                    self._review(s, cells[i], who, cells[i].predicted, action="confirm",
+                                 note=f"bulk confirmation of {len(want)} cells")
+                s.flush()
+                return {i: cells[i].version for i in want}
+        except StaleDataError:
+            raise ConflictError("nothing was confirmed: a cell was changed by another reviewer at the same moment; "
+                                "reload and try again") from None
+
+    def sign_off(self, case_id: int, who: str, *, expected_version: int | None = None,
+                 expected_versions: dict[int, int] | None = None) -> None:
+        """Sign a case off. ``expected_versions``: {cell id: version} of every cell as the signer's page showed it;
+        if any cell changed since, nothing is signed and the changed cells are named."""
+        from .caserules import sign_off_blockers
+
+        who = _who(who, what="signing off")
         try:
             with self.session() as s:
                 case = self._case(s, case_id)
@@ -324,15 +501,14 @@ class CaseStore:
                     raise CaseError(f"case {case.case_code!r} is already signed off by {case.signed_by}")
                 if expected_version is not None and case.version != expected_version:
                     raise ConflictError("the case changed since you loaded it; reload and try again")
-                # rejected images need no review: they stay out of the differential unless someone labels them
-                needs = [c for c in case.cells if c.ok and not c.reviewed and not c.rejected]
-                open_unc = [c.name for c in needs if c.uncertain]
-                unreviewed = [c.name for c in needs]
-                if open_unc:
-                    raise CaseError(f"{len(open_unc)} uncertain cell(s) are unresolved (e.g. {open_unc[0]}); "
-                                    "review them before signing off")
-                if unreviewed:
-                    raise CaseError(f"{len(unreviewed)} cell(s) are not reviewed yet (e.g. {unreviewed[0]})")
+                if expected_versions is not None:
+                    changed = [c for c in case.cells if expected_versions.get(c.id) != c.version]
+                    if changed:
+                        raise ConflictError(f"not signed: {len(changed)} cell(s) changed since your page showed the "
+                                            f"case: {_cells_named(changed)}; reload and check them")
+                blockers = sign_off_blockers(case)
+                if blockers:
+                    raise CaseError("; ".join(blockers))
                 for c in case.cells:  # bump every cell's version: what is signed is what was checked above,
                     flag_modified(c, "reviewed_by")  # and a review that read a cell before this commit conflicts
                 case.status = STATUS_SIGNED
@@ -355,9 +531,10 @@ class CaseStore:
                                  "reviewed meanwhile); reload and try again")
 
     def reopen(self, case_id: int, who: str, reason: str) -> None:
-        who, reason = who.strip(), reason.strip()
+        who, reason = (who or "").strip(), (reason or "").strip()
         if not who or not reason:
             raise CaseError("reopening a signed case needs your name and a reason")
+        who = _who(who)
         with self.session() as s:
             case = self._case(s, case_id)
             if case.status != STATUS_SIGNED:
@@ -431,8 +608,45 @@ def case_store_from_env() -> CaseStore:
     return CaseStore(os.environ.get("BM_DATABASE_URL") or None)
 
 
-__all__ = ["CaseStore", "CellInput", "CaseError", "ConflictError", "Case", "Cell", "AuditEvent",
+__all__ = ["CaseStore", "CellInput", "CaseError", "ConflictError", "StoreError", "Case", "Cell", "AuditEvent", "Job",
            "case_store_from_env", "STATUS_OPEN", "STATUS_SIGNED"]
+
+
+def _who(who: str, *, required: bool = True, what: str = "reviewing") -> str:
+    who = (who or "").strip()
+    if required and not who:
+        raise CaseError(f"enter your name before {what}")
+    if len(who) > WHO_MAX:
+        raise CaseError(f"a name has at most {WHO_MAX} characters")
+    return who
+
+
+def _short_name(name: str) -> str:
+    """A file name that fits ``cells.name``: over-long names keep their start and their extension."""
+    if len(name) <= NAME_MAX:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    ext = (dot + ext) if dot and len(ext) <= 10 else ""
+    return name[:NAME_MAX - len(ext) - 1] + "…" + ext
+
+
+def _ranges(positions: list[int]) -> str:
+    """1,2,3,5 -> "#1-3, #5"."""
+    out, start, prev = [], None, None
+    for p in sorted(positions) + [None]:
+        if start is None:
+            start = prev = p
+        elif p is not None and p == prev + 1:
+            prev = p
+        else:
+            out.append(f"#{start}" if start == prev else f"#{start}-{prev}")
+            start = prev = p
+    return ", ".join(out)
+
+
+def _job_dict(job: "Job") -> dict:
+    return {"id": job.id, "case_id": job.case_id, "status": job.status, "total": job.total, "done": job.done,
+            "owner": job.owner, "created_at": job.created_at, "heartbeat": job.heartbeat, "error": job.error}
 
 
 def cell_inputs(items, preds) -> list[CellInput]:
@@ -455,5 +669,5 @@ def cell_inputs(items, preds) -> list[CellInput]:
         out.append(CellInput(name=p.name, ok=True, sha256=hashlib.sha256(data).hexdigest(), thumbnail=thumb,
                              predicted=p.code, confidence=p.confidence, probabilities=p.probabilities,
                              uncertain=p.uncertain, hairy_flag=p.hairy_flag, rejected=p.rejected,
-                             reject_reason=p.reject_reason))
+                             reject_reason=p.reject_reason, critical=",".join(p.critical)))
     return out

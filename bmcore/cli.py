@@ -65,10 +65,11 @@ def cmd_classify(a) -> int:
             _, ov, code = pred.explain(it.source, r.code, a.cam)
             Image.fromarray(ov).save(out / f"{i:05d}_{code}_{Path(safe_display_name(r.name)).stem}.png")
     d = differential([r.code if r.ok and not r.rejected else None for r in results], pred.classes,
-                     uncertain=[r.uncertain for r in results], hairy=[r.hairy_flag for r in results],
+                     uncertain=[r.needs_review for r in results], hairy=[r.hairy_flag for r in results],
                      rejected=[r.ok and r.rejected for r in results])
     print(f"{len(results) - len(bad) - len(refused)} cells classified, {len(refused)} rejected as not a recognisable "
           f"cell crop, {len(bad)} skipped; wrote {a.out}")
+    print(f"{sum(r.needs_review for r in results)} cells need a person's review ({pred.rules.describe()})")
     print(f"differential over {d.denominator} cells (excluded: {d.excluded or 'none'}):")
     for row in d.table():
         print(f"  {row['class']} {row['name']:<22s} {row['count']:5d} {row['percent']:5.1f}%")
@@ -110,7 +111,8 @@ def main(argv=None) -> int:
     c.add_argument("--out", required=True, help="CSV to write")
     c.add_argument("--heatmaps", default=None, help="folder for Grad-CAM overlays (PNG), one per cell")
     c.add_argument("--cam", default="gradcam")
-    c.add_argument("--threshold", type=float, default=0.5, help="confidence under which a cell is 'uncertain'")
+    c.add_argument("--threshold", type=float, default=None,
+                   help="confidence under which a cell is 'uncertain' (default: the bundle's validated review rule)")
     c.add_argument("--device", default=None)
     b = sub.add_parser("bench", help="measure latency and memory; writes JSON")
     b.add_argument("--bundle", default=None)

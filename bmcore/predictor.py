@@ -22,8 +22,8 @@ from .metrics import softmax
 from .ood import quality_stats
 from .preprocess import ImageDecodeError, decode_image, normalize, preprocess, resize_rgb, to_uint8_tensor
 from .tasks import HAIRY_CELL_CODE, cell_name
-
-DEFAULT_THRESHOLD = 0.5
+from .triage import DEFAULT_UNCERTAIN_BELOW as DEFAULT_THRESHOLD
+from .triage import ReviewRules, judge, rules_for_model
 
 
 def pick_device(prefer: str | None = None) -> torch.device:
@@ -102,6 +102,7 @@ class CellPrediction:
     top: list[tuple[str, float]] = field(default_factory=list)
     uncertain: bool = False
     hairy_flag: bool = False
+    critical: list[str] = field(default_factory=list)  # critical classes whose review threshold was reached
     rejected: bool = False     # refused by the bundle's quality / out-of-distribution gate
     reject_reason: str = ""
     ood_score: float = float("nan")
@@ -110,18 +111,22 @@ class CellPrediction:
     def label(self) -> str:
         return cell_name(self.code) if self.code else ""
 
+    @property
+    def needs_review(self) -> bool:
+        return self.ok and not self.rejected and (self.uncertain or self.hairy_flag or bool(self.critical))
+
 
 class Predictor:
-    def __init__(self, bundle: Bundle | str | Path, *, device: str | None = None, threshold: float = DEFAULT_THRESHOLD,
-                 hairy_threshold: float = 0.5, precision: str = "auto", batch_size: int | None = None,
+    def __init__(self, bundle: Bundle | str | Path, *, device: str | None = None, threshold: float | None = None,
+                 hairy_threshold: float | None = None, precision: str = "auto", batch_size: int | None = None,
                  tta: bool | None = None, decode_workers: int = 2, gate: bool = True):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.device = pick_device(device)
         self.cfg = self.bundle.data_config
         self.classes = self.bundle.classes
         self.temperature = self.bundle.temperature
-        self.threshold = threshold
-        self.hairy_threshold = hairy_threshold
+        # review rules of new classifications: the bundle's validated triage, with the thresholds given overriding
+        self.rules = self.review_rules(threshold, hairy_threshold)
         # micro-batch of the forward pass: on a CPU small batches stay in cache (measured: MobileNetV2 at 224 px,
         # 8 ms/cell at 8 vs 13-16 at 32-64, bench/results), on a GPU large ones fill the device
         self.batch_size = batch_size or (64 if self.device.type == "cuda" else 8)
@@ -142,6 +147,10 @@ class Predictor:
     @property
     def covers_hairy_cells(self) -> bool:
         return HAIRY_CELL_CODE in self.classes
+
+    def review_rules(self, threshold: float | None = None, hairy_threshold: float | None = None) -> ReviewRules:
+        """The bundle's review rules (``bundle.json["triage"]``), with a confidence / hairy-cell threshold overridden."""
+        return rules_for_model(self.bundle.meta, self.classes, uncertain_below=threshold, hairy_flag_at=hairy_threshold)
 
     def describe(self) -> dict:
         return {"bundle": self.bundle.name, "device": str(self.device), "precision": self.precision,
@@ -195,15 +204,17 @@ class Predictor:
         return [r[0] for r in res], [r[1] for r in res]
 
     def predict(self, sources: list, names: list[str] | None = None, progress=None, *,
-                threshold: float | None = None, hairy_threshold: float | None = None) -> list[CellPrediction]:
+                threshold: float | None = None, hairy_threshold: float | None = None,
+                rules: ReviewRules | None = None) -> list[CellPrediction]:
         """Predict a batch of images (bytes, paths or PIL images); unreadable ones come back with ``ok=False``.
 
-        ``progress``: optional callable ``(done, total)`` for a progress bar. ``threshold`` and
-        ``hairy_threshold`` override the instance defaults for this call only (the app shares one
-        Predictor between sessions, each with its own sidebar settings).
+        ``progress``: optional callable ``(done, total)`` for a progress bar. ``rules`` (or ``threshold`` and
+        ``hairy_threshold`` over the bundle's rules) replace the instance's review rules for this call only
+        (the app shares one Predictor between sessions, each case with its own rules).
         """
-        thr = self.threshold if threshold is None else threshold
-        hthr = self.hairy_threshold if hairy_threshold is None else hairy_threshold
+        if rules is None:
+            rules = self.rules if threshold is None and hairy_threshold is None else \
+                self.review_rules(threshold, hairy_threshold)
         names = names or [Path(s).name if isinstance(s, (str, Path)) else f"image {i + 1}" for i, s in
                           enumerate(sources)]
         results: list[CellPrediction] = []
@@ -219,7 +230,7 @@ class Predictor:
                     results.append(CellPrediction(name=name, ok=False, error=err))
                     continue
                 p, reason, score = row[i]
-                verdict = self._verdict(name, p, thr, hthr)
+                verdict = self._verdict(name, p, rules)
                 verdict.rejected, verdict.reject_reason, verdict.ood_score = bool(reason), reason, float(score)
                 results.append(verdict)
             if progress:
@@ -245,16 +256,14 @@ class Predictor:
         preds = iter(self.predict([it.source for it in ok], [it.name for it in ok], progress, **thresholds))
         return [next(preds) if it.ok else CellPrediction(name=it.name, ok=False, error=it.error) for it in items]
 
-    def _verdict(self, name: str, p: np.ndarray, threshold: float, hairy_threshold: float) -> CellPrediction:
+    def _verdict(self, name: str, p: np.ndarray, rules: ReviewRules) -> CellPrediction:
         order = np.argsort(-p)
-        code = self.classes[order[0]]
-        conf = float(p[order[0]])
-        hairy = bool(self.covers_hairy_cells and p[self.classes.index(HAIRY_CELL_CODE)] >= hairy_threshold)
+        probs = {c: float(v) for c, v in zip(self.classes, p)}
+        uncertain, critical, hairy = judge(probs, rules)
         return CellPrediction(
-            name=name, ok=True, code=code, confidence=conf,
-            probabilities={c: float(v) for c, v in zip(self.classes, p)},
+            name=name, ok=True, code=self.classes[order[0]], confidence=float(p[order[0]]), probabilities=probs,
             top=[(self.classes[j], float(p[j])) for j in order[:3]],
-            uncertain=conf < threshold, hairy_flag=hairy)
+            uncertain=uncertain, hairy_flag=hairy, critical=critical)
 
     # -- explanations ------------------------------------------------------------------------------
     def explain(self, image, class_code: str | None = None, method: str = "gradcam",

@@ -7,28 +7,27 @@ import io
 from dataclasses import dataclass, field
 
 from . import RUO_STATEMENT
+from .caserules import HAIRY_UNAVAILABLE, PENDING, critical_codes, hairy_screening, needs_review, review_reasons, status
 from .tasks import BLAST_CODES, ERYTHROID_CODES, MYELOID_CODES, NON_CELL_CODES, cell_name
 
-UNCERTAIN = "uncertain"
+UNCERTAIN = "uncertain or flagged, awaiting review"
 REJECTED = "not a recognisable cell crop (rejected by the gate)"
 UNREADABLE = "unreadable"
-
-
-def _status(ok: bool, rejected: bool) -> str:
-    return "error" if not ok else ("rejected" if rejected else "ok")
+NOT_CLASSIFIED = "not classified yet"
 
 
 def prediction_rows(preds, classes: list[str]) -> list[dict]:
     """One flat dict per cell (CSV columns), unreadable files included with their error."""
     rows = []
     for p in preds:
-        row = {"file": p.name, "status": _status(p.ok, p.rejected), "error": p.error,
+        row = {"file": p.name, "status": status(p), "error": p.error,
                "rejected_reason": p.reject_reason,
                # the gate's unfamiliarity score (higher: less like the training crops); empty without a gate
                "gate_score": round(p.ood_score, 3) if p.ok and p.ood_score == p.ood_score else "",
                "predicted": p.code, "predicted_name": p.label,
                "confidence": round(p.confidence, 4) if p.ok else "",
                "uncertain": p.uncertain if p.ok else "", "hairy_flag": p.hairy_flag if p.ok else "",
+               "critical": ",".join(p.critical) if p.ok else "", "needs_review": p.needs_review if p.ok else "",
                "top3": "; ".join(f"{c} {v:.2f}" for c, v in p.top)}
         for c in classes:
             row[f"p_{c}"] = round(p.probabilities[c], 4) if p.ok else ""
@@ -65,7 +64,8 @@ class Differential:
 
 
 def differential(labels: list[str | None], model_classes: list[str], *, uncertain: list[bool] | None = None,
-                 hairy: list[bool] | None = None, rejected: list[bool] | None = None) -> Differential:
+                 hairy: list[bool] | None = None, rejected: list[bool] | None = None,
+                 pending: list[bool] | None = None) -> Differential:
     """Count a differential from final labels (``None`` = unreadable, or rejected when ``rejected`` says so).
 
     Cells marked uncertain (and not yet resolved by a reviewer), cells the gate rejected as not a
@@ -75,11 +75,12 @@ def differential(labels: list[str | None], model_classes: list[str], *, uncertai
     uncertain = uncertain or [False] * len(labels)
     hairy = hairy or [False] * len(labels)
     rejected = rejected or [False] * len(labels)
+    pending = pending or [False] * len(labels)
     counts: dict[str, int] = {}
     excluded: dict[str, int] = {}
-    for lab, unc, rej in zip(labels, uncertain, rejected):
+    for lab, unc, rej, pend in zip(labels, uncertain, rejected, pending):
         if lab is None:
-            key = REJECTED if rej else UNREADABLE
+            key = NOT_CLASSIFIED if pend else REJECTED if rej else UNREADABLE
             excluded[key] = excluded.get(key, 0) + 1
         elif unc:
             excluded[UNCERTAIN] = excluded.get(UNCERTAIN, 0) + 1
@@ -105,7 +106,7 @@ def differential(labels: list[str | None], model_classes: list[str], *, uncertai
     n_flag = sum(bool(h) for h, lab in zip(hairy, labels) if lab is not None)
     n_cells = sum(1 for lab in labels if lab is not None)
     if "HAC" not in covered:
-        notes.append("Hairy-cell screening is off: this model was not trained on hairy cells (HAC).")
+        notes.append(f"{HAIRY_UNAVAILABLE}: the model was not trained on hairy cells (HAC).")
     missing = sorted(set(counts) - covered)
     if missing:
         notes.append("Reviewer-assigned classes outside the model: " + ", ".join(missing))
@@ -114,12 +115,14 @@ def differential(labels: list[str | None], model_classes: list[str], *, uncertai
 
 
 def case_differential(case) -> Differential:
-    """The differential of a stored case, with reviewers' labels where they exist."""
-    ok = list(case.cells)
-    return differential([c.label for c in ok], list(case.model_classes or []),
-                        uncertain=[bool(c.ok and c.uncertain and not c.reviewed) for c in ok],
-                        hairy=[bool(c.hairy_flag) for c in ok],
-                        rejected=[bool(c.ok and c.rejected and not c.reviewed) for c in ok])
+    """The differential of a stored case, with reviewers' labels where they exist: the one rule every page, the
+    CLI and the report count by. Cells awaiting review (uncertain, critical, hairy-flagged) count once resolved."""
+    cells = list(case.cells)
+    return differential([c.label for c in cells], list(case.model_classes or []),
+                        uncertain=[needs_review(c) for c in cells],
+                        hairy=[bool(c.hairy_flag) and status(c) == "ok" for c in cells],
+                        rejected=[status(c) == "rejected" and c.final_label is None for c in cells],
+                        pending=[status(c) == PENDING for c in cells])
 
 
 def case_rows(case) -> list[dict]:
@@ -127,10 +130,11 @@ def case_rows(case) -> list[dict]:
     rows = []
     for c in case.cells:
         row = {"case": case.case_code, "position": c.position + 1, "file": c.name,
-               "status": _status(c.ok, c.rejected), "error": c.error, "rejected_reason": c.reject_reason,
+               "status": status(c), "error": c.error, "rejected_reason": c.reject_reason,
                "sha256": c.sha256,
                "predicted": c.predicted, "confidence": round(c.confidence, 4) if c.confidence is not None else "",
                "uncertain": c.uncertain if c.ok else "", "hairy_flag": c.hairy_flag if c.ok else "",
+               "critical": ",".join(critical_codes(c)), "awaiting_review": "; ".join(review_reasons(c)),
                "final_label": c.label or "", "final_name": cell_name(c.label) if c.label else "",
                "reviewed_by": c.reviewed_by or "", "reviewed_at": c.reviewed_at.isoformat() if c.reviewed_at else ""}
         for k in case.model_classes or []:
@@ -147,7 +151,7 @@ def render_html_report(case, model_meta: dict, audit: list[dict] | None = None, 
     e = html.escape
     d = case_differential(case)
     metrics = model_meta.get("metrics", {})
-    flagged = [c for c in case.cells if c.ok and (c.hairy_flag or (c.uncertain and not c.reviewed))]
+    flagged = [c for c in case.cells if needs_review(c) or (status(c) == "ok" and c.hairy_flag)]
     rows = "".join(f"<tr><td>{e(r['class'])}</td><td>{e(r['name'])}</td><td>{r['count']}</td>"
                    f"<td>{r['percent']:.1f}%</td></tr>" for r in d.table())
     excl = ", ".join(f"{e(k)}: {v}" for k, v in d.excluded.items()) or "none"
@@ -155,7 +159,7 @@ def render_html_report(case, model_meta: dict, audit: list[dict] | None = None, 
     for c in flagged[:max_flagged]:
         img = (f"<img src='data:image/jpeg;base64,{base64.b64encode(c.thumbnail).decode()}' width='96'>"
                if c.thumbnail else "")
-        why = "hairy-cell flag" if c.hairy_flag else "uncertain, unresolved"
+        why = ", ".join(review_reasons(c)) or "hairy-cell flag (reviewed)"
         thumbs += (f"<figure>{img}<figcaption>#{c.position + 1} {e(c.label or '')} "
                    f"({(c.confidence or 0):.2f})<br>{why}</figcaption></figure>")
     signed = (f"Signed off by {e(case.signed_by)} on {case.signed_at:%Y-%m-%d %H:%M} UTC" if case.signed_by
@@ -167,7 +171,7 @@ def render_html_report(case, model_meta: dict, audit: list[dict] | None = None, 
     me = f"{d.me_ratio:.2f} ({e(d.me_note)})" if d.me_ratio is not None else e(d.me_note)
     blast = f"{d.blast_percent:.1f}%" if d.blast_percent is not None else "not available"
     hairy = (f"{d.hairy_flagged} cell(s), {d.hairy_percent:.1f}% of readable cells" if d.hairy_percent is not None
-             else "off: the model was not trained on hairy cells (HAC)")
+             else hairy_screening(case)[1])
     perf = (f"macro-F1 {metrics['macro_f1']:.3f}, accuracy {metrics['accuracy']:.3f} on the "
             f"{e(metrics.get('split', ''))}" if metrics else "no test metrics recorded")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Case {e(case.case_code)}</title>

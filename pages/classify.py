@@ -2,9 +2,11 @@ import pandas as pd
 import streamlit as st
 
 import appkit
-from bmcore.cases import CaseError, cell_inputs
+from bmcore import caserules
+from bmcore.cases import CaseError
 from bmcore.explain import CAM_METHODS, overlay
 from bmcore.inputs import MAX_FILES, enforce_limit, from_upload
+from bmcore.jobs import QueueFull, match_pending, pending_inputs
 from bmcore.tasks import cell_name
 
 GALLERY_PAGE = 36
@@ -13,15 +15,41 @@ UPLOAD_TYPES = ["jpg", "jpeg", "png", "tif", "tiff", "bmp", "gif", "webp", "zip"
 
 st.title("Classify")
 appkit.ruo_banner()
-pred = appkit.predictor()
+pred = appkit.predictor()  # the model for new cases (sidebar); an existing case is read with its own model
 store = appkit.get_store()
+runner = appkit.get_runner()
 
+
+def collect(files) -> list:
+    items = []
+    for f in files:
+        items += from_upload(f.name, f.getvalue(), max_files=MAX_FILES)
+    n_ok = sum(it.ok for it in items)
+    if n_ok > MAX_FILES:
+        st.warning(f"{n_ok} images: only the first {MAX_FILES} are classified; the rest are listed as refused.")
+    return enforce_limit(items, MAX_FILES)
+
+
+def keep_originals(case_id: int, work) -> None:
+    """Originals stay in this session for full-resolution heatmaps, within a memory budget per session; past it
+    (or after a reload) heatmaps use the stored thumbnail."""
+    originals = st.session_state.setdefault("originals", {})
+    used = sum(len(v) for v in originals.values())
+    for pos, it in work:
+        if isinstance(it.source, bytes) and used + len(it.source) <= ORIGINALS_BUDGET:
+            originals[(case_id, pos)] = it.source
+            used += len(it.source)
+
+
+rules = appkit.new_case_rules(pred)
 with st.container(border=True):
     code = st.text_input("Case id", key="new_case_code", placeholder="e.g. BM-2026-0142",
                          help="Your lab's id for this smear. No patient names.")
     files = st.file_uploader("Cell crops (JPEG, PNG, TIFF, BMP, GIF, WebP) or ZIP archives of them", type=UPLOAD_TYPES,
                              accept_multiple_files=True, key="uploads")
     go = st.button("Classify", type="primary", disabled=not files)
+    st.caption(f"New cases are classified by **{pred.bundle.name}** (sidebar). Sent to review: "
+               f"{rules.describe()}.")
 
 if go:
     if not code.strip():
@@ -30,69 +58,98 @@ if go:
         st.error(f"Case {code.strip()!r} already exists. Pick it under **Active case** in the sidebar, or use "
                  "another id.")
     else:
-        items = []
-        for f in files:
-            items += from_upload(f.name, f.getvalue(), max_files=MAX_FILES)
-        n_ok = sum(it.ok for it in items)
-        if n_ok > MAX_FILES:
-            st.warning(f"{n_ok} images: only the first {MAX_FILES} are classified; the rest are listed as refused.")
-        items = enforce_limit(items, MAX_FILES)
-        n_ok = min(n_ok, MAX_FILES)
-        bar = st.progress(0.0, text=f"Classifying {n_ok} cells…")
-        preds = pred.predict_items(items, progress=lambda d, t: bar.progress(d / t, text=f"Classified {d} of {t}"),
-                                   threshold=st.session_state["threshold"],
-                                   hairy_threshold=st.session_state["hairy_threshold"])
-        bar.empty()
+        items = collect(files)
+        work = [(i, it) for i, it in enumerate(items) if it.ok]
         try:
-            cid = store.create_case(code, cell_inputs(items, preds), who=st.session_state.get("reviewer", ""),
-                                    model_name=pred.bundle.name,
-                                    model_sha256=pred.bundle.sha256, model_classes=pred.classes)
-        except CaseError as exc:
+            runner.check_room(len(work))
+            cid = store.create_case(code, pending_inputs(items), who=st.session_state.get("reviewer", ""),
+                                    model_name=pred.bundle.name, model_sha256=pred.bundle.sha256,
+                                    model_classes=pred.classes, rules=rules.to_dict())
+        except CaseError as exc:  # QueueFull included: nothing was created
             st.error(str(exc))
         else:
-            st.session_state["case_id"] = cid
-            # originals stay in this session for full-resolution heatmaps, within a memory budget per session;
-            # past it (or after a reload) heatmaps use the stored thumbnail
-            originals = st.session_state.setdefault("originals", {})
-            used = sum(len(v) for v in originals.values())
-            for i, it in enumerate(items):
-                if it.ok and preds[i].ok and isinstance(it.source, bytes) and used + len(it.source) <= ORIGINALS_BUDGET:
-                    originals[(cid, i)] = it.source
-                    used += len(it.source)
-            st.rerun()
+            try:
+                runner.submit(cid, pred, rules, work)
+            except QueueFull as exc:  # the queue filled up in between: take the empty case back
+                store.delete_case(cid)
+                st.error(str(exc))
+            else:
+                appkit.set_active_case(cid)
+                keep_originals(cid, work)
+                st.rerun()
 
 case = appkit.active_case()
 if case is None:
     st.stop()
-df = appkit.cells_frame(case)
-ok = df[df.status == "ok"]
-rejected = df[df.status == "rejected"]
 st.subheader(f"Case {case.case_code}")
-c1, c2, c3, c4, c5 = st.columns(5)
-c1.metric("Cells classified", len(ok))
-c2.metric("Uncertain", int(ok.uncertain.sum()), help="Confidence below the threshold set when classified")
-c3.metric("Hairy-cell flags", int(ok["hairy flag"].sum()) if "HAC" in pred.classes else "off")
-c4.metric("Rejected: not a cell crop", len(rejected),
+st.caption(f"Classified by **{case.model_name}** · {caserules.case_rules(case).describe()}")
+appkit.job_banner(case)
+summ = caserules.summary(case)
+job = appkit.job_status(case)
+if summ.pending and not (job and job["status"] in ("queued", "running")):
+    with st.container(border=True):
+        st.markdown("**Finish this partial case**")
+        cpred = appkit.case_predictor(case)
+        again = st.file_uploader("The same files again (only the missing cells are classified)", type=UPLOAD_TYPES,
+                                 accept_multiple_files=True, key=f"resume_files_{case.id}")
+        r1, r2 = st.columns(2)
+        if r1.button("Resume classification", key="resume_btn", disabled=not again or cpred is None):
+            pairs, extra = match_pending(case, collect(again))
+            if not pairs:
+                st.error("None of these files is a missing cell of this case.")
+            else:
+                try:
+                    runner.submit(case.id, cpred, caserules.case_rules(case), pairs)
+                except QueueFull as exc:
+                    st.error(str(exc))
+                else:
+                    keep_originals(case.id, pairs)
+                    if extra:
+                        st.session_state["classify_msg"] = (f"{len(extra)} file(s) are not missing cells of this case "
+                                                            "and were not used: " + ", ".join(extra[:10]))
+                    st.rerun()
+        sure = r2.checkbox(f"Yes, delete case {case.case_code} with its {summ.cells} cells", key="delete_partial_ok")
+        if r2.button("Delete this partial case", key="delete_partial", disabled=not sure):
+            store.delete_case(case.id)
+            appkit.set_active_case(None)
+            st.rerun()
+if msg := st.session_state.pop("classify_msg", None):
+    st.warning(msg)
+
+df = appkit.cells_frame(case)
+ok = df[df.status == caserules.OK]
+rejected = df[df.status == caserules.REJECTED]
+c1, c2, c3, c4, c5, c6 = st.columns(6)
+c1.metric("Cells classified", summ.classified)
+c2.metric("Uncertain", summ.uncertain, help="Confidence below the case's review threshold")
+c3.metric("Possible blasts", int((ok.critical.str.contains("BLA")).sum()) if len(ok) else 0,
+          help="Calibrated P(blast) at or above the case's critical threshold, whatever the top class: reviewed "
+               "one by one")
+c4.metric("Hairy-cell flags", summ.hairy_flags if summ.hairy_flags is not None else "unavailable",
+          help=caserules.hairy_screening(case)[1])
+c5.metric("Rejected: not a cell crop", summ.rejected,
           help="Images the model's quality / out-of-distribution gate refused to classify; not in the differential")
-c5.metric("Unreadable files", int((df.status == "unreadable").sum()))
-bad = df[df.status == "unreadable"]
+c6.metric("Unreadable files", summ.unreadable)
+bad = df[df.status == caserules.UNREADABLE]
 if len(bad):
     with st.expander(f"{len(bad)} file(s) could not be used", expanded=True):
         st.dataframe(bad[["file", "error"]], hide_index=True, width="stretch")
 
-tab_table, tab_gallery, tab_uncertain, tab_rejected, tab_cell = st.tabs(
-    ["Results table", "Gallery", "Uncertain bin", f"Rejected bin ({len(rejected)})", "Cell view"])
+tab_table, tab_gallery, tab_review, tab_rejected, tab_cell = st.tabs(
+    ["Results table", "Gallery", f"Review bin ({summ.needs_review})", f"Rejected bin ({len(rejected)})", "Cell view"])
 
 with tab_table:
     f1, f2 = st.columns([3, 1])
     classes = f1.multiselect("Show classes", sorted(ok.final.unique()), key="filter_classes",
                              format_func=lambda c: f"{c} {cell_name(c)}")
-    only = f2.radio("Show", ["all", "uncertain", "hairy flag"], horizontal=True, key="filter_only")
+    only = f2.radio("Show", ["all", "needs review", "hairy flag"], horizontal=True, key="filter_only")
     view = ok
     if classes:
         view = view[view.final.isin(classes)]
-    if only != "all":
-        view = view[view[only]]
+    if only == "needs review":
+        view = view[view.review != ""]
+    elif only == "hairy flag":
+        view = view[view["hairy flag"]]
     st.dataframe(view.drop(columns=["status", "error", "cell_id", "version"]), hide_index=True, width="stretch",
                  column_config={"confidence": st.column_config.ProgressColumn("confidence", min_value=0.0,
                                                                               max_value=1.0, format="%.2f")})
@@ -112,21 +169,21 @@ with tab_gallery:
     counts = ok.final.value_counts()
     if len(counts):
         g1, g2 = st.columns([3, 1])
-        cls = g1.selectbox("Class", list(counts.index), key="gallery_class",
+        cls = g1.selectbox("Class", list(counts.index), key=f"gallery_class_{case.id}",
                            format_func=lambda c: f"{c} {cell_name(c)} ({counts[c]})")
         sub = ok[ok.final == cls].sort_values("confidence")
         pages = max(1, -(-len(sub) // GALLERY_PAGE))
         page = g2.number_input("Page", 1, pages, 1, key="gallery_page") if pages > 1 else 1
         grid(sub.iloc[(page - 1) * GALLERY_PAGE: page * GALLERY_PAGE], lambda r: f"#{r['#']} · {r.confidence:.2f}")
 
-with tab_uncertain:
-    unc = ok[ok.uncertain].sort_values("confidence")
+with tab_review:
+    unc = ok[ok.review != ""].sort_values("confidence")
     if unc.empty:
-        st.success("No uncertain cells in this case.")
+        st.success("No cell of this case needs a person's review before it counts.")
     else:
-        st.write(f"{len(unc)} cell(s) below the confidence threshold. They are left out of the differential until "
-                 "a reviewer resolves them on the **Review** page.")
-        grid(unc.head(GALLERY_PAGE * 2), lambda r: f"#{r['#']} {r.predicted}? {r.confidence:.2f}")
+        st.write(f"{len(unc)} cell(s) are uncertain or may be a critical cell type. They are left out of the "
+                 "differential until a reviewer resolves them on the **Review** page.")
+        grid(unc.head(GALLERY_PAGE * 2), lambda r: f"#{r['#']} {r.predicted}? {r.confidence:.2f} · {r.review}")
 
 with tab_rejected:
     if rejected.empty:
@@ -139,23 +196,37 @@ with tab_rejected:
                      width="stretch")
         grid(rejected.head(GALLERY_PAGE), lambda r: f"#{r['#']} {r.error}")
 
+
 @st.fragment
 def cell_view() -> None:
-    """One cell beside its heatmap; a fragment, so picking another cell reruns only this part of the page."""
+    """One cell beside its heatmap, by the case's own model; a fragment, so picking another cell reruns only this."""
     shown = pd.concat([ok, rejected])
     if not len(shown):
         return
-    labels = {int(r["#"]): f"#{r['#']} {r.file} — " + (f"{r.final} ({r.confidence:.2f})" if r.status == "ok" else
-                                                       f"rejected: {r.error}") for _, r in shown.iterrows()}
-    pos = st.selectbox("Cell", sorted(labels), format_func=labels.get, key="cell_pick")
-    cell = next(c for c in case.cells if c.position + 1 == pos)
+    bundle_path = appkit.case_bundle_path(case)
+    if bundle_path is None:
+        appkit.case_predictor(case)  # says plainly that the case's model is not installed; no other model is used
+        return
+    cpred = appkit.get_predictor(str(bundle_path))
+    labels = {int(r.cell_id): f"#{r['#']} {r.file} — " + (f"{r.final} ({r.confidence:.2f})" if r.status == "ok" else
+                                                           f"rejected: {r.error}") for _, r in shown.iterrows()}
+    ids = sorted(labels, key=lambda i: int(shown[shown.cell_id == i]["#"].iloc[0]))
+    # the picker's value is a cell id kept per case; its text may change without moving the choice to another cell
+    key = f"cell_pick_{case.id}"
+    chosen = st.session_state.get(key)
+    if chosen not in ids:
+        chosen = ids[0]
+    st.session_state[key] = st.session_state[f"_w_{key}"] = chosen
+    st.selectbox("Cell", ids, format_func=labels.get, key=f"_w_{key}",
+                 on_change=lambda: st.session_state.update({key: st.session_state[f"_w_{key}"]}))
+    cell = next(c for c in case.cells if c.id == chosen)
     h1, h2, h3 = st.columns(3)
     method = h1.selectbox("Method", list(CAM_METHODS)[:4], key="cam_method",
                           format_func={"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "eigencam": "EigenCAM",
                                        "layercam": "LayerCAM"}.get)
-    order = sorted(pred.classes, key=lambda c: -(cell.probabilities or {}).get(c, 0))
+    order = sorted(cpred.classes, key=lambda c: -(cell.probabilities or {}).get(c, 0))
     # keyed per cell: the class to explain starts at this cell's own top class, never a previous cell's choice
-    target = h2.selectbox("Explain class", order, key=f"cam_class_{cell.id}",
+    target = h2.selectbox("Explain class", order, key=f"cam_class_{case.id}_{cell.id}",
                           format_func=lambda c: f"{c} {cell_name(c)} (p={cell.probabilities.get(c, 0):.2f})")
     alpha = h3.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="cam_opacity")
     if cell.rejected:
@@ -165,10 +236,11 @@ def cell_view() -> None:
     if data is None:
         st.info("No image stored for this cell.")
         return
-    cam, rgb, _ = appkit.heatmap(st.session_state["bundle"], data, target, method)
+    cam, rgb, _ = appkit.heatmap(str(bundle_path), data, target, method)
     v1, v2 = st.columns(2)
     v1.image(rgb, caption=f"{cell.name} as the model sees it", width="stretch")
-    v2.image(overlay(rgb, cam, alpha), caption=f"{method} for {target} ({cell_name(target)})", width="stretch")
+    v2.image(overlay(rgb, cam, alpha), caption=f"{method} for {target} ({cell_name(target)}) by {case.model_name}",
+             width="stretch")
     if data is cell.thumbnail:
         st.caption("Heatmap computed from the stored thumbnail (the original upload is not in this session).")
     st.caption("Red areas raised the score of the explained class most. A heatmap shows where the model "

@@ -3,6 +3,7 @@ import plotly.express as px
 import streamlit as st
 
 import appkit
+from bmcore import caserules
 from bmcore.report import case_differential
 
 st.title("Differential count")
@@ -10,10 +11,12 @@ appkit.ruo_banner()
 case = appkit.active_case()
 if case is None:
     st.stop()
+appkit.job_banner(case)
 d = case_differential(case)
-reviewed = sum(c.reviewed for c in case.cells if c.ok)
-st.write(f"Case **{case.case_code}** · {d.denominator} cells in the count · {reviewed} of "
-         f"{sum(c.ok for c in case.cells)} readable cells reviewed. Reviewer corrections are included as they are saved.")
+summ = caserules.summary(case)
+st.write(f"Case **{case.case_code}** · {d.denominator} cells in the count · {summ.reviewed} of "
+         f"{summ.classified} classified cells reviewed. Reviewer corrections are included as they are saved. "
+         f"Model: {case.model_name}.")
 if d.denominator:
     df = pd.DataFrame(d.table())
     fig = px.bar(df, x="class", y="percent", text="count", hover_data=["name"],
@@ -26,13 +29,14 @@ else:
     st.info("No cells count towards the differential yet.")
 if d.excluded:
     st.caption("Left out of the denominator: " + ", ".join(f"{k}: {v}" for k, v in d.excluded.items())
-               + ". Artefacts, smudge and not-identifiable cells are not part of a differential; uncertain cells "
-                 "count once a reviewer resolves them; images the model's gate rejected as not a recognisable cell "
+               + ". Artefacts, smudge and not-identifiable cells are not part of a differential; uncertain and "
+                 "flagged cells (possible blasts, hairy-cell flags) count once a reviewer resolves them; images the model's gate rejected as not a recognisable cell "
                  "crop count only if a reviewer gives them a label.")
 c1, c2, c3 = st.columns(3)
 c1.metric("M:E ratio", f"{d.me_ratio:.2f}" if d.me_ratio is not None else "n/a", help=d.me_note)
 c1.caption(d.me_note)
 c2.metric("Blasts", f"{d.blast_percent:.1f}%" if d.blast_percent is not None else "n/a")
-c3.metric("Hairy-cell flags", d.hairy_flagged if d.hairy_percent is not None else "off")
+c3.metric("Hairy-cell flags", summ.hairy_flags if summ.hairy_flags is not None else "unavailable",
+          help=caserules.hairy_screening(case)[1])
 for n in d.notes:
     st.caption(n)

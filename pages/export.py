@@ -9,8 +9,10 @@ case = appkit.active_case()
 if case is None:
     st.stop()
 store = appkit.get_store()
+appkit.job_banner(case)
 # the model that classified the case, if it is still installed
-meta = next((m for m in appkit.installed_bundles().values() if m["weights_sha256"] == case.model_sha256), {})
+path = appkit.case_bundle_path(case)
+meta = appkit.installed_bundles().get(path, {}) if path else {}
 if not meta:
     st.warning("The model that classified this case is no longer installed; the report shows its stored name and hash.")
 rows = case_rows(case)

@@ -1,9 +1,19 @@
+"""Review and sign-off: every action carries the cell (and the version of it) that the reviewer saw.
+
+The cell picker's value is a cell id kept in session state per case, never an option text, and buttons act
+through callbacks that receive the cell id and the version the reviewer opened; the store refuses a stale
+action ("changed by ... reload and try again") and saves nothing.
+"""
+
 import pandas as pd
 import streamlit as st
 
 import appkit
+from bmcore import caserules
 from bmcore.cases import STATUS_SIGNED, CaseError, ConflictError
 from bmcore.tasks import TASKS, cell_name
+
+BULK_ASK_ABOVE = 5  # bulk confirmation of more cells than this needs an explicit tick
 
 st.title("Review and sign-off")
 appkit.ruo_banner()
@@ -23,88 +33,177 @@ case = appkit.active_case()
 if case is None:
     st.stop()
 
+PICK = f"review_cell_{case.id}"        # the chosen cell id (the truth)
+WPICK = f"_w_review_cell_{case.id}"    # the picker widget mirroring it
+seen = appkit.seen_versions(case.id)
 
-def act(fn, *args, ok_msg: str = "", advance: bool = False, **kw):
+
+def _say(kind: str, text: str) -> None:
+    st.session_state["review_msg"] = (kind, text)
+
+
+def _run(fn, ok_msg: str) -> bool:
     try:
-        fn(*args, **kw)
-        if advance:  # go on to the next unresolved cell (the queue puts them first)
-            st.session_state.pop("review_cell", None)
+        fn()
     except ConflictError as exc:
-        st.session_state["review_msg"] = ("warning", f"Not saved: {exc}")
+        _say("warning", f"Not saved: {exc}")
     except CaseError as exc:
-        st.session_state["review_msg"] = ("error", str(exc))
+        _say("error", f"Not saved: {exc}")
     else:
-        st.session_state["review_msg"] = ("success", ok_msg)
-    st.rerun()
+        _say("success", ok_msg)
+        return True
+    return False
+
+
+def review(cell_id: int, pos: int, seen_version: int, label: str | None, predicted: str, next_id: int | None) -> None:
+    """Confirm (label None) or relabel cell ``cell_id`` as seen at ``seen_version``; then show ``next_id``."""
+    new = predicted if label is None else st.session_state[f"label_{case.id}_{cell_id}"]
+    verb = f"confirmed as {new}" if label is None else f"set to {new} ({cell_name(new)})"
+    out = {}
+
+    def do():
+        out["v"] = store.review_cell(cell_id, st.session_state["reviewer"], new, expected_version=seen_version)
+
+    if _run(do, f"#{pos} {verb}."):
+        seen[cell_id] = out["v"]
+        if next_id is not None:
+            st.session_state[PICK] = next_id
+            st.session_state["review_msg"] = ("success", st.session_state["review_msg"][1]
+                                              + " Showing the next cell to review.")
+
+
+def reload_cell(cell_id: int, version: int) -> None:
+    seen[cell_id] = version
+    _say("info", "Reloaded: you now see the cell as it is stored.")
+
+
+def confirm_bulk(expected: dict[int, int]) -> None:
+    out = {}
+
+    def do():
+        out["v"] = store.confirm_all(case.id, st.session_state["reviewer"], expected_versions=expected)
+
+    if _run(do, f"{len(expected)} cells confirmed."):
+        seen.update(out["v"])
+    st.session_state.pop("bulk_ok", None)
+
+
+def sign(expected: dict[int, int]) -> None:
+    if _run(lambda: store.sign_off(case.id, st.session_state["reviewer"], expected_versions=expected),
+            f"Case {case.case_code} signed off."):
+        seen.clear()  # sign-off bumps every cell's version
+
+
+def reopen() -> None:
+    if _run(lambda: store.reopen(case.id, st.session_state["reviewer"], st.session_state.get("reopen_reason", "")),
+            f"Case {case.case_code} reopened."):
+        seen.clear()
 
 
 kind, msg = st.session_state.pop("review_msg", (None, None))
 if msg:
     getattr(st, kind)(msg)
 
-ok = [c for c in case.cells if c.ok]
-rejected = [c for c in ok if c.rejected and not c.reviewed]  # excluded unless a reviewer labels them
-unreviewed = [c for c in ok if not c.reviewed and not c.rejected]
-open_unc = [c for c in unreviewed if c.uncertain]
+appkit.job_banner(case)
+summ = caserules.summary(case)
 signed = case.status == STATUS_SIGNED
 st.subheader(f"Case {case.case_code}: " + (f"signed off by {case.signed_by}" if signed else "open"))
-m1, m2, m3, m4 = st.columns(4)
-m1.metric("Reviewed", f"{len(ok) - len(unreviewed) - len(rejected)} / {len(ok) - len(rejected)}")
-m2.metric("Uncertain, unresolved", len(open_unc))
-m3.metric("Rejected (not a cell crop)", len(rejected),
+st.caption(f"Classified by **{case.model_name}** · {caserules.case_rules(case).describe()}")
+m1, m2, m3, m4, m5 = st.columns(5)
+m1.metric("Reviewed", f"{summ.reviewed} / {summ.classified}")
+m2.metric("Need review, unresolved", summ.needs_review,
+          help="Uncertain, possible blast or hairy-cell flag: only a person may resolve these")
+m3.metric("Rejected (not a cell crop)", sum(1 for c in case.cells if caserules.status(c) == caserules.REJECTED
+                                             and c.final_label is None),
           help="Refused by the model's quality / out-of-distribution gate; left out of the differential unless you "
                "give them a label here")
-m4.metric("Unreadable files", len(case.cells) - len(ok))
+m4.metric("Unreadable files", summ.unreadable)
+m5.metric("Not classified yet", summ.pending)
 
-if not signed and ok:
+queue = caserules.review_queue(case)
+if not signed and queue:
     st.markdown("#### Review a cell")
-    queue = open_unc + [c for c in unreviewed if not c.uncertain] + rejected + [c for c in ok if c.reviewed]
-    labels = {c.id: (f"#{c.position + 1} {c.name} — model: {c.predicted} ({c.confidence:.2f})"
-                     + (f" · REJECTED: {c.reject_reason}" if c.rejected and not c.reviewed else
-                        " · UNCERTAIN" if c.uncertain and not c.reviewed else "")
-                     + (f" · reviewed: {c.final_label} by {c.reviewed_by}" if c.reviewed else "")) for c in queue}
-    cid = st.selectbox("Cell (uncertain first, then unreviewed)", list(labels), format_func=labels.get,
-                       key="review_cell")
-    cell = next(c for c in ok if c.id == cid)
+    by_id = {c.id: c for c in queue}
+    ids = [c.id for c in queue]
+    chosen = st.session_state.get(PICK)
+    if chosen not in by_id:
+        chosen = ids[0]
+    st.session_state[PICK] = st.session_state[WPICK] = chosen
+
+    def label_of(cid: int) -> str:
+        c = by_id[cid]
+        why = caserules.review_reasons(c)
+        tail = (f" · REJECTED: {c.reject_reason}" if caserules.status(c) == caserules.REJECTED and c.final_label is None
+                else f" · {', '.join(why).upper()}" if why else "")
+        if c.final_label is not None:
+            tail += f" · reviewed: {c.final_label} by {c.reviewed_by}"
+        conf = f" ({c.confidence:.2f})" if c.confidence is not None else ""
+        return f"#{c.position + 1} {c.name} — model: {c.predicted}{conf}{tail}"
+
+    st.selectbox("Cell (flagged and uncertain first, then unreviewed)", ids, format_func=label_of, key=WPICK,
+                 on_change=lambda: st.session_state.update({PICK: st.session_state[WPICK]}))
+    cell = by_id[chosen]
+    seen.setdefault(cell.id, cell.version)  # the version this reviewer opened
+    seen_v = seen[cell.id]
+    nxt = caserules.next_cell_id(queue, cell.id)
     left, right = st.columns([1, 2])
     data = appkit.image_bytes(case.id, cell)
     if data:
-        left.image(data, width="stretch")
-    if cell.rejected and not cell.reviewed:
+        left.image(data, width="stretch", caption=f"#{cell.position + 1} {cell.name}")
+    if cell.version != seen_v:
+        right.warning(f"#{cell.position + 1} changed since you opened it: now **{cell.label or 'unlabelled'}**"
+                      + (f", set by {cell.reviewed_by}" if cell.reviewed_by else "")
+                      + ". Your actions on it are refused until you reload it.")
+        right.button("Reload this cell", key=f"reload_{cell.id}", on_click=reload_cell, args=(cell.id, cell.version))
+    if caserules.status(cell) == caserules.REJECTED and cell.final_label is None:
         right.warning(f"The model's gate rejected this image: {cell.reject_reason}. It is left out of the "
                       "differential; give it a label only if it is a single bone marrow cell you can classify.")
-    top = sorted((cell.probabilities or {}).items(), key=lambda kv: -kv[1])[:3]
-    right.write("Model: " + " · ".join(f"**{k}** {cell_name(k)} {v:.2f}" for k, v in top))
+    why = caserules.review_reasons(cell)
+    if why:
+        right.info("Needs your review: " + ", ".join(why) + ".")
+    right.write("Model: " + " · ".join(f"**{k}** {cell_name(k)} {v:.2f}" for k, v in caserules.top3(cell)))
+    if cell.final_label is not None:
+        right.caption(f"Reviewed: {cell.final_label} by {cell.reviewed_by}")
     model_classes = list(case.model_classes or [])
-    task_classes = [c for c in TASKS["bm21"].classes if c not in model_classes]
-    options = model_classes + task_classes
-    new = right.selectbox("Label", options, index=options.index(cell.label) if cell.label in options else 0,
-                          format_func=lambda c: f"{c} {cell_name(c)}" + ("" if c in model_classes else " (not a model class)"),
-                          key=f"label_{cell.id}")
+    options = model_classes + [c for c in TASKS["bm21"].classes if c not in model_classes]
+    right.selectbox("Label", options, index=options.index(cell.label) if cell.label in options else 0,
+                    format_func=lambda c: f"{c} {cell_name(c)}" + ("" if c in model_classes else " (not a model class)"),
+                    key=f"label_{case.id}_{cell.id}")
     b1, b2 = right.columns(2)
-    if b1.button("Confirm model's label", key="confirm_btn", disabled=cell.reviewed and cell.label == cell.predicted):
-        act(store.review_cell, cell.id, who, cell.predicted, expected_version=cell.version, advance=True,
-            ok_msg=f"#{cell.position + 1} confirmed as {cell.predicted}.")
-    if b2.button("Save label", key="save_btn", type="primary"):
-        act(store.review_cell, cell.id, who, new, expected_version=cell.version, advance=True,
-            ok_msg=f"#{cell.position + 1} set to {new} ({cell_name(new)}).")
+    b1.button("Confirm model's label", key="confirm_btn", on_click=review,
+              args=(cell.id, cell.position + 1, seen_v, None, cell.predicted, nxt),
+              disabled=caserules.status(cell) != caserules.OK or (cell.final_label == cell.predicted))
+    b2.button("Save label", key="save_btn", type="primary", on_click=review,
+              args=(cell.id, cell.position + 1, seen_v, "chosen", cell.predicted, nxt))
 
     st.markdown("#### Whole case")
+    bulk = [c for c in case.cells if caserules.bulk_confirmable(c)]
+    expected = {c.id: seen.get(c.id, c.version) for c in bulk}
     c1, c2 = st.columns(2)
-    n_conf = sum(1 for c in unreviewed if not c.uncertain)
-    if c1.button(f"Confirm the {n_conf} confident unreviewed cell(s)", disabled=n_conf == 0, key="confirm_all"):
-        act(store.confirm_all, case.id, who, ok_msg=f"{n_conf} cells confirmed.")
-    if c2.button("Sign off case", type="primary", key="sign_off"):
-        act(store.sign_off, case.id, who, ok_msg=f"Case {case.case_code} signed off.")
-    if open_unc or unreviewed:
-        st.caption("Sign-off needs every readable cell reviewed, uncertain ones included. Rejected images need no "
-                   "review: they stay out of the differential.")
+    with c1:
+        if len(bulk) > BULK_ASK_ABOVE:
+            with st.expander(f"The {len(bulk)} confident cells a bulk confirmation would take"):
+                st.dataframe(pd.DataFrame([{"#": c.position + 1, "file": c.name, "model": c.predicted,
+                                            "confidence": round(c.confidence or 0, 2)} for c in bulk]),
+                             hide_index=True, width="stretch")
+            ok_many = st.checkbox(f"I have looked at these {len(bulk)} cells and agree with the model", key="bulk_ok")
+        else:
+            ok_many = True
+        st.button(f"Confirm the {len(bulk)} confident unreviewed cell(s)", key="confirm_all",
+                  disabled=not bulk or not ok_many, on_click=confirm_bulk, args=(expected,),
+                  help="Never includes uncertain, possible-blast, hairy-flagged or rejected cells: review those one "
+                       "by one. All or nothing: if any of them changed since this page showed it, none is confirmed.")
+    shown = {c.id: c.version for c in case.cells}
+    c2.button("Sign off case", type="primary", key="sign_off", on_click=sign, args=(shown,))
+    blockers = caserules.sign_off_blockers(case)
+    if blockers:
+        st.caption("Sign-off needs: " + "; ".join(blockers) + ". Rejected images need no review: they stay out of "
+                   "the differential.")
 elif signed:
     st.success(f"Signed off by {case.signed_by} on {case.signed_at:%Y-%m-%d %H:%M} UTC. "
                "Reopen it to change cells (the reopening is audited).")
-    reason = st.text_input("Reason for reopening", key="reopen_reason")
-    if st.button("Reopen case", key="reopen"):
-        act(store.reopen, case.id, who, reason, ok_msg=f"Case {case.case_code} reopened.")
+    st.text_input("Reason for reopening", key="reopen_reason")
+    st.button("Reopen case", key="reopen", on_click=reopen)
 
 st.markdown("#### Audit trail")
 audit = store.audit(case.id)

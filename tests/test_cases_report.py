@@ -1,7 +1,7 @@
 import pytest
 
 from bmcore.cases import CaseError, CaseStore, CellInput, ConflictError
-from bmcore.report import REJECTED, UNREADABLE, case_rows, differential, render_html_report
+from bmcore.report import REJECTED, UNCERTAIN, UNREADABLE, case_rows, differential, render_html_report
 
 
 def _cells():
@@ -29,7 +29,7 @@ def test_case_lifecycle(store):
         store.review_cell(a.id, "", "BLA")
     with pytest.raises(CaseError, match="nothing to review"):
         store.review_cell(d.id, "amy", "BLA")
-    assert store.confirm_all(cid, "amy") == 2  # the uncertain cell is left for a person
+    assert len(store.confirm_all(cid, "amy")) == 2  # the uncertain cell is left for a person
     with pytest.raises(CaseError, match="uncertain"):
         store.sign_off(cid, "amy")
     store.review_cell(b.id, "amy", "PEB", note="large nucleus")
@@ -64,10 +64,10 @@ def test_differential_rules():
                      rejected=[False] * 8 + [True])
     assert d.counts == {"BLA": 2, "EBO": 1, "NGS": 1} and d.denominator == 4
     assert d.excluded == {"ART (Artefact)": 1, "NIF (Not identifiable)": 1, UNREADABLE: 1, REJECTED: 1,
-                          "uncertain": 1}
+                          UNCERTAIN: 1}
     assert d.percent["BLA"] == pytest.approx(50) and d.blast_percent == pytest.approx(50)
     assert d.me_ratio == pytest.approx(1.0)  # NGS (myeloid) : EBO (erythroid)
-    assert d.hairy_percent is None and "Hairy-cell screening is off" in d.notes[0]
+    assert d.hairy_percent is None and "Hairy-cell screening unavailable" in d.notes[0]
     no_ery = differential(["NGS"], ["NGS", "BLA"])
     assert no_ery.me_ratio is None and "does not recognise erythroid" in no_ery.me_note
 
@@ -76,11 +76,11 @@ def test_exports(store):
     cid = store.create_case("BM-<3>", _cells(), model_classes=["ART", "BLA", "EBO"])
     case = store.get_case(cid)
     rows = case_rows(case)
-    assert [r["status"] for r in rows] == ["ok", "ok", "ok", "error"] and rows[0]["p_BLA"] == 0.9
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok", "unreadable"] and rows[0]["p_BLA"] == 0.9
     html = render_html_report(case, {"name": "m"}, store.audit(cid))
     assert html.count("For research use only. Not for use in diagnostic procedures.") == 2
     assert "BM-&lt;3&gt;" in html and "BM-<3>" not in html  # user text is escaped
-    assert "Not signed off" in html and "uncertain, unresolved" in html
+    assert "Not signed off" in html and "#2 EBO (0.40)<br>uncertain" in html
 
 
 def test_cases_cli_lists_and_deletes(tmp_path):
@@ -100,3 +100,78 @@ def test_cases_cli_lists_and_deletes(tmp_path):
     assert r.returncode == 0 and "deleted" in r.stdout
     assert [c["case"] for c in store.list_cases()] == ["KEEP"]
     assert run("delete", "NOPE").returncode == 1
+
+
+def _flagged_cells():
+    """Five classified cells: two confident, one uncertain, one critical (possible blast), one rejected."""
+    return [CellInput("ok1.jpg", True, predicted="LYT", confidence=0.95, probabilities={"LYT": 0.95, "BLA": 0.05}),
+            CellInput("ok2.jpg", True, predicted="LYT", confidence=0.9, probabilities={"LYT": 0.9, "BLA": 0.1}),
+            CellInput("unc.jpg", True, predicted="LYT", confidence=0.4, probabilities={"LYT": 0.4, "BLA": 0.35},
+                      uncertain=True),
+            CellInput("bla.jpg", True, predicted="LYT", confidence=0.93, probabilities={"LYT": 0.7, "BLA": 0.3},
+                      critical="BLA"),
+            CellInput("rej.jpg", True, predicted="LYT", confidence=0.9, rejected=True, reject_reason="blank")]
+
+
+def test_confirm_all_is_one_transaction_with_the_versions_seen(store):
+    cid = store.create_case("BULK", _flagged_cells(), model_classes=["LYT", "BLA"])
+    ok1, ok2, unc, bla, rej = store.get_case(cid).cells
+    seen = {ok1.id: ok1.version, ok2.id: ok2.version}
+    store.review_cell(ok2.id, "amy", "PLM")  # a colleague changes one of them after the page was drawn
+    with pytest.raises(ConflictError, match=r"nothing was confirmed: 1 of the 2 cells changed.*ok2\.jpg.*PLM by amy"):
+        store.confirm_all(cid, "bob", expected_versions=seen)
+    case = store.get_case(cid)
+    assert case.cells[0].final_label is None, "all or nothing: the unchanged cell was not confirmed either"
+    assert [e["action"] for e in store.audit(cid)].count("confirm") == 0
+    # bulk confirmation never takes a cell that needs a person, whatever the page asks
+    for c in (unc, bla, rej):
+        with pytest.raises(CaseError, match="cannot be bulk-confirmed"):
+            store.confirm_all(cid, "bob", expected_versions={ok1.id: ok1.version, c.id: c.version})
+    assert store.confirm_all(cid, "bob", expected_versions={ok1.id: ok1.version}) == {ok1.id: ok1.version + 1}
+    assert store.confirm_all(cid, "bob") == {}  # nothing else is bulk-confirmable: uncertain, critical, rejected
+    # sign-off names what blocks it, and refuses a page that showed other versions
+    with pytest.raises(CaseError, match=r"2 uncertain or flagged cell\(s\) are unresolved"):
+        store.sign_off(cid, "bob")
+    store.review_cell(unc.id, "bob", "LYT")
+    store.review_cell(bla.id, "bob", "BLA")
+    case = store.get_case(cid)
+    shown = {c.id: c.version for c in case.cells}
+    store.review_cell(ok1.id, "amy", "MON")
+    with pytest.raises(ConflictError, match=r"not signed: 1 cell\(s\) changed.*ok1\.jpg \(now MON by amy\)"):
+        store.sign_off(cid, "bob", expected_versions=shown)
+    store.sign_off(cid, "bob", expected_versions={c.id: c.version for c in store.get_case(cid).cells})
+    assert store.get_case(cid).status == "signed"
+
+
+def test_long_names_are_truncated_and_audited(store):
+    long = "x" * 400 + ".jpg"
+    cid = store.create_case("LONG", [CellInput(long, True, predicted="LYT"), CellInput("b" * 350, False, error="bad")])
+    a, b = store.get_case(cid).cells
+    assert len(a.name) == 300 and a.name.endswith("….jpg") and len(b.name) == 300
+    notes = [e["note"] for e in store.audit(cid) if e["action"] == "name-truncated"]
+    assert notes == [f"full file name: {long}", f"full file name: {'b' * 350}"]
+    with pytest.raises(CaseError, match="at most 100 characters"):
+        store.create_case("C" * 101, [])
+    with pytest.raises(CaseError, match="at most 100 characters"):
+        store.review_cell(a.id, "n" * 101, "LYT")
+
+
+def test_pending_cells_are_filled_once(store):
+    cells = [CellInput(f"p{i}.jpg", True, pending=True, sha256=f"{i:064d}") for i in range(4)]
+    cid = store.create_case("PEND", cells + [CellInput("bad.jpg", False, error="empty")], model_classes=["LYT", "BLA"])
+    case = store.get_case(cid)
+    from bmcore import caserules
+
+    assert [caserules.status(c) for c in case.cells] == ["pending"] * 4 + ["unreadable"]
+    with pytest.raises(CaseError, match="not classified yet"):
+        store.review_cell(case.cells[0].id, "amy", "LYT")
+    with pytest.raises(CaseError, match="4 cell\\(s\\) are not classified yet"):
+        store.sign_off(cid, "amy")
+    job = store.create_job(cid, 4, "test")
+    done = CellInput("", True, predicted="LYT", confidence=0.9, probabilities={"LYT": 0.9, "BLA": 0.1})
+    assert store.save_results(cid, {0: done, 1: done}, job_id=job) == 2
+    assert store.save_results(cid, {1: done, 2: done}, job_id=job) == 1  # #2 was filled already: left alone
+    assert store.latest_job(cid)["done"] == 3
+    d = __import__("bmcore.report", fromlist=["x"]).case_differential(store.get_case(cid))
+    assert d.counts == {"LYT": 3} and d.excluded == {"not classified yet": 1, "unreadable": 1}
+    assert store.integrity_ok()

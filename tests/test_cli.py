@@ -28,7 +28,7 @@ def test_classify_folder_and_zip_with_bad_files(tmp_path, crops, tiny_bundle):
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert len(rows) == 9
     ok = [x for x in rows if x["status"] == "ok"]
-    bad = {x["file"]: x["error"] for x in rows if x["status"] == "error"}
+    bad = {x["file"]: x["error"] for x in rows if x["status"] == "unreadable"}
     assert len(ok) == 6
     assert "corrupt or truncated" in bad["broken.jpg"]
     assert "unsafe path" in bad["batch.zip/../evil.jpg"] and "nested archive" in bad["batch.zip/inner.zip"]

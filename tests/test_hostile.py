@@ -30,6 +30,7 @@ from PIL import Image
 
 from bmcore.inputs import ARCHIVE_EXPANSION_FLOOR, MAX_FILES, enforce_limit, from_paths, from_upload, from_zip
 from bmcore.preprocess import DEFAULT_MAX_BYTES, MIN_SIDE, ImageDecodeError, decode_image
+from tests.test_app import wait_classified
 from tests.conftest import DEV_CLASSES, REPO, make_bundle
 
 SIZE_LIMIT_MSG = f"over the {DEFAULT_MAX_BYTES / 1e6:.0f} MB limit"
@@ -506,7 +507,7 @@ def test_cli_lists_bad_files_by_name_classifies_the_rest_and_writes_nothing_else
             assert x["predicted"] == solo.code, e.name
             assert all(abs(float(x[f"p_{c}"]) - solo.probabilities[c]) < 1e-3 for c in alone.classes), e.name
         else:
-            assert x["status"] == "error"
+            assert x["status"] == "unreadable"
             _check_error(e.name, x["error"], e.errors)
             assert f"skipped {e.name}: {x['error']}" in skipped  # named on the console too
     tail = rows[len(corpus.entries):]
@@ -551,7 +552,7 @@ def test_classify_page_lists_unreadable_files_and_classifies_the_good_ones(corpu
 
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
     at.session_state["bundle"] = str(bundle.path)
-    at.session_state["threshold"] = 0.0
+    at.session_state[f"threshold::{bundle.sha256[:16]}"] = 0.0
     at.run()
     assert not at.exception, at.exception
     at.switch_page("pages/classify.py").run()
@@ -560,6 +561,7 @@ def test_classify_page_lists_unreadable_files_and_classifies_the_good_ones(corpu
     at.run()
     at.button[0].click().run()
     assert not at.exception, at.exception
+    wait_classified(at)
 
     bad_expected = [e for e in expected if not e.ok]
     assert next(m.value for m in at.metric if m.label == "Unreadable files") == str(len(bad_expected))

@@ -1,0 +1,162 @@
+"""The case rules, in one place: what a cell's status is, what needs review, what is flagged, what counts.
+
+Pages, the CLI, the store and the report all read a case through these functions; none of them
+re-derives a rule. They take stored ``Cell``/``Case`` objects (or anything with the same attributes)
+and never touch the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .tasks import HAIRY_CELL_CODE, cell_name
+from .triage import ReviewRules
+
+# status words, the same in every table, CSV and report
+PENDING, UNREADABLE, REJECTED, OK = "pending", "unreadable", "rejected", "ok"
+
+HAIRY_UNAVAILABLE = "Hairy-cell screening unavailable"
+
+
+def status(cell) -> str:
+    if getattr(cell, "pending", False):
+        return PENDING
+    if not cell.ok:
+        return UNREADABLE
+    return REJECTED if cell.rejected else OK
+
+
+def critical_codes(cell) -> list[str]:
+    return [c for c in (getattr(cell, "critical", "") or "").split(",") if c]
+
+
+def review_reasons(cell) -> list[str]:
+    """Why the case rules send this (unreviewed, classified) cell to a person; empty when they do not."""
+    if status(cell) != OK or cell.final_label is not None:
+        return []
+    out = [f"possible {cell_name(c).lower()}" for c in critical_codes(cell) if c != HAIRY_CELL_CODE]
+    if cell.hairy_flag or HAIRY_CELL_CODE in critical_codes(cell):
+        out.append("hairy-cell flag")
+    if cell.uncertain:
+        out.append("uncertain")
+    return out
+
+
+def needs_review(cell) -> bool:
+    """Unreviewed and uncertain, critical or hairy-flagged: only a person may resolve it, never a bulk confirm."""
+    return bool(review_reasons(cell))
+
+
+def unresolved(cell) -> bool:
+    """A classified cell without a reviewer's label (rejected images need none: they count only if labelled)."""
+    return status(cell) == OK and cell.final_label is None
+
+
+def bulk_confirmable(cell) -> bool:
+    return unresolved(cell) and not needs_review(cell)
+
+
+def top3(cell) -> list[tuple[str, float]]:
+    return sorted((cell.probabilities or {}).items(), key=lambda kv: -kv[1])[:3]
+
+
+def top3_text(cell) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in top3(cell))
+
+
+def case_rules(case) -> ReviewRules:
+    return ReviewRules.from_dict(getattr(case, "rules", None))
+
+
+def hairy_screening(case) -> tuple[bool, str]:
+    """(available, what to say): screening is a property of the model that classified the case, never the sidebar's."""
+    if HAIRY_CELL_CODE in (case.model_classes or []):
+        thr = case_rules(case).hairy_flag_at
+        return True, (f"Hairy-cell flag at calibrated P(HAC) ≥ {thr:.2f}, set when the case was classified."
+                      if thr is not None else "Hairy-cell flags as set when the case was classified.")
+    return False, (f"{HAIRY_UNAVAILABLE} for this case: the model that classified it ({case.model_name or 'unknown'}) "
+                   "was not trained on hairy cells (HAC), so it cannot flag them. No flag here does not mean no hairy "
+                   "cells.")
+
+
+def review_queue(case) -> list:
+    """The cells a reviewer works through, in order: critical, then uncertain, then the other unreviewed cells,
+    then images the gate rejected, then cells already reviewed."""
+    cells = [c for c in case.cells if status(c) in (OK, REJECTED)]
+
+    def key(c):
+        if needs_review(c):
+            group = 0 if (critical_codes(c) or c.hairy_flag) else 1
+        elif unresolved(c):
+            group = 2
+        elif status(c) == REJECTED and c.final_label is None:
+            group = 3
+        else:
+            group = 4
+        return group, (c.confidence if group < 2 and c.confidence is not None else 0), c.position
+
+    return sorted(cells, key=key)
+
+
+def next_cell_id(queue: list, current_id: int) -> int | None:
+    """The cell to show after acting on ``current_id``: the next unresolved one in queue order (wrapping round),
+    else None."""
+    ids = [c.id for c in queue]
+    if current_id not in ids:
+        return ids[0] if ids else None
+    i = ids.index(current_id)
+    order = queue[i + 1:] + queue[:i]
+    for c in order:
+        if unresolved(c) or (status(c) == REJECTED and c.final_label is None):
+            return c.id
+    return None
+
+
+@dataclass
+class CaseSummary:
+    cells: int          # rows of the case, every uploaded file
+    pending: int        # not classified yet
+    classified: int     # classified by the model (status ok)
+    rejected: int       # refused by the model's gate
+    unreadable: int
+    uncertain: int      # classified, confidence under the case's threshold (reviewed or not)
+    critical: int       # classified, a critical class reached its threshold (reviewed or not)
+    hairy_flags: int | None  # None: the case's model has no HAC class
+    needs_review: int   # unreviewed cells that only a person may resolve
+    unresolved: int     # classified cells without a reviewer's label
+    reviewed: int       # classified cells with a reviewer's label
+
+    @property
+    def reviewable(self) -> int:
+        return self.classified
+
+
+def summary(case) -> CaseSummary:
+    cells = list(case.cells)
+    st = [status(c) for c in cells]
+    ok = [c for c, s in zip(cells, st) if s == OK]
+    has_hac = HAIRY_CELL_CODE in (case.model_classes or [])
+    return CaseSummary(
+        cells=len(cells), pending=st.count(PENDING), classified=len(ok), rejected=st.count(REJECTED),
+        unreadable=st.count(UNREADABLE), uncertain=sum(bool(c.uncertain) for c in ok),
+        critical=sum(bool(critical_codes(c)) for c in ok),
+        hairy_flags=sum(bool(c.hairy_flag) for c in ok) if has_hac else None,
+        needs_review=sum(needs_review(c) for c in ok), unresolved=sum(unresolved(c) for c in ok),
+        reviewed=sum(c.final_label is not None for c in ok))
+
+
+def sign_off_blockers(case) -> list[str]:
+    """Why the case cannot be signed off yet, in words; empty when it can."""
+    out = []
+    pend = [c for c in case.cells if status(c) == PENDING]
+    if pend:
+        out.append(f"{len(pend)} cell(s) are not classified yet (classification is running or was interrupted)")
+    flagged = [c for c in case.cells if needs_review(c)]
+    if flagged:
+        c = flagged[0]
+        out.append(f"{len(flagged)} uncertain or flagged cell(s) are unresolved (e.g. #{c.position + 1} {c.name}: "
+                   f"{', '.join(review_reasons(c))}); review them before signing off")
+    rest = [c for c in case.cells if unresolved(c) and not needs_review(c)]
+    if rest:
+        out.append(f"{len(rest)} cell(s) are not reviewed yet (e.g. #{rest[0].position + 1} {rest[0].name})")
+    return out

@@ -1,0 +1,183 @@
+"""Classification as a background job, owned by the server process, not by a page's script run.
+
+A page creates the case with one *pending* cell per readable upload (``CaseStore.create_case``), then hands
+the crops to the process's one ``JobRunner``. Its worker thread classifies them in chunks, taking one chunk
+of each active job in turn (fair between sessions), and saves each chunk's cells in one transaction as it
+finishes (``CaseStore.save_results``), so the work survives whatever the browser does. The job's state is a
+row of the store's ``jobs`` table: a server that starts finds the jobs a dead process left queued or running
+and marks them *interrupted*; their cases keep their pending cells (a clearly marked partial case) until the
+same files are uploaded again (``match_pending`` + ``submit`` resume exactly the missing cells; saving is
+idempotent, so nothing is ever classified into a cell twice) or the case is deleted.
+
+The queue is bounded: past ``max_cells`` waiting crops or ``max_jobs`` jobs, ``submit`` raises ``QueueFull``
+with how much is ahead, instead of letting a request time out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import os
+import socket
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+from .cases import JOB_DONE, JOB_FAILED, JOB_RUNNING, CaseError, CaseStore, CellInput, cell_inputs, utcnow
+
+log = logging.getLogger(__name__)
+STALE_AFTER = dt.timedelta(minutes=5)  # a job of another machine with no heartbeat for this long is dead
+
+
+class QueueFull(CaseError):
+    """The shared classification queue is full; the message says how much is ahead."""
+
+
+def _start_time(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]  # field 22: start time in clock ticks since boot
+    except (OSError, IndexError):
+        return ""
+
+
+def owner_token(pid: int | None = None) -> str:
+    """host:pid:start-time of a process: unique even when a restarted server gets the same pid."""
+    pid = pid or os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
+
+
+def owner_alive(owner: str, heartbeat: dt.datetime | None) -> bool:
+    """Whether the process named by ``owner`` may still be working on its job."""
+    host, _, rest = owner.partition(":")
+    pid, _, started = rest.partition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        return bool(started) and _start_time(int(pid)) == started
+    return heartbeat is not None and utcnow() - heartbeat < STALE_AFTER
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def pending_inputs(items) -> list[CellInput]:
+    """The case rows of a batch before classification: readable crops pending, refused files unreadable at once."""
+    return [CellInput(name=it.name, ok=True, pending=True, sha256=sha256(bytes(it.source)))
+            if it.ok else CellInput(name=it.name, ok=False, error=it.error) for it in items]
+
+
+def match_pending(case, items) -> tuple[list[tuple[int, object]], list[str]]:
+    """Pair re-uploaded crops with the pending cells of a partial case (by content), for resuming its job.
+
+    Returns ([(position, item)], names of uploads that match no pending cell).
+    """
+    want: dict[str, list[int]] = {}
+    for c in case.cells:
+        if c.pending:
+            want.setdefault(c.sha256, []).append(c.position)
+    pairs, extra = [], []
+    for it in items:
+        if not it.ok:
+            extra.append(it.name)
+            continue
+        slots = want.get(sha256(bytes(it.source)))
+        if slots:
+            pairs.append((slots.pop(0), it))
+        else:
+            extra.append(it.name)
+    return pairs, extra
+
+
+@dataclass
+class _Job:
+    id: int
+    case_id: int
+    predictor: object
+    rules: object
+    work: deque = field(default_factory=deque)  # (position, InputItem) still to classify
+    started: bool = False
+
+
+class JobRunner:
+    """One per server process: a worker thread over a bounded, fair queue of classification jobs."""
+
+    def __init__(self, store: CaseStore, *, chunk: int = 32, max_cells: int = 20000, max_jobs: int = 32):
+        self.store, self.chunk, self.max_cells, self.max_jobs = store, chunk, max_cells, max_jobs
+        self.owner = owner_token()
+        interrupted = store.interrupt_jobs(lambda owner, hb: owner == self.owner or owner_alive(owner, hb))
+        if interrupted:
+            log.warning("%d classification job(s) of a stopped server were marked interrupted", len(interrupted))
+        self._cv = threading.Condition()
+        self._active: deque[_Job] = deque()
+        self._thread = threading.Thread(target=self._loop, name="bmcore-jobs", daemon=True)
+        self._thread.start()
+
+    # -- what pages call -------------------------------------------------------------------------------
+    def check_room(self, n: int) -> None:
+        """Raise ``QueueFull`` (saying what is ahead) if ``n`` more crops would not fit in the queue now."""
+        with self._cv:
+            self._check_room(n)
+
+    def _check_room(self, n: int) -> None:
+        waiting = sum(len(j.work) for j in self._active)
+        if len(self._active) >= self.max_jobs or waiting + n > self.max_cells:
+            raise QueueFull(f"The server is busy: {len(self._active)} classification job(s) with {waiting} crops are "
+                            f"ahead of you (room for {self.max_cells} crops in all). Nothing was started; try again "
+                            "in a few minutes.")
+
+    def submit(self, case_id: int, predictor, rules, work: list[tuple[int, object]]) -> int:
+        """Queue ``work`` ([(cell position, InputItem)]) of a case; returns the job id."""
+        with self._cv:
+            self._check_room(len(work))
+            job_id = self.store.create_job(case_id, len(work), self.owner)
+            self._active.append(_Job(job_id, case_id, predictor, rules, deque(work)))
+            self._cv.notify()
+        return job_id
+
+    def load(self, job_id: int | None = None) -> tuple[int, int]:
+        """(other jobs sharing the classifier, crops of theirs still to classify) as seen by ``job_id``."""
+        with self._cv:
+            others = [j for j in self._active if j.id != job_id]
+            return len(others), sum(len(j.work) for j in others)
+
+    def running(self, job_id: int) -> bool:
+        with self._cv:
+            return any(j.id == job_id for j in self._active)
+
+    # -- the worker ------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._active:
+                    self._cv.wait()
+                job = self._active[0]
+                self._active.rotate(-1)  # round robin: one chunk of each job in turn
+                batch = [job.work.popleft() for _ in range(min(self.chunk, len(job.work)))]
+            ok = self._run_chunk(job, batch)
+            if not ok or not job.work:
+                if ok:
+                    self._safe_set(job.id, JOB_DONE)
+                with self._cv:  # a job leaves the queue only once its end is recorded
+                    self._active.remove(job)
+
+    def _run_chunk(self, job: _Job, batch: list) -> bool:
+        try:
+            if not job.started:
+                job.started = True
+                self.store.set_job(job.id, JOB_RUNNING)
+            items = [it for _, it in batch]
+            preds = job.predictor.predict_items(items, rules=job.rules)
+            rows = cell_inputs(items, preds)
+            self.store.save_results(job.case_id, {pos: r for (pos, _), r in zip(batch, rows)}, job_id=job.id)
+            return True
+        except Exception as exc:  # noqa: BLE001 -- the job fails with its reason; the server goes on
+            log.error("classification job %d failed: %s", job.id, type(exc).__name__)
+            self._safe_set(job.id, JOB_FAILED, f"{type(exc).__name__}: {exc}")
+            return False
+
+    def _safe_set(self, job_id: int, status: str, error: str = "") -> None:
+        try:
+            self.store.set_job(job_id, status, error)
+        except CaseError:
+            log.error("could not record the end of classification job %d", job_id)
