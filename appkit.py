@@ -271,9 +271,9 @@ def seen_versions(case_id: int) -> dict[int, int]:
 
 def job_status(case) -> dict | None:
     """The case's latest classification job as the pages show it (status corrected for a dead worker)."""
+    runner = get_runner()  # first use in a process marks the jobs a stopped server left behind
     job = get_store().latest_job(case.id)
-    if job and job["status"] in JOB_LIVE and not get_runner().running(job["id"]) and \
-            job["owner"] == get_runner().owner:
+    if job and job["status"] in JOB_LIVE and not runner.running(job["id"]) and job["owner"] == runner.owner:
         job["status"] = "interrupted"  # this process owns it but no longer runs it
     return job
 
@@ -284,6 +284,8 @@ def job_banner(case) -> None:
     job = job_status(case)
     live = job is not None and job["status"] in JOB_LIVE
     if not summ.pending:
+        if job is not None:
+            st.caption(f"Classification complete: all {summ.cells} files of this case are processed.")
         return
     if live:
         @st.fragment(run_every=1.0)

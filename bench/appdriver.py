@@ -152,8 +152,7 @@ def wait_classified(page) -> None:
     """Until the case's background classification has finished and the page has redrawn the complete case."""
     from playwright.sync_api import expect
 
-    wait_idle(page)
-    expect(page.get_by_text("Classifying in the background")).to_have_count(0)
+    expect(page.get_by_text("Classification complete: all")).to_be_visible()  # drawn by the run after the job
     wait_idle(page)
 
 

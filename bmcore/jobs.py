@@ -143,7 +143,7 @@ class JobRunner:
 
     def running(self, job_id: int) -> bool:
         with self._cv:
-            return any(j.id == job_id for j in self._active)
+            return self._thread.is_alive() and any(j.id == job_id for j in self._active)
 
     # -- the worker ------------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -154,7 +154,11 @@ class JobRunner:
                 job = self._active[0]
                 self._active.rotate(-1)  # round robin: one chunk of each job in turn
                 batch = [job.work.popleft() for _ in range(min(self.chunk, len(job.work)))]
-            ok = self._run_chunk(job, batch)
+            try:
+                ok = self._run_chunk(job, batch)
+            except BaseException:  # noqa: BLE001 -- never let the worker die with jobs in its queue
+                log.exception("classification worker error")
+                ok = False
             if not ok or not job.work:
                 if ok:
                     self._safe_set(job.id, JOB_DONE)

@@ -1,8 +1,11 @@
 """Headless tests of every page with streamlit.testing.v1.AppTest, on real crops."""
 
+import os
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from bmcore.bundle import load_bundle
 from bmcore.cases import CaseStore
 from tests.conftest import DEV_CLASSES, REPO, make_bundle
 
@@ -20,8 +23,10 @@ def env(tmp_path, monkeypatch):
 def app(env, bundle="eight", **state) -> AppTest:
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=180)
     at.session_state["bundle"] = env[bundle]
+    sha = load_bundle(env[bundle]).sha256[:16]
     for k, v in state.items():
-        at.session_state[k] = v
+        # the sidebar's review thresholds are kept per model
+        at.session_state[f"{k}::{sha}" if k in ("threshold", "hairy_threshold") else k] = v
     at.run()
     assert not at.exception, at.exception
     return at
@@ -33,6 +38,25 @@ def upload(at: AppTest, case: str, files, extra=()) -> AppTest:
     at.file_uploader(key="uploads").set_value([(f.name, f.read_bytes(), "image/jpeg") for f in files] + list(extra))
     at.run()
     at.button[0].click().run()
+    assert not at.exception, at.exception
+    return wait_classified(at)
+
+
+def wait_classified(at: AppTest, timeout: float = 120) -> AppTest:
+    """Classification runs in the server's background worker: rerun the page until the case has no pending cell."""
+    import time
+
+    from bmcore import caserules
+
+    store = CaseStore(os.environ["BM_DATABASE_URL"])
+    deadline = time.monotonic() + timeout
+    waited = False
+    while caserules.summary(store.get_case(at.session_state["case_id"])).pending:
+        assert time.monotonic() < deadline, "classification did not finish"
+        time.sleep(0.2)
+        waited = True
+    if waited:
+        at.run()
     assert not at.exception, at.exception
     return at
 
@@ -85,6 +109,22 @@ def test_cell_view_heatmap(env, crops):
     assert not at.exception
 
 
+def test_cell_view_follows_the_active_case(env, crops):
+    """After a second case is classified, the cell view shows a cell of that case, never the first case's."""
+    at = upload(app(env, threshold=0.0), "C-V1", real(crops, 1))
+    first = at.session_state["case_id"]
+    last = CaseStore(env["db"]).get_case(first).cells[-1]
+    at.selectbox(key=f"_w_cell_pick_{first}").set_value(last.id).run()
+    assert any(f'"{last.name} as the model sees it"' in str(e.proto) for e in at.get("image"))
+    upload(at, "C-V2", real(crops, 2)[8:12])
+    second = CaseStore(env["db"]).get_case(at.session_state["case_id"])
+    assert second.id != first
+    pick = at.selectbox(key=f"_w_cell_pick_{second.id}")
+    assert pick.value in {c.id for c in second.cells}
+    assert pick.options[pick.index].startswith(f"#1 {second.cells[0].name}")
+    assert any(f'"{second.cells[0].name} as the model sees it"' in str(e.proto) for e in at.get("image"))
+
+
 def test_differential_matches_stored_labels(env, crops):
     files = real(crops, 3)
     at = upload(app(env, threshold=0.0), "C-4", files)
@@ -105,7 +145,51 @@ def test_differential_matches_stored_labels(env, crops):
 def test_hairy_screen_disabled_with_default_classes(env, crops):
     at = upload(app(env), "C-5", real(crops, 1))
     at.switch_page("pages/hairy_cells.py").run()
-    assert any("not available with this model" in i.value for i in at.info)
+    assert any("Hairy-cell screening unavailable for this case" in i.value for i in at.info)
+
+
+def test_a_case_is_judged_by_its_own_model_not_the_sidebars(env, crops, monkeypatch):
+    """Classified with M (no HAC); the sidebar then picks N (with HAC): every page still reads the case with M."""
+    from bmcore.predictor import Predictor
+
+    explained_by = []
+    real_explain = Predictor.explain
+
+    def spy(self, *a, **kw):
+        explained_by.append(self.bundle.name)
+        return real_explain(self, *a, **kw)
+
+    monkeypatch.setattr(Predictor, "explain", spy)
+    at = upload(app(env, "eight", threshold=0.0), "C-M", real(crops, 1))
+    cid = at.session_state["case_id"]
+    at.session_state["bundle"] = env["hac"]  # the sidebar now offers a hairy-cell model for new cases
+    at.switch_page("pages/hairy_cells.py").run()
+    assert not at.exception
+    assert any("Hairy-cell screening unavailable for this case" in i.value and "eight" in i.value for i in at.info)
+    assert not at.success, "no reassurance that no cell reached the flag threshold"
+    at.switch_page("pages/classify.py").run()
+    assert metric(at, "Hairy-cell flags") == "unavailable"
+    # the heatmap is computed by M, over M's classes
+    cap = next(c.value for c in at.caption if "Classified by" in c.value)
+    assert "**eight**" in cap
+    explain = next(sb for sb in at.selectbox if sb.label == "Explain class")
+    assert set(explain.options_values if hasattr(explain, "options_values") else
+               [o.split(" ")[0] for o in explain.options]) == set(DEV_CLASSES)
+    assert any("by eight" in str(e.proto) for e in at.get("image")), "the heatmap says which model computed it"
+    at.selectbox(key="cam_method").set_value("layercam").run()  # a heatmap computed after the sidebar changed
+    assert explained_by and set(explained_by) == {"eight"}, explained_by
+    at.switch_page("pages/differential.py").run()
+    assert metric(at, "Hairy-cell flags") == "unavailable"
+    assert any("Hairy-cell screening unavailable" in c.value for c in at.caption)
+    # the case's model removed from this server: pages say so and never fall back to another model
+    import shutil
+
+    shutil.rmtree(env["eight"])
+    at.session_state["case_id"] = cid
+    at.switch_page("pages/classify.py").run()
+    assert not at.exception
+    assert any("is not installed on this server" in w.value for w in at.warning)
+    assert not [c for c in at.caption if "as the model sees it" in c.value]
 
 
 def test_hairy_flag_and_alert_with_hac_model(env, crops):
@@ -126,36 +210,80 @@ def test_hairy_flag_and_alert_with_hac_model(env, crops):
 
 
 def test_review_signoff_reopen_audit(env, crops):
-    files = real(crops, 1)[:4]
+    """Each action lands on the cell the picker names; the picker then names the cell acted on next."""
+    files = real(crops, 1)[:6]
     at = upload(app(env, threshold=0.99), "C-8", files)
+    cid = at.session_state["case_id"]
+    store = CaseStore(env["db"])
+    names = {c.id: c.name for c in store.get_case(cid).cells}
     at.switch_page("pages/review.py").run()
     at.text_input(key="_w_reviewer").set_value("Dr Test").run()
     at.button(key="sign_off").click().run()
     assert any("uncertain" in e.value for e in at.error)  # refused while uncertain cells are open
-    cells = at.selectbox(key="review_cell").options
-    assert len(cells) == 4
-    # reclassify the first, confirm the rest
-    at.selectbox(key="review_cell").set_value(at.selectbox(key="review_cell").value).run()
-    first = at.session_state["review_cell"]
-    at.selectbox(key=f"label_{first}").set_value("PLM").run()
-    at.button(key="save_btn").click().run()
-    assert any("set to PLM" in s.value for s in at.success)
-    for _ in range(3):
-        at.button(key="confirm_btn").click().run()
-        assert not at.error, [e.value for e in at.error]
+    pick = f"_w_review_cell_{cid}"
+    assert len(at.selectbox(key=pick).options) == 6
+    acted = []
+    for step in range(6):  # relabel the first and the fourth, confirm the others, always the cell on screen
+        shown = at.selectbox(key=pick).value
+        sb = at.selectbox(key=pick)
+        assert names[shown] in sb.options[sb.index], "the picker's text names the cell its value is"
+        if step in (0, 3):
+            at.selectbox(key=f"label_{cid}_{shown}").set_value("PLM").run()
+            assert at.selectbox(key=pick).value == shown, "choosing a label never moves the picker"
+            at.button(key="save_btn").click().run()
+            assert any("set to PLM" in s.value for s in at.success)
+        else:
+            at.button(key="confirm_btn").click().run()
+            assert any("confirmed as" in s.value for s in at.success), [e.value for e in at.error]
+        acted.append(shown)
+        ev = [e for e in store.audit(cid) if e["action"] in ("confirm", "reclassify")]
+        assert [e["cell"] for e in ev] == [names[i] for i in acted], "the audit holds exactly the cells acted on"
+        if step < 5:
+            assert at.selectbox(key=pick).value not in acted, "the picker moved on to a cell not yet reviewed"
     at.button(key="sign_off").click().run()
-    assert any("signed off" in s.value for s in at.success)
-    store = CaseStore(env["db"])
-    case = store.get_case(at.session_state["case_id"])
+    assert any("signed off" in s.value for s in at.success), [e.value for e in at.error]
+    case = store.get_case(cid)
     assert case.status == "signed" and case.signed_by == "Dr Test"
-    assert sorted(c.label for c in case.cells).count("PLM") == 1
+    assert sorted(c.label for c in case.cells).count("PLM") == 2
     at.button(key="reopen").click().run()
     assert any("reason" in e.value for e in at.error)  # reopening needs a reason
     at.text_input(key="reopen_reason").set_value("wrong smear").run()
     at.button(key="reopen").click().run()
     actions = [a["action"] for a in store.audit(case.id)]
-    assert actions[0] == "create" and actions.count("reclassify") == 1 and actions.count("confirm") == 3
+    assert actions[0] == "create" and actions.count("reclassify") == 2 and actions.count("confirm") == 4
     assert actions[-2:] == ["sign-off", "reopen"]
+
+
+def test_stale_screen_never_overwrites_a_colleague(env, crops):
+    """B opened a cell; A relabels it; B (no reload) relabels, then confirms: refused both times, A's label stands."""
+    a = upload(app(env, threshold=0.99), "C-S", real(crops, 1)[:3])
+    cid = a.session_state["case_id"]
+    b = app(env, case_id=cid, reviewer="Dr B")
+    b.switch_page("pages/review.py").run()
+    a.switch_page("pages/review.py").run()
+    a.text_input(key="_w_reviewer").set_value("Dr A").run()
+    pick = f"_w_review_cell_{cid}"
+    cell = a.selectbox(key=pick).value
+    assert b.selectbox(key=pick).value == cell
+    a.selectbox(key=f"label_{cid}_{cell}").set_value("PMO").run()
+    a.button(key="save_btn").click().run()
+    assert any("set to PMO" in s.value for s in a.success)
+    b.selectbox(key=f"label_{cid}_{cell}").set_value("MON").run()  # B's rerun re-reads the cell ...
+    assert any("changed since you opened it" in w.value and "PMO" in w.value for w in b.warning)
+    b.button(key="save_btn").click().run()  # ... but acts on the version B opened
+    assert any("Not saved" in w.value and "changed by Dr A" in w.value and "PMO" in w.value for w in b.warning)
+    assert b.selectbox(key=pick).value == cell, "a refused action does not move on"
+    b.button(key="confirm_btn").click().run()
+    assert any("Not saved" in w.value and "changed by Dr A" in w.value for w in b.warning)
+    store = CaseStore(env["db"])
+    got = next(c for c in store.get_case(cid).cells if c.id == cell)
+    assert got.final_label == "PMO" and got.reviewed_by == "Dr A"
+    # a deliberate reload lets B act on what B now sees
+    b.button(key=f"reload_{cell}").click().run()
+    b.selectbox(key=f"label_{cid}_{cell}").set_value("MON").run()
+    b.button(key="save_btn").click().run()
+    assert any("set to MON" in s.value for s in b.success)
+    assert [e["who"] for e in store.audit(cid) if e["cell"] == got.name] == ["Dr A", "Dr B"]
 
 
 def test_export_page_and_model_pages(env, crops):
@@ -180,6 +308,7 @@ def test_rejected_bin_is_left_out_of_the_differential(env, crops):
 
     from bmcore.bundle import load_bundle
     from bmcore.cli import default_bundle
+    from bmcore.caserules import needs_review
     from bmcore.report import REJECTED
     from train.ood import _screenshot
 
@@ -205,7 +334,7 @@ def test_rejected_bin_is_left_out_of_the_differential(env, crops):
     at.switch_page("pages/differential.py").run()
     assert not at.exception
     counted = at.dataframe[0].value["count"].sum()
-    assert counted == sum(1 for c in case.cells if c.label and c.label not in ("ART", "NIF"))
+    assert counted == sum(1 for c in case.cells if c.label and c.label not in ("ART", "NIF") and not needs_review(c))
     assert any(f"{REJECTED}: {len(rejected)}" in c.value for c in at.caption)
     # a reviewer who recognises a rejected image as a cell can still count it
     store = CaseStore(env["db"])
@@ -218,3 +347,26 @@ def test_rejected_bin_is_left_out_of_the_differential(env, crops):
     ood = load_bundle(default_bundle()).meta["ood"]
     assert metric(at, "Real test crops refused") == f"{ood['test_rejection']:.1%}"
     assert metric(at, "AUROC, unfamiliar vs real") == f"{ood['auroc']['gate']:.3f}"
+
+
+def test_model_card_states_the_review_rule_and_its_test_figures(env):
+    """The model card shows the default bundle's fitted review rule with its test-split figures, from bundle.json."""
+    from bmcore.bundle import load_bundle
+    from bmcore.cli import default_bundle
+
+    tri = load_bundle(default_bundle()).meta["triage"]
+    te = tri["test"]
+    at = app({**env, "default": str(default_bundle())}, bundle="default")
+    at.switch_page("pages/model_card.py").run()
+    assert not at.exception
+    assert metric(at, "Sent to review") == f"{te['review_fraction']:.1%}"
+    assert metric(at, "Auto-accepted accuracy") == f"{te['auto_accuracy']:.1%}"
+    assert metric(at, "Errors caught").endswith(f"({te['errors_caught']}/{te['errors']})")
+    assert metric(at, "Blast sensitivity") == f"{te['blast_sensitivity']:.1%} ({te['blasts_flagged']}/{te['blasts']})"
+    assert any(f"test split, {te['n']} crops" in c.value for c in at.caption)
+    assert any(f"under **{tri['rules']['uncertain_below']:.2f}**" in m.value for m in at.markdown)
+    assert len(at.get("plotly_chart")) >= 1  # the risk-coverage chart
+    # a bundle with no fitted rule says plainly that the unvalidated built-in default applies
+    at = app(env)
+    at.switch_page("pages/model_card.py").run()
+    assert not at.exception and any("not validated" in i.value for i in at.info)

@@ -29,8 +29,8 @@ from tests.conftest import REPO
 
 LABELS = ["BLA", "EBO", "LYT", "NGS", "MON", "PMO"]
 REVIEW_ACTIONS = ("confirm", "reclassify")
-CONFLICT_MSG = re.compile(r"^c\d\.jpg was changed by \w+ while you were looking at it \(now \w+\); "
-                          r"reload and try again$")
+CONFLICT_MSG = re.compile(r"^#\d+ c\d\.jpg was changed by \w+ at \d\d:\d\d:\d\d UTC while you were looking at it "
+                          r"\(now \w+\); reload it and try again$")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

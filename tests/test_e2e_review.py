@@ -1,0 +1,204 @@
+"""Review integrity in a real browser: two reviewers on one case, ten actions in a row, and the background job.
+
+Debian's chromium driven by Playwright against `streamlit run app.py` (bench/appdriver.py). Skipped where
+chromium or playwright is missing, unless BM_REQUIRE_E2E=1 (CI sets it), then it fails. Screenshots go to
+test-artifacts/e2e/.
+"""
+
+import os
+import re
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import appdriver
+from bmcore import caserules
+from bmcore.cases import CaseStore
+from tests.conftest import DEV, REPO
+
+ART = REPO / "test-artifacts" / "e2e"
+TIMEOUT_S = 90
+PICKER = "Cell (flagged and uncertain first, then unreviewed)"
+
+
+def _need_browser():
+    why = appdriver.browser_missing()
+    if why:
+        if os.environ.get("BM_REQUIRE_E2E") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+
+
+def _copy(files, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        shutil.copy(f, folder / f.name)
+    return sorted(folder.iterdir())
+
+
+def _cell_no(picker_text: str) -> int:
+    return int(re.match(r"#(\d+) ", picker_text)[1])
+
+
+def test_two_reviewers_stale_screen_and_ten_actions_in_a_row(dev_root, tmp_path):
+    _need_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    ART.mkdir(parents=True, exist_ok=True)
+    files = _copy([f for c in ("BLA", "LYT", "MON", "NGS", "EOS", "PMO") for f in sorted((dev_root / c).glob("*.jpg"))[:3]],
+                  tmp_path / "up")
+    db = tmp_path / "two.db"
+    with appdriver.app_server(db, tmp_path / "server.log") as srv, sync_playwright() as pw:
+        browser = appdriver.launch(pw)
+        a = appdriver.new_page(browser, TIMEOUT_S)
+        appdriver.open_classify(a, srv.url, "TWO-1")
+        appdriver.upload(a, files)
+        appdriver.classify(a, "TWO-1")
+        store = CaseStore(f"sqlite:///{db}")
+        cid = store.case_id("TWO-1")
+        by_no = {c.position + 1: c for c in store.get_case(cid).cells}
+
+        a.get_by_role("link", name="Review").first.click()
+        appdriver.wait_idle(a)
+        appdriver.set_reviewer(a, "Dr A")
+        b = appdriver.new_page(browser, TIMEOUT_S)  # reviewer B: another browser context, same case
+        appdriver.open_case(b, srv.url, "TWO-1")
+        b.get_by_role("link", name="Review").first.click()
+        appdriver.wait_idle(b)
+        appdriver.set_reviewer(b, "Dr B")
+        first = appdriver.selectbox_text(a, PICKER)
+        assert appdriver.selectbox_text(b, PICKER) == first
+        cell = by_no[_cell_no(first)]
+
+        # A relabels the cell; B, whose screen still shows the old state, relabels it and then confirms it
+        appdriver.choose(a, "Label", "PMO")
+        a.get_by_role("button", name="Save label").click()
+        expect(a.get_by_text(f"#{cell.position + 1} set to PMO")).to_be_visible()
+        appdriver.choose(b, "Label", "MON")
+        b.get_by_role("button", name="Save label").click()
+        appdriver.wait_idle(b)
+        expect(b.get_by_text(re.compile(r"Not saved: .*changed by Dr A.*now PMO"))).to_be_visible()
+        b.screenshot(path=str(ART / "review_conflict_save.png"), full_page=True)
+        b.get_by_role("button", name="Confirm model's label").click()
+        appdriver.wait_idle(b)
+        expect(b.get_by_text(re.compile(r"Not saved: .*changed by Dr A"))).to_be_visible()
+        assert appdriver.selectbox_text(b, PICKER).startswith(f"#{cell.position + 1} "), "B still sees that cell"
+        got = next(c for c in store.get_case(cid).cells if c.id == cell.id)
+        assert (got.final_label, got.reviewed_by) == ("PMO", "Dr A"), "A's label stands"
+
+        # ten actions in a row by A: each lands on the cell the picker named, and the picker then names the next
+        acted = [cell.position + 1]
+        for step in range(10):
+            shown = appdriver.selectbox_text(a, PICKER)
+            no = _cell_no(shown)
+            assert no not in acted, f"step {step}: the picker shows #{no} again"
+            if step % 3 == 1:
+                appdriver.choose(a, "Label", "LYT")
+                assert appdriver.selectbox_text(a, PICKER) == shown, "choosing a label never moves the picker"
+                a.get_by_role("button", name="Save label").click()
+                expect(a.get_by_text(f"#{no} set to LYT")).to_be_visible()
+            else:
+                a.get_by_role("button", name="Confirm model's label").click()
+                expect(a.get_by_text(f"#{no} confirmed as")).to_be_visible()
+            appdriver.wait_idle(a)
+            acted.append(no)
+            ev = [e for e in store.audit(cid) if e["action"] in ("confirm", "reclassify")]
+            assert [e["cell"] for e in ev] == [by_no[n].name for n in acted], f"step {step}: the audit"
+            assert [e["who"] for e in ev] == ["Dr A"] * len(acted)
+        a.screenshot(path=str(ART / "review_ten_in_a_row.png"), full_page=True)
+        browser.close()
+    log = (tmp_path / "server.log").read_text()
+    assert "Traceback" not in log and "Uncaught" not in log, log[-2000:]
+
+
+def _classified_positions(store: CaseStore, cid: int) -> list[int]:
+    """Every position (1-based) that a 'classified' audit event names, repeats kept."""
+    out = []
+    for e in store.audit(cid):
+        if e["action"] != "classified":
+            continue
+        for a, b in re.findall(r"#(\d+)(?:-(\d+))?", e["note"].split(";")[0]):
+            out += list(range(int(a), int(b or a) + 1))
+    return out
+
+
+def test_background_job_survives_widgets_reload_and_a_killed_server(dev_root, tmp_path):
+    _need_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    ART.mkdir(parents=True, exist_ok=True)
+    pool = sorted(dev_root.rglob("*.jpg"))
+    files = _copy(pool[::len(pool) // 300][:300], tmp_path / "up")
+    assert len(files) == 300
+    db = tmp_path / "jobs.db"
+    store = CaseStore(f"sqlite:///{db}")
+    with sync_playwright() as pw:
+        browser = appdriver.launch(pw)
+        with appdriver.app_server(db, tmp_path / "server1.log") as srv:
+            page = appdriver.new_page(browser, 300)
+            appdriver.open_classify(page, srv.url, "JOB-1")
+            appdriver.upload(page, files)
+            t0 = time.perf_counter()
+            page.get_by_role("button", name="Classify", exact=True).click()
+            expect(page.get_by_text("Case JOB-1", exact=True)).to_be_visible()
+            # the user goes on working while it classifies: another tab, another page, a reload
+            page.get_by_role("tab", name="Gallery").click()
+            page.get_by_role("link", name="Differential").first.click()
+            appdriver.wait_idle(page)
+            page.reload()
+            expect(page.get_by_text(re.compile("Case \\*?\\*?JOB-1"))).to_be_visible()  # the address kept the case
+            page.get_by_role("link", name="Classify").first.click()
+            appdriver.wait_classified(page)
+            seconds = time.perf_counter() - t0
+            cid = store.case_id("JOB-1")
+            case = store.get_case(cid)
+            assert len(case.cells) == 300 and not caserules.summary(case).pending
+            assert sorted(_classified_positions(store, cid)) == list(range(1, 301)), "each cell classified once"
+            assert store.latest_job(cid)["status"] == "done"
+            page.screenshot(path=str(ART / "job_done.png"), full_page=True)
+
+            # a second case; the server is killed in the middle of its job
+            appdriver.open_classify(page, srv.url, "JOB-2")
+            appdriver.upload(page, files)
+            page.get_by_role("button", name="Classify", exact=True).click()
+            deadline = time.monotonic() + 120
+            while True:
+                cid2 = store.case_id("JOB-2")
+                job = store.latest_job(cid2) if cid2 else None
+                if job and 0 < job["done"] < 300:
+                    break
+                assert time.monotonic() < deadline and not (job and job["done"] >= 300), "no moment to kill"
+                time.sleep(0.05)
+            os.killpg(srv.proc.pid, signal.SIGKILL)
+            srv.proc.wait(10)
+        done_before = store.latest_job(cid2)["done"]
+        with appdriver.app_server(db, tmp_path / "server2.log") as srv:
+            page = appdriver.new_page(browser, 300)
+            appdriver.open_case(page, srv.url, "JOB-2")
+            page.get_by_role("link", name="Classify").first.click()
+            appdriver.wait_idle(page)
+            expect(page.get_by_text("Partial case:")).to_be_visible()
+            appdriver.wait_idle(page)
+            page.screenshot(path=str(ART / "job_partial.png"), full_page=True)
+            jobs = store.latest_job(cid2)
+            assert jobs["status"] == "interrupted" and jobs["done"] == done_before
+            pending = caserules.summary(store.get_case(cid2)).pending
+            assert pending == 300 - done_before > 0
+            # resume: the same files again; only the missing cells are classified
+            page.locator('[data-testid="stFileUploader"]').filter(has_text="The same files again") \
+                .locator('input[type="file"]').set_input_files([str(f) for f in files])
+            expect(page.get_by_role("button", name="Resume classification")).to_be_enabled()
+            appdriver.wait_idle(page)
+            page.get_by_role("button", name="Resume classification").click()
+            appdriver.wait_classified(page)
+            expect(page.get_by_text("Partial case:")).to_have_count(0)
+            case = store.get_case(cid2)
+            assert len(case.cells) == 300 and not caserules.summary(case).pending
+            assert sorted(_classified_positions(store, cid2)) == list(range(1, 301)), "nothing classified twice"
+            assert store.latest_job(cid2)["status"] == "done" and store.latest_job(cid2)["total"] == pending
+            assert store.integrity_ok()
+        browser.close()
+    (ART / "job_timing.txt").write_text(f"300 crops, upload to complete table with reload in between: {seconds:.1f} s\n")
