@@ -220,9 +220,10 @@ class CaseStore:
         for table in Base.metadata.sorted_tables:
             have = {c["name"] for c in insp.get_columns(table.name)}
             for col in table.columns:
-                if col.name not in have and col.server_default is not None:
-                    ddl = (f"ALTER TABLE {table.name} ADD COLUMN {col.name} {col.type.compile(self.engine.dialect)} "
-                           f"DEFAULT {col.server_default.arg!r}")
+                if col.name not in have and (col.server_default is not None or col.nullable):
+                    ddl = f"ALTER TABLE {table.name} ADD COLUMN {col.name} {col.type.compile(self.engine.dialect)}"
+                    if col.server_default is not None:
+                        ddl += f" DEFAULT {col.server_default.arg!r}"
                     with self.engine.begin() as c:
                         c.exec_driver_sql(ddl.replace('"', "'"))
 

@@ -175,3 +175,22 @@ def test_pending_cells_are_filled_once(store):
     d = __import__("bmcore.report", fromlist=["x"]).case_differential(store.get_case(cid))
     assert d.counts == {"LYT": 3} and d.excluded == {"not classified yet": 1, "unreadable": 1}
     assert store.integrity_ok()
+
+
+def test_a_database_of_the_previous_version_is_upgraded_in_place(tmp_path):
+    """Columns and tables added by this version (review rules, pending / critical cells, jobs) are added to an
+    existing database, whose cases stay readable and reviewable."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    cid = CaseStore(url).create_case("OLD", _cells(), model_classes=["ART", "BLA", "EBO"])
+    old = CaseStore(url)
+    with old.engine.begin() as c:  # the schema as the previous version left it
+        for ddl in ("ALTER TABLE cells DROP COLUMN pending", "ALTER TABLE cells DROP COLUMN critical",
+                    "ALTER TABLE cases DROP COLUMN rules", "DROP TABLE jobs"):
+            c.exec_driver_sql(ddl)
+    old.engine.dispose()
+    store = CaseStore(url)
+    case = store.get_case(cid)
+    assert case.rules is None and [c.pending for c in case.cells] == [False] * 4
+    assert store.latest_job(cid) is None
+    store.review_cell(case.cells[1].id, "amy", "BLA", expected_version=case.cells[1].version)
+    assert len(store.confirm_all(cid, "amy")) == 2 and store.integrity_ok()

@@ -336,3 +336,22 @@ def test_sign_off_racing_a_sign_off_is_a_conflict(stores):
         bob.sign_off(cid, "bob")
     assert amy.get_case(cid).signed_by == "amy"
     assert [e["action"] for e in amy.audit(cid)].count("sign-off") == 1
+
+
+def test_long_values_never_raise_a_raw_database_error(stores, db_url):
+    """A ZIP member name longer than the column is stored truncated (full name audited) on both backends; a value
+    the schema cannot take is a readable refusal on PostgreSQL (it enforces lengths), never a driver error."""
+    from bmcore.cases import StoreError
+
+    store = stores()
+    long = "m" * 400 + ".jpg"
+    cid = store.create_case("LONG", [CellInput(long, True, predicted="BLA")], who="t")
+    cell = store.get_case(cid).cells[0]
+    assert len(cell.name) == 300 and cell.name.endswith(".jpg")
+    assert f"full file name: {long}" in [e["note"] for e in store.audit(cid)]
+    store.review_cell(cell.id, "t", "LYT", expected_version=cell.version)
+    if db_url.startswith("postgresql"):
+        with pytest.raises(StoreError, match="did not save"):
+            store.create_case("BAD", [CellInput("x.jpg", True, predicted="X" * 20)])
+        assert store.case_id("BAD") is None
+    assert store.integrity_ok()
