@@ -294,8 +294,10 @@ class CaseStore:
         A cell that is no longer pending is left alone, so a batch saved twice (a resumed job) changes nothing.
         """
         with self.session() as s:
-            case = self._case(s, case_id)
-            by_pos = {c.position: c for c in case.cells}
+            self._case(s, case_id)
+            # only this batch's rows: a 5,000-cell case is not re-read for every chunk
+            by_pos = {c.position: c for c in s.scalars(select(Cell).where(Cell.case_id == case_id,
+                                                                           Cell.position.in_(list(results))))}
             filled = []
             for pos, r in sorted(results.items()):
                 cell = by_pos.get(pos)

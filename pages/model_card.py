@@ -1,10 +1,12 @@
 import json
 
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 import appkit
 from bmcore.tasks import cell_name
+from bmcore.triage import DEFAULT_UNCERTAIN_BELOW, ReviewRules
 
 st.title("Model card")
 appkit.ruo_banner()
@@ -72,6 +74,84 @@ if ood:
                "never seen real peripheral-blood crops, other stains or other scanners.")
 else:
     st.info("This bundle has no out-of-distribution gate: every readable image gets a class.")
+st.markdown("#### Which cells go to review")
+tri = m.get("triage") or {}
+if tri.get("rules") and tri.get("test"):
+    rules = ReviewRules.from_dict(tri["rules"])
+    crit = "".join(f", or when its calibrated probability of being a {cell_name(c).lower()} ({c}) is at least "
+                   f"**{t:.3f}** whatever its top class" for c, t in sorted(rules.critical.items()))
+    st.write(f"A cell goes to review when its calibrated confidence is under **{rules.uncertain_below:.2f}**{crit}. "
+             f"The other cells can be confirmed in bulk. Images the gate refuses get no class and need no review; "
+             f"they are left out of these figures. Rule {rules.source}.")
+    te = tri["test"]
+    where = f"test split, {te['n']} crops"
+    note = (f"{where}: never used to choose the rule; {te['gate_rejected']} refused by the gate and left out, "
+            f"figures over the other {te['n_accepted']}")
+
+    def pct(v):
+        return "n/a" if v is None else f"{v:.1%}"
+
+    r1, r2, r3, r4 = st.columns(4)
+    r1.metric("Sent to review", pct(te["review_fraction"]), help=f"{te['review']} of {te['n_accepted']} cells; {note}")
+    r2.metric("Auto-accepted accuracy", pct(te["auto_accuracy"]),
+              help=f"{te['auto_accepted']} cells left to bulk confirmation; goal: {tri.get('goal', 'n/a')}; {note}")
+    r3.metric("Errors caught", f"{pct(te['errors_caught_fraction'])} ({te['errors_caught']}/{te['errors']})",
+              help=f"misclassified cells sent to review, of all misclassified cells; {note}")
+    if te.get("blast_sensitivity") is not None:
+        r4.metric("Blast sensitivity", f"{pct(te['blast_sensitivity'])} ({te['blasts_flagged']}/{te['blasts']})",
+                  help=f"true blasts whose calibrated P(blast) reached the blast rule's threshold; "
+                       f"{te['blasts_auto_as_nonblast']} blasts auto-accepted as another class; {note}")
+    goal_acc, goal_sens = float(tri.get("goal_accuracy", 0.97)), float(tri.get("goal_blast_sensitivity", 0.95))
+    missed = []
+    if te.get("auto_accuracy") is not None and te["auto_accuracy"] < goal_acc:
+        missed.append(f"auto-accepted cells {te['auto_accuracy']:.1%} correct, under the {goal_acc:.0%} goal")
+    if te.get("blast_sensitivity") is not None and te["blast_sensitivity"] < goal_sens:
+        missed.append(f"the blast rule sent {te['blasts_flagged']} of {te['blasts']} true blasts "
+                      f"({te['blast_sensitivity']:.1%}) to review, under the {goal_sens:.0%} goal it meets on the "
+                      "val split")
+    if missed:
+        st.warning(f"**Goal not reached on the {where}:** " + "; ".join(missed) + ".")
+    st.caption(f"All four figures: {where}, never used to choose the rule ({te['gate_rejected']} crops refused by "
+               f"the gate left out). On the {tri['val']['split'] if tri.get('val') else 'val split'}, where the rule "
+               f"was chosen: sent to review {pct((tri.get('val') or {}).get('review_fraction'))}, auto-accepted "
+               f"accuracy {pct((tri.get('val') or {}).get('auto_accuracy'))}.")
+    ev_path = b.path / "eval_triage.json"
+    ev = json.loads(ev_path.read_text()) if ev_path.is_file() else {}
+    if ev.get("test", {}).get("old_rule"):
+        rows = []
+        for label, fig_s in (("this rule", ev["test"]["rule"]),
+                             ("old built-in default (under 0.50, no blast rule)", ev["test"]["old_rule"])):
+            rows.append({"rule (test split)": label, "sent to review": pct(fig_s["review_fraction"]),
+                         "auto-accepted accuracy": pct(fig_s["auto_accuracy"]),
+                         "errors caught": f"{fig_s['errors_caught']}/{fig_s['errors']}",
+                         "blasts reviewed": f"{fig_s['blasts_reviewed']}/{fig_s['blasts']}",
+                         "blasts auto-accepted as non-blast": fig_s["blasts_auto_as_nonblast"]})
+        st.dataframe(pd.DataFrame(rows), hide_index=True)
+    curves = {k: ev[k]["risk_coverage"] for k in ("val", "test") if ev.get(k, {}).get("risk_coverage")}
+    if curves:
+        fig = go.Figure()
+        for k, c in curves.items():
+            fig.add_trace(go.Scatter(x=c["coverage"], y=c["error_auto"], mode="lines", name=f"{k} split",
+                                     customdata=c["uncertain_below"],
+                                     hovertemplate="confidence ≥ %{customdata:.2f}<br>auto-accepted %{x:.1%}"
+                                                   "<br>error %{y:.1%}<extra>" + k + "</extra>"))
+            i = min(range(len(c["uncertain_below"])), key=lambda j: abs(c["uncertain_below"][j] - rules.uncertain_below))
+            fig.add_trace(go.Scatter(x=[c["coverage"][i]], y=[c["error_auto"][i]], mode="markers",
+                                     marker={"size": 12, "symbol": "star"}, name=f"chosen rule, {k}"))
+        goal_err = 1 - float(ev.get("goal_accuracy", 0.97))
+        fig.add_hline(y=goal_err, line_dash="dot", annotation_text=f"goal: error ≤ {goal_err:.0%}")
+        fig.update_layout(xaxis_title="coverage (share of gate-accepted cells auto-accepted)",
+                          yaxis_title="error among auto-accepted cells", xaxis_tickformat=".0%",
+                          yaxis_tickformat=".0%", height=380, margin={"t": 30})
+        st.plotly_chart(fig, width="stretch")
+        st.caption("Risk-coverage: each point is a confidence threshold (0.00 to 1.00) with the blast rule on. "
+                   "A lower threshold leaves more cells to bulk confirmation and lets more errors through.")
+    st.caption("A confidence threshold set by the user replaces the fitted one (each case stores the rule it was "
+               "classified under); the figures above then no longer describe the rule in force.")
+else:
+    st.info(f"No review rule was fitted for this model: the built-in default applies (a cell goes to review when its "
+            f"calibrated confidence is under {DEFAULT_UNCERTAIN_BELOW:.2f}; no critical-class rule, so a blast the "
+            "model is sure is something else is not sent to review). It was not validated on held-out data.")
 st.markdown("#### Training")
 if tr:
     st.write(f"Weights started from: `{tr.get('weights_source')}`. {tr.get('epochs_run')} epochs "
