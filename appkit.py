@@ -271,8 +271,14 @@ def seen_versions(case_id: int) -> dict[int, int]:
 
 def job_status(case) -> dict | None:
     """The case's latest classification job as the pages show it (status corrected for a dead worker)."""
+    from bmcore.jobs import owner_alive
+
     runner = get_runner()  # first use in a process marks the jobs a stopped server left behind
     job = get_store().latest_job(case.id)
+    if job and job["status"] in JOB_LIVE and job["owner"] != runner.owner and \
+            not owner_alive(job["owner"], job["heartbeat"]):  # another server died after this one started
+        get_store().interrupt_jobs(lambda owner, hb: owner == runner.owner or owner_alive(owner, hb))
+        job = get_store().latest_job(case.id)
     if job and job["status"] in JOB_LIVE and not runner.running(job["id"]) and job["owner"] == runner.owner:
         job["status"] = "interrupted"  # this process owns it but no longer runs it
     return job

@@ -59,8 +59,14 @@ class Base(DeclarativeBase):
     pass
 
 
+# ids are never reused after a deletion (SQLite would otherwise hand a deleted case's ids to the next one, and a stale
+# screen of the deleted case could act on the new one's cells)
+_NO_REUSE = {"sqlite_autoincrement": True}
+
+
 class Case(Base):
     __tablename__ = "cases"
+    __table_args__ = (_NO_REUSE,)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     case_code: Mapped[str] = mapped_column(String(100), unique=True, index=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
@@ -81,7 +87,7 @@ class Case(Base):
 
 class Cell(Base):
     __tablename__ = "cells"
-    __table_args__ = (UniqueConstraint("case_id", "position"),)
+    __table_args__ = (UniqueConstraint("case_id", "position"), _NO_REUSE)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
     position: Mapped[int] = mapped_column(Integer)
@@ -125,6 +131,7 @@ class Cell(Base):
 
 class AuditEvent(Base):
     __tablename__ = "audit"
+    __table_args__ = (_NO_REUSE,)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
     cell_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -141,6 +148,7 @@ class Job(Base):
     """A classification job: its state lives here so a restarted server can tell a stopped job from a running one."""
 
     __tablename__ = "jobs"
+    __table_args__ = (_NO_REUSE,)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
     status: Mapped[str] = mapped_column(String(20), default=JOB_QUEUED)
@@ -301,8 +309,8 @@ class CaseStore:
             filled = []
             for pos, r in sorted(results.items()):
                 cell = by_pos.get(pos)
-                if cell is None or not cell.pending:
-                    continue
+                if cell is None or not cell.pending or (r.sha256 and cell.sha256 and r.sha256 != cell.sha256):
+                    continue  # filled already, or not the crop this cell was created for
                 cell.pending = False
                 cell.ok, cell.error, cell.thumbnail = r.ok, r.error, r.thumbnail
                 cell.sha256 = r.sha256 or cell.sha256
@@ -375,6 +383,8 @@ class CaseStore:
             return case
 
     def list_cases(self) -> list[dict]:
+        from .caserules import needs_review
+
         with self.session() as s:
             rows = []
             for case in s.scalars(select(Case).order_by(Case.created_at.desc())):
@@ -385,24 +395,28 @@ class CaseStore:
                              "created": case.created_at, "cells": sum(c.ok and not c.pending for c in cells),
                              "unreadable": sum(not c.ok for c in cells),
                              "reviewed": sum(c.reviewed for c in cells if c.ok),
-                             "uncertain_open": sum(c.uncertain and not c.reviewed for c in cells if c.ok),
+                             "to_review": sum(needs_review(c) for c in cells),
                              "pending": pending, "model": case.model_name,
                              "signed_by": case.signed_by or "", "signed_at": case.signed_at})
             return rows
 
     def delete_case(self, case_id: int) -> None:
         """Delete a case, its cells and its audit trail (the README explains when to do this)."""
-        with self.session() as s:
-            case = self._case(s, case_id)
-            for ev in s.scalars(select(AuditEvent).where(AuditEvent.case_id == case_id)):
-                s.delete(ev)
-            for job in s.scalars(select(Job).where(Job.case_id == case_id)):
-                s.delete(job)
-            s.delete(case)
+        try:
+            with self.session() as s:
+                case = self._case(s, case_id)
+                for ev in s.scalars(select(AuditEvent).where(AuditEvent.case_id == case_id)):
+                    s.delete(ev)
+                for job in s.scalars(select(Job).where(Job.case_id == case_id)):
+                    s.delete(job)
+                s.delete(case)
+        except (StaleDataError, IntegrityError):
+            raise ConflictError("the case changed while it was being deleted (a review or a classification landed); "
+                                "nothing was deleted; try again") from None
 
     # -- reviews -------------------------------------------------------------------------------------
     def review_cell(self, cell_id: int, who: str, label: str, *, expected_version: int | None = None,
-                    note: str = "") -> int:
+                    note: str = "", case_id: int | None = None) -> int:
         """Confirm (label == prediction) or reclassify a cell; returns the cell's new version.
 
         ``expected_version`` is the version the reviewer saw: if the cell changed since, nothing is saved and
@@ -412,8 +426,8 @@ class CaseStore:
         try:
             with self.session() as s:
                 cell = s.get(Cell, cell_id)
-                if cell is None:
-                    raise CaseError(f"no cell with id {cell_id}")
+                if cell is None or (case_id is not None and cell.case_id != case_id):
+                    raise CaseError("this cell no longer exists (its case was deleted); reload the page")
                 if cell.pending:
                     raise CaseError(f"{cell.name} is not classified yet; wait for the classification to finish")
                 if not cell.ok:
@@ -538,15 +552,19 @@ class CaseStore:
         if not who or not reason:
             raise CaseError("reopening a signed case needs your name and a reason")
         who = _who(who)
-        with self.session() as s:
-            case = self._case(s, case_id)
-            if case.status != STATUS_SIGNED:
-                raise CaseError(f"case {case.case_code!r} is not signed off")
-            case.status = STATUS_OPEN
-            case.signed_by = None
-            case.signed_at = None
-            s.add(AuditEvent(case_id=case.id, who=who, action="reopen", from_value=STATUS_SIGNED,
-                             to_value=STATUS_OPEN, note=reason))
+        try:
+            with self.session() as s:
+                case = self._case(s, case_id)
+                if case.status != STATUS_SIGNED:
+                    raise CaseError(f"case {case.case_code!r} is not signed off")
+                case.status = STATUS_OPEN
+                case.signed_by = None
+                case.signed_at = None
+                s.add(AuditEvent(case_id=case.id, who=who, action="reopen", from_value=STATUS_SIGNED,
+                                 to_value=STATUS_OPEN, note=reason))
+        except StaleDataError:
+            raise ConflictError("the case was changed (reopened or signed) by someone else at the same moment; "
+                                "reload and try again") from None
 
     def audit(self, case_id: int) -> list[dict]:
         with self.session() as s:

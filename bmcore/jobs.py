@@ -163,7 +163,8 @@ class JobRunner:
                 if ok:
                     self._safe_set(job.id, JOB_DONE)
                 with self._cv:  # a job leaves the queue only once its end is recorded
-                    self._active.remove(job)
+                    if job in self._active:
+                        self._active.remove(job)
 
     def _run_chunk(self, job: _Job, batch: list) -> bool:
         try:
@@ -183,5 +184,5 @@ class JobRunner:
     def _safe_set(self, job_id: int, status: str, error: str = "") -> None:
         try:
             self.store.set_job(job_id, status, error)
-        except CaseError:
+        except Exception:  # noqa: BLE001 -- the worker must outlive a database hiccup
             log.error("could not record the end of classification job %d", job_id)

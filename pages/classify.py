@@ -6,8 +6,8 @@ from bmcore import caserules
 from bmcore.cases import CaseError
 from bmcore.explain import CAM_METHODS, overlay
 from bmcore.inputs import MAX_FILES, enforce_limit, from_upload
-from bmcore.jobs import QueueFull, match_pending, pending_inputs
-from bmcore.tasks import cell_name
+from bmcore.jobs import match_pending, pending_inputs
+from bmcore.tasks import BLAST_CODES, cell_name
 
 GALLERY_PAGE = 36
 ORIGINALS_BUDGET = 256 * 2**20  # bytes of original uploads one browser session keeps for heatmaps
@@ -60,6 +60,9 @@ if go:
     else:
         items = collect(files)
         work = [(i, it) for i, it in enumerate(items) if it.ok]
+        if not items:
+            st.error("Nothing to classify: the upload holds no image file.")
+            st.stop()
         try:
             runner.check_room(len(work))
             cid = store.create_case(code, pending_inputs(items), who=st.session_state.get("reviewer", ""),
@@ -70,8 +73,11 @@ if go:
         else:
             try:
                 runner.submit(cid, pred, rules, work)
-            except QueueFull as exc:  # the queue filled up in between: take the empty case back
-                store.delete_case(cid)
+            except CaseError as exc:  # the queue filled up in between (or the store refused): take the case back
+                try:
+                    store.delete_case(cid)
+                except CaseError:
+                    pass
                 st.error(str(exc))
             else:
                 appkit.set_active_case(cid)
@@ -100,7 +106,7 @@ if summ.pending and not (job and job["status"] in ("queued", "running")):
             else:
                 try:
                     runner.submit(case.id, cpred, caserules.case_rules(case), pairs)
-                except QueueFull as exc:
+                except CaseError as exc:  # queue full, or the case was deleted meanwhile
                     st.error(str(exc))
                 else:
                     keep_originals(case.id, pairs)
@@ -110,9 +116,13 @@ if summ.pending and not (job and job["status"] in ("queued", "running")):
                     st.rerun()
         sure = r2.checkbox(f"Yes, delete case {case.case_code} with its {summ.cells} cells", key="delete_partial_ok")
         if r2.button("Delete this partial case", key="delete_partial", disabled=not sure):
-            store.delete_case(case.id)
-            appkit.set_active_case(None)
-            st.rerun()
+            try:
+                store.delete_case(case.id)
+            except CaseError as exc:
+                st.error(str(exc))
+            else:
+                appkit.set_active_case(None)
+                st.rerun()
 if msg := st.session_state.pop("classify_msg", None):
     st.warning(msg)
 
@@ -122,7 +132,8 @@ rejected = df[df.status == caserules.REJECTED]
 c1, c2, c3, c4, c5, c6 = st.columns(6)
 c1.metric("Cells classified", summ.classified)
 c2.metric("Uncertain", summ.uncertain, help="Confidence below the case's review threshold")
-c3.metric("Possible blasts", int((ok.critical.str.contains("BLA")).sum()) if len(ok) else 0,
+c3.metric("Possible blasts", sum(1 for c in case.cells if caserules.status(c) == caserules.OK
+                                 and BLAST_CODES & set(caserules.critical_codes(c))),
           help="Calibrated P(blast) at or above the case's critical threshold, whatever the top class: reviewed "
                "one by one")
 c4.metric("Hairy-cell flags", summ.hairy_flags if summ.hairy_flags is not None else "unavailable",
@@ -149,7 +160,7 @@ with tab_table:
     if only == "needs review":
         view = view[view.review != ""]
     elif only == "hairy flag":
-        view = view[view["hairy flag"]]
+        view = view[view["hairy flag"].astype(bool)]
     st.dataframe(view.drop(columns=["status", "error", "cell_id", "version"]), hide_index=True, width="stretch",
                  column_config={"confidence": st.column_config.ProgressColumn("confidence", min_value=0.0,
                                                                               max_value=1.0, format="%.2f")})

@@ -40,6 +40,7 @@ seen = appkit.seen_versions(case.id)
 
 def _say(kind: str, text: str) -> None:
     st.session_state["review_msg"] = (kind, text)
+    st.session_state["review_msg_case"] = case.id
 
 
 def _run(fn, ok_msg: str) -> bool:
@@ -62,7 +63,8 @@ def review(cell_id: int, pos: int, seen_version: int, label: str | None, predict
     out = {}
 
     def do():
-        out["v"] = store.review_cell(cell_id, st.session_state["reviewer"], new, expected_version=seen_version)
+        out["v"] = store.review_cell(cell_id, st.session_state["reviewer"], new, expected_version=seen_version,
+                                     case_id=case.id)
 
     if _run(do, f"#{pos} {verb}."):
         seen[cell_id] = out["v"]
@@ -74,6 +76,7 @@ def review(cell_id: int, pos: int, seen_version: int, label: str | None, predict
 
 def reload_cell(cell_id: int, version: int) -> None:
     seen[cell_id] = version
+    st.session_state.pop(f"label_{case.id}_{cell_id}", None)  # the label box shows the stored label again
     _say("info", "Reloaded: you now see the cell as it is stored.")
 
 
@@ -85,7 +88,6 @@ def confirm_bulk(expected: dict[int, int]) -> None:
 
     if _run(do, f"{len(expected)} cells confirmed."):
         seen.update(out["v"])
-    st.session_state.pop("bulk_ok", None)
 
 
 def sign(expected: dict[int, int]) -> None:
@@ -95,12 +97,14 @@ def sign(expected: dict[int, int]) -> None:
 
 
 def reopen() -> None:
-    if _run(lambda: store.reopen(case.id, st.session_state["reviewer"], st.session_state.get("reopen_reason", "")),
+    if _run(lambda: store.reopen(case.id, st.session_state["reviewer"], st.session_state.get(f"reopen_reason_{case.id}", "")),
             f"Case {case.case_code} reopened."):
         seen.clear()
 
 
-kind, msg = st.session_state.pop("review_msg", (None, None))
+kind, msg = st.session_state.pop("review_msg", (None, None)) if st.session_state.get("review_msg_case") == case.id \
+    else (None, None)
+st.session_state.pop("review_msg", None)
 if msg:
     getattr(st, kind)(msg)
 
@@ -121,6 +125,9 @@ m4.metric("Unreadable files", summ.unreadable)
 m5.metric("Not classified yet", summ.pending)
 
 queue = caserules.review_queue(case)
+if not signed and not queue:
+    st.info("This case has no classified cell to review yet" + (" (classification is running or was interrupted)."
+                                                                 if summ.pending else "."))
 if not signed and queue:
     st.markdown("#### Review a cell")
     by_id = {c.id: c for c in queue}
@@ -186,14 +193,17 @@ if not signed and queue:
                 st.dataframe(pd.DataFrame([{"#": c.position + 1, "file": c.name, "model": c.predicted,
                                             "confidence": round(c.confidence or 0, 2)} for c in bulk]),
                              hide_index=True, width="stretch")
-            ok_many = st.checkbox(f"I have looked at these {len(bulk)} cells and agree with the model", key="bulk_ok")
+            # keyed by exactly these cells at these versions: a tick never carries over to another case or set
+            tick = f"bulk_ok_{case.id}_{hash(tuple(sorted(expected.items())))}"
+            ok_many = st.checkbox(f"I have looked at these {len(bulk)} cells and agree with the model", key=tick)
         else:
             ok_many = True
         st.button(f"Confirm the {len(bulk)} confident unreviewed cell(s)", key="confirm_all",
                   disabled=not bulk or not ok_many, on_click=confirm_bulk, args=(expected,),
                   help="Never includes uncertain, possible-blast, hairy-flagged or rejected cells: review those one "
                        "by one. All or nothing: if any of them changed since this page showed it, none is confirmed.")
-    shown = {c.id: c.version for c in case.cells}
+    # the versions this reviewer opened where they opened a cell, else as this page shows it
+    shown = {c.id: seen.get(c.id, c.version) for c in case.cells}
     c2.button("Sign off case", type="primary", key="sign_off", on_click=sign, args=(shown,))
     blockers = caserules.sign_off_blockers(case)
     if blockers:
@@ -202,7 +212,7 @@ if not signed and queue:
 elif signed:
     st.success(f"Signed off by {case.signed_by} on {case.signed_at:%Y-%m-%d %H:%M} UTC. "
                "Reopen it to change cells (the reopening is audited).")
-    st.text_input("Reason for reopening", key="reopen_reason")
+    st.text_input("Reason for reopening", key=f"reopen_reason_{case.id}")
     st.button("Reopen case", key="reopen", on_click=reopen)
 
 st.markdown("#### Audit trail")

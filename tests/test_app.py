@@ -247,7 +247,7 @@ def test_review_signoff_reopen_audit(env, crops):
     assert sorted(c.label for c in case.cells).count("PLM") == 2
     at.button(key="reopen").click().run()
     assert any("reason" in e.value for e in at.error)  # reopening needs a reason
-    at.text_input(key="reopen_reason").set_value("wrong smear").run()
+    at.text_input(key=f"reopen_reason_{cid}").set_value("wrong smear").run()
     at.button(key="reopen").click().run()
     actions = [a["action"] for a in store.audit(case.id)]
     assert actions[0] == "create" and actions.count("reclassify") == 2 and actions.count("confirm") == 4
@@ -280,6 +280,7 @@ def test_stale_screen_never_overwrites_a_colleague(env, crops):
     assert got.final_label == "PMO" and got.reviewed_by == "Dr A"
     # a deliberate reload lets B act on what B now sees
     b.button(key=f"reload_{cell}").click().run()
+    assert b.selectbox(key=f"label_{cid}_{cell}").value == "PMO", "after a reload the label box shows the stored label"
     b.selectbox(key=f"label_{cid}_{cell}").set_value("MON").run()
     b.button(key="save_btn").click().run()
     assert any("set to MON" in s.value for s in b.success)

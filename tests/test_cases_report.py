@@ -194,3 +194,19 @@ def test_a_database_of_the_previous_version_is_upgraded_in_place(tmp_path):
     assert store.latest_job(cid) is None
     store.review_cell(case.cells[1].id, "amy", "BLA", expected_version=case.cells[1].version)
     assert len(store.confirm_all(cid, "amy")) == 2 and store.integrity_ok()
+
+
+def test_ids_of_a_deleted_case_are_never_reused(store):
+    """A stale screen of a deleted case must not act on the next case's cells (SQLite reuses ids by default)."""
+    a = store.create_case("A", _cells())
+    b = store.create_case("B", _cells())
+    old = store.get_case(b).cells[0]
+    store.delete_case(b)
+    c = store.create_case("C", _cells())
+    new_ids = {x.id for x in store.get_case(c).cells}
+    assert c != b and old.id not in new_ids
+    with pytest.raises(CaseError, match="no longer exists"):
+        store.review_cell(old.id, "amy", "BLA", expected_version=old.version, case_id=b)
+    first = store.get_case(a).cells[0]
+    with pytest.raises(CaseError, match="no longer exists"):  # an action for case C naming a cell of case A
+        store.review_cell(first.id, "amy", "BLA", expected_version=first.version, case_id=c)
