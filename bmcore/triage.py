@@ -43,7 +43,7 @@ class ReviewRules:
     def describe(self) -> str:
         parts = [f"review when confidence < {self.uncertain_below:.2f}"]
         parts += [f"P({c}) ≥ {t:.2f}" for c, t in sorted(self.critical.items())]
-        return "; ".join(parts) + (f" ({self.source})" if self.source else "")
+        return "; ".join(parts) + (f". Rule {self.source}" if self.source else "")
 
 
 def rules_for_model(meta: dict, classes: list[str], *, uncertain_below: float | None = None,
