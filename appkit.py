@@ -284,15 +284,17 @@ def job_status(case) -> dict | None:
     return job
 
 
-def job_banner(case) -> None:
-    """While the case is being classified: progress, refreshed every second; the page reruns when it ends."""
+def job_banner(case) -> dict | None:
+    """While the case is being classified: progress, refreshed every second; the page reruns when it ends.
+
+    Returns the case's latest job as ``job_status`` reads it (None if it never had one)."""
     summ = caserules.summary(case)
     job = job_status(case)
     live = job is not None and job["status"] in JOB_LIVE
     if not summ.pending:
         if job is not None:
             st.caption(f"Classification complete: all {summ.cells} files of this case are processed.")
-        return
+        return job
     if live:
         @st.fragment(run_every=1.0)
         def progress() -> None:
@@ -310,3 +312,4 @@ def job_banner(case) -> None:
         st.error(f"**Partial case:** {summ.pending} of {summ.cells} cells are not classified ({why}). They are not "
                  "counted and the case cannot be signed off. On the **Classify** page, upload the same files again "
                  "to finish it (only the missing cells are classified), or delete the case.")
+    return job

@@ -126,10 +126,6 @@ class CaseSummary:
     unresolved: int     # classified cells without a reviewer's label
     reviewed: int       # classified cells with a reviewer's label
 
-    @property
-    def reviewable(self) -> int:
-        return self.classified
-
 
 def summary(case) -> CaseSummary:
     cells = list(case.cells)

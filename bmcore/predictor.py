@@ -22,7 +22,6 @@ from .metrics import softmax
 from .ood import quality_stats
 from .preprocess import ImageDecodeError, decode_image, normalize, preprocess, resize_rgb, to_uint8_tensor
 from .tasks import HAIRY_CELL_CODE, cell_name
-from .triage import DEFAULT_UNCERTAIN_BELOW as DEFAULT_THRESHOLD
 from .triage import ReviewRules, judge, rules_for_model
 
 

@@ -89,9 +89,8 @@ if case is None:
     st.stop()
 st.subheader(f"Case {case.case_code}")
 st.caption(f"Classified by **{case.model_name}** · {caserules.case_rules(case).describe()}")
-appkit.job_banner(case)
+job = appkit.job_banner(case)
 summ = caserules.summary(case)
-job = appkit.job_status(case)
 if summ.pending and not (job and job["status"] in ("queued", "running")):
     with st.container(border=True):
         st.markdown("**Finish this partial case**")
@@ -221,7 +220,7 @@ def cell_view() -> None:
     cpred = appkit.get_predictor(str(bundle_path))
     labels = {int(r.cell_id): f"#{r['#']} {r.file} — " + (f"{r.final} ({r.confidence:.2f})" if r.status == "ok" else
                                                            f"rejected: {r.error}") for _, r in shown.iterrows()}
-    ids = sorted(labels, key=lambda i: int(shown[shown.cell_id == i]["#"].iloc[0]))
+    ids = [int(i) for i in shown.sort_values("#").cell_id]
     # the picker's value is a cell id kept per case; its text may change without moving the choice to another cell
     key = f"cell_pick_{case.id}"
     chosen = st.session_state.get(key)

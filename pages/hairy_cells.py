@@ -16,10 +16,10 @@ if not available:
             "LYT, EOS, NGS, NGB) or on `bm14`/`bm21` with HAC images.")
     st.stop()
 appkit.job_banner(case)
-counted = [c for c in case.cells if c.label is not None]  # classified and not rejected (unless a reviewer labelled it)
+# the same cells the Classify and Differential pages count (caserules): classified by the model, gate passed
+counted = [c for c in case.cells if caserules.status(c) == caserules.OK]
 flagged = [c for c in counted if c.hairy_flag]
-rejected_flagged = [c for c in case.cells if caserules.status(c) == caserules.REJECTED and c.label is None
-                    and c.hairy_flag]
+rejected_flagged = [c for c in case.cells if caserules.status(c) == caserules.REJECTED and c.hairy_flag]
 if flagged:
     st.error(f"🚩 **{len(flagged)} suspected hairy cell(s)** in case {case.case_code}: "
              f"{100 * len(flagged) / max(1, len(counted)):.1f}% of {len(counted)} classified cells had calibrated "
