@@ -1,4 +1,4 @@
-# make run   - create .venv, install requirements, start the app on the bundled default model
+# make run   - create .venv, install requirements, start the app on the bundled default model (127.0.0.1 only)
 # make test  - create .venv, install requirements, run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,7 +16,8 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m streamlit run app.py --server.port $(PORT)
+	@$(PY) -c "from bmcore.cases import case_store_from_env as s; s().has_users() or print('No user accounts yet: create the first admin with\n  $(PY) -m bmcore users add NAME --role admin')"
+	$(PY) -m streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)

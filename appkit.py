@@ -14,7 +14,8 @@ import streamlit as st
 
 from bmcore import RUO_STATEMENT, caserules
 from bmcore.bundle import BundleError, find_bundles, load_bundle, pick_default
-from bmcore.cases import JOB_LIVE, CaseError, CaseStore
+from bmcore.auth import Actor
+from bmcore.cases import JOB_LIVE, AuthError, CaseError, CaseStore, reviewer_text, utcnow
 from bmcore.jobs import JobRunner
 from bmcore.predictor import Predictor
 from bmcore.tasks import HAIRY_CELL_CODE
@@ -114,6 +115,121 @@ def case_predictor(case, *, stop: bool = False) -> Predictor | None:
     return get_predictor(str(path))
 
 
+# -- identity -----------------------------------------------------------------------------------------------
+def oidc_config() -> dict | None:
+    """Single sign-on, when secrets.toml has Streamlit's ``[auth]`` section (``st.login``); ``[bm_oidc]`` says which
+    claim carries the roles and how its values map to ours. None when not configured."""
+    try:
+        auth = st.secrets.get("auth")
+    except Exception:  # no secrets.toml
+        return None
+    if not auth:
+        return None
+    bm = _secret("bm_oidc") or {}
+    named = [k for k, v in auth.items() if hasattr(v, "keys")]  # [auth.<provider>] sections
+    return {"provider": bm.get("provider") or (named[0] if named else None),
+            "label": bm.get("label") or "your identity provider", "role_claim": bm.get("role_claim", "groups"),
+            "role_map": {str(k): str(v) for k, v in dict(bm.get("roles") or {}).items()}}
+
+
+def actor() -> Actor:
+    """The signed-in user of this browser session (``login_gate`` has run: there always is one on a page)."""
+    return st.session_state["actor"]
+
+
+def _signed_out(message: str, *, oidc: bool) -> None:
+    """Forget this session's identity and everything it held (uploads, seen versions); say why on the sign-in form."""
+    st.session_state.clear()
+    st.session_state["login_msg"] = message
+    if oidc:
+        st.logout()  # also clears Streamlit's identity cookie (and redirects)
+
+
+def login_gate(pages: list) -> Actor:
+    """Every run passes here before any page: the signed-in user (re-read from the store, so a disabled account or a
+    changed role applies at once), or the sign-in form and a stop. Idle sessions are signed out.
+
+    Not signed in, ``pages`` are registered hidden, so the page asked for keeps its address and opens after sign-in;
+    nothing of it runs before."""
+    store = get_store()
+    idle = store.policy.idle_minutes
+    now = utcnow()
+    who = st.session_state.get("actor")
+    oidc = oidc_config()
+    if who is not None:
+        last = st.session_state.get("active_at")
+        if last is not None and (now - last).total_seconds() > idle * 60:
+            store.record_logout(who, f"idle for more than {idle:g} minutes")
+            _signed_out(f"You were signed out after {idle:g} minutes without activity. Sign in again.",
+                        oidc=who.method == "oidc")
+            who = None
+        else:
+            try:
+                who = store.refresh_actor(who)
+            except AuthError as exc:
+                _signed_out(f"Signed out: {exc}.", oidc=who.method == "oidc")
+                who = None
+    elif oidc and st.user.is_logged_in:  # Streamlit's identity cookie, maybe from an earlier browser session
+        try:
+            who = store.oidc_sign_in(st.user.to_dict(), role_claim=oidc["role_claim"], role_map=oidc["role_map"],
+                                     idle_minutes=idle)
+        except CaseError as exc:  # no role, disabled, expired: said on the sign-in form (signing in again may help)
+            st.session_state["login_msg"] = f"Single sign-on refused: {exc}"
+            who = None
+    if who is None:
+        st.navigation(pages, position="hidden")
+        _login_form(store, oidc)
+        st.stop()
+    st.session_state["actor"] = who
+    st.session_state["active_at"] = now
+    return who
+
+
+def _login_form(store: CaseStore, oidc: dict | None) -> None:
+    from bmcore import RUO_STATEMENT
+
+    st.title("Bone marrow cell classifier")
+    st.warning(RUO_STATEMENT, icon="⚠️")
+    if msg := st.session_state.pop("login_msg", None):
+        st.info(msg)
+    if not oidc and not store.has_users():
+        st.error("No user accounts exist yet, so the app does not open. On the server, create the first admin:")
+        st.code(".venv/bin/python -m bmcore users add NAME --role admin --display-name \"Your Name\"",
+                language="bash")
+        st.caption("Then reload this page. Admins add the other accounts the same way, or on the Users page.")
+        return
+    st.subheader("Sign in")
+    with st.form("login", clear_on_submit=True):  # the password does not stay in the session after the attempt
+        name = st.text_input("User name", key="login_user")
+        pw = st.text_input("Password", type="password", key="login_password")
+        go = st.form_submit_button("Sign in", type="primary")
+    if go:
+        try:
+            who = store.authenticate(name, pw)
+        except AuthError as exc:
+            st.error(str(exc))
+        else:
+            st.session_state["actor"] = who
+            st.session_state["active_at"] = utcnow()
+            st.rerun()
+    if oidc:
+        st.button(f"Sign in with {oidc['label']}", key="oidc_login", on_click=st.login, args=(oidc["provider"],))
+
+
+def user_box(sb) -> None:
+    """Who is signed in, with their role, and the sign-out button."""
+    who = actor()
+    sb.markdown(f"Signed in as **{who.label}** · {who.role}")
+    sb.button("Sign out", key="sign_out", on_click=_sign_out)
+
+
+def _sign_out() -> None:
+    who = st.session_state.get("actor")
+    if who is not None:
+        get_store().record_logout(who)
+    _signed_out("You are signed out.", oidc=who is not None and who.method == "oidc")
+
+
 def _persist(key: str, default):
     """Widget state that survives page switches: the widget writes to ``_w_<key>``, we keep ``key``."""
     if key not in st.session_state:
@@ -129,6 +245,7 @@ def sidebar() -> Predictor | None:
     """Model picker (for new cases), its review thresholds and the active case; returns the picked predictor."""
     paths = available_bundles()
     sb = st.sidebar
+    user_box(sb)
     _active_case_picker(sb)
     if not paths:
         sb.error("No model bundle found under assets/models (or BM_MODELS_DIR).")
@@ -252,7 +369,7 @@ def cells_frame(case):
                      "review": "; ".join(caserules.review_reasons(c)),
                      "uncertain": bool(c.uncertain), "critical": ",".join(caserules.critical_codes(c)),
                      "hairy flag": bool(c.hairy_flag),
-                     "final": c.label or "", "reviewed by": c.reviewed_by or "",
+                     "final": c.label or "", "reviewed by": reviewer_text(c),
                      "error": c.error or c.reject_reason,
                      "cell_id": c.id, "version": c.version})
     return pd.DataFrame(rows, columns=["#", "file", "status", "predicted", "name", "confidence", "top-3", "review",

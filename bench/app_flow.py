@@ -41,7 +41,7 @@ def main() -> int:
     for i in range(a.repeat + 1):  # the first run also loads the model: reported apart
         at = AppTest.from_file(str(REPO / "app.py"), default_timeout=600)
         at.run()
-        at.switch_page("pages/classify.py").run()
+        at.switch_page("views/classify.py").run()
         at.text_input(key="new_case_code").set_value(f"BENCH-{i}")
         at.file_uploader(key="uploads").set_value(payload)
         at.run()

@@ -27,6 +27,22 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 VIEWPORT = {"width": 1400, "height": 1000}
 IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
+# accounts every driven server gets in its throw-away database: name -> (role, password)
+USERS = {"tech": ("technologist", "tech-password-1"), "path": ("pathologist", "path-password-1"),
+         "path2": ("pathologist", "path2-password-1"), "admin": ("admin", "admin-password-1"),
+         "viewer": ("viewer", "viewer-password-1")}
+
+
+def add_users(database: Path, users: dict = USERS) -> None:
+    """Create the driver's accounts (those missing) in the server's database."""
+    from bmcore.cases import CaseStore
+
+    store = CaseStore(f"sqlite:///{database}")
+    have = {u["username"] for u in store.list_users()}
+    for name, (role, pw) in users.items():
+        if name not in have:
+            store.add_user(name, role, pw, display_name=f"{role.title()} {name}")
+    store.engine.dispose()
 
 
 def browser_missing() -> str | None:
@@ -54,18 +70,21 @@ class AppServer:
 
 
 @contextmanager
-def app_server(database: Path, log: Path, port: int | None = None, start_timeout: float = 120) -> Iterator[AppServer]:
+def app_server(database: Path, log: Path, port: int | None = None, start_timeout: float = 120,
+               extra_args: tuple = (), env_extra: dict | None = None) -> Iterator[AppServer]:
     """``streamlit run app.py`` headless on loopback with its own SQLite database; stopped (with its children) on exit.
 
     File watching is off: a test or benchmark server must not react to edits made while it runs.
     """
     port = port or free_port()
-    env = dict(os.environ, BM_DATABASE_URL=f"sqlite:///{database}", PYTHONPATH=str(REPO))
+    add_users(database)
+    env = dict(os.environ, BM_DATABASE_URL=f"sqlite:///{database}", PYTHONPATH=str(REPO), **(env_extra or {}))
     url = f"http://127.0.0.1:{port}"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
                                  "--server.address", "127.0.0.1", "--server.headless", "true",
-                                 "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
+                                 "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
+                                 *extra_args],
                                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + start_timeout
@@ -116,12 +135,38 @@ def wait_idle(page) -> None:
     page.locator(IDLE).wait_for(state="attached")
 
 
-def open_classify(page, url: str, case_code: str) -> None:
-    """Open the app, go to Classify and enter the case id."""
+def sign_in(page, user: str = "tech", password: str | None = None) -> None:
+    """Fill the sign-in form shown on the page (one of ``USERS`` unless a password is given) and wait until the
+    app shows who is signed in."""
     from playwright.sync_api import expect
 
+    page.get_by_role("textbox", name="User name").fill(user)
+    page.get_by_role("textbox", name="Password").fill(password or USERS[user][1])
+    page.get_by_role("button", name="Sign in", exact=True).click()
+    expect(page.get_by_text("Signed in as")).to_be_visible()
+    wait_idle(page)
+
+
+def goto(page, url: str, user: str = "tech") -> None:
+    """Open ``url`` in this browser session, signing in as ``user`` when the app asks (a new or reloaded tab)."""
     page.goto(url)
-    expect(page.get_by_text("Bone marrow cell classifier").first).to_be_visible()
+    reload_signed_in(page, user)
+
+
+def reload_signed_in(page, user: str = "tech") -> None:
+    """After a navigation or reload: sign in again if the app asks (the sign-in lives in the tab's session)."""
+    from playwright.sync_api import expect
+
+    signed, form = page.get_by_text("Signed in as"), page.get_by_role("button", name="Sign in", exact=True)
+    expect(signed.or_(form).first).to_be_visible()
+    if not signed.is_visible():
+        sign_in(page, user)
+    wait_idle(page)
+
+
+def open_classify(page, url: str, case_code: str, user: str = "tech") -> None:
+    """Open the app (signed in as ``user``), go to Classify and enter the case id."""
+    goto(page, url, user)
     page.get_by_role("link", name="Classify").first.click()
     box = page.get_by_role("textbox", name="Case id")
     box.fill(case_code)
@@ -170,20 +215,9 @@ def selectbox_text(page, label: str) -> str:
     return page.get_by_role("combobox", name=label, exact=True).input_value().strip()
 
 
-def set_reviewer(page, name: str) -> None:
-    box = page.get_by_role("textbox", name="Your name (recorded with every change)")
-    box.fill(name)
-    box.press("Enter")
-    wait_idle(page)
-
-
-def open_case(page, url: str, case_code: str) -> None:
-    """A fresh session opening an existing case through the sidebar's Active case picker."""
-    from playwright.sync_api import expect
-
-    page.goto(url)
-    expect(page.get_by_text("Bone marrow cell classifier").first).to_be_visible()
-    wait_idle(page)
+def open_case(page, url: str, case_code: str, user: str = "tech") -> None:
+    """A fresh session (signed in as ``user``) opening an existing case through the sidebar's Active case picker."""
+    goto(page, url, user)
     choose(page, "Active case", case_code)
 
 

@@ -25,43 +25,22 @@ from pathlib import Path
 from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text,
                         UniqueConstraint, create_engine, event, func, select)
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import Mapped, Session, mapped_column, relationship, sessionmaker
 from sqlalchemy.orm.attributes import flag_modified
 from sqlalchemy.orm.exc import StaleDataError
+
+from .db import NO_REUSE as _NO_REUSE
+from .auth import AccountsMixin, Actor, AuthPolicy
+from .db import AuthError, Base, CaseError, ConflictError, PermissionDenied, StoreError, utcnow
 
 STATUS_OPEN = "open"
 STATUS_SIGNED = "signed"
 DEFAULT_DB = Path("data") / "bmcases.db"
 NAME_MAX = 300  # characters of a file name kept in cells.name; a longer one is truncated, the full name audited
-WHO_MAX = 100
 CODE_MAX = 100
 JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_FAILED, JOB_INTERRUPTED = "queued", "running", "done", "failed", "interrupted"
 JOB_LIVE = (JOB_QUEUED, JOB_RUNNING)
-
-
-class CaseError(ValueError):
-    """A request the store refuses (unknown case, sign-off not allowed...), with a readable reason."""
-
-
-class ConflictError(CaseError):
-    """Someone else changed the same record first."""
-
-
-class StoreError(CaseError):
-    """The database refused or could not take a write (too long a value, server gone); nothing was saved."""
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-# ids are never reused after a deletion (SQLite would otherwise hand a deleted case's ids to the next one, and a stale
-# screen of the deleted case could act on the new one's cells)
-_NO_REUSE = {"sqlite_autoincrement": True}
+WHO_USER, WHO_SYSTEM, WHO_TYPED = "user", "system", "typed"
 
 
 class Case(Base):
@@ -71,9 +50,14 @@ class Case(Base):
     case_code: Mapped[str] = mapped_column(String(100), unique=True, index=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     created_by: Mapped[str] = mapped_column(String(100), default="")
+    created_by_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     status: Mapped[str] = mapped_column(String(20), default=STATUS_OPEN)
     signed_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
     signed_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    signed_by_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # the signature of the sign-off: user id, user name, display name, role, time, case version, model sha256, how
+    # the signer re-authenticated (bmcore.cases.CaseStore.sign_off)
+    signature: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     model_name: Mapped[str] = mapped_column(String(200), default="")
     model_sha256: Mapped[str] = mapped_column(String(64), default="")
     model_classes: Mapped[list] = mapped_column(JSON, default=list)
@@ -111,6 +95,7 @@ class Cell(Base):
     final_label: Mapped[str | None] = mapped_column(String(10), nullable=True)
     reviewed_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
     reviewed_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    reviewed_by_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     version: Mapped[int] = mapped_column(Integer, default=1, nullable=False)
     case: Mapped[Case] = relationship(back_populates="cells")
     __mapper_args__ = {"version_id_col": version}
@@ -138,6 +123,10 @@ class AuditEvent(Base):
     cell_name: Mapped[str] = mapped_column(String(300), default="")
     at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     who: Mapped[str] = mapped_column(String(100))
+    # "user": ``who`` is the signed-in user ``user_id``'s name; "system": the classifier; "typed": a name typed
+    # into a text box before accounts existed (rows migrated from an older database), never verified
+    user_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    who_kind: Mapped[str] = mapped_column(String(10), default=WHO_SYSTEM, server_default=WHO_TYPED)
     action: Mapped[str] = mapped_column(String(30))
     from_value: Mapped[str] = mapped_column(String(100), default="")
     to_value: Mapped[str] = mapped_column(String(100), default="")
@@ -202,8 +191,9 @@ def _sqlite_pragmas(dbapi_conn, _):
     cur.close()
 
 
-class CaseStore:
-    def __init__(self, url: str | None = None):
+class CaseStore(AccountsMixin):
+    def __init__(self, url: str | None = None, *, policy: AuthPolicy | None = None):
+        self.policy = policy or AuthPolicy.from_env()
         if url is None:
             DEFAULT_DB.parent.mkdir(parents=True, exist_ok=True)
             url = f"sqlite:///{DEFAULT_DB}"
@@ -217,14 +207,16 @@ class CaseStore:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
-        self._add_missing_columns()
+        self._migrate(self._add_missing_columns())
         self._Session = sessionmaker(self.engine, expire_on_commit=False)
 
-    def _add_missing_columns(self) -> None:
-        """Columns added since a database was created (e.g. ``cells.rejected``) are added in place, with defaults."""
+    def _add_missing_columns(self) -> set[str]:
+        """Columns added since a database was created (e.g. ``cells.rejected``) are added in place, with defaults.
+        Returns the added ones as ``table.column``."""
         from sqlalchemy import inspect
 
         insp = inspect(self.engine)
+        added = set()
         for table in Base.metadata.sorted_tables:
             have = {c["name"] for c in insp.get_columns(table.name)}
             for col in table.columns:
@@ -234,6 +226,16 @@ class CaseStore:
                         ddl += f" DEFAULT {col.server_default.arg!r}"
                     with self.engine.begin() as c:
                         c.exec_driver_sql(ddl.replace('"', "'"))
+                    added.add(f"{table.name}.{col.name}")
+        return added
+
+    def _migrate(self, added: set[str]) -> None:
+        """Data changes that go with new columns. ``audit.who_kind``: an older database's names were typed into a
+        text box (kept, marked "typed"); its classifier rows were the system's."""
+        if "audit.who_kind" in added:
+            with self.engine.begin() as c:
+                c.exec_driver_sql(f"UPDATE audit SET who_kind = '{WHO_SYSTEM}' WHERE who IN ('(classifier)', "
+                                  "'(system)')")
 
     @contextmanager
     def session(self):
@@ -256,7 +258,7 @@ class CaseStore:
             s.close()
 
     # -- cases ---------------------------------------------------------------------------------------
-    def create_case(self, case_code: str, cells: list[CellInput], *, who: str = "", model_name: str = "",
+    def create_case(self, case_code: str, cells: list[CellInput], *, actor: Actor, model_name: str = "",
                     model_sha256: str = "", model_classes: list[str] | None = None, rules: dict | None = None) -> int:
         """Create a case with all its cells in one transaction (all or nothing).
 
@@ -268,12 +270,12 @@ class CaseStore:
             raise CaseError("a case id is required")
         if len(code) > CODE_MAX:
             raise CaseError(f"a case id has at most {CODE_MAX} characters (this one has {len(code)})")
-        who = _who(who, required=False)
         try:
             with self.session() as s:
+                u = self._authorize(s, actor, "classify")
                 if s.scalar(select(Case.id).where(Case.case_code == code)) is not None:
                     raise CaseError(f"case {code!r} already exists; open it on the Review page or choose another id")
-                case = Case(case_code=code, created_by=who, model_name=model_name[:200], model_sha256=model_sha256,
+                case = Case(case_code=code, created_by=u.username, created_by_id=u.id, model_name=model_name[:200], model_sha256=model_sha256,
                             model_classes=list(model_classes or []), rules=rules)
                 long_names = []
                 for i, c in enumerate(cells):
@@ -286,12 +288,10 @@ class CaseStore:
                                            reject_reason=c.reject_reason, critical=c.critical, pending=c.pending))
                 s.add(case)
                 s.flush()
-                s.add(AuditEvent(case_id=case.id, who=who or "(name not entered)", action="create",
-                                 note=f"{len(cells)} cells; model {model_name}"))
+                s.add(_audit_row(case.id, u, action="create", note=f"{len(cells)} cells; model {model_name}"))
                 for i, full in long_names:
                     cell = case.cells[i]
-                    s.add(AuditEvent(case_id=case.id, cell_id=cell.id, cell_name=cell.name, who=who or "(system)",
-                                     action="name-truncated", note=f"full file name: {full}"))
+                    s.add(_audit_row(case.id, u, cell=cell, action="name-truncated", note=f"full file name: {full}"))
                 return case.id
         except IntegrityError:  # the same id created by someone else at the same moment
             raise CaseError(f"case {code!r} already exists; open it on the Review page or choose another id") from None
@@ -324,7 +324,7 @@ class CaseStore:
                     job.done = (job.done or 0) + len(filled)
                     job.heartbeat = utcnow()
             if filled:
-                s.add(AuditEvent(case_id=case_id, who="(classifier)", action="classified",
+                s.add(AuditEvent(case_id=case_id, who="(classifier)", who_kind=WHO_SYSTEM, action="classified",
                                  note=f"{len(filled)} cells: {_ranges(filled)}" + (f"; job {job_id}" if job_id else "")))
             return len(filled)
 
@@ -359,7 +359,7 @@ class CaseStore:
                     job.status = JOB_INTERRUPTED
                     job.error = "the server stopped while this job ran"
                     out.append(job.id)
-                    s.add(AuditEvent(case_id=job.case_id, who="(classifier)", action="interrupted",
+                    s.add(AuditEvent(case_id=job.case_id, who="(classifier)", who_kind=WHO_SYSTEM, action="interrupted",
                                      note=f"job {job.id}: {job.done} of {job.total} cells classified before the "
                                           "server stopped"))
         return out
@@ -400,11 +400,21 @@ class CaseStore:
                              "signed_by": case.signed_by or "", "signed_at": case.signed_at})
             return rows
 
-    def delete_case(self, case_id: int) -> None:
-        """Delete a case, its cells and its audit trail (the README explains when to do this)."""
+    def delete_case(self, case_id: int, actor: Actor) -> None:
+        """Delete a case, its cells and its audit trail (the README explains when to do this).
+
+        Admins only, except that whoever created a case may take it back while none of its cells is classified or
+        reviewed yet (a submission that failed). The deletion itself is logged in ``login_events`` (who, which
+        case, how many cells), which outlives the case."""
         try:
             with self.session() as s:
                 case = self._case(s, case_id)
+                if _untouched_by(case, actor):  # its creator taking back a case nothing was done to yet
+                    u = self._authorize(s, actor, "classify")
+                else:
+                    u = self._authorize(s, actor, "delete")
+                self._event(s, u.username, "case-deleted", u.id, f"case {case.case_code!r} (id {case.id}), "
+                            f"{len(case.cells)} cells, status {case.status}")
                 for ev in s.scalars(select(AuditEvent).where(AuditEvent.case_id == case_id)):
                     s.delete(ev)
                 for job in s.scalars(select(Job).where(Job.case_id == case_id)):
@@ -415,16 +425,16 @@ class CaseStore:
                                 "nothing was deleted; try again") from None
 
     # -- reviews -------------------------------------------------------------------------------------
-    def review_cell(self, cell_id: int, who: str, label: str, *, expected_version: int | None = None,
+    def review_cell(self, cell_id: int, actor: Actor, label: str, *, expected_version: int | None = None,
                     note: str = "", case_id: int | None = None) -> int:
         """Confirm (label == prediction) or reclassify a cell; returns the cell's new version.
 
         ``expected_version`` is the version the reviewer saw: if the cell changed since, nothing is saved and
         ``ConflictError`` says who changed it and to what.
         """
-        who = _who(who)
         try:
             with self.session() as s:
+                u = self._authorize(s, actor, "review")
                 cell = s.get(Cell, cell_id)
                 if cell is None or (case_id is not None and cell.case_id != case_id):
                     raise CaseError("this cell no longer exists (its case was deleted); reload the page")
@@ -436,21 +446,20 @@ class CaseStore:
                     raise CaseError(f"case {cell.case.case_code!r} is signed off; reopen it to change cells")
                 if expected_version is not None and cell.version != expected_version:
                     raise ConflictError(_changed_by_other(cell))
-                self._review(s, cell, who, label, note)
+                self._review(s, cell, u, label, note)
                 s.flush()  # UPDATE cells ... WHERE version = <the version read above>
                 return cell.version
         except StaleDataError:  # another writer committed between our read and our write; nothing was written
             raise self._cell_conflict(cell_id) from None
 
     @staticmethod
-    def _review(s: Session, cell: Cell, who: str, label: str, note: str = "", action: str | None = None) -> None:
+    def _review(s: Session, cell: Cell, u, label: str, note: str = "", action: str | None = None) -> None:
         before = cell.label or ""
         action = action or ("confirm" if label == cell.predicted and cell.final_label in (None, label) else "reclassify")
         cell.final_label = label
-        cell.reviewed_by = who
+        cell.reviewed_by, cell.reviewed_by_id = u.username, u.id
         cell.reviewed_at = utcnow()
-        s.add(AuditEvent(case_id=cell.case_id, cell_id=cell.id, cell_name=cell.name, who=who,
-                         action=action, from_value=before, to_value=label, note=note))
+        s.add(_audit_row(cell.case_id, u, cell=cell, action=action, from_value=before, to_value=label, note=note))
 
     def _cell_conflict(self, cell_id: int) -> ConflictError:
         with self.session() as s:
@@ -462,7 +471,7 @@ class CaseStore:
                                      f"you were reviewing {cell.name}; reopen it to change cells")
             return ConflictError(_changed_by_other(cell))
 
-    def confirm_all(self, case_id: int, who: str, *, expected_versions: dict[int, int] | None = None) -> dict[int, int]:
+    def confirm_all(self, case_id: int, actor: Actor, *, expected_versions: dict[int, int] | None = None) -> dict[int, int]:
         """Confirm the model's label of many cells in ONE transaction: all of them or none.
 
         With ``expected_versions`` ({cell id: version the reviewer saw}) exactly those cells are confirmed, and a
@@ -472,9 +481,9 @@ class CaseStore:
         """
         from .caserules import bulk_confirmable, review_reasons, status
 
-        who = _who(who, what="confirming cells")
         try:
             with self.session() as s:
+                u = self._authorize(s, actor, "review")
                 case = self._case(s, case_id)
                 if case.status == STATUS_SIGNED:
                     raise CaseError(f"case {case.case_code!r} is signed off; reopen it to change cells")
@@ -496,7 +505,7 @@ class CaseStore:
                     raise CaseError(f"nothing was confirmed: {len(refused)} cell(s) cannot be bulk-confirmed "
                                     f"(e.g. #{c.position + 1} {c.name}: {why}); review them one by one")
                 for i in want:
-                    self._review(s, cells[i], who, cells[i].predicted, action="confirm",
+                    self._review(s, cells[i], u, cells[i].predicted, action="confirm",
                                  note=f"bulk confirmation of {len(want)} cells")
                 s.flush()
                 return {i: cells[i].version for i in want}
@@ -504,15 +513,22 @@ class CaseStore:
             raise ConflictError("nothing was confirmed: a cell was changed by another reviewer at the same moment; "
                                 "reload and try again") from None
 
-    def sign_off(self, case_id: int, who: str, *, expected_version: int | None = None,
-                 expected_versions: dict[int, int] | None = None) -> None:
-        """Sign a case off. ``expected_versions``: {cell id: version} of every cell as the signer's page showed it;
-        if any cell changed since, nothing is signed and the changed cells are named."""
+    def sign_off(self, case_id: int, actor: Actor, *, password: str | None = None,
+                 expected_version: int | None = None, expected_versions: dict[int, int] | None = None) -> dict:
+        """Sign a case off; returns the signature stored with it.
+
+        Only a pathologist (or admin) may, and only deliberately: ``password`` is checked again (local accounts;
+        a wrong one counts towards the lock like a failed sign-in), or an identity-provider sign-in must be recent
+        (``AuthPolicy.reauth_minutes``). ``expected_versions``: {cell id: version} of every cell as the signer's
+        page showed it; if any cell changed since, nothing is signed and the changed cells are named."""
         from .caserules import sign_off_blockers
 
-        who = _who(who, what="signing off")
+        with self.session() as s:  # the role first: a technologist is refused, not asked for a password
+            self._authorize(s, actor, "sign")
+        proof = self._signature_proof(actor, password)
         try:
             with self.session() as s:
+                u = self._authorize(s, actor, "sign")
                 case = self._case(s, case_id)
                 if case.status == STATUS_SIGNED:
                     raise CaseError(f"case {case.case_code!r} is already signed off by {case.signed_by}")
@@ -529,11 +545,16 @@ class CaseStore:
                 for c in case.cells:  # bump every cell's version: what is signed is what was checked above,
                     flag_modified(c, "reviewed_by")  # and a review that read a cell before this commit conflicts
                 case.status = STATUS_SIGNED
-                case.signed_by = who
+                case.signed_by, case.signed_by_id = u.username, u.id
                 case.signed_at = utcnow()
-                s.add(AuditEvent(case_id=case.id, who=who, action="sign-off", from_value=STATUS_OPEN,
-                                 to_value=STATUS_SIGNED))
+                case.signature = {"user_id": u.id, "username": u.username, "name": u.display_name or u.username,
+                                  "role": u.role, "at": case.signed_at.isoformat(timespec="seconds") + "Z",
+                                  "case_version": case.version + 1, "model_sha256": case.model_sha256,
+                                  "cells": len(case.cells), "proof": proof}
+                s.add(_audit_row(case.id, u, action="sign-off", from_value=STATUS_OPEN, to_value=STATUS_SIGNED,
+                             note=signature_text(case.signature)))
                 s.flush()
+                return dict(case.signature)
         except StaleDataError:  # a cell or the case changed meanwhile; nothing was written
             raise self._case_conflict(case_id) from None
 
@@ -547,29 +568,27 @@ class CaseStore:
             return ConflictError(f"case {case.case_code!r} changed while you were signing it off (a cell was "
                                  "reviewed meanwhile); reload and try again")
 
-    def reopen(self, case_id: int, who: str, reason: str) -> None:
-        who, reason = (who or "").strip(), (reason or "").strip()
-        if not who or not reason:
-            raise CaseError("reopening a signed case needs your name and a reason")
-        who = _who(who)
+    def reopen(self, case_id: int, actor: Actor, reason: str) -> None:
+        reason = (reason or "").strip()
+        if not reason:
+            raise CaseError("reopening a signed case needs a reason")
         try:
             with self.session() as s:
+                u = self._authorize(s, actor, "reopen")
                 case = self._case(s, case_id)
                 if case.status != STATUS_SIGNED:
                     raise CaseError(f"case {case.case_code!r} is not signed off")
                 case.status = STATUS_OPEN
-                case.signed_by = None
-                case.signed_at = None
-                s.add(AuditEvent(case_id=case.id, who=who, action="reopen", from_value=STATUS_SIGNED,
-                                 to_value=STATUS_OPEN, note=reason))
+                case.signed_by = case.signed_by_id = case.signed_at = case.signature = None
+                s.add(_audit_row(case.id, u, action="reopen", from_value=STATUS_SIGNED, to_value=STATUS_OPEN, note=reason))
         except StaleDataError:
             raise ConflictError("the case was changed (reopened or signed) by someone else at the same moment; "
                                 "reload and try again") from None
 
     def audit(self, case_id: int) -> list[dict]:
         with self.session() as s:
-            return [{"at": e.at, "who": e.who, "action": e.action, "cell": e.cell_name, "from": e.from_value,
-                     "to": e.to_value, "note": e.note}
+            return [{"at": e.at, "who": who_text(e.who, e.who_kind), "user_id": e.user_id, "action": e.action,
+                     "cell": e.cell_name, "from": e.from_value, "to": e.to_value, "note": e.note}
                     for e in s.scalars(select(AuditEvent).where(AuditEvent.case_id == case_id)
                                        .order_by(AuditEvent.id))]
 
@@ -629,17 +648,39 @@ def case_store_from_env() -> CaseStore:
     return CaseStore(os.environ.get("BM_DATABASE_URL") or None)
 
 
-__all__ = ["CaseStore", "CellInput", "CaseError", "ConflictError", "StoreError", "Case", "Cell", "AuditEvent", "Job",
-           "case_store_from_env", "STATUS_OPEN", "STATUS_SIGNED"]
+__all__ = ["CaseStore", "CellInput", "CaseError", "ConflictError", "StoreError", "PermissionDenied", "AuthError",
+           "Actor", "Case", "Cell", "AuditEvent", "Job", "case_store_from_env", "STATUS_OPEN", "STATUS_SIGNED"]
 
 
-def _who(who: str, *, required: bool = True, what: str = "reviewing") -> str:
-    who = (who or "").strip()
-    if required and not who:
-        raise CaseError(f"enter your name before {what}")
-    if len(who) > WHO_MAX:
-        raise CaseError(f"a name has at most {WHO_MAX} characters")
-    return who
+def _audit_row(case_id: int, u, *, cell: "Cell | None" = None, **kw) -> AuditEvent:
+    """An audit row by signed-in user ``u`` (a ``bmcore.auth.User`` row the store just authorized)."""
+    return AuditEvent(case_id=case_id, cell_id=cell.id if cell else None, cell_name=cell.name if cell else "",
+                      who=u.username, user_id=u.id, who_kind=WHO_USER, **kw)
+
+
+def _untouched_by(case: Case, actor) -> bool:
+    return isinstance(actor, Actor) and case.created_by_id == actor.user_id and case.status == STATUS_OPEN and \
+        all(c.pending or not c.ok for c in case.cells) and not any(c.final_label for c in case.cells)
+
+
+def who_text(who: str, kind: str) -> str:
+    """A name as the audit trail shows it: typed names (from before accounts) are marked as never verified."""
+    return f"{who} (typed name, not verified)" if kind == WHO_TYPED else who
+
+
+def reviewer_text(cell: "Cell") -> str:
+    """Who reviewed a cell; a name typed before accounts existed is marked as such."""
+    if not cell.reviewed_by:
+        return ""
+    return cell.reviewed_by if cell.reviewed_by_id is not None else who_text(cell.reviewed_by, WHO_TYPED)
+
+
+def signature_text(sig: dict | None) -> str:
+    if not sig:
+        return ""
+    return (f"signed by {sig['name']} (user {sig['username']}, id {sig['user_id']}, {sig['role']}) at {sig['at']}; "
+            f"case version {sig['case_version']}, {sig['cells']} cells; model sha256 {sig['model_sha256'][:16]}…; "
+            f"{sig['proof']}")
 
 
 def _short_name(name: str) -> str:

@@ -1,8 +1,10 @@
-"""Command line: ``python -m bmcore classify`` (batch) and ``python -m bmcore bench``.
+"""Command line: ``python -m bmcore classify`` (batch), ``bench``, ``cases`` and ``users``.
 
     python -m bmcore classify crops/ --bundle assets/models/bm14-mobilenetv2-224px --out cells.csv
     python -m bmcore classify smear.zip --out cells.csv --heatmaps heatmaps/
     python -m bmcore bench --out bench/results/cpu.json
+    python -m bmcore users add alice --role pathologist --display-name "Dr Alice Smith"   # password asked
+    python -m bmcore users list
 """
 
 from __future__ import annotations
@@ -77,12 +79,30 @@ def cmd_classify(a) -> int:
     return 0 if len(bad) < len(results) else 2
 
 
-def cmd_cases(a) -> int:
+def _store(a):
     import os
 
-    from .cases import CaseError, CaseStore
+    from .cases import CaseStore
 
-    store = CaseStore(a.db or os.environ.get("BM_DATABASE_URL") or None)
+    return CaseStore(a.db or os.environ.get("BM_DATABASE_URL") or None)
+
+
+def _read_password(a, prompt: str = "Password: ", confirm: bool = True) -> str:
+    """From standard input with --password-stdin (first line; for scripts), else asked twice without echo."""
+    import getpass
+
+    if getattr(a, "password_stdin", False):
+        return sys.stdin.readline().rstrip("\r\n")
+    pw = getpass.getpass(prompt)
+    if confirm and getpass.getpass("Again: ") != pw:
+        raise SystemExit("error: the two passwords differ; nothing was changed")
+    return pw
+
+
+def cmd_cases(a) -> int:
+    from .cases import CaseError
+
+    store = _store(a)
     if a.action == "list":
         for c in store.list_cases():
             print(f"{c['case']}\t{c['status']}\t{c['cells']} cells\t{c['created']:%Y-%m-%d %H:%M}")
@@ -91,12 +111,55 @@ def cmd_cases(a) -> int:
     if cid is None:
         print(f"no case {a.case!r}", file=sys.stderr)
         return 1
+    if not a.as_user:
+        print("error: deleting a case needs an admin account: --as NAME (its password is asked)", file=sys.stderr)
+        return 2
     try:
-        store.delete_case(cid)
+        admin = store.authenticate(a.as_user, _read_password(a, f"Password for {a.as_user}: ", confirm=False))
+        store.delete_case(cid, admin)
     except CaseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"deleted case {a.case!r} with its cells, thumbnails and audit trail")
+    print(f"deleted case {a.case!r} with its cells, thumbnails and audit trail (logged as deleted by {a.as_user})")
+    return 0
+
+
+def cmd_users(a) -> int:
+    """Accounts are managed by whoever runs commands on the server (like the database itself); each change is
+    logged in login_events as made from the command line."""
+    from .cases import CaseError
+
+    store = _store(a)
+    try:
+        if a.action == "list":
+            rows = store.list_users()
+            if not rows:
+                print("no user accounts yet; create the first admin: python -m bmcore users add NAME --role admin")
+            for u in rows:
+                state = "disabled" if u["disabled"] else (f"locked until {u['locked_until']:%H:%M} UTC"
+                                                          if u["locked_until"] else "active")
+                last = f"{u['last_login']:%Y-%m-%d %H:%M}" if u["last_login"] else "never"
+                print(f"{u['username']}\t{u['role']}\t{u['source']}\t{state}\tlast sign-in {last}\t{u['name']}")
+            return 0
+        if a.action == "add":
+            if not a.role:
+                raise CaseError("--role is required: viewer, technologist, pathologist or admin")
+            store.add_user(a.name, a.role, _read_password(a), display_name=a.display_name or "")
+            print(f"added {a.name} ({a.role})")
+        elif a.action == "reset":
+            store.update_user(a.name, password=_read_password(a, "New password: "))
+            print(f"password of {a.name} reset; its lock (if any) is cleared")
+        elif a.action in ("disable", "enable"):
+            store.update_user(a.name, disabled=a.action == "disable")
+            print(f"{a.name} {a.action}d")
+        elif a.action == "role":
+            if not a.role:
+                raise CaseError("--role is required")
+            store.update_user(a.name, role=a.role)
+            print(f"{a.name} is now {a.role}")
+    except CaseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -124,14 +187,28 @@ def main(argv=None) -> int:
     cs = sub.add_parser("cases", help="list or delete stored cases")
     cs.add_argument("action", choices=["list", "delete"])
     cs.add_argument("case", nargs="?", help="case id to delete")
-    cs.add_argument("--db", default=None, help="SQLAlchemy URL or SQLite file (default: BM_DATABASE_URL or "
-                                                "data/bmcases.db)")
+    cs.add_argument("--as", dest="as_user", default=None, help="deleting: the admin account doing it")
+    cs.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    us = sub.add_parser("users", help="user accounts: add, list, disable, enable, reset (password), role")
+    us.add_argument("action", choices=["add", "list", "disable", "enable", "reset", "role"])
+    us.add_argument("name", nargs="?", help="user name (no spaces)")
+    us.add_argument("--role", choices=["viewer", "technologist", "pathologist", "admin"], default=None)
+    us.add_argument("--display-name", default=None, help="the name shown on signatures and reports")
+    us.add_argument("--password-stdin", action="store_true",
+                    help="read the password from the first line of standard input (for scripts); else it is asked")
+    for p in (cs, us):
+        p.add_argument("--db", default=None, help="SQLAlchemy URL or SQLite file (default: BM_DATABASE_URL or "
+                                                  "data/bmcases.db)")
     a = ap.parse_args(argv)
     try:
         if a.cmd == "classify":
             return cmd_classify(a)
         if a.cmd == "cases":
             return cmd_cases(a)
+        if a.cmd == "users":
+            if a.action != "list" and not a.name:
+                ap.error(f"users {a.action} needs a user name")
+            return cmd_users(a)
         from .bench import run_bench
 
         return run_bench(a.bundle or default_bundle(), a.data, a.cells, a.cams, a.device, a.out)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from . import RUO_STATEMENT
 from .caserules import HAIRY_UNAVAILABLE, PENDING, critical_codes, hairy_screening, needs_review, review_reasons, status
 from .tasks import BLAST_CODES, ERYTHROID_CODES, MYELOID_CODES, NON_CELL_CODES, cell_name
+from .cases import WHO_TYPED, reviewer_text, signature_text, who_text
 
 UNCERTAIN = "uncertain or flagged, awaiting review"
 REJECTED = "not a recognisable cell crop (rejected by the gate)"
@@ -136,7 +137,7 @@ def case_rows(case) -> list[dict]:
                "uncertain": c.uncertain if c.ok else "", "hairy_flag": c.hairy_flag if c.ok else "",
                "critical": ",".join(critical_codes(c)), "awaiting_review": "; ".join(review_reasons(c)),
                "final_label": c.label or "", "final_name": cell_name(c.label) if c.label else "",
-               "reviewed_by": c.reviewed_by or "", "reviewed_at": c.reviewed_at.isoformat() if c.reviewed_at else ""}
+               "reviewed_by": reviewer_text(c), "reviewed_by_user_id": c.reviewed_by_id or "", "reviewed_at": c.reviewed_at.isoformat() if c.reviewed_at else ""}
         for k in case.model_classes or []:
             row[f"p_{k}"] = round((c.probabilities or {}).get(k, 0.0), 4) if c.ok else ""
         rows.append(row)
@@ -162,9 +163,13 @@ def render_html_report(case, model_meta: dict, audit: list[dict] | None = None, 
         why = ", ".join(review_reasons(c)) or "hairy-cell flag (reviewed)"
         thumbs += (f"<figure>{img}<figcaption>#{c.position + 1} {e(c.label or '')} "
                    f"({(c.confidence or 0):.2f})<br>{why}</figcaption></figure>")
-    signed = (f"Signed off by {e(case.signed_by)} on {case.signed_at:%Y-%m-%d %H:%M} UTC" if case.signed_by
-              else "<b>Not signed off</b>")
-    reviewers = sorted({c.reviewed_by for c in case.cells if c.reviewed_by})
+    sig = case.signature or {}
+    signed = ("<b>Not signed off</b>" if case.status != "signed" else
+              f"Signed off by {e(sig.get('name', case.signed_by))} ({e(sig.get('role', ''))}) on "
+              f"{case.signed_at:%Y-%m-%d %H:%M} UTC" if sig else
+              f"Signed off by {e(who_text(case.signed_by or '', WHO_TYPED))} on {case.signed_at:%Y-%m-%d %H:%M} UTC")
+    signature = (f"<h2>Signature</h2><p>{e(signature_text(sig))}</p>" if sig else "")
+    reviewers = sorted({reviewer_text(c) for c in case.cells if c.reviewed_by})
     audit_rows = "".join(f"<tr><td>{a['at']:%Y-%m-%d %H:%M:%S}</td><td>{e(a['who'])}</td><td>{e(a['action'])}</td>"
                          f"<td>{e(a['cell'])}</td><td>{e(a['from'])}</td><td>{e(a['to'])}</td>"
                          f"<td>{e(a['note'])}</td></tr>" for a in (audit or []))
@@ -193,6 +198,7 @@ Reviewers: {e(', '.join(reviewers) or 'none')}</p>
 <p>{e(model_meta.get('name', case.model_name))} ({e(model_meta.get('timm_name', ''))}), weights sha256
 <code>{e(case.model_sha256[:16])}…</code>, bmcore {e(model_meta.get('versions', {}).get('bmcore', ''))}.<br>
 Classes: {e(', '.join(case.model_classes or []))}. Test performance: {perf}; image-level split.</p>
+{signature}
 <h2>Audit trail</h2><table><tr><th>When (UTC)</th><th>Who</th><th>Action</th><th>Cell</th><th>From</th><th>To</th>
 <th>Note</th></tr>{audit_rows}</table>
 <p class="ruo">{e(RUO_STATEMENT)}</p></body></html>"""

@@ -61,3 +61,16 @@ def make_bundle(path: Path, classes: list[str], backbone: str = "small_cnn", siz
 def tiny_bundle(tmp_path_factory):
     """An untrained small CNN over the 8 bm-dev classes: exercises the machinery, not accuracy."""
     return make_bundle(tmp_path_factory.mktemp("bundles") / "tiny", DEV_CLASSES)
+
+
+TEST_PASSWORD = "test-password-1"
+
+
+def actor(store, name: str = "amy", role: str = "admin"):
+    """A signed-in user of ``store`` (created on first use, with ``TEST_PASSWORD``): what the store's changes need."""
+    cache = store.__dict__.setdefault("_test_actors", {})
+    if name not in cache:
+        if name not in {u["username"] for u in store.list_users()}:
+            store.add_user(name, role, TEST_PASSWORD)
+        cache[name] = store.authenticate(name, TEST_PASSWORD)
+    return cache[name]

@@ -24,6 +24,15 @@ from sqlalchemy import select
 from bmcore.cases import Cell, CaseStore, CellInput
 
 LABELS = ["BLA", "EBO", "LYT", "NGS", "MON", "PMO"]
+PASSWORD = "writer-password-1"
+
+
+def signed_in(store: CaseStore, name: str):
+    """The writer's account (created by the first round that needs it; a kill mid-creation leaves it whole or
+    absent: one transaction)."""
+    if name not in {u["username"] for u in store.list_users()}:
+        store.add_user(name, "technologist", PASSWORD)
+    return store.authenticate(name, PASSWORD)
 
 
 def main(url: str, journal: str, rnd: int, seed: int) -> None:
@@ -31,6 +40,7 @@ def main(url: str, journal: str, rnd: int, seed: int) -> None:
     store = CaseStore(url)
     with store.session() as s:  # cells committed by earlier rounds: reviewed too
         cell_ids = list(s.scalars(select(Cell.id).where(Cell.ok)))
+    me = signed_in(store, f"writer{rnd}")
     fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def log(line: str) -> None:
@@ -47,13 +57,13 @@ def main(url: str, journal: str, rnd: int, seed: int) -> None:
             cells = [CellInput(f"{code}-{k}.jpg", ok=k % 17 != 5, predicted=rng.choice(LABELS), confidence=0.5,
                                probabilities={"BLA": 0.5, "EBO": 0.5}, thumbnail=os.urandom(256))
                      for k in range(n)]
-            cid = store.create_case(code, cells, who="writer", model_name="m")
+            cid = store.create_case(code, cells, actor=me, model_name="m")
             log(f"case {code} {n}")
             cell_ids.extend(c.id for c in store.get_case(cid).cells if c.ok)
         else:
             cell_id = rng.choice(cell_ids)
             label = rng.choice(LABELS)
-            store.review_cell(cell_id, f"writer{rnd}", label)
+            store.review_cell(cell_id, me, label)
             log(f"review {cell_id} {label}")
 
 

@@ -20,8 +20,24 @@ def env(tmp_path, monkeypatch):
     return {"db": db, "eight": str(eight.path), "hac": str(hac.path)}
 
 
-def app(env, bundle="eight", **state) -> AppTest:
+PASSWORDS = {"viewer": "viewer-password-1", "technologist": "tech-password-1", "pathologist": "path-password-1",
+             "admin": "admin-password-1"}
+
+
+def sign_in(env, name: str = "drpath", role: str = "pathologist"):
+    """An account of ``role`` (created once per test database) signed in with its password: the Actor a session
+    holds after the sign-in form."""
+    store = CaseStore(env["db"])
+    if name not in {u["username"] for u in store.list_users()}:
+        store.add_user(name, role, PASSWORDS[role], display_name=f"Dr {name}")
+    return store.authenticate(name, PASSWORDS[role])
+
+
+def app(env, bundle="eight", user=("drpath", "pathologist"), **state) -> AppTest:
+    """The app in a session signed in as ``user`` (name, role); ``user=None``: nobody signed in."""
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=180)
+    if user is not None:
+        at.session_state["actor"] = sign_in(env, *user)
     at.session_state["bundle"] = env[bundle]
     sha = load_bundle(env[bundle]).sha256[:16]
     for k, v in state.items():
@@ -33,7 +49,7 @@ def app(env, bundle="eight", **state) -> AppTest:
 
 
 def upload(at: AppTest, case: str, files, extra=()) -> AppTest:
-    at.switch_page("pages/classify.py").run()
+    at.switch_page("views/classify.py").run()
     at.text_input(key="new_case_code").set_value(case)
     at.file_uploader(key="uploads").set_value([(f.name, f.read_bytes(), "image/jpeg") for f in files] + list(extra))
     at.run()
@@ -133,7 +149,7 @@ def test_differential_matches_stored_labels(env, crops):
     for c in case.cells:
         if c.predicted not in ("ART", "NIF"):
             expect[c.predicted] = expect.get(c.predicted, 0) + 1
-    at.switch_page("pages/differential.py").run()
+    at.switch_page("views/differential.py").run()
     assert not at.exception
     if expect:
         df = at.dataframe[0].value
@@ -144,7 +160,7 @@ def test_differential_matches_stored_labels(env, crops):
 
 def test_hairy_screen_disabled_with_default_classes(env, crops):
     at = upload(app(env), "C-5", real(crops, 1))
-    at.switch_page("pages/hairy_cells.py").run()
+    at.switch_page("views/hairy_cells.py").run()
     assert any("Hairy-cell screening unavailable for this case" in i.value for i in at.info)
 
 
@@ -163,11 +179,11 @@ def test_a_case_is_judged_by_its_own_model_not_the_sidebars(env, crops, monkeypa
     at = upload(app(env, "eight", threshold=0.0), "C-M", real(crops, 1))
     cid = at.session_state["case_id"]
     at.session_state["bundle"] = env["hac"]  # the sidebar now offers a hairy-cell model for new cases
-    at.switch_page("pages/hairy_cells.py").run()
+    at.switch_page("views/hairy_cells.py").run()
     assert not at.exception
     assert any("Hairy-cell screening unavailable for this case" in i.value and "eight" in i.value for i in at.info)
     assert not at.success, "no reassurance that no cell reached the flag threshold"
-    at.switch_page("pages/classify.py").run()
+    at.switch_page("views/classify.py").run()
     assert metric(at, "Hairy-cell flags") == "unavailable"
     # the heatmap is computed by M, over M's classes
     cap = next(c.value for c in at.caption if "Classified by" in c.value)
@@ -178,7 +194,7 @@ def test_a_case_is_judged_by_its_own_model_not_the_sidebars(env, crops, monkeypa
     assert any("by eight" in str(e.proto) for e in at.get("image")), "the heatmap says which model computed it"
     at.selectbox(key="cam_method").set_value("layercam").run()  # a heatmap computed after the sidebar changed
     assert explained_by and set(explained_by) == {"eight"}, explained_by
-    at.switch_page("pages/differential.py").run()
+    at.switch_page("views/differential.py").run()
     assert metric(at, "Hairy-cell flags") == "unavailable"
     assert any("Hairy-cell screening unavailable" in c.value for c in at.caption)
     # the case's model removed from this server: pages say so and never fall back to another model
@@ -186,7 +202,7 @@ def test_a_case_is_judged_by_its_own_model_not_the_sidebars(env, crops, monkeypa
 
     shutil.rmtree(env["eight"])
     at.session_state["case_id"] = cid
-    at.switch_page("pages/classify.py").run()
+    at.switch_page("views/classify.py").run()
     assert not at.exception
     assert any("is not installed on this server" in w.value for w in at.warning)
     assert not [c for c in at.caption if "as the model sees it" in c.value]
@@ -198,7 +214,7 @@ def test_hairy_flag_and_alert_with_hac_model(env, crops):
     case = CaseStore(env["db"]).get_case(at.session_state["case_id"])
     flagged = [c for c in case.cells if c.probabilities["HAC"] >= 0.2]
     assert [c.hairy_flag for c in case.cells] == [c.probabilities["HAC"] >= 0.2 for c in case.cells]
-    at.switch_page("pages/hairy_cells.py").run()
+    at.switch_page("views/hairy_cells.py").run()
     if flagged:
         alert = at.error[0].value
         assert f"{len(flagged)} suspected hairy cell" in alert
@@ -216,8 +232,8 @@ def test_review_signoff_reopen_audit(env, crops):
     cid = at.session_state["case_id"]
     store = CaseStore(env["db"])
     names = {c.id: c.name for c in store.get_case(cid).cells}
-    at.switch_page("pages/review.py").run()
-    at.text_input(key="_w_reviewer").set_value("Dr Test").run()
+    at.switch_page("views/review.py").run()
+    at.text_input(key=f"sign_pw_{cid}").set_value(PASSWORDS["pathologist"])
     at.button(key="sign_off").click().run()
     assert any("uncertain" in e.value for e in at.error)  # refused while uncertain cells are open
     pick = f"_w_review_cell_{cid}"
@@ -241,9 +257,14 @@ def test_review_signoff_reopen_audit(env, crops):
         if step < 5:
             assert at.selectbox(key=pick).value not in acted, "the picker moved on to a cell not yet reviewed"
     at.button(key="sign_off").click().run()
+    assert any("enter your password to sign" in e.value for e in at.error), "no password, no signature"
+    at.text_input(key=f"sign_pw_{cid}").set_value(PASSWORDS["pathologist"])
+    at.button(key="sign_off").click().run()
     assert any("signed off" in s.value for s in at.success), [e.value for e in at.error]
     case = store.get_case(cid)
-    assert case.status == "signed" and case.signed_by == "Dr Test"
+    assert case.status == "signed" and case.signed_by == "drpath"
+    assert case.signed_by_id == at.session_state["actor"].user_id
+    assert case.signature["case_version"] == case.version and case.signature["proof"] == "password re-entered"
     assert sorted(c.label for c in case.cells).count("PLM") == 2
     at.button(key="reopen").click().run()
     assert any("reason" in e.value for e in at.error)  # reopening needs a reason
@@ -258,10 +279,9 @@ def test_stale_screen_never_overwrites_a_colleague(env, crops):
     """B opened a cell; A relabels it; B (no reload) relabels, then confirms: refused both times, A's label stands."""
     a = upload(app(env, threshold=0.99), "C-S", real(crops, 1)[:3])
     cid = a.session_state["case_id"]
-    b = app(env, case_id=cid, reviewer="Dr B")
-    b.switch_page("pages/review.py").run()
-    a.switch_page("pages/review.py").run()
-    a.text_input(key="_w_reviewer").set_value("Dr A").run()
+    b = app(env, case_id=cid, user=("drb", "technologist"))
+    b.switch_page("views/review.py").run()
+    a.switch_page("views/review.py").run()
     pick = f"_w_review_cell_{cid}"
     cell = a.selectbox(key=pick).value
     assert b.selectbox(key=pick).value == cell
@@ -271,30 +291,30 @@ def test_stale_screen_never_overwrites_a_colleague(env, crops):
     b.selectbox(key=f"label_{cid}_{cell}").set_value("MON").run()  # B's rerun re-reads the cell ...
     assert any("changed since you opened it" in w.value and "PMO" in w.value for w in b.warning)
     b.button(key="save_btn").click().run()  # ... but acts on the version B opened
-    assert any("Not saved" in w.value and "changed by Dr A" in w.value and "PMO" in w.value for w in b.warning)
+    assert any("Not saved" in w.value and "changed by drpath" in w.value and "PMO" in w.value for w in b.warning)
     assert b.selectbox(key=pick).value == cell, "a refused action does not move on"
     b.button(key="confirm_btn").click().run()
-    assert any("Not saved" in w.value and "changed by Dr A" in w.value for w in b.warning)
+    assert any("Not saved" in w.value and "changed by drpath" in w.value for w in b.warning)
     store = CaseStore(env["db"])
     got = next(c for c in store.get_case(cid).cells if c.id == cell)
-    assert got.final_label == "PMO" and got.reviewed_by == "Dr A"
+    assert got.final_label == "PMO" and got.reviewed_by == "drpath"
     # a deliberate reload lets B act on what B now sees
     b.button(key=f"reload_{cell}").click().run()
     assert b.selectbox(key=f"label_{cid}_{cell}").value == "PMO", "after a reload the label box shows the stored label"
     b.selectbox(key=f"label_{cid}_{cell}").set_value("MON").run()
     b.button(key="save_btn").click().run()
     assert any("set to MON" in s.value for s in b.success)
-    assert [e["who"] for e in store.audit(cid) if e["cell"] == got.name] == ["Dr A", "Dr B"]
+    assert [e["who"] for e in store.audit(cid) if e["cell"] == got.name] == ["drpath", "drb"]
 
 
 def test_export_page_and_model_pages(env, crops):
     at = upload(app(env, threshold=0.0), "C-9", real(crops, 1))
-    at.switch_page("pages/export.py").run()
+    at.switch_page("views/export.py").run()
     assert not at.exception and any("not signed off" in w.value for w in at.warning)
-    at.switch_page("pages/model_card.py").run()
+    at.switch_page("views/model_card.py").run()
     assert not at.exception and any("Not covered" in w.value for w in at.warning)
     assert any("no out-of-distribution gate" in i.value for i in at.info)
-    at.switch_page("pages/model_comparison.py").run()
+    at.switch_page("views/model_comparison.py").run()
     assert not at.exception
     published = at.dataframe[-1].value
     assert {"000", "001", "003", "004"} <= set(published.seed)
@@ -332,7 +352,7 @@ def test_rejected_bin_is_left_out_of_the_differential(env, crops):
     assert metric(at, "Cells classified") == str(len(case.cells) - len(rejected))
     shown = next(d.value for d in at.dataframe if "reason" in d.value.columns)
     assert set(shown.file) == {c.name for c in rejected}
-    at.switch_page("pages/differential.py").run()
+    at.switch_page("views/differential.py").run()
     assert not at.exception
     counted = at.dataframe[0].value["count"].sum()
     assert counted == sum(1 for c in case.cells if c.label and c.label not in ("ART", "NIF") and not needs_review(c))
@@ -340,10 +360,10 @@ def test_rejected_bin_is_left_out_of_the_differential(env, crops):
     # a reviewer who recognises a rejected image as a cell can still count it
     store = CaseStore(env["db"])
     cell = next(c for c in rejected if c.name == "blank.png")
-    store.review_cell(cell.id, "rev", "LYT", expected_version=cell.version)
+    store.review_cell(cell.id, sign_in(env), "LYT", expected_version=cell.version)
     assert store.get_case(case.id).cells[cell.position].label == "LYT"
     # the model card states the gate's measured figures, from the bundle
-    at.switch_page("pages/model_card.py").run()
+    at.switch_page("views/model_card.py").run()
     assert not at.exception
     ood = load_bundle(default_bundle()).meta["ood"]
     assert metric(at, "Real test crops refused") == f"{ood['test_rejection']:.1%}"
@@ -358,7 +378,7 @@ def test_model_card_states_the_review_rule_and_its_test_figures(env):
     tri = load_bundle(default_bundle()).meta["triage"]
     te = tri["test"]
     at = app({**env, "default": str(default_bundle())}, bundle="default")
-    at.switch_page("pages/model_card.py").run()
+    at.switch_page("views/model_card.py").run()
     assert not at.exception
     assert metric(at, "Sent to review") == f"{te['review_fraction']:.1%}"
     assert metric(at, "Auto-accepted accuracy") == f"{te['auto_accuracy']:.1%}"
@@ -369,5 +389,5 @@ def test_model_card_states_the_review_rule_and_its_test_figures(env):
     assert len(at.get("plotly_chart")) >= 1  # the risk-coverage chart
     # a bundle with no fitted rule says plainly that the unvalidated built-in default applies
     at = app(env)
-    at.switch_page("pages/model_card.py").run()
+    at.switch_page("views/model_card.py").run()
     assert not at.exception and any("not validated" in i.value for i in at.info)

@@ -1,6 +1,7 @@
 import pytest
 
-from bmcore.cases import CaseError, CaseStore, CellInput, ConflictError
+from bmcore.cases import CaseError, CaseStore, CellInput, ConflictError, PermissionDenied
+from tests.conftest import TEST_PASSWORD, actor
 from bmcore.report import REJECTED, UNCERTAIN, UNREADABLE, case_rows, differential, render_html_report
 
 
@@ -18,42 +19,42 @@ def store(tmp_path):
 
 
 def test_case_lifecycle(store):
-    cid = store.create_case("BM-1", _cells(), who="amy", model_classes=["ART", "BLA", "EBO"])
+    cid = store.create_case("BM-1", _cells(), actor=actor(store, "amy"), model_classes=["ART", "BLA", "EBO"])
     with pytest.raises(CaseError, match="already exists"):
-        store.create_case("BM-1", _cells())
+        store.create_case("BM-1", _cells(), actor=actor(store))
     with pytest.raises(CaseError, match="case id is required"):
-        store.create_case("  ", _cells())
+        store.create_case("  ", _cells(), actor=actor(store))
     case = store.get_case(cid)
     a, b, c, d = case.cells
-    with pytest.raises(CaseError, match="enter your name"):
-        store.review_cell(a.id, "", "BLA")
+    with pytest.raises(PermissionDenied, match="needs a signed-in user"):
+        store.review_cell(a.id, "amy", "BLA")  # a typed name is no identity
     with pytest.raises(CaseError, match="nothing to review"):
-        store.review_cell(d.id, "amy", "BLA")
-    assert len(store.confirm_all(cid, "amy")) == 2  # the uncertain cell is left for a person
+        store.review_cell(d.id, actor(store, "amy"), "BLA")
+    assert len(store.confirm_all(cid, actor(store, "amy"))) == 2  # the uncertain cell is left for a person
     with pytest.raises(CaseError, match="uncertain"):
-        store.sign_off(cid, "amy")
-    store.review_cell(b.id, "amy", "PEB", note="large nucleus")
-    store.sign_off(cid, "amy")
+        store.sign_off(cid, actor(store, "amy"), password=TEST_PASSWORD)
+    store.review_cell(b.id, actor(store, "amy"), "PEB", note="large nucleus")
+    store.sign_off(cid, actor(store, "amy"), password=TEST_PASSWORD)
     with pytest.raises(CaseError, match="signed off"):
-        store.review_cell(a.id, "bob", "LYT")
+        store.review_cell(a.id, actor(store, "bob"), "LYT")
     with pytest.raises(CaseError, match="reason"):
-        store.reopen(cid, "bob", "")
-    store.reopen(cid, "bob", "recount")
+        store.reopen(cid, actor(store, "bob"), "")
+    store.reopen(cid, actor(store, "bob"), "recount")
     log = store.audit(cid)
     assert [e["action"] for e in log] == ["create", "confirm", "confirm", "reclassify", "sign-off", "reopen"]
     assert log[3]["from"] == "EBO" and log[3]["to"] == "PEB" and log[3]["who"] == "amy"
     assert store.list_cases()[0]["status"] == "open" and store.integrity_ok()
-    store.delete_case(cid)
+    store.delete_case(cid, actor(store))
     assert store.list_cases() == [] and store.audit(cid) == []
 
 
 def test_optimistic_locking(store):
-    cid = store.create_case("BM-2", _cells())
+    cid = store.create_case("BM-2", _cells(), actor=actor(store))
     cell = store.get_case(cid).cells[0]
-    v = store.review_cell(cell.id, "amy", "BLA", expected_version=cell.version)
+    v = store.review_cell(cell.id, actor(store, "amy"), "BLA", expected_version=cell.version)
     with pytest.raises(ConflictError, match="changed by amy"):
-        store.review_cell(cell.id, "bob", "LYT", expected_version=cell.version)
-    store.review_cell(cell.id, "bob", "LYT", expected_version=v)
+        store.review_cell(cell.id, actor(store, "bob"), "LYT", expected_version=cell.version)
+    store.review_cell(cell.id, actor(store, "bob"), "LYT", expected_version=v)
     assert store.get_case(cid).cells[0].label == "LYT"
 
 
@@ -73,7 +74,7 @@ def test_differential_rules():
 
 
 def test_exports(store):
-    cid = store.create_case("BM-<3>", _cells(), model_classes=["ART", "BLA", "EBO"])
+    cid = store.create_case("BM-<3>", _cells(), model_classes=["ART", "BLA", "EBO"], actor=actor(store))
     case = store.get_case(cid)
     rows = case_rows(case)
     assert [r["status"] for r in rows] == ["ok", "ok", "ok", "unreadable"] and rows[0]["p_BLA"] == 0.9
@@ -91,14 +92,23 @@ def test_cases_cli_lists_and_deletes(tmp_path):
 
     db = tmp_path / "c.db"
     store = CaseStore(str(db))
-    store.create_case("KEEP", _cells())
-    store.create_case("DROP", _cells())
-    run = lambda *a: subprocess.run([sys.executable, "-m", "bmcore", "cases", *a, "--db", str(db)], cwd=REPO,
-                                    capture_output=True, text=True)
+    store.create_case("KEEP", _cells(), actor=actor(store))
+    store.create_case("DROP", _cells(), actor=actor(store))
+    actor(store, "tess", "technologist")
+    run = lambda *a, pw="": subprocess.run([sys.executable, "-m", "bmcore", "cases", *a, "--db", str(db)], cwd=REPO,
+                                           capture_output=True, text=True, input=pw + "\n")
     assert "DROP" in run("list").stdout
     r = run("delete", "DROP")
+    assert r.returncode == 2 and "needs an admin account" in r.stderr
+    r = run("delete", "DROP", "--as", "tess", "--password-stdin", pw=TEST_PASSWORD)
+    assert r.returncode == 1 and "needs the admin role; tess is a technologist" in r.stderr
+    r = run("delete", "DROP", "--as", "amy", "--password-stdin", pw="wrong password")
+    assert r.returncode == 1 and "wrong user name or password" in r.stderr
+    assert [c["case"] for c in store.list_cases()] == ["DROP", "KEEP"]
+    r = run("delete", "DROP", "--as", "amy", "--password-stdin", pw=TEST_PASSWORD)
     assert r.returncode == 0 and "deleted" in r.stdout
     assert [c["case"] for c in store.list_cases()] == ["KEEP"]
+    assert store.login_events()[0]["event"] == "case-deleted" and "'DROP'" in store.login_events()[0]["detail"]
     assert run("delete", "NOPE").returncode == 1
 
 
@@ -114,59 +124,59 @@ def _flagged_cells():
 
 
 def test_confirm_all_is_one_transaction_with_the_versions_seen(store):
-    cid = store.create_case("BULK", _flagged_cells(), model_classes=["LYT", "BLA"])
+    cid = store.create_case("BULK", _flagged_cells(), model_classes=["LYT", "BLA"], actor=actor(store))
     ok1, ok2, unc, bla, rej = store.get_case(cid).cells
     seen = {ok1.id: ok1.version, ok2.id: ok2.version}
-    store.review_cell(ok2.id, "amy", "PLM")  # a colleague changes one of them after the page was drawn
+    store.review_cell(ok2.id, actor(store, "amy"), "PLM")  # a colleague changes one of them after the page was drawn
     with pytest.raises(ConflictError, match=r"nothing was confirmed: 1 of the 2 cells changed.*ok2\.jpg.*PLM by amy"):
-        store.confirm_all(cid, "bob", expected_versions=seen)
+        store.confirm_all(cid, actor(store, "bob"), expected_versions=seen)
     case = store.get_case(cid)
     assert case.cells[0].final_label is None, "all or nothing: the unchanged cell was not confirmed either"
     assert [e["action"] for e in store.audit(cid)].count("confirm") == 0
     # bulk confirmation never takes a cell that needs a person, whatever the page asks
     for c in (unc, bla, rej):
         with pytest.raises(CaseError, match="cannot be bulk-confirmed"):
-            store.confirm_all(cid, "bob", expected_versions={ok1.id: ok1.version, c.id: c.version})
-    assert store.confirm_all(cid, "bob", expected_versions={ok1.id: ok1.version}) == {ok1.id: ok1.version + 1}
-    assert store.confirm_all(cid, "bob") == {}  # nothing else is bulk-confirmable: uncertain, critical, rejected
+            store.confirm_all(cid, actor(store, "bob"), expected_versions={ok1.id: ok1.version, c.id: c.version})
+    assert store.confirm_all(cid, actor(store, "bob"), expected_versions={ok1.id: ok1.version}) == {ok1.id: ok1.version + 1}
+    assert store.confirm_all(cid, actor(store, "bob")) == {}  # nothing else is bulk-confirmable: uncertain, critical, rejected
     # sign-off names what blocks it, and refuses a page that showed other versions
     with pytest.raises(CaseError, match=r"2 uncertain or flagged cell\(s\) are unresolved"):
-        store.sign_off(cid, "bob")
-    store.review_cell(unc.id, "bob", "LYT")
-    store.review_cell(bla.id, "bob", "BLA")
+        store.sign_off(cid, actor(store, "bob"), password=TEST_PASSWORD)
+    store.review_cell(unc.id, actor(store, "bob"), "LYT")
+    store.review_cell(bla.id, actor(store, "bob"), "BLA")
     case = store.get_case(cid)
     shown = {c.id: c.version for c in case.cells}
-    store.review_cell(ok1.id, "amy", "MON")
+    store.review_cell(ok1.id, actor(store, "amy"), "MON")
     with pytest.raises(ConflictError, match=r"not signed: 1 cell\(s\) changed.*ok1\.jpg \(now MON by amy\)"):
-        store.sign_off(cid, "bob", expected_versions=shown)
-    store.sign_off(cid, "bob", expected_versions={c.id: c.version for c in store.get_case(cid).cells})
+        store.sign_off(cid, actor(store, "bob"), password=TEST_PASSWORD, expected_versions=shown)
+    store.sign_off(cid, actor(store, "bob"), password=TEST_PASSWORD, expected_versions={c.id: c.version for c in store.get_case(cid).cells})
     assert store.get_case(cid).status == "signed"
 
 
 def test_long_names_are_truncated_and_audited(store):
     long = "x" * 400 + ".jpg"
-    cid = store.create_case("LONG", [CellInput(long, True, predicted="LYT"), CellInput("b" * 350, False, error="bad")])
+    cid = store.create_case("LONG", [CellInput(long, True, predicted="LYT"), CellInput("b" * 350, False, error="bad")],
+                            actor=actor(store))
     a, b = store.get_case(cid).cells
     assert len(a.name) == 300 and a.name.endswith("….jpg") and len(b.name) == 300
     notes = [e["note"] for e in store.audit(cid) if e["action"] == "name-truncated"]
     assert notes == [f"full file name: {long}", f"full file name: {'b' * 350}"]
     with pytest.raises(CaseError, match="at most 100 characters"):
-        store.create_case("C" * 101, [])
-    with pytest.raises(CaseError, match="at most 100 characters"):
-        store.review_cell(a.id, "n" * 101, "LYT")
+        store.create_case("C" * 101, [], actor=actor(store))
 
 
 def test_pending_cells_are_filled_once(store):
     cells = [CellInput(f"p{i}.jpg", True, pending=True, sha256=f"{i:064d}") for i in range(4)]
-    cid = store.create_case("PEND", cells + [CellInput("bad.jpg", False, error="empty")], model_classes=["LYT", "BLA"])
+    cid = store.create_case("PEND", cells + [CellInput("bad.jpg", False, error="empty")], model_classes=["LYT", "BLA"],
+                            actor=actor(store))
     case = store.get_case(cid)
     from bmcore import caserules
 
     assert [caserules.status(c) for c in case.cells] == ["pending"] * 4 + ["unreadable"]
     with pytest.raises(CaseError, match="not classified yet"):
-        store.review_cell(case.cells[0].id, "amy", "LYT")
+        store.review_cell(case.cells[0].id, actor(store, "amy"), "LYT")
     with pytest.raises(CaseError, match="4 cell\\(s\\) are not classified yet"):
-        store.sign_off(cid, "amy")
+        store.sign_off(cid, actor(store, "amy"), password=TEST_PASSWORD)
     job = store.create_job(cid, 4, "test")
     done = CellInput("", True, predicted="LYT", confidence=0.9, probabilities={"LYT": 0.9, "BLA": 0.1})
     assert store.save_results(cid, {0: done, 1: done}, job_id=job) == 2
@@ -181,7 +191,8 @@ def test_a_database_of_the_previous_version_is_upgraded_in_place(tmp_path):
     """Columns and tables added by this version (review rules, pending / critical cells, jobs) are added to an
     existing database, whose cases stay readable and reviewable."""
     url = f"sqlite:///{tmp_path / 'old.db'}"
-    cid = CaseStore(url).create_case("OLD", _cells(), model_classes=["ART", "BLA", "EBO"])
+    first = CaseStore(url)
+    cid = first.create_case("OLD", _cells(), model_classes=["ART", "BLA", "EBO"], actor=actor(first))
     old = CaseStore(url)
     with old.engine.begin() as c:  # the schema as the previous version left it
         for ddl in ("ALTER TABLE cells DROP COLUMN pending", "ALTER TABLE cells DROP COLUMN critical",
@@ -192,21 +203,21 @@ def test_a_database_of_the_previous_version_is_upgraded_in_place(tmp_path):
     case = store.get_case(cid)
     assert case.rules is None and [c.pending for c in case.cells] == [False] * 4
     assert store.latest_job(cid) is None
-    store.review_cell(case.cells[1].id, "amy", "BLA", expected_version=case.cells[1].version)
-    assert len(store.confirm_all(cid, "amy")) == 2 and store.integrity_ok()
+    store.review_cell(case.cells[1].id, actor(store, "amy"), "BLA", expected_version=case.cells[1].version)
+    assert len(store.confirm_all(cid, actor(store, "amy"))) == 2 and store.integrity_ok()
 
 
 def test_ids_of_a_deleted_case_are_never_reused(store):
     """A stale screen of a deleted case must not act on the next case's cells (SQLite reuses ids by default)."""
-    a = store.create_case("A", _cells())
-    b = store.create_case("B", _cells())
+    a = store.create_case("A", _cells(), actor=actor(store))
+    b = store.create_case("B", _cells(), actor=actor(store))
     old = store.get_case(b).cells[0]
-    store.delete_case(b)
-    c = store.create_case("C", _cells())
+    store.delete_case(b, actor(store))
+    c = store.create_case("C", _cells(), actor=actor(store))
     new_ids = {x.id for x in store.get_case(c).cells}
     assert c != b and old.id not in new_ids
     with pytest.raises(CaseError, match="no longer exists"):
-        store.review_cell(old.id, "amy", "BLA", expected_version=old.version, case_id=b)
+        store.review_cell(old.id, actor(store, "amy"), "BLA", expected_version=old.version, case_id=b)
     first = store.get_case(a).cells[0]
     with pytest.raises(CaseError, match="no longer exists"):  # an action for case C naming a cell of case A
-        store.review_cell(first.id, "amy", "BLA", expected_version=first.version, case_id=c)
+        store.review_cell(first.id, actor(store, "amy"), "BLA", expected_version=first.version, case_id=c)

@@ -25,7 +25,7 @@ import pytest
 from sqlalchemy import create_engine, event, func, make_url, select
 
 from bmcore.cases import STATUS_OPEN, STATUS_SIGNED, AuditEvent, Case, CaseStore, Cell, CellInput, ConflictError
-from tests.conftest import REPO
+from tests.conftest import REPO, TEST_PASSWORD, actor
 
 LABELS = ["BLA", "EBO", "LYT", "NGS", "MON", "PMO"]
 REVIEW_ACTIONS = ("confirm", "reclassify")
@@ -184,8 +184,8 @@ def test_killed_writer_loses_nothing_committed(stores, db_url, tmp_path):
     assert store.integrity_ok(), store.integrity_problems()
 
     # and the store still takes writes after the crashes
-    cid = store.create_case("AFTER", [CellInput("x.jpg", True, predicted="BLA")], who="t")
-    store.review_cell(store.get_case(cid).cells[0].id, "t", "LYT")
+    cid = store.create_case("AFTER", [CellInput("x.jpg", True, predicted="BLA")], actor=actor(store, "t"))
+    store.review_cell(store.get_case(cid).cells[0].id, actor(store, "t"), "LYT")
     assert store.get_case(cid).cells[0].label == "LYT"
     print(f"\n[{db_url.split(':')[0]}] {kills} kills; verified {len(j_cases)} journaled cases "
           f"({len(cases)} in db), {len(j_reviews)} journaled reviews ({sum(map(len, events.values()))} audited), "
@@ -194,7 +194,8 @@ def test_killed_writer_loses_nothing_committed(stores, db_url, tmp_path):
 
 def test_integrity_check_finds_half_written_cases_and_stray_audit_rows(stores):
     store = stores()
-    cid = store.create_case("HALF", [CellInput(f"c{k}.jpg", True, predicted="BLA") for k in range(3)], who="t")
+    cid = store.create_case("HALF", [CellInput(f"c{k}.jpg", True, predicted="BLA") for k in range(3)],
+                             actor=actor(store, "t"))
     assert store.integrity_problems() == []
     with store.engine.begin() as c:  # what a non-atomic create or a stray write would leave behind
         c.execute(Cell.__table__.delete().where(Cell.case_id == cid, Cell.position == 2))
@@ -210,9 +211,11 @@ def test_integrity_check_finds_half_written_cases_and_stray_audit_rows(stores):
 def test_eight_reviewers_on_one_case_lose_no_update(stores, db_url):
     writers, lockstep_rounds, free_attempts = 8, 8, 15
     setup = stores()
-    cid = setup.create_case("MULTI", [CellInput(f"c{k}.jpg", True, predicted="BLA") for k in range(4)], who="t")
+    cid = setup.create_case("MULTI", [CellInput(f"c{k}.jpg", True, predicted="BLA") for k in range(4)],
+                            actor=actor(setup, "t"))
     cell_ids = [c.id for c in setup.get_case(cid).cells]
     mine = [stores() for _ in range(writers)]  # each reviewer has its own engine and connections
+    signed_in = {f"r{w}": actor(mine[w], f"r{w}", "technologist") for w in range(writers)}
     barrier = threading.Barrier(writers)
     tally = collections.Counter()
     lockstep_ok = collections.Counter()
@@ -224,7 +227,7 @@ def test_eight_reviewers_on_one_case_lose_no_update(stores, db_url):
         if load_then_wait:
             barrier.wait()  # everyone has loaded the same version before anyone writes
         try:
-            store.review_cell(cell_id, who, label, expected_version=cell.version)
+            store.review_cell(cell_id, signed_in[who], label, expected_version=cell.version)
             outcome = "ok"
         except ConflictError as exc:
             outcome = "conflict"
@@ -280,24 +283,34 @@ def test_eight_reviewers_on_one_case_lose_no_update(stores, db_url):
 
 def _between_check_and_write(store: CaseStore, fn) -> None:
     """Run fn (a commit through another store) when `store` is about to write its next change."""
-    event.listen(store._Session, "before_flush", lambda *_: fn(), once=True)
+    fired = []
+
+    def hook(session, *_):
+        # the change itself, not a sign-in's bookkeeping; once (a listener cannot remove itself while it runs)
+        if not fired and any(isinstance(o, (Case, Cell)) for o in session.dirty):
+            fired.append(1)
+            fn()
+
+    event.listen(store._Session, "before_flush", hook)
 
 
 def _reviewed_case(store: CaseStore) -> tuple[int, list[int]]:
-    cid = store.create_case("RACE", [CellInput(f"c{k}.jpg", True, predicted="BLA") for k in range(3)], who="t")
+    cid = store.create_case("RACE", [CellInput(f"c{k}.jpg", True, predicted="BLA") for k in range(3)],
+                            actor=actor(store, "t"))
     ids = [c.id for c in store.get_case(cid).cells]
     for i in ids:
-        store.review_cell(i, "t", "BLA")
+        store.review_cell(i, actor(store, "t"), "BLA")
     return cid, ids
 
 
 def test_review_racing_a_review_is_a_conflict(stores):
     amy, bob = stores(), stores()
+    actor(amy, "amy", "pathologist"), actor(bob, "bob", "pathologist")  # signed in before the race is set up
     cid, ids = _reviewed_case(amy)
     cell = amy.get_case(cid).cells[0]
-    _between_check_and_write(bob, lambda: amy.review_cell(cell.id, "amy", "LYT"))
+    _between_check_and_write(bob, lambda: amy.review_cell(cell.id, actor(amy, "amy"), "LYT"))
     with pytest.raises(ConflictError) as exc:  # passes the version check, loses at the write
-        bob.review_cell(cell.id, "bob", "EBO", expected_version=cell.version)
+        bob.review_cell(cell.id, actor(bob, "bob"), "EBO", expected_version=cell.version)
     assert CONFLICT_MSG.match(str(exc.value)) and "changed by amy" in str(exc.value) and "(now LYT)" in str(exc.value)
     after = amy.get_case(cid).cells[0]
     assert after.final_label == "LYT" and after.reviewed_by == "amy"
@@ -306,10 +319,11 @@ def test_review_racing_a_review_is_a_conflict(stores):
 
 def test_review_racing_sign_off_is_a_conflict(stores):
     amy, bob = stores(), stores()
+    actor(amy, "amy", "pathologist"), actor(bob, "bob", "pathologist")  # signed in before the race is set up
     cid, ids = _reviewed_case(amy)
-    _between_check_and_write(bob, lambda: amy.sign_off(cid, "amy"))
+    _between_check_and_write(bob, lambda: amy.sign_off(cid, actor(amy, "amy"), password=TEST_PASSWORD))
     with pytest.raises(ConflictError, match="signed off"):  # saw an open case, writes after the sign-off
-        bob.review_cell(ids[1], "bob", "EBO")
+        bob.review_cell(ids[1], actor(bob, "bob"), "EBO")
     case = amy.get_case(cid)
     assert case.status == STATUS_SIGNED and [c.label for c in case.cells] == ["BLA"] * 3
     assert [e["action"] for e in amy.audit(cid)][-1] == "sign-off"
@@ -317,23 +331,25 @@ def test_review_racing_sign_off_is_a_conflict(stores):
 
 def test_sign_off_racing_a_review_is_a_conflict(stores):
     amy, bob = stores(), stores()
+    actor(amy, "amy", "pathologist"), actor(bob, "bob", "pathologist")  # signed in before the race is set up
     cid, ids = _reviewed_case(amy)
     version = amy.get_case(cid).version
-    _between_check_and_write(bob, lambda: amy.review_cell(ids[2], "amy", "EBO"))
+    _between_check_and_write(bob, lambda: amy.review_cell(ids[2], actor(amy, "amy"), "EBO"))
     with pytest.raises(ConflictError, match="reload and try again"):  # would sign a state bob never saw
-        bob.sign_off(cid, "bob", expected_version=version)
+        bob.sign_off(cid, actor(bob, "bob"), password=TEST_PASSWORD, expected_version=version)
     case = amy.get_case(cid)
     assert case.status == STATUS_OPEN and case.cells[2].label == "EBO"
-    bob.sign_off(cid, "bob")  # after reloading it works
+    bob.sign_off(cid, actor(bob, "bob"), password=TEST_PASSWORD)  # after reloading it works
     assert amy.get_case(cid).status == STATUS_SIGNED
 
 
 def test_sign_off_racing_a_sign_off_is_a_conflict(stores):
     amy, bob = stores(), stores()
+    actor(amy, "amy", "pathologist"), actor(bob, "bob", "pathologist")  # signed in before the race is set up
     cid, _ = _reviewed_case(amy)
-    _between_check_and_write(bob, lambda: amy.sign_off(cid, "amy"))
+    _between_check_and_write(bob, lambda: amy.sign_off(cid, actor(amy, "amy"), password=TEST_PASSWORD))
     with pytest.raises(ConflictError, match="signed off by amy"):
-        bob.sign_off(cid, "bob")
+        bob.sign_off(cid, actor(bob, "bob"), password=TEST_PASSWORD)
     assert amy.get_case(cid).signed_by == "amy"
     assert [e["action"] for e in amy.audit(cid)].count("sign-off") == 1
 
@@ -345,13 +361,13 @@ def test_long_values_never_raise_a_raw_database_error(stores, db_url):
 
     store = stores()
     long = "m" * 400 + ".jpg"
-    cid = store.create_case("LONG", [CellInput(long, True, predicted="BLA")], who="t")
+    cid = store.create_case("LONG", [CellInput(long, True, predicted="BLA")], actor=actor(store, "t"))
     cell = store.get_case(cid).cells[0]
     assert len(cell.name) == 300 and cell.name.endswith(".jpg")
     assert f"full file name: {long}" in [e["note"] for e in store.audit(cid)]
-    store.review_cell(cell.id, "t", "LYT", expected_version=cell.version)
+    store.review_cell(cell.id, actor(store, "t"), "LYT", expected_version=cell.version)
     if db_url.startswith("postgresql"):
         with pytest.raises(StoreError, match="did not save"):
-            store.create_case("BAD", [CellInput("x.jpg", True, predicted="X" * 20)])
+            store.create_case("BAD", [CellInput("x.jpg", True, predicted="X" * 20)], actor=actor(store, "t"))
         assert store.case_id("BAD") is None
     assert store.integrity_ok()

@@ -45,7 +45,12 @@ def test_upload_heatmap_review_signoff_download(server, crops, tmp_path):
     with sync_playwright() as pw:
         browser = appdriver.launch(pw)
         page = appdriver.new_page(browser, TIMEOUT_S, accept_downloads=True)
-        appdriver.open_classify(page, url, "E2E-001")
+        page.goto(url)  # nothing of the app before sign-in
+        expect(page.get_by_role("button", name="Sign in", exact=True)).to_be_visible()
+        expect(page.get_by_text("Classify", exact=True)).to_have_count(0)
+        page.screenshot(path=str(ART / "0_sign_in.png"), full_page=True)
+        appdriver.sign_in(page, "path")  # a pathologist: classifies, reviews and signs
+        appdriver.open_classify(page, url, "E2E-001", user="path")
         appdriver.upload(page, sorted(upload_dir.iterdir()))
         appdriver.classify(page, "E2E-001")
         expect(page.get_by_text("Cells classified")).to_be_visible()
@@ -56,9 +61,7 @@ def test_upload_heatmap_review_signoff_download(server, crops, tmp_path):
         page.screenshot(path=str(ART / "2_heatmap.png"), full_page=True)
 
         page.get_by_role("link", name="Review").first.click()
-        name = page.get_by_role("textbox", name="Your name (recorded with every change)")
-        name.fill("Dr E2E")
-        name.press("Enter")
+        appdriver.wait_idle(page)
         label_box = page.get_by_role("combobox", name="Label", exact=True)
         label_box.click()
         page.keyboard.type("PLM")
@@ -84,8 +87,18 @@ def test_upload_heatmap_review_signoff_download(server, crops, tmp_path):
             done += 1
             expect(reviewed_metric).to_contain_text(f"{done} / {total}")
             appdriver.wait_idle(page)
+        # sign-off is a deliberate act: the password again; a wrong one signs nothing
+        pw_box = page.get_by_label(re.compile("Your password, to sign as"))
+        pw_box.fill("not-my-password")
         page.get_by_role("button", name="Sign off case").click()
-        expect(page.get_by_text("signed off").first).to_be_visible()
+        expect(page.get_by_text("Not saved: wrong user name or password")).to_be_visible()
+        expect(pw_box).to_have_value("")  # the password is not kept
+        page.screenshot(path=str(ART / "3_sign_wrong_password.png"), full_page=True)
+        pw_box.fill(appdriver.USERS["path"][1])
+        page.get_by_role("button", name="Sign off case").click()
+        expect(page.get_by_text("signed off by").first).to_be_visible()
+        expect(page.get_by_text(re.compile(r"Signature: signed by Pathologist path \(user path, id \d+, "
+                                           r"pathologist\)"))).to_be_visible()
         page.screenshot(path=str(ART / "3_signed.png"), full_page=True)
 
         page.get_by_role("link", name="Export").first.click()
@@ -98,11 +111,13 @@ def test_upload_heatmap_review_signoff_download(server, crops, tmp_path):
     rows = list(csv.DictReader(io.StringIO(text)))
     assert len(rows) == 20 and {r["file"] for r in rows} == {f.name for f in files}
     assert sum(r["status"] == "ok" for r in rows) == total and {r["status"] for r in rows} <= {"ok", "rejected"}
-    assert all(r["reviewed_by"] == "Dr E2E" for r in rows if r["status"] == "ok")
+    assert all(r["reviewed_by"] == "path" for r in rows if r["status"] == "ok")
     assert sum(r["final_label"] == "PLM" for r in rows) == 1
     # privacy: uploaded file names and the case id never reach the server's log output
     log = server.log.read_text()
     assert "Uncaught" not in log and "Traceback" not in log, log[-2000:]
     leaked = [s for s in ["E2E-001", *(f.name for f in files), *(f.stem for f in files)] if s in log]
     assert not leaked, f"found in the server log: {leaked}"
+    # nor does any password, the right ones or the wrong one
+    assert not [pw for pw in ["not-my-password", *(p for _, p in appdriver.USERS.values())] if pw in log]
     assert all(abs(sum(float(r[f"p_{c}"]) for c in DEV_CLASSES) - 1) < 1e-2 for r in rows)

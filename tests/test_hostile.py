@@ -31,7 +31,7 @@ from PIL import Image
 from bmcore.inputs import ARCHIVE_EXPANSION_FLOOR, MAX_FILES, enforce_limit, from_paths, from_upload, from_zip
 from bmcore.preprocess import DEFAULT_MAX_BYTES, MIN_SIDE, ImageDecodeError, decode_image
 from tests.test_app import wait_classified
-from tests.conftest import DEV_CLASSES, REPO, make_bundle
+from tests.conftest import DEV_CLASSES, REPO, actor, make_bundle
 
 SIZE_LIMIT_MSG = f"over the {DEFAULT_MAX_BYTES / 1e6:.0f} MB limit"
 SPRAY_MEMBERS, SPRAY_MEMBER_SIZE = 700, 999_999  # each just under the per-member bomb check's 1 MB floor
@@ -551,11 +551,12 @@ def test_classify_page_lists_unreadable_files_and_classifies_the_good_ones(corpu
     x_before = os.path.lexists("/tmp/x.jpg") and os.stat("/tmp/x.jpg").st_mtime_ns
 
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
+    at.session_state["actor"] = actor(CaseStore(db), "tech", "technologist")  # signed in
     at.session_state["bundle"] = str(bundle.path)
     at.session_state[f"threshold::{bundle.sha256[:16]}"] = 0.0
     at.run()
     assert not at.exception, at.exception
-    at.switch_page("pages/classify.py").run()
+    at.switch_page("views/classify.py").run()
     at.text_input(key="new_case_code").set_value("HOSTILE-1")
     at.file_uploader(key="uploads").set_value([(n, data, "application/octet-stream") for n, data in uploads])
     at.run()

@@ -9,8 +9,9 @@ import pandas as pd
 import streamlit as st
 
 import appkit
+from bmcore.db import utcnow
 from bmcore import caserules
-from bmcore.cases import STATUS_SIGNED, CaseError, ConflictError
+from bmcore.cases import STATUS_SIGNED, CaseError, ConflictError, reviewer_text, signature_text
 from bmcore.tasks import TASKS, cell_name
 
 BULK_ASK_ABOVE = 5  # bulk confirmation of more cells than this needs an explicit tick
@@ -23,12 +24,7 @@ cases = store.list_cases()
 with st.expander(f"All cases ({len(cases)})", expanded=False):
     if cases:
         st.dataframe(pd.DataFrame(cases).drop(columns=["id"]), hide_index=True, width="stretch")
-if "reviewer" not in st.session_state:
-    st.session_state["reviewer"] = ""
-st.session_state["_w_reviewer"] = st.session_state["reviewer"]
-who = st.text_input("Your name (recorded with every change)", key="_w_reviewer",
-                    on_change=lambda: st.session_state.update(reviewer=st.session_state["_w_reviewer"]))
-st.session_state["reviewer"] = who
+who = appkit.actor()  # every change below is recorded under this signed-in user, and the store checks the role
 case = appkit.active_case()
 if case is None:
     st.stop()
@@ -63,7 +59,7 @@ def review(cell_id: int, pos: int, seen_version: int, label: str | None, predict
     out = {}
 
     def do():
-        out["v"] = store.review_cell(cell_id, st.session_state["reviewer"], new, expected_version=seen_version,
+        out["v"] = store.review_cell(cell_id, appkit.actor(), new, expected_version=seen_version,
                                      case_id=case.id)
 
     if _run(do, f"#{pos} {verb}."):
@@ -84,22 +80,53 @@ def confirm_bulk(expected: dict[int, int]) -> None:
     out = {}
 
     def do():
-        out["v"] = store.confirm_all(case.id, st.session_state["reviewer"], expected_versions=expected)
+        out["v"] = store.confirm_all(case.id, appkit.actor(), expected_versions=expected)
 
     if _run(do, f"{len(expected)} cells confirmed."):
         seen.update(out["v"])
 
 
 def sign(expected: dict[int, int]) -> None:
-    if _run(lambda: store.sign_off(case.id, st.session_state["reviewer"], expected_versions=expected),
-            f"Case {case.case_code} signed off."):
+    password = st.session_state.pop(f"sign_pw_{case.id}", None)  # used once, never kept in the session
+    if _run(lambda: store.sign_off(case.id, appkit.actor(), password=password, expected_versions=expected),
+            f"Case {case.case_code} signed off by {appkit.actor().label}."):
         seen.clear()  # sign-off bumps every cell's version
 
 
 def reopen() -> None:
-    if _run(lambda: store.reopen(case.id, st.session_state["reviewer"], st.session_state.get(f"reopen_reason_{case.id}", "")),
+    if _run(lambda: store.reopen(case.id, appkit.actor(), st.session_state.get(f"reopen_reason_{case.id}", "")),
             f"Case {case.case_code} reopened."):
         seen.clear()
+
+
+def _role(role: str) -> str:
+    return ("an " if role[0] in "aeiou" else "a ") + role
+
+
+def sign_off_box(shown: dict[int, int]) -> None:
+    """Sign-off is a deliberate act: only a pathologist (or admin) sees it, and signs with their password (or a
+    fresh identity-provider sign-in). The store checks both again."""
+    if not who.can("sign"):
+        st.button("Sign off case", key="sign_off", disabled=True,
+                  help=f"Signing off needs a pathologist's account; you are {_role(who.role)}.")
+        st.caption(f"Only a pathologist signs off; you are {_role(who.role)}.")
+        return
+    if who.method == "oidc":
+        oidc = appkit.oidc_config() or {}
+        age = (utcnow() - who.authenticated_at).total_seconds() / 60
+        limit = store.policy.reauth_minutes
+        if age > limit:
+            st.caption(f"To sign, confirm it is you: sign in again with {oidc.get('label', 'your identity provider')} "
+                       f"(your sign-in is {age:.0f} min old; a signature needs one from the last {limit:g} min). "
+                       f"You come back to the Home page: open case {case.case_code} again and sign.")
+            st.button("Sign in again to sign", key="reauth", on_click=st.login, args=(oidc.get("provider"),))
+            return
+        st.caption(f"Signing as {who.label}, signed in with {oidc.get('label', 'your identity provider')} "
+                   f"{age:.0f} min ago.")
+    else:
+        st.text_input(f"Your password, to sign as {who.label}", type="password", key=f"sign_pw_{case.id}",
+                      autocomplete="current-password")
+    st.button("Sign off case", type="primary", key="sign_off", on_click=sign, args=(shown,))
 
 
 kind, msg = st.session_state.pop("review_msg", (None, None)) if st.session_state.get("review_msg_case") == case.id \
@@ -112,6 +139,9 @@ appkit.job_banner(case)
 summ = caserules.summary(case)
 signed = case.status == STATUS_SIGNED
 st.subheader(f"Case {case.case_code}: " + (f"signed off by {case.signed_by}" if signed else "open"))
+if not who.can("review"):
+    st.info(f"You are signed in as {_role(who.role)}: you can read this case, its cells and its audit trail. "
+            "Reviewing needs a technologist's account; signing off a pathologist's.")
 st.caption(f"Classified by **{case.model_name}** · {caserules.case_rules(case).describe()}")
 m1, m2, m3, m4, m5 = st.columns(5)
 m1.metric("Reviewed", f"{summ.reviewed} / {summ.classified}")
@@ -128,7 +158,7 @@ queue = caserules.review_queue(case)
 if not signed and not queue:
     st.info("This case has no classified cell to review yet" + (" (classification is running or was interrupted)."
                                                                  if summ.pending else "."))
-if not signed and queue:
+if not signed and queue and who.can("review"):
     st.markdown("#### Review a cell")
     by_id = {c.id: c for c in queue}
     ids = [c.id for c in queue]
@@ -143,7 +173,7 @@ if not signed and queue:
         tail = (f" · REJECTED: {c.reject_reason}" if caserules.status(c) == caserules.REJECTED and c.final_label is None
                 else f" · {', '.join(why).upper()}" if why else "")
         if c.final_label is not None:
-            tail += f" · reviewed: {c.final_label} by {c.reviewed_by}"
+            tail += f" · reviewed: {c.final_label} by {reviewer_text(c)}"
         conf = f" ({c.confidence:.2f})" if c.confidence is not None else ""
         return f"#{c.position + 1} {c.name} — model: {c.predicted}{conf}{tail}"
 
@@ -159,7 +189,7 @@ if not signed and queue:
         left.image(data, width="stretch", caption=f"#{cell.position + 1} {cell.name}")
     if cell.version != seen_v:
         right.warning(f"#{cell.position + 1} changed since you opened it: now **{cell.label or 'unlabelled'}**"
-                      + (f", set by {cell.reviewed_by}" if cell.reviewed_by else "")
+                      + (f", set by {reviewer_text(cell)}" if cell.reviewed_by else "")
                       + ". Your actions on it are refused until you reload it.")
         right.button("Reload this cell", key=f"reload_{cell.id}", on_click=reload_cell, args=(cell.id, cell.version))
     if caserules.status(cell) == caserules.REJECTED and cell.final_label is None:
@@ -170,7 +200,7 @@ if not signed and queue:
         right.info("Needs your review: " + ", ".join(why) + ".")
     right.write("Model: " + " · ".join(f"**{k}** {cell_name(k)} {v:.2f}" for k, v in caserules.top3(cell)))
     if cell.final_label is not None:
-        right.caption(f"Reviewed: {cell.final_label} by {cell.reviewed_by}")
+        right.caption(f"Reviewed: {cell.final_label} by {reviewer_text(cell)}")
     model_classes = list(case.model_classes or [])
     options = model_classes + [c for c in TASKS["bm21"].classes if c not in model_classes]
     right.selectbox("Label", options, index=options.index(cell.label) if cell.label in options else 0,
@@ -204,7 +234,8 @@ if not signed and queue:
                        "by one. All or nothing: if any of them changed since this page showed it, none is confirmed.")
     # the versions this reviewer opened where they opened a cell, else as this page shows it
     shown = {c.id: seen.get(c.id, c.version) for c in case.cells}
-    c2.button("Sign off case", type="primary", key="sign_off", on_click=sign, args=(shown,))
+    with c2:
+        sign_off_box(shown)
     blockers = caserules.sign_off_blockers(case)
     if blockers:
         st.caption("Sign-off needs: " + "; ".join(blockers) + ". Rejected images need no review: they stay out of "
@@ -212,8 +243,11 @@ if not signed and queue:
 elif signed:
     st.success(f"Signed off by {case.signed_by} on {case.signed_at:%Y-%m-%d %H:%M} UTC. "
                "Reopen it to change cells (the reopening is audited).")
-    st.text_input("Reason for reopening", key=f"reopen_reason_{case.id}")
-    st.button("Reopen case", key="reopen", on_click=reopen)
+    if case.signature:
+        st.caption("Signature: " + signature_text(case.signature))
+    if who.can("reopen"):
+        st.text_input("Reason for reopening", key=f"reopen_reason_{case.id}")
+        st.button("Reopen case", key="reopen", on_click=reopen)
 
 st.markdown("#### Audit trail")
 audit = store.audit(case.id)

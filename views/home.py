@@ -35,11 +35,11 @@ if st.session_state.get("predictor_ok"):
                     + ", ".join(f"{c} ({cell_name(c)})" for c in missing)
                     + ". Cells of these types will be given the nearest known class; review them.")
 st.subheader("Pages")
-for path, text in [("pages/classify.py", "Classify: upload crops, see classes, confidence and heatmaps"),
-                   ("pages/hairy_cells.py", "Hairy cells: the hairy-cell screen and its alert"),
-                   ("pages/differential.py", "Differential: counts, percentages, M:E ratio"),
-                   ("pages/review.py", "Review: confirm or correct cells, sign the case off, audit trail"),
-                   ("pages/export.py", "Export: cell table (CSV) and printable report"),
-                   ("pages/model_comparison.py", "Model comparison: how backbones compare on the same data"),
-                   ("pages/model_card.py", "Model card: what the loaded model is and is not")]:
+for path, text in [("views/classify.py", "Classify: upload crops, see classes, confidence and heatmaps"),
+                   ("views/hairy_cells.py", "Hairy cells: the hairy-cell screen and its alert"),
+                   ("views/differential.py", "Differential: counts, percentages, M:E ratio"),
+                   ("views/review.py", "Review: confirm or correct cells, sign the case off, audit trail"),
+                   ("views/export.py", "Export: cell table (CSV) and printable report"),
+                   ("views/model_comparison.py", "Model comparison: how backbones compare on the same data"),
+                   ("views/model_card.py", "Model card: what the loaded model is and is not")]:
     st.page_link(path, label=text)

@@ -42,14 +42,21 @@ def keep_originals(case_id: int, work) -> None:
 
 
 rules = appkit.new_case_rules(pred)
-with st.container(border=True):
-    code = st.text_input("Case id", key="new_case_code", placeholder="e.g. BM-2026-0142",
-                         help="Your lab's id for this smear. No patient names.")
-    files = st.file_uploader("Cell crops (JPEG, PNG, TIFF, BMP, GIF, WebP) or ZIP archives of them", type=UPLOAD_TYPES,
-                             accept_multiple_files=True, key="uploads")
-    go = st.button("Classify", type="primary", disabled=not files)
-    st.caption(f"New cases are classified by **{pred.bundle.name}** (sidebar). Sent to review: "
-               f"{rules.describe()}.")
+who = appkit.actor()
+can_classify = who.can("classify")
+if not can_classify:
+    st.info(f"You are signed in as a {who.role}: you can open cases and see their results (sidebar: **Active "
+            "case**), but classifying new crops needs a technologist's account.")
+go = False
+if can_classify:
+    with st.container(border=True):
+        code = st.text_input("Case id", key="new_case_code", placeholder="e.g. BM-2026-0142",
+                             help="Your lab's id for this smear. No patient names.")
+        files = st.file_uploader("Cell crops (JPEG, PNG, TIFF, BMP, GIF, WebP) or ZIP archives of them",
+                                 type=UPLOAD_TYPES, accept_multiple_files=True, key="uploads")
+        go = st.button("Classify", type="primary", disabled=not files)
+        st.caption(f"New cases are classified by **{pred.bundle.name}** (sidebar). Sent to review: "
+                   f"{rules.describe()}.")
 
 if go:
     if not code.strip():
@@ -65,7 +72,7 @@ if go:
             st.stop()
         try:
             runner.check_room(len(work))
-            cid = store.create_case(code, pending_inputs(items), who=st.session_state.get("reviewer", ""),
+            cid = store.create_case(code, pending_inputs(items), actor=who,
                                     model_name=pred.bundle.name, model_sha256=pred.bundle.sha256,
                                     model_classes=pred.classes, rules=rules.to_dict())
         except CaseError as exc:  # QueueFull included: nothing was created
@@ -75,7 +82,7 @@ if go:
                 runner.submit(cid, pred, rules, work)
             except CaseError as exc:  # the queue filled up in between (or the store refused): take the case back
                 try:
-                    store.delete_case(cid)
+                    store.delete_case(cid, who)  # its creator may take back a case nothing was done to
                 except CaseError:
                     pass
                 st.error(str(exc))
@@ -91,7 +98,7 @@ st.subheader(f"Case {case.case_code}")
 st.caption(f"Classified by **{case.model_name}** · {caserules.case_rules(case).describe()}")
 job = appkit.job_banner(case)
 summ = caserules.summary(case)
-if summ.pending and not (job and job["status"] in ("queued", "running")):
+if summ.pending and not (job and job["status"] in ("queued", "running")) and can_classify:
     with st.container(border=True):
         st.markdown("**Finish this partial case**")
         cpred = appkit.case_predictor(case)
@@ -113,15 +120,19 @@ if summ.pending and not (job and job["status"] in ("queued", "running")):
                         st.session_state["classify_msg"] = (f"{len(extra)} file(s) are not missing cells of this case "
                                                             "and were not used: " + ", ".join(extra[:10]))
                     st.rerun()
-        sure = r2.checkbox(f"Yes, delete case {case.case_code} with its {summ.cells} cells", key="delete_partial_ok")
-        if r2.button("Delete this partial case", key="delete_partial", disabled=not sure):
-            try:
-                store.delete_case(case.id)
-            except CaseError as exc:
-                st.error(str(exc))
-            else:
-                appkit.set_active_case(None)
-                st.rerun()
+        if who.can("delete"):
+            sure = r2.checkbox(f"Yes, delete case {case.case_code} with its {summ.cells} cells",
+                               key="delete_partial_ok")
+            if r2.button("Delete this partial case", key="delete_partial", disabled=not sure):
+                try:
+                    store.delete_case(case.id, who)
+                except CaseError as exc:
+                    st.error(str(exc))
+                else:
+                    appkit.set_active_case(None)
+                    st.rerun()
+        else:
+            r2.caption("An admin can delete a partial case if it cannot be finished.")
 if msg := st.session_state.pop("classify_msg", None):
     st.warning(msg)
 

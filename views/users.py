@@ -1,0 +1,67 @@
+"""User accounts (admins only; the store checks the role again on every change)."""
+
+import pandas as pd
+import streamlit as st
+
+import appkit
+from bmcore.auth import ROLES
+from bmcore.cases import CaseError
+
+st.title("Users")
+appkit.ruo_banner()
+store = appkit.get_store()
+who = appkit.actor()
+if not who.can("users"):
+    st.error("Managing user accounts needs an admin account.")
+    st.stop()
+
+users = store.list_users()
+st.dataframe(pd.DataFrame(users).drop(columns=["id"]), hide_index=True, width="stretch")
+st.caption("Roles: viewer reads cases; technologist also classifies and reviews; pathologist also signs off and "
+           "reopens; admin also deletes cases and manages accounts. Accounts from the identity provider take their "
+           "role from it at every sign-in.")
+
+if msg := st.session_state.pop("users_msg", None):
+    getattr(st, msg[0])(msg[1])
+
+left, right = st.columns(2)
+with left, st.form("add_user", clear_on_submit=True):
+    st.markdown("**Add a local account**")
+    name = st.text_input("User name (no spaces)")
+    display = st.text_input("Name shown on signatures and reports")
+    role = st.selectbox("Role", ROLES, index=1)
+    pw1 = st.text_input("Password (at least 10 characters)", type="password")
+    pw2 = st.text_input("Password again", type="password")
+    if st.form_submit_button("Add account"):
+        try:
+            if pw1 != pw2:
+                raise CaseError("the two passwords differ")
+            store.add_user(name, role, pw1, display_name=display, by=who)
+        except CaseError as exc:
+            st.error(f"Not added: {exc}")
+        else:
+            st.session_state["users_msg"] = ("success", f"Added {name.strip()} ({role}).")
+            st.rerun()
+
+with right:
+    st.markdown("**Change an account**")
+    names = [u["username"] for u in users]
+    pick = st.selectbox("Account", names, index=None, placeholder="Choose an account…", key="users_pick")
+    if pick:
+        u = next(x for x in users if x["username"] == pick)
+        with st.form("change_user", clear_on_submit=True):
+            new_role = st.selectbox("Role", ROLES, index=ROLES.index(u["role"]))
+            state = st.radio("Status", ["active", "disabled"], index=int(u["disabled"]), horizontal=True)
+            pw = st.text_input("New password (leave empty to keep; resetting also clears a lock)", type="password",
+                               disabled=u["source"] != "local")
+            if st.form_submit_button("Save changes"):
+                try:
+                    store.update_user(pick, role=new_role, disabled=state == "disabled", password=pw or None, by=who)
+                except CaseError as exc:
+                    st.error(f"Not saved: {exc}")
+                else:
+                    st.session_state["users_msg"] = ("success", f"Saved the changes to {pick}.")
+                    st.rerun()
+
+st.markdown("#### Sign-ins and account changes (newest first)")
+st.dataframe(pd.DataFrame(store.login_events(300)), hide_index=True, width="stretch")
