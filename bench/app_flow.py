@@ -38,8 +38,14 @@ def main() -> int:
     times, first = [], None
     tmp = Path(tempfile.mkdtemp())
     os.environ["BM_DATABASE_URL"] = f"sqlite:///{tmp / 'bench.db'}"
+    from bench.appdriver import USERS, add_users
+    from bmcore.cases import CaseStore
+
+    add_users(tmp / "bench.db")
+    tech = CaseStore(os.environ["BM_DATABASE_URL"]).authenticate("tech", USERS["tech"][1])
     for i in range(a.repeat + 1):  # the first run also loads the model: reported apart
         at = AppTest.from_file(str(REPO / "app.py"), default_timeout=600)
+        at.session_state["actor"] = tech  # signed in
         at.run()
         at.switch_page("views/classify.py").run()
         at.text_input(key="new_case_code").set_value(f"BENCH-{i}")

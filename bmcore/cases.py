@@ -675,6 +675,15 @@ def reviewer_text(cell: "Cell") -> str:
     return cell.reviewed_by if cell.reviewed_by_id is not None else who_text(cell.reviewed_by, WHO_TYPED)
 
 
+def signer_text(case: "Case") -> str:
+    """Who signed a case: the signature's display name; a name typed before accounts existed is marked as such."""
+    if case.signature:
+        return case.signature.get("name") or case.signed_by or ""
+    if case.signed_by and case.signed_by_id is None:
+        return who_text(case.signed_by, WHO_TYPED)
+    return case.signed_by or ""
+
+
 def signature_text(sig: dict | None) -> str:
     if not sig:
         return ""

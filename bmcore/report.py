@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from . import RUO_STATEMENT
 from .caserules import HAIRY_UNAVAILABLE, PENDING, critical_codes, hairy_screening, needs_review, review_reasons, status
 from .tasks import BLAST_CODES, ERYTHROID_CODES, MYELOID_CODES, NON_CELL_CODES, cell_name
-from .cases import WHO_TYPED, reviewer_text, signature_text, who_text
+from .cases import reviewer_text, signature_text, signer_text
 
 UNCERTAIN = "uncertain or flagged, awaiting review"
 REJECTED = "not a recognisable cell crop (rejected by the gate)"
@@ -165,9 +165,8 @@ def render_html_report(case, model_meta: dict, audit: list[dict] | None = None, 
                    f"({(c.confidence or 0):.2f})<br>{why}</figcaption></figure>")
     sig = case.signature or {}
     signed = ("<b>Not signed off</b>" if case.status != "signed" else
-              f"Signed off by {e(sig.get('name', case.signed_by))} ({e(sig.get('role', ''))}) on "
-              f"{case.signed_at:%Y-%m-%d %H:%M} UTC" if sig else
-              f"Signed off by {e(who_text(case.signed_by or '', WHO_TYPED))} on {case.signed_at:%Y-%m-%d %H:%M} UTC")
+              f"Signed off by {e(signer_text(case))}" + (f" ({e(sig['role'])})" if sig.get("role") else "")
+              + f" on {case.signed_at:%Y-%m-%d %H:%M} UTC")
     signature = (f"<h2>Signature</h2><p>{e(signature_text(sig))}</p>" if sig else "")
     reviewers = sorted({reviewer_text(c) for c in case.cells if c.reviewed_by})
     audit_rows = "".join(f"<tr><td>{a['at']:%Y-%m-%d %H:%M:%S}</td><td>{e(a['who'])}</td><td>{e(a['action'])}</td>"

@@ -11,7 +11,7 @@ import streamlit as st
 import appkit
 from bmcore.db import utcnow
 from bmcore import caserules
-from bmcore.cases import STATUS_SIGNED, CaseError, ConflictError, reviewer_text, signature_text
+from bmcore.cases import STATUS_SIGNED, CaseError, ConflictError, reviewer_text, signature_text, signer_text
 from bmcore.tasks import TASKS, cell_name
 
 BULK_ASK_ABOVE = 5  # bulk confirmation of more cells than this needs an explicit tick
@@ -87,7 +87,8 @@ def confirm_bulk(expected: dict[int, int]) -> None:
 
 
 def sign(expected: dict[int, int]) -> None:
-    password = st.session_state.pop(f"sign_pw_{case.id}", None)  # used once, never kept in the session
+    password = st.session_state.get(f"sign_pw_{case.id}")
+    st.session_state[f"sign_pw_{case.id}"] = ""  # used once: not kept in the session, the box is emptied
     if _run(lambda: store.sign_off(case.id, appkit.actor(), password=password, expected_versions=expected),
             f"Case {case.case_code} signed off by {appkit.actor().label}."):
         seen.clear()  # sign-off bumps every cell's version
@@ -138,7 +139,8 @@ if msg:
 appkit.job_banner(case)
 summ = caserules.summary(case)
 signed = case.status == STATUS_SIGNED
-st.subheader(f"Case {case.case_code}: " + (f"signed off by {case.signed_by}" if signed else "open"))
+signer = signer_text(case) if signed else ""
+st.subheader(f"Case {case.case_code}: " + (f"signed off by {signer}" if signed else "open"))
 if not who.can("review"):
     st.info(f"You are signed in as {_role(who.role)}: you can read this case, its cells and its audit trail. "
             "Reviewing needs a technologist's account; signing off a pathologist's.")
@@ -241,7 +243,7 @@ if not signed and queue and who.can("review"):
         st.caption("Sign-off needs: " + "; ".join(blockers) + ". Rejected images need no review: they stay out of "
                    "the differential.")
 elif signed:
-    st.success(f"Signed off by {case.signed_by} on {case.signed_at:%Y-%m-%d %H:%M} UTC. "
+    st.success(f"Signed off by {signer} on {case.signed_at:%Y-%m-%d %H:%M} UTC. "
                "Reopen it to change cells (the reopening is audited).")
     if case.signature:
         st.caption("Signature: " + signature_text(case.signature))
