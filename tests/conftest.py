@@ -74,3 +74,25 @@ def actor(store, name: str = "amy", role: str = "admin"):
             store.add_user(name, role, TEST_PASSWORD)
         cache[name] = store.authenticate(name, TEST_PASSWORD)
     return cache[name]
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """An app environment for AppTest: its own case database and two tiny bundles (8 classes; a hairy-cell task)."""
+    db = f"sqlite:///{tmp_path / 'cases.db'}"
+    monkeypatch.setenv("BM_DATABASE_URL", db)
+    monkeypatch.setenv("BM_MODELS_DIR", str(tmp_path / "models"))
+    eight = make_bundle(tmp_path / "models" / "eight", DEV_CLASSES)
+    hac = make_bundle(tmp_path / "models" / "hac", ["HAC", "LYT", "MON", "EOS", "NGS"], task="hcl7", seed=3)
+    return {"db": db, "eight": str(eight.path), "hac": str(hac.path)}
+
+
+def need_browser() -> None:
+    """Skip (or, with BM_REQUIRE_E2E=1 as in CI, fail) where chromium or playwright is missing."""
+    from bench import appdriver
+
+    why = appdriver.browser_missing()
+    if why:
+        if os.environ.get("BM_REQUIRE_E2E") == "1":
+            pytest.fail(why)
+        pytest.skip(why)

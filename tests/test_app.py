@@ -7,17 +7,8 @@ from streamlit.testing.v1 import AppTest
 
 from bmcore.bundle import load_bundle
 from bmcore.cases import CaseStore
-from tests.conftest import DEV_CLASSES, REPO, make_bundle
+from tests.conftest import DEV_CLASSES, REPO
 
-
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    db = f"sqlite:///{tmp_path / 'cases.db'}"
-    monkeypatch.setenv("BM_DATABASE_URL", db)
-    monkeypatch.setenv("BM_MODELS_DIR", str(tmp_path / "models"))
-    eight = make_bundle(tmp_path / "models" / "eight", DEV_CLASSES)
-    hac = make_bundle(tmp_path / "models" / "hac", ["HAC", "LYT", "MON", "EOS", "NGS"], task="hcl7", seed=3)
-    return {"db": db, "eight": str(eight.path), "hac": str(hac.path)}
 
 
 PASSWORDS = {"viewer": "viewer-password-1", "technologist": "tech-password-1", "pathologist": "path-password-1",

@@ -249,14 +249,10 @@ PAGES = ["views/home.py", "views/classify.py", "views/hairy_cells.py", "views/di
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
-    from tests.conftest import DEV_CLASSES, make_bundle
+def app_env(env):
+    from bmcore.bundle import load_bundle
 
-    db = f"sqlite:///{tmp_path / 'cases.db'}"
-    monkeypatch.setenv("BM_DATABASE_URL", db)
-    monkeypatch.setenv("BM_MODELS_DIR", str(tmp_path / "models"))
-    bundle = make_bundle(tmp_path / "models" / "eight", DEV_CLASSES)
-    return {"db": db, "store": CaseStore(db), "bundle": bundle}
+    return dict(env, store=CaseStore(env["db"]), bundle=load_bundle(env["eight"]))
 
 
 def _app(env, who=None, page=None, **state) -> AppTest:
@@ -294,7 +290,8 @@ def _signed_case(env):
     return cid
 
 
-def test_no_page_shows_anything_before_sign_in_and_an_empty_store_says_how_to_start(env):
+def test_no_page_shows_anything_before_sign_in_and_an_empty_store_says_how_to_start(app_env):
+    env = app_env
     at = _app(env)
     assert any("No user accounts exist yet" in e.value for e in at.error)
     assert any("bmcore users add NAME --role admin" in c.value for c in at.code)
@@ -309,7 +306,8 @@ def test_no_page_shows_anything_before_sign_in_and_an_empty_store_says_how_to_st
         assert not at.sidebar.selectbox and not at.dataframe, page
 
 
-def test_the_sign_in_form_and_sign_out(env):
+def test_the_sign_in_form_and_sign_out(app_env):
+    env = app_env
     store = env["store"]
     store.add_user("pat", "pathologist", "pat's long password", display_name="Dr Pat")
     at = _app(env)
@@ -330,14 +328,16 @@ def test_the_sign_in_form_and_sign_out(env):
     assert [e["event"] for e in store.login_events()[:3]] == ["sign-out", "ok-sign-in", "failed-sign-in"]
 
 
-def test_an_idle_session_is_signed_out(env):
+def test_an_idle_session_is_signed_out(app_env):
+    env = app_env
     who = actor(env["store"], "pat", "pathologist")
     at = _app(env, who, active_at=utcnow() - dt.timedelta(minutes=31))
     assert "actor" not in at.session_state and any("30 minutes without activity" in i.value for i in at.info)
     assert env["store"].login_events()[0]["detail"] == "idle for more than 30 minutes"
 
 
-def test_what_each_role_sees(env):
+def test_what_each_role_sees(app_env):
+    env = app_env
     store = env["store"]
     cid = _signed_case(env)
     tech = actor(store, "tess", "technologist")

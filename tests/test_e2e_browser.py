@@ -7,7 +7,6 @@ Skipped where chromium or playwright is missing, unless BM_REQUIRE_E2E=1 (CI set
 
 import csv
 import io
-import os
 import re
 import shutil
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench import appdriver
-from tests.conftest import DEV_CLASSES, REPO
+from tests.conftest import DEV_CLASSES, REPO, need_browser
 
 ART = REPO / "test-artifacts" / "e2e"
 TIMEOUT_S = 90
@@ -23,11 +22,7 @@ TIMEOUT_S = 90
 
 @pytest.fixture
 def server(tmp_path):
-    why = appdriver.browser_missing()
-    if why:
-        if os.environ.get("BM_REQUIRE_E2E") == "1":
-            pytest.fail(why)
-        pytest.skip(why)
+    need_browser()
     with appdriver.app_server(tmp_path / "e2e.db", tmp_path / "streamlit.log") as srv:
         yield srv
 

@@ -12,24 +12,15 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
 
 from bench import appdriver
 from bmcore import caserules
 from bmcore.cases import CaseStore
-from tests.conftest import DEV, REPO
+from tests.conftest import REPO, need_browser
 
 ART = REPO / "test-artifacts" / "e2e"
 TIMEOUT_S = 90
 PICKER = "Cell (flagged and uncertain first, then unreviewed)"
-
-
-def _need_browser():
-    why = appdriver.browser_missing()
-    if why:
-        if os.environ.get("BM_REQUIRE_E2E") == "1":
-            pytest.fail(why)
-        pytest.skip(why)
 
 
 def _copy(files, folder: Path) -> list[Path]:
@@ -44,7 +35,7 @@ def _cell_no(picker_text: str) -> int:
 
 
 def test_two_reviewers_stale_screen_and_ten_actions_in_a_row(dev_root, tmp_path):
-    _need_browser()
+    need_browser()
     from playwright.sync_api import expect, sync_playwright
 
     ART.mkdir(parents=True, exist_ok=True)
@@ -126,7 +117,7 @@ def _classified_positions(store: CaseStore, cid: int) -> list[int]:
 
 
 def test_background_job_survives_widgets_reload_and_a_killed_server(dev_root, tmp_path):
-    _need_browser()
+    need_browser()
     from playwright.sync_api import expect, sync_playwright
 
     ART.mkdir(parents=True, exist_ok=True)

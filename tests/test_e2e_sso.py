@@ -7,27 +7,17 @@ case off with that fresh sign-in; someone whose groups map to no role is refused
 playwright is missing, unless BM_REQUIRE_E2E=1 (CI), then it fails.
 """
 
-import os
 import re
 import secrets
 from urllib.parse import quote
 
-import pytest
 
 from bench import appdriver
 from bmcore.cases import CaseStore, CellInput
-from tests.conftest import REPO
+from tests.conftest import REPO, need_browser
 
 ART = REPO / "test-artifacts" / "e2e"
 TIMEOUT_S = 90
-
-
-def _need_browser():
-    why = appdriver.browser_missing()
-    if why:
-        if os.environ.get("BM_REQUIRE_E2E") == "1":
-            pytest.fail(why)
-        pytest.skip(why)
 
 
 def _put_user(issuer: str, sub: str, claims: dict) -> None:
@@ -46,7 +36,7 @@ def _sign_in_at_provider(page, sub: str) -> None:
 
 
 def test_oidc_round_trip_roles_from_a_claim_and_a_signature(tmp_path):
-    _need_browser()
+    need_browser()
     import oidc_provider_mock
     from playwright.sync_api import expect, sync_playwright
 
