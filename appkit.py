@@ -254,6 +254,12 @@ def sidebar() -> Predictor | None:
     _persist("bundle", str(pick_default(paths)))
     if st.session_state["bundle"] not in labels:
         st.session_state["bundle"] = st.session_state["_w_bundle"] = str(paths[0])
+    if not actor().can("classify"):  # the model picker and its thresholds only matter to whoever classifies
+        sb.caption(RUO_STATEMENT)
+        try:
+            return get_predictor(st.session_state["bundle"])
+        except (BundleError, OSError, RuntimeError):
+            return None
     sb.selectbox("Model for new cases", list(labels), format_func=labels.get, key="_w_bundle", on_change=_store_back,
                  args=("bundle",), help="Bundles in assets/models and in BM_MODELS_DIR. A case is always shown and "
                                         "explained with the model that classified it.")

@@ -221,6 +221,32 @@ def open_case(page, url: str, case_code: str, user: str = "tech") -> None:
     choose(page, "Active case", case_code)
 
 
+GALLERY_TODO = re.compile(r" · \d+ to confirm$")
+
+
+def review_mode(page, mode: str) -> None:
+    """Switch the Review page between "Gallery by class" and "One cell"."""
+    page.get_by_role("radio", name=mode, exact=True).click()  # a segmented control's options are radios
+    wait_idle(page)
+
+
+def gallery_confirm_everything(page, max_actions: int = 400) -> list[float]:
+    """In the review gallery, open each class that still has cells to confirm and confirm its page as drawn, until
+    none is left; returns the seconds each confirmation took (click to the page redrawn)."""
+    times = []
+    while len(times) < max_actions:
+        todo = page.get_by_role("button", name=GALLERY_TODO)
+        if todo.count() == 0:
+            return times
+        todo.first.click()
+        wait_idle(page)
+        t = time.perf_counter()
+        page.get_by_role("button", name=re.compile("^Confirm this page")).click()
+        wait_idle(page)
+        times.append(time.perf_counter() - t)
+    raise RuntimeError("the gallery still has cells to confirm")
+
+
 def metrics(page) -> dict[str, str]:
     out = {}
     for m in page.get_by_test_id("stMetric").all():

@@ -98,6 +98,45 @@ def review_queue(case) -> list:
     return sorted(cells, key=key)
 
 
+REJECTED_GROUP = "(rejected)"  # the review gallery's group of gate-rejected images nobody gave a class yet
+
+
+def gallery_group(cell) -> str | None:
+    """The class a cell is shown under in the review gallery: its label (the reviewer's, else the model's); images
+    the gate rejected and nobody labelled form their own group; cells not classified or unreadable are in none."""
+    st = status(cell)
+    if st == OK:
+        return cell.label
+    if st == REJECTED:
+        return cell.final_label or REJECTED_GROUP
+    return None
+
+
+def gallery_order(case) -> list[tuple[str, list]]:
+    """The gallery's groups in the order a differential is read: blasts first, then the classes holding cells that
+    need a person (most first), then the rest in the model's class order, rejected images last. Within a group:
+    cells needing review (least confident first), then the other unreviewed ones, then reviewed ones."""
+    from .tasks import BLAST_CODES
+
+    groups: dict[str, list] = {}
+    for c in case.cells:
+        g = gallery_group(c)
+        if g is not None:
+            groups.setdefault(g, []).append(c)
+    classes = list(case.model_classes or [])
+
+    def group_key(g):
+        flagged = sum(needs_review(c) for c in groups[g])
+        return (g == REJECTED_GROUP, g not in BLAST_CODES, -flagged,
+                classes.index(g) if g in classes else len(classes), g)
+
+    def cell_key(c):
+        return (0 if needs_review(c) else 1 if c.final_label is None else 2,
+                (c.confidence or 0) if needs_review(c) else 0, c.position)
+
+    return [(g, sorted(groups[g], key=cell_key)) for g in sorted(groups, key=group_key)]
+
+
 def next_cell_id(queue: list, current_id: int) -> int | None:
     """The cell to show after acting on ``current_id``: the next unresolved one in queue order (wrapping round),
     else None."""

@@ -127,6 +127,10 @@ class AuditEvent(Base):
     # into a text box before accounts existed (rows migrated from an older database), never verified
     user_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     who_kind: Mapped[str] = mapped_column(String(10), default=WHO_SYSTEM, server_default=WHO_TYPED)
+    # review rows: the action they belong to (a gallery move or confirmation of many cells shares one) and the cell's
+    # review state before it (final label, reviewer, time), so that ``CaseStore.undo`` can restore it
+    action_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    before: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     action: Mapped[str] = mapped_column(String(30))
     from_value: Mapped[str] = mapped_column(String(100), default="")
     to_value: Mapped[str] = mapped_column(String(100), default="")
@@ -160,6 +164,27 @@ def _cells_named(cells: list) -> str:
     shown = ", ".join(f"#{c.position + 1} {c.name}" + (f" (now {c.final_label} by {c.reviewed_by})" if c.final_label
                                                        else "") for c in cells[:5])
     return shown + (f" and {len(cells) - 5} more" if len(cells) > 5 else "")
+
+
+@dataclass
+class ReviewResult:
+    """What a review action did: its id (None when it changed nothing), {cell id: new version} of the cells it
+    changed, and the cells it left alone, each with the reason in words."""
+
+    action_id: str | None
+    changed: dict
+    skipped: list
+    unchanged: int = 0
+
+    def message(self, verb: str) -> str:
+        out = f"{len(self.changed)} cell(s) {verb}."
+        if self.unchanged:
+            out += f" {self.unchanged} already had that label."
+        if self.skipped:
+            shown = "; ".join(why for _, why in self.skipped[:5])
+            more = f" and {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""
+            out += f" Not changed: {len(self.skipped)} ({shown}{more})."
+        return out
 
 
 @dataclass
@@ -453,13 +478,19 @@ class CaseStore(AccountsMixin):
             raise self._cell_conflict(cell_id) from None
 
     @staticmethod
-    def _review(s: Session, cell: Cell, u, label: str, note: str = "", action: str | None = None) -> None:
+    def _review(s: Session, cell: Cell, u, label: str, note: str = "", action: str | None = None,
+                action_id: str | None = None) -> None:
+        import uuid
+
         before = cell.label or ""
-        action = action or ("confirm" if label == cell.predicted and cell.final_label in (None, label) else "reclassify")
+        prior = {"final_label": cell.final_label, "reviewed_by": cell.reviewed_by, "reviewed_by_id": cell.reviewed_by_id,
+                 "reviewed_at": cell.reviewed_at.isoformat() if cell.reviewed_at else None}
+        action = action or ("confirm" if label == cell.label and cell.final_label in (None, label) else "reclassify")
         cell.final_label = label
         cell.reviewed_by, cell.reviewed_by_id = u.username, u.id
         cell.reviewed_at = utcnow()
-        s.add(_audit_row(cell.case_id, u, cell=cell, action=action, from_value=before, to_value=label, note=note))
+        s.add(_audit_row(cell.case_id, u, cell=cell, action=action, from_value=before, to_value=label, note=note,
+                         action_id=action_id or uuid.uuid4().hex[:12], before=prior))
 
     def _cell_conflict(self, cell_id: int) -> ConflictError:
         with self.session() as s:
@@ -471,16 +502,22 @@ class CaseStore(AccountsMixin):
                                      f"you were reviewing {cell.name}; reopen it to change cells")
             return ConflictError(_changed_by_other(cell))
 
-    def confirm_all(self, case_id: int, actor: Actor, *, expected_versions: dict[int, int] | None = None) -> dict[int, int]:
-        """Confirm the model's label of many cells in ONE transaction: all of them or none.
+    def review_cells(self, case_id: int, actor: Actor, shown: dict[int, int], *, label: str | None = None,
+                     note: str = "") -> "ReviewResult":
+        """Act on exactly the cells a reviewer's page showed ({cell id: version as shown}), in ONE transaction.
 
-        With ``expected_versions`` ({cell id: version the reviewer saw}) exactly those cells are confirmed, and a
-        cell changed since (or one that needs a person: uncertain, critical, hairy-flagged, rejected, pending)
-        refuses the whole batch with one message naming them. Without it, every bulk-confirmable cell as it is
-        now (scripts only: a page always passes what it showed). Returns {cell id: new version}.
+        ``label`` None: "these are right": each cell keeps the label it showed (the reviewer's, else the model's).
+        ``label`` set: move them all to that class. Cells that cannot take it are left alone and named in the result,
+        never silently changed: one changed by someone else since the page was drawn (version), not classified yet,
+        unreadable, or rejected by the gate with no label (confirming gives it none: move it to a class). A cell that
+        already has that reviewed label is unchanged. Every changed cell gets its own audit row; the rows share one
+        action id (``undo`` takes the action back). No call confirms a cell the caller did not name.
         """
-        from .caserules import bulk_confirmable, review_reasons, status
+        import uuid
 
+        from .caserules import OK, REJECTED, status
+
+        action_id = uuid.uuid4().hex[:12]
         try:
             with self.session() as s:
                 u = self._authorize(s, actor, "review")
@@ -488,29 +525,74 @@ class CaseStore(AccountsMixin):
                 if case.status == STATUS_SIGNED:
                     raise CaseError(f"case {case.case_code!r} is signed off; reopen it to change cells")
                 cells = {c.id: c for c in case.cells}
-                want = expected_versions if expected_versions is not None else \
-                    {c.id: c.version for c in case.cells if bulk_confirmable(c)}
-                missing = [i for i in want if i not in cells]
+                missing = [i for i in shown if i not in cells]
                 if missing:
-                    raise CaseError(f"{len(missing)} cell(s) are not part of case {case.case_code!r}")
-                changed = [cells[i] for i, v in want.items() if cells[i].version != v]
-                if changed:
-                    raise ConflictError(f"nothing was confirmed: {len(changed)} of the {len(want)} cells changed "
-                                        "since your page showed them: " + _cells_named(changed)
-                                        + "; reload and try again")
-                refused = [cells[i] for i in want if not bulk_confirmable(cells[i])]
-                if refused:
-                    c = refused[0]
-                    why = ", ".join(review_reasons(c)) or (status(c) if c.final_label is None else "already reviewed")
-                    raise CaseError(f"nothing was confirmed: {len(refused)} cell(s) cannot be bulk-confirmed "
-                                    f"(e.g. #{c.position + 1} {c.name}: {why}); review them one by one")
-                for i in want:
-                    self._review(s, cells[i], u, cells[i].predicted, action="confirm",
-                                 note=f"bulk confirmation of {len(want)} cells")
+                    raise CaseError(f"{len(missing)} cell(s) are not part of case {case.case_code!r}; reload the page")
+                changed, skipped, same = {}, [], 0
+                for i, v in shown.items():
+                    c = cells[i]
+                    st = status(c)
+                    if c.version != v:
+                        skipped.append((c, f"changed by {c.reviewed_by or 'someone else'} since your page showed it "
+                                           f"(now {c.label or 'unlabelled'})"))
+                    elif st not in (OK, REJECTED):
+                        skipped.append((c, "not classified yet" if st == "pending" else "unreadable"))
+                    elif label is None and c.label is None:
+                        skipped.append((c, "rejected by the model's gate: move it to a class to count it"))
+                    elif c.final_label is not None and c.final_label == (label or c.label):
+                        same += 1
+                    else:
+                        new = label or c.label
+                        self._review(s, c, u, new, note=note, action_id=action_id)
+                        changed[i] = c
                 s.flush()
-                return {i: cells[i].version for i in want}
+                return ReviewResult(action_id if changed else None, {i: c.version for i, c in changed.items()},
+                                    [(c.id, f"#{c.position + 1} {c.name}: {why}") for c, why in skipped], same)
         except StaleDataError:
-            raise ConflictError("nothing was confirmed: a cell was changed by another reviewer at the same moment; "
+            raise ConflictError("nothing was saved: a cell was changed by another reviewer at the same moment; "
+                                "reload and try again") from None
+
+    def undo(self, case_id: int, actor: Actor, action_id: str) -> "ReviewResult":
+        """Take back a review action (one cell or many): each of its cells gets back the label, reviewer and time it
+        had before, if nothing happened to it since; the others are named. Audited as "undo"."""
+        import uuid
+
+        new_id = uuid.uuid4().hex[:12]
+        try:
+            with self.session() as s:
+                u = self._authorize(s, actor, "review")
+                case = self._case(s, case_id)
+                if case.status == STATUS_SIGNED:
+                    raise CaseError(f"case {case.case_code!r} is signed off; reopen it to change cells")
+                rows = list(s.scalars(select(AuditEvent).where(AuditEvent.case_id == case_id,
+                                                               AuditEvent.action_id == action_id)))
+                if not rows:
+                    raise CaseError("there is no such action to undo in this case")
+                last = dict(s.execute(select(AuditEvent.cell_id, func.max(AuditEvent.id))
+                                      .where(AuditEvent.case_id == case_id, AuditEvent.cell_id.is_not(None))
+                                      .group_by(AuditEvent.cell_id)).all())
+                cells = {c.id: c for c in case.cells}
+                changed, skipped = {}, []
+                for ev in rows:
+                    c = cells.get(ev.cell_id)
+                    if c is None or ev.before is None:
+                        continue
+                    if last.get(c.id) != ev.id:
+                        skipped.append((c.id, f"#{c.position + 1} {c.name}: changed again since "
+                                              f"(now {c.label or 'unlabelled'})"))
+                        continue
+                    b = ev.before
+                    was = c.label or ""
+                    c.final_label, c.reviewed_by, c.reviewed_by_id = b.get("final_label"), b.get("reviewed_by"), \
+                        b.get("reviewed_by_id")
+                    c.reviewed_at = dt.datetime.fromisoformat(b["reviewed_at"]) if b.get("reviewed_at") else None
+                    s.add(_audit_row(case.id, u, cell=c, action="undo", from_value=was, to_value=c.label or "",
+                                     note=f"undo of action {action_id}", action_id=new_id))
+                    changed[c.id] = c
+                s.flush()
+                return ReviewResult(new_id if changed else None, {i: c.version for i, c in changed.items()}, skipped)
+        except StaleDataError:
+            raise ConflictError("nothing was undone: a cell was changed by another reviewer at the same moment; "
                                 "reload and try again") from None
 
     def sign_off(self, case_id: int, actor: Actor, *, password: str | None = None,
@@ -588,7 +670,8 @@ class CaseStore(AccountsMixin):
     def audit(self, case_id: int) -> list[dict]:
         with self.session() as s:
             return [{"at": e.at, "who": who_text(e.who, e.who_kind), "user_id": e.user_id, "action": e.action,
-                     "cell": e.cell_name, "from": e.from_value, "to": e.to_value, "note": e.note}
+                     "cell": e.cell_name, "from": e.from_value, "to": e.to_value, "note": e.note,
+                     "action_id": e.action_id or ""}
                     for e in s.scalars(select(AuditEvent).where(AuditEvent.case_id == case_id)
                                        .order_by(AuditEvent.id))]
 

@@ -224,6 +224,7 @@ def test_review_signoff_reopen_audit(env, crops):
     store = CaseStore(env["db"])
     names = {c.id: c.name for c in store.get_case(cid).cells}
     at.switch_page("views/review.py").run()
+    at.button_group(key=f"review_mode_{cid}").set_value("One cell").run()
     at.text_input(key=f"sign_pw_{cid}").set_value(PASSWORDS["pathologist"])
     at.button(key="sign_off").click().run()
     assert any("uncertain" in e.value for e in at.error)  # refused while uncertain cells are open
@@ -272,7 +273,9 @@ def test_stale_screen_never_overwrites_a_colleague(env, crops):
     cid = a.session_state["case_id"]
     b = app(env, case_id=cid, user=("drb", "technologist"))
     b.switch_page("views/review.py").run()
+    b.button_group(key=f"review_mode_{cid}").set_value("One cell").run()
     a.switch_page("views/review.py").run()
+    a.button_group(key=f"review_mode_{cid}").set_value("One cell").run()
     pick = f"_w_review_cell_{cid}"
     cell = a.selectbox(key=pick).value
     assert b.selectbox(key=pick).value == cell

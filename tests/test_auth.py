@@ -95,7 +95,7 @@ def test_the_store_enforces_roles_whatever_a_page_shows(store):
     with pytest.raises(PermissionDenied, match="needs a signed-in user"):
         store.review_cell(cells[0].id, "Dr Typed", "BLA")
     store.review_cell(cells[0].id, tech, "BLA")
-    store.confirm_all(cid, tech)
+    store.review_cells(cid, tech, {c.id: c.version for c in store.get_case(cid).cells})
     with pytest.raises(PermissionDenied, match="signing a case off needs the pathologist role; tess is a technologist"):
         store.sign_off(cid, tech, password=TEST_PASSWORD)  # the right password does not make a technologist sign
     with pytest.raises(AuthError, match="enter your password"):
@@ -224,7 +224,7 @@ def test_identity_provider_accounts_take_their_role_from_a_claim(store):
         store.authenticate("alice", "")
     # a signature needs a fresh identity-provider sign-in
     cid = store.create_case("O-1", _cells(), actor=a)
-    store.confirm_all(cid, a)
+    store.review_cells(cid, a, {c.id: c.version for c in store.get_case(cid).cells})
     stale = store.oidc_sign_in(dict(claims, groups=["bm-path"], iat=now - 3600), role_map=roles)
     with pytest.raises(AuthError, match="sign in again with your identity provider"):
         store.sign_off(cid, stale)
@@ -348,7 +348,8 @@ def test_what_each_role_sees(app_env):
     assert "SECRET-CASE-42" in _text(at)
     at.switch_page("views/review.py").run()
     assert any("can read this case" in i.value for i in at.info)
-    assert not [b for b in at.button if b.key in ("confirm_btn", "save_btn", "confirm_all", "sign_off", "reopen")]
+    assert not [b for b in at.button if b.key in ("confirm_btn", "save_btn", "gal_undo", "sign_off", "reopen")
+                or b.label.startswith(("Confirm this page", "→"))] and not at.checkbox
     for page in ("views/model_comparison.py", "views/model_card.py", "views/export.py", "views/differential.py"):
         at.switch_page(page).run()
         assert not at.exception and not at.error, page
@@ -356,6 +357,8 @@ def test_what_each_role_sees(app_env):
         at.switch_page("views/users.py")  # not registered for this role: its address opens nothing
     # technologist: reviews, cannot sign
     at = _app(env, tech, "views/review.py", case_id=cid)
+    assert [b for b in at.button if b.label.startswith("Confirm this page")] and at.button(key="sign_off").disabled
+    at.button_group(key=f"review_mode_{cid}").set_value("One cell").run()
     assert at.button(key="confirm_btn") and at.button(key="sign_off").disabled
     assert any("Only a pathologist signs off" in c.value for c in at.caption)
     assert not [t for t in at.text_input if t.key == f"sign_pw_{cid}"]

@@ -30,7 +30,8 @@ def test_case_lifecycle(store):
         store.review_cell(a.id, "amy", "BLA")  # a typed name is no identity
     with pytest.raises(CaseError, match="nothing to review"):
         store.review_cell(d.id, actor(store, "amy"), "BLA")
-    assert len(store.confirm_all(cid, actor(store, "amy"))) == 2  # the uncertain cell is left for a person
+    shown = {a.id: a.version, c.id: c.version}  # the page showed the two confident cells, not the uncertain one
+    assert len(store.review_cells(cid, actor(store, "amy"), shown).changed) == 2
     with pytest.raises(CaseError, match="uncertain"):
         store.sign_off(cid, actor(store, "amy"), password=TEST_PASSWORD)
     store.review_cell(b.id, actor(store, "amy"), "PEB", note="large nucleus")
@@ -123,33 +124,48 @@ def _flagged_cells():
             CellInput("rej.jpg", True, predicted="LYT", confidence=0.9, rejected=True, reject_reason="blank")]
 
 
-def test_confirm_all_is_one_transaction_with_the_versions_seen(store):
+def test_a_page_confirms_or_moves_exactly_the_cells_it_showed_at_the_versions_shown(store):
     cid = store.create_case("BULK", _flagged_cells(), model_classes=["LYT", "BLA"], actor=actor(store))
     ok1, ok2, unc, bla, rej = store.get_case(cid).cells
-    seen = {ok1.id: ok1.version, ok2.id: ok2.version}
+    pending = store.create_case("OTHER", [CellInput("p.jpg", True, pending=True)], actor=actor(store))
+    seen = {ok1.id: ok1.version, ok2.id: ok2.version, rej.id: rej.version}
     store.review_cell(ok2.id, actor(store, "amy"), "PLM")  # a colleague changes one of them after the page was drawn
-    with pytest.raises(ConflictError, match=r"nothing was confirmed: 1 of the 2 cells changed.*ok2\.jpg.*PLM by amy"):
-        store.confirm_all(cid, actor(store, "bob"), expected_versions=seen)
+    res = store.review_cells(cid, actor(store, "bob"), seen)
+    assert list(res.changed) == [ok1.id], "only the unchanged, labelled cell is confirmed"
+    why = dict(res.skipped)
+    assert "changed by amy since your page showed it (now PLM)" in why[ok2.id]
+    assert "rejected by the model's gate" in why[rej.id]
+    assert "Not changed: 2 (#2 ok2.jpg: changed by amy" in res.message("confirmed")
     case = store.get_case(cid)
-    assert case.cells[0].final_label is None, "all or nothing: the unchanged cell was not confirmed either"
-    assert [e["action"] for e in store.audit(cid)].count("confirm") == 0
-    # bulk confirmation never takes a cell that needs a person, whatever the page asks
-    for c in (unc, bla, rej):
-        with pytest.raises(CaseError, match="cannot be bulk-confirmed"):
-            store.confirm_all(cid, actor(store, "bob"), expected_versions={ok1.id: ok1.version, c.id: c.version})
-    assert store.confirm_all(cid, actor(store, "bob"), expected_versions={ok1.id: ok1.version}) == {ok1.id: ok1.version + 1}
-    assert store.confirm_all(cid, actor(store, "bob")) == {}  # nothing else is bulk-confirmable: uncertain, critical, rejected
+    assert [c.final_label for c in case.cells] == ["LYT", "PLM", None, None, None]
+    assert case.cells[1].reviewed_by == "amy", "amy's label stands"
+    with pytest.raises(CaseError, match="not part of case"):  # a cell of another case is never touched
+        store.review_cells(cid, actor(store, "bob"), {store.get_case(pending).cells[0].id: 1})
+    # a flagged cell the page showed can be judged on it: moved with the others, one action id, undoable
+    shown = {c.id: c.version for c in store.get_case(cid).cells if c.id in (unc.id, bla.id, rej.id)}
+    moved = store.review_cells(cid, actor(store, "bob"), shown, label="BLA")
+    assert set(moved.changed) == {unc.id, bla.id, rej.id}
+    rows = [e for e in store.audit(cid) if e["action_id"] == moved.action_id]
+    assert [e["cell"] for e in rows] == ["unc.jpg", "bla.jpg", "rej.jpg"] and {e["to"] for e in rows} == {"BLA"}
+    undone = store.undo(cid, actor(store, "bob"), moved.action_id)
+    assert set(undone.changed) == {unc.id, bla.id, rej.id}
+    assert [c.final_label for c in store.get_case(cid).cells] == ["LYT", "PLM", None, None, None]
+    redo = store.review_cells(cid, actor(store, "bob"), {c.id: c.version for c in store.get_case(cid).cells
+                                                        if c.id in (unc.id, bla.id)}, label="BLA")
+    store.review_cell(bla.id, actor(store, "amy"), "LYT")  # changed again after the action
+    undone = store.undo(cid, actor(store, "bob"), redo.action_id)
+    assert list(undone.changed) == [unc.id] and "changed again since (now LYT)" in undone.skipped[0][1]
     # sign-off names what blocks it, and refuses a page that showed other versions
-    with pytest.raises(CaseError, match=r"2 uncertain or flagged cell\(s\) are unresolved"):
+    with pytest.raises(CaseError, match=r"1 uncertain or flagged cell\(s\) are unresolved.*unc\.jpg"):
         store.sign_off(cid, actor(store, "bob"), password=TEST_PASSWORD)
     store.review_cell(unc.id, actor(store, "bob"), "LYT")
-    store.review_cell(bla.id, actor(store, "bob"), "BLA")
     case = store.get_case(cid)
     shown = {c.id: c.version for c in case.cells}
     store.review_cell(ok1.id, actor(store, "amy"), "MON")
     with pytest.raises(ConflictError, match=r"not signed: 1 cell\(s\) changed.*ok1\.jpg \(now MON by amy\)"):
         store.sign_off(cid, actor(store, "bob"), password=TEST_PASSWORD, expected_versions=shown)
-    store.sign_off(cid, actor(store, "bob"), password=TEST_PASSWORD, expected_versions={c.id: c.version for c in store.get_case(cid).cells})
+    store.sign_off(cid, actor(store, "bob"), password=TEST_PASSWORD,
+                   expected_versions={c.id: c.version for c in store.get_case(cid).cells})
     assert store.get_case(cid).status == "signed"
 
 
@@ -204,7 +220,8 @@ def test_a_database_of_the_previous_version_is_upgraded_in_place(tmp_path):
     assert case.rules is None and [c.pending for c in case.cells] == [False] * 4
     assert store.latest_job(cid) is None
     store.review_cell(case.cells[1].id, actor(store, "amy"), "BLA", expected_version=case.cells[1].version)
-    assert len(store.confirm_all(cid, actor(store, "amy"))) == 2 and store.integrity_ok()
+    shown = {c.id: c.version for c in store.get_case(cid).cells}
+    assert len(store.review_cells(cid, actor(store, "amy"), shown).changed) == 2 and store.integrity_ok()
 
 
 def test_ids_of_a_deleted_case_are_never_reused(store):

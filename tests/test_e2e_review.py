@@ -54,10 +54,12 @@ def test_two_reviewers_stale_screen_and_ten_actions_in_a_row(dev_root, tmp_path)
 
         a.get_by_role("link", name="Review").first.click()  # reviewer A: the technologist who classified
         appdriver.wait_idle(a)
+        appdriver.review_mode(a, "One cell")
         b = appdriver.new_page(browser, TIMEOUT_S)  # reviewer B: another browser context, another account
         appdriver.open_case(b, srv.url, "TWO-1", user="path")
         b.get_by_role("link", name="Review").first.click()
         appdriver.wait_idle(b)
+        appdriver.review_mode(b, "One cell")
         first = appdriver.selectbox_text(a, PICKER)
         assert appdriver.selectbox_text(b, PICKER) == first
         cell = by_no[_cell_no(first)]

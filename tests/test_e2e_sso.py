@@ -48,7 +48,7 @@ def test_oidc_round_trip_roles_from_a_claim_and_a_signature(tmp_path):
     cid = store.create_case("SSO-1", [CellInput(f"c{i}.jpg", True, predicted="LYT", confidence=0.97,
                                                 probabilities={"LYT": 0.97, "BLA": 0.03}) for i in range(3)],
                             actor=tech, model_name="m", model_sha256="ab" * 32, model_classes=["LYT", "BLA"])
-    store.confirm_all(cid, tech)  # reviewed by the technologist: ready for a pathologist's signature
+    store.review_cells(cid, tech, {c.id: c.version for c in store.get_case(cid).cells})  # reviewed by the technologist: ready for a pathologist's signature
 
     with oidc_provider_mock.run_server_in_thread() as idp:
         issuer = f"http://localhost:{idp.server_port}"

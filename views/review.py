@@ -1,8 +1,15 @@
-"""Review and sign-off: every action carries the cell (and the version of it) that the reviewer saw.
+"""Review and sign-off: every action carries the cells (and the versions of them) that the reviewer saw.
 
-The cell picker's value is a cell id kept in session state per case, never an option text, and buttons act
-through callbacks that receive the cell id and the version the reviewer opened; the store refuses a stale
-action ("changed by ... reload and try again") and saves nothing.
+Two ways to review, over the same store calls:
+
+* **Gallery by class** (the default): the cells laid out per class, in the order a differential is read (blasts and
+  flagged classes first), a page of thumbnails at a time. Tick the misplaced ones and move them to their class in
+  one action, then confirm the page: "confirm" takes exactly the cells drawn on that page at the versions drawn
+  (``CaseStore.review_cells``), so a cell changed by a colleague or filled in by a running job after the page was
+  drawn is left alone and named. Undo takes the last action back.
+* **One cell**: the picker (a cell id kept in session state per case, never an option text), the crop, the top-3
+  probabilities, a label box; buttons act through callbacks that receive the cell id and the version the reviewer
+  opened; the store refuses a stale action ("changed by ... reload and try again") and saves nothing.
 """
 
 import pandas as pd
@@ -14,7 +21,8 @@ from bmcore import caserules
 from bmcore.cases import STATUS_SIGNED, CaseError, ConflictError, reviewer_text, signature_text, signer_text
 from bmcore.tasks import TASKS, cell_name
 
-BULK_ASK_ABOVE = 5  # bulk confirmation of more cells than this needs an explicit tick
+GALLERY_PAGE = 40     # thumbnails per gallery page
+GALLERY_COLUMNS = 8
 
 st.title("Review and sign-off")
 appkit.ruo_banner()
@@ -76,14 +84,53 @@ def reload_cell(cell_id: int, version: int) -> None:
     _say("info", "Reloaded: you now see the cell as it is stored.")
 
 
-def confirm_bulk(expected: dict[int, int]) -> None:
-    out = {}
+def gallery_action(shown: dict[int, int], group: str, page: int, move: str | None) -> None:
+    """The gallery form's buttons: move the ticked cells of this page to class ``move`` ("other": the class chosen in
+    the form's list), or (``move`` None) confirm the cells drawn on this page that are not ticked. ``shown`` is
+    {cell id: version} of exactly the cells this page drew."""
+    ticked = {i: v for i, v in shown.items() if st.session_state.get(f"gsel_{case.id}_{i}_{v}")}
+    where = f"gallery {group} page {page}"
+    if move:
+        target = st.session_state.get(f"gal_target_{case.id}") if move == "other" else move
+        if not ticked or not target:
+            _say("warning", "Tick the cells to move first" + (", and choose their class." if not target else "."))
+            return
+        cells, label, verb = ticked, target, f"moved to {target} ({cell_name(target)})"
+        note = f"moved from {group} on {where} ({len(ticked)} ticked)"
+    else:
+        cells = {i: v for i, v in shown.items() if i not in ticked}
+        if not cells:
+            _say("warning", "Every cell on this page is ticked: nothing to confirm. Move the ticked cells instead.")
+            return
+        label, verb = None, f"confirmed as shown on {where}"
+        note = f"confirmed on {where}: {len(cells)} of {len(shown)} cells shown" + \
+            (f", {len(ticked)} ticked left out" if ticked else "")
+    try:
+        res = store.review_cells(case.id, appkit.actor(), cells, label=label, note=note)
+    except ConflictError as exc:
+        _say("warning", f"Not saved: {exc}")
+        return
+    except CaseError as exc:
+        _say("error", f"Not saved: {exc}")
+        return
+    seen.update(res.changed)
+    if res.action_id:
+        st.session_state[f"last_action_{case.id}"] = res.action_id
+    _say("warning" if res.skipped else "success", res.message(verb))
 
-    def do():
-        out["v"] = store.confirm_all(case.id, appkit.actor(), expected_versions=expected)
 
-    if _run(do, f"{len(expected)} cells confirmed."):
-        seen.update(out["v"])
+def undo_last() -> None:
+    action = st.session_state.get(f"last_action_{case.id}")
+    if not action:
+        return
+    try:
+        res = store.undo(case.id, appkit.actor(), action)
+    except CaseError as exc:
+        _say("error", f"Not undone: {exc}")
+        return
+    st.session_state.pop(f"last_action_{case.id}", None)
+    seen.update(res.changed)
+    _say("warning" if res.skipped else "success", res.message("put back as they were"))
 
 
 def sign(expected: dict[int, int]) -> None:
@@ -130,37 +177,126 @@ def sign_off_box(shown: dict[int, int]) -> None:
     st.button("Sign off case", type="primary", key="sign_off", on_click=sign, args=(shown,))
 
 
-kind, msg = st.session_state.pop("review_msg", (None, None)) if st.session_state.get("review_msg_case") == case.id \
-    else (None, None)
-st.session_state.pop("review_msg", None)
-if msg:
-    getattr(st, kind)(msg)
+def running_differential(case) -> None:
+    """The count as it stands (reviewers' labels where they exist), what is left to confirm per class, and the
+    progress towards the lab's target count."""
+    from bmcore.report import case_differential
 
-appkit.job_banner(case)
-summ = caserules.summary(case)
-signed = case.status == STATUS_SIGNED
-signer = signer_text(case) if signed else ""
-st.subheader(f"Case {case.case_code}: " + (f"signed off by {signer}" if signed else "open"))
-if not who.can("review"):
-    st.info(f"You are signed in as {_role(who.role)}: you can read this case, its cells and its audit trail. "
-            "Reviewing needs a technologist's account; signing off a pathologist's.")
-st.caption(f"Classified by **{case.model_name}** · {caserules.case_rules(case).describe()}")
-m1, m2, m3, m4, m5 = st.columns(5)
-m1.metric("Reviewed", f"{summ.reviewed} / {summ.classified}")
-m2.metric("Need review, unresolved", summ.needs_review,
-          help="Uncertain, possible blast or hairy-cell flag: only a person may resolve these")
-m3.metric("Rejected (not a cell crop)", sum(1 for c in case.cells if caserules.status(c) == caserules.REJECTED
-                                             and c.final_label is None),
-          help="Refused by the model's quality / out-of-distribution gate; left out of the differential unless you "
-               "give them a label here")
-m4.metric("Unreadable files", summ.unreadable)
-m5.metric("Not classified yet", summ.pending)
+    d = case_differential(case)
+    groups = caserules.gallery_order(case)
+    tkey = f"target_count_{case.id}"
+    appkit._persist(tkey, 200)
+    left, right = st.columns([3, 1])
+    right.number_input("Target count (cells)", min_value=1, max_value=10000, step=100, key=f"_w_{tkey}",
+                       on_change=appkit._store_back, args=(tkey,),
+                       help="The differential your lab counts to, e.g. 200 or 500 cells")
+    target = st.session_state[tkey]
+    right.progress(min(1.0, d.denominator / target), text=f"{d.denominator} of {target} cells counted")
+    table = {g: {"cells": len(cells), "to confirm": sum(map(caserules.unresolved, cells)),
+                 "flagged": sum(map(caserules.needs_review, cells)),
+                 "% of count": f"{d.percent[g]:.1f}" if g in d.counts and d.denominator else "–"}
+             for g, cells in groups}
+    left.dataframe(pd.DataFrame(table).astype(str), width="stretch")  # one column per class, in reading order
+    left.caption("The count as it stands: reviewers' labels where they exist. Flagged cells count once resolved; "
+                 "rejected images only if someone gives them a class.")
 
-queue = caserules.review_queue(case)
-if not signed and not queue:
-    st.info("This case has no classified cell to review yet" + (" (classification is running or was interrupted)."
-                                                                 if summ.pending else "."))
-if not signed and queue and who.can("review"):
+
+def gallery(case) -> None:
+    """Class by class, a page of thumbnails at a time: tick, move, confirm what is drawn."""
+    groups = dict(caserules.gallery_order(case))
+    names = list(groups)
+    gkey = f"gal_group_{case.id}"
+    if st.session_state.get(gkey) not in names:
+        st.session_state[gkey] = next((g for g in names if any(map(caserules.unresolved, groups[g]))), names[0])
+
+    def fmt(g: str) -> str:
+        if g == caserules.REJECTED_GROUP:
+            return f"{g} {len(groups[g])} · not counted"
+        left = sum(map(caserules.unresolved, groups[g]))
+        return f"{g} {len(groups[g])}" + (f" · {left} to confirm" if left else " ✓")
+
+    group = st.pills("Class (blasts and flagged classes first)", names, format_func=fmt, key=f"_w_{gkey}",
+                     default=st.session_state[gkey], on_change=appkit._store_back, args=(gkey,)) or \
+        st.session_state[gkey]
+    st.session_state[gkey] = group
+    cells = groups[group]
+    pages = max(1, -(-len(cells) // GALLERY_PAGE))
+    pkey = f"gal_page_{case.id}_{group}"
+    page = min(st.session_state.get(pkey, 1), pages)
+    if pages > 1:
+        page = st.pills("Page", list(range(1, pages + 1)), default=page, key=f"_w_{pkey}",
+                        on_change=appkit._store_back, args=(pkey,)) or page
+    st.session_state[pkey] = page
+    drawn = cells[(page - 1) * GALLERY_PAGE: page * GALLERY_PAGE]
+    shown = {c.id: c.version for c in drawn}  # exactly what this run draws: the only cells its buttons act on
+    classes = list(case.model_classes or [])
+    options = classes + [c for c in TASKS["bm21"].classes if c not in classes]
+    with st.form(f"gal_{case.id}_{group}_{page}", border=False):
+        for row in range(0, len(drawn), GALLERY_COLUMNS):
+            cols = st.columns(GALLERY_COLUMNS)
+            for col, c in zip(cols, drawn[row: row + GALLERY_COLUMNS]):
+                data = c.thumbnail
+                if data:
+                    col.image(data, width="stretch")
+                mark = "⚑ " if caserules.needs_review(c) else "✓ " if c.final_label is not None else ""
+                conf = f" {c.confidence:.2f}" if c.confidence is not None else ""
+                why = "; ".join(caserules.review_reasons(c)) or (f"reviewed by {reviewer_text(c)}" if c.final_label
+                                                                 else "not reviewed yet")
+                col.checkbox(f"{mark}#{c.position + 1}{conf}", key=f"gsel_{case.id}_{c.id}_{c.version}",
+                             help=f"{c.name} · model: {caserules.top3_text(c)} · {why}")
+        st.markdown("Move the ticked cells to (keys 1–9):")
+        quick = classes[:9]
+        for col, (n, k) in zip(st.columns(len(quick) + 1), enumerate(quick, start=1)):
+            col.form_submit_button(f"→ {k}", shortcut=str(n), help=f"{cell_name(k)} (key {n})", width="stretch",
+                                   on_click=gallery_action, args=(shown, group, page, k))
+        o1, o2, b = st.columns([2, 1, 3])
+        o1.selectbox("Another class", options, index=None, placeholder="Another class…", label_visibility="collapsed",
+                     format_func=lambda k: f"{k} {cell_name(k)}" + ("" if k in classes else " (not a model class)"),
+                     key=f"gal_target_{case.id}")
+        o2.form_submit_button("→ that class", on_click=gallery_action, args=(shown, group, page, "other"))
+        b.form_submit_button(f"Confirm this page: the {len(drawn)} cells shown, less the ticked ones", type="primary",
+                             shortcut="Ctrl+Enter", on_click=gallery_action, args=(shown, group, page, None))
+    st.caption("⚑ needs a person (uncertain, possible blast, hairy-cell flag) · ✓ reviewed · hover ⓘ for a cell's "
+               "file name and the model's top 3 · Tab / Space move between and tick cells, 1–9 move the ticked ones, "
+               "Ctrl+Enter confirms the page, N opens the next class to confirm. Confirming takes exactly the cells drawn here, at the versions drawn: "
+               "a cell changed by a colleague since, or classified after the page was drawn, is left alone and named.")
+    u1, u0, u2 = st.columns([1, 1, 3])
+    u1.button("Undo my last action", key="gal_undo", on_click=undo_last,
+              disabled=not st.session_state.get(f"last_action_{case.id}"))
+    todo = [g for g in names if g != group and any(map(caserules.unresolved, groups[g]))]
+    u0.button("Next class to confirm", key="gal_next", shortcut="N", disabled=not todo,
+              on_click=lambda: st.session_state.update({gkey: todo[0], f"_w_{gkey}": todo[0]}) if todo else None)
+    pick = u2.selectbox("Look closer at a cell of this page", [c.id for c in drawn], index=None,
+                        placeholder="Choose a cell for its heatmap and probabilities…",
+                        format_func=lambda i: next(f"#{c.position + 1} {c.name}" for c in drawn if c.id == i),
+                        key=f"gal_closer_{case.id}")
+    if pick is not None:
+        closer(case, next(c for c in drawn if c.id == pick))
+
+
+def closer(case, cell) -> None:
+    """One cell of the gallery, larger, with the case model's heatmap for its label and the top 3."""
+    data = appkit.image_bytes(case.id, cell)
+    left, mid, right = st.columns([1, 1, 2])
+    if data:
+        left.image(data, width="stretch", caption=f"#{cell.position + 1} {cell.name}")
+    path = appkit.case_bundle_path(case)
+    code = cell.label or cell.predicted
+    if data and path is not None and code in (case.model_classes or []):
+        from bmcore.explain import overlay
+
+        cam, rgb, shown_code = appkit.heatmap(str(path), data, code, "gradcam")
+        mid.image(overlay(rgb, cam, 0.45), width="stretch", caption=f"Grad-CAM for {shown_code}")
+    right.write("Model: " + " · ".join(f"**{k}** {cell_name(k)} {v:.2f}" for k, v in caserules.top3(cell)))
+    why = caserules.review_reasons(cell)
+    if why:
+        right.info("Needs your review: " + ", ".join(why) + ".")
+    if cell.final_label is not None:
+        right.caption(f"Reviewed: {cell.final_label} by {reviewer_text(cell)}")
+
+
+def one_cell(queue: list) -> None:
+    """The one-cell review: picker, crop, top-3, label box, Confirm / Save."""
     st.markdown("#### Review a cell")
     by_id = {c.id: c for c in queue}
     ids = [c.id for c in queue]
@@ -215,28 +351,52 @@ if not signed and queue and who.can("review"):
     b2.button("Save label", key="save_btn", type="primary", on_click=review,
               args=(cell.id, cell.position + 1, seen_v, "chosen", cell.predicted, nxt))
 
-    st.markdown("#### Whole case")
-    bulk = [c for c in case.cells if caserules.bulk_confirmable(c)]
-    expected = {c.id: seen.get(c.id, c.version) for c in bulk}
+
+kind, msg = st.session_state.pop("review_msg", (None, None)) if st.session_state.get("review_msg_case") == case.id \
+    else (None, None)
+st.session_state.pop("review_msg", None)
+if msg:
+    getattr(st, kind)(msg)
+
+appkit.job_banner(case)
+summ = caserules.summary(case)
+signed = case.status == STATUS_SIGNED
+signer = signer_text(case) if signed else ""
+st.subheader(f"Case {case.case_code}: " + (f"signed off by {signer}" if signed else "open"))
+if not who.can("review"):
+    st.info(f"You are signed in as {_role(who.role)}: you can read this case, its cells and its audit trail. "
+            "Reviewing needs a technologist's account; signing off a pathologist's.")
+st.caption(f"Classified by **{case.model_name}** · {caserules.case_rules(case).describe()}")
+m1, m2, m3, m4, m5 = st.columns(5)
+m1.metric("Reviewed", f"{summ.reviewed} / {summ.classified}")
+m2.metric("Need review, unresolved", summ.needs_review,
+          help="Uncertain, possible blast or hairy-cell flag: only a person may resolve these")
+m3.metric("Rejected (not a cell crop)", sum(1 for c in case.cells if caserules.status(c) == caserules.REJECTED
+                                             and c.final_label is None),
+          help="Refused by the model's quality / out-of-distribution gate; left out of the differential unless you "
+               "give them a label here")
+m4.metric("Unreadable files", summ.unreadable)
+m5.metric("Not classified yet", summ.pending)
+
+queue = caserules.review_queue(case)
+if not signed and not queue:
+    st.info("This case has no classified cell to review yet" + (" (classification is running or was interrupted)."
+                                                                 if summ.pending else "."))
+mode = "One cell"
+if not signed and queue and who.can("review"):
+    mode = st.segmented_control("Review", ["Gallery by class", "One cell"], default="Gallery by class",
+                                key=f"review_mode_{case.id}") or "Gallery by class"
+    running_differential(case)
+if not signed and queue and who.can("review") and mode == "Gallery by class":
+    gallery(case)
+if not signed and queue and who.can("review"):
+    if mode == "One cell":
+        one_cell(queue)
+    st.markdown("#### Sign-off")
     c1, c2 = st.columns(2)
-    with c1:
-        if len(bulk) > BULK_ASK_ABOVE:
-            with st.expander(f"The {len(bulk)} confident cells a bulk confirmation would take"):
-                st.dataframe(pd.DataFrame([{"#": c.position + 1, "file": c.name, "model": c.predicted,
-                                            "confidence": round(c.confidence or 0, 2)} for c in bulk]),
-                             hide_index=True, width="stretch")
-            # keyed by exactly these cells at these versions: a tick never carries over to another case or set
-            tick = f"bulk_ok_{case.id}_{hash(tuple(sorted(expected.items())))}"
-            ok_many = st.checkbox(f"I have looked at these {len(bulk)} cells and agree with the model", key=tick)
-        else:
-            ok_many = True
-        st.button(f"Confirm the {len(bulk)} confident unreviewed cell(s)", key="confirm_all",
-                  disabled=not bulk or not ok_many, on_click=confirm_bulk, args=(expected,),
-                  help="Never includes uncertain, possible-blast, hairy-flagged or rejected cells: review those one "
-                       "by one. All or nothing: if any of them changed since this page showed it, none is confirmed.")
     # the versions this reviewer opened where they opened a cell, else as this page shows it
     shown = {c.id: seen.get(c.id, c.version) for c in case.cells}
-    with c2:
+    with c1:
         sign_off_box(shown)
     blockers = caserules.sign_off_blockers(case)
     if blockers:
