@@ -224,6 +224,45 @@ def open_case(page, url: str, case_code: str, user: str = "tech") -> None:
 GALLERY_TODO = re.compile(r" · \d+ to confirm$")
 
 
+def classified_case(database: Path, code: str, crops: list[Path], user: str = "tech") -> int:
+    """A case of real crops classified in-process by the bundled default model (as a job would: same predictor,
+    same rows), stored in ``database`` under ``user``; returns its id. For review tests and benchmarks, which
+    need a classified case, not the upload."""
+    from bmcore.bundle import find_bundles, pick_default
+    from bmcore.cases import CaseStore, cell_inputs
+    from bmcore.inputs import from_paths
+    from bmcore.predictor import Predictor
+
+    pred = Predictor(pick_default(find_bundles(REPO / "assets" / "models")))
+    items = from_paths(crops)
+    store = CaseStore(f"sqlite:///{database}")
+    who = store.authenticate(user, USERS[user][1])
+    cid = store.create_case(code, cell_inputs(items, pred.predict_items(items)), actor=who,
+                            model_name=pred.bundle.name, model_sha256=pred.bundle.sha256, model_classes=pred.classes,
+                            rules=pred.rules.to_dict())
+    store.engine.dispose()
+    return cid
+
+
+def gallery_open(page, group: str) -> None:
+    """Open a class in the review gallery (its pill)."""
+    page.get_by_role("radio", name=re.compile(rf"^{re.escape(group)} \d+")).click()
+    wait_idle(page)
+
+
+def gallery_tick(page, position: int) -> None:
+    """Tick the cell #position on the gallery page shown."""
+    page.get_by_test_id("stCheckbox").filter(has_text=re.compile(rf"#{position} ")).locator("label").click()
+
+
+def gallery_move(page, code: str) -> float:
+    """Move the ticked cells to ``code`` (its quick button); returns the seconds from the click to the page redrawn."""
+    t = time.perf_counter()
+    page.get_by_role("button", name=f"→ {code}").click()
+    wait_idle(page)
+    return time.perf_counter() - t
+
+
 def review_mode(page, mode: str) -> None:
     """Switch the Review page between "Gallery by class" and "One cell"."""
     page.get_by_role("radio", name=mode, exact=True).click()  # a segmented control's options are radios
@@ -235,7 +274,7 @@ def gallery_confirm_everything(page, max_actions: int = 400) -> list[float]:
     none is left; returns the seconds each confirmation took (click to the page redrawn)."""
     times = []
     while len(times) < max_actions:
-        todo = page.get_by_role("button", name=GALLERY_TODO)
+        todo = page.get_by_role("radio", name=GALLERY_TODO)  # the class pills
         if todo.count() == 0:
             return times
         todo.first.click()
