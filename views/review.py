@@ -413,4 +413,7 @@ elif signed:
 
 st.markdown("#### Audit trail")
 audit = store.audit(case.id)
-st.dataframe(pd.DataFrame(audit), hide_index=True, width="stretch")
+full = len(audit) <= 50 or st.toggle(f"Show all {len(audit)} events (newest last)", key=f"audit_all_{case.id}")
+if not full:
+    st.caption(f"The last 50 of {len(audit)} events; the printable report (Export) holds all of them.")
+st.dataframe(pd.DataFrame(audit if full else audit[-50:]), hide_index=True, width="stretch")
