@@ -477,11 +477,17 @@ class CaseStore(AccountsMixin):
         except StaleDataError:  # another writer committed between our read and our write; nothing was written
             raise self._cell_conflict(cell_id) from None
 
+    def _open_for_review(self, s: Session, actor: Actor, case_id: int) -> tuple:
+        """(user row, case) for a review change: the role allows it and the case is not signed off."""
+        u = self._authorize(s, actor, "review")
+        case = self._case(s, case_id)
+        if case.status == STATUS_SIGNED:
+            raise CaseError(f"case {case.case_code!r} is signed off; reopen it to change cells")
+        return u, case
+
     @staticmethod
     def _review(s: Session, cell: Cell, u, label: str, note: str = "", action: str | None = None,
                 action_id: str | None = None) -> None:
-        import uuid
-
         before = cell.label or ""
         prior = {"final_label": cell.final_label, "reviewed_by": cell.reviewed_by, "reviewed_by_id": cell.reviewed_by_id,
                  "reviewed_at": cell.reviewed_at.isoformat() if cell.reviewed_at else None}
@@ -490,7 +496,7 @@ class CaseStore(AccountsMixin):
         cell.reviewed_by, cell.reviewed_by_id = u.username, u.id
         cell.reviewed_at = utcnow()
         s.add(_audit_row(cell.case_id, u, cell=cell, action=action, from_value=before, to_value=label, note=note,
-                         action_id=action_id or uuid.uuid4().hex[:12], before=prior))
+                         action_id=action_id or _new_action_id(), before=prior))
 
     def _cell_conflict(self, cell_id: int) -> ConflictError:
         with self.session() as s:
@@ -513,17 +519,12 @@ class CaseStore(AccountsMixin):
         already has that reviewed label is unchanged. Every changed cell gets its own audit row; the rows share one
         action id (``undo`` takes the action back). No call confirms a cell the caller did not name.
         """
-        import uuid
-
         from .caserules import OK, REJECTED, status
 
-        action_id = uuid.uuid4().hex[:12]
+        action_id = _new_action_id()
         try:
             with self.session() as s:
-                u = self._authorize(s, actor, "review")
-                case = self._case(s, case_id)
-                if case.status == STATUS_SIGNED:
-                    raise CaseError(f"case {case.case_code!r} is signed off; reopen it to change cells")
+                u, case = self._open_for_review(s, actor, case_id)
                 cells = {c.id: c for c in case.cells}
                 missing = [i for i in shown if i not in cells]
                 if missing:
@@ -555,15 +556,10 @@ class CaseStore(AccountsMixin):
     def undo(self, case_id: int, actor: Actor, action_id: str) -> "ReviewResult":
         """Take back a review action (one cell or many): each of its cells gets back the label, reviewer and time it
         had before, if nothing happened to it since; the others are named. Audited as "undo"."""
-        import uuid
-
-        new_id = uuid.uuid4().hex[:12]
+        new_id = _new_action_id()
         try:
             with self.session() as s:
-                u = self._authorize(s, actor, "review")
-                case = self._case(s, case_id)
-                if case.status == STATUS_SIGNED:
-                    raise CaseError(f"case {case.case_code!r} is signed off; reopen it to change cells")
+                u, case = self._open_for_review(s, actor, case_id)
                 rows = list(s.scalars(select(AuditEvent).where(AuditEvent.case_id == case_id,
                                                                AuditEvent.action_id == action_id)))
                 if not rows:
@@ -739,6 +735,12 @@ def _audit_row(case_id: int, u, *, cell: "Cell | None" = None, **kw) -> AuditEve
     """An audit row by signed-in user ``u`` (a ``bmcore.auth.User`` row the store just authorized)."""
     return AuditEvent(case_id=case_id, cell_id=cell.id if cell else None, cell_name=cell.name if cell else "",
                       who=u.username, user_id=u.id, who_kind=WHO_USER, **kw)
+
+
+def _new_action_id() -> str:
+    import uuid
+
+    return uuid.uuid4().hex[:12]
 
 
 def _untouched_by(case: Case, actor) -> bool:
