@@ -133,8 +133,16 @@ def oidc_config() -> dict | None:
 
 
 def actor() -> Actor:
-    """The signed-in user of this browser session (``login_gate`` has run: there always is one on a page)."""
-    return st.session_state["actor"]
+    """The signed-in user of this browser session (``login_gate`` has run: there always is one on a page).
+
+    Widget callbacks run before the script, so before ``login_gate``: an idle session's callback gets ``AuthError``
+    here (the pages' actions turn it into "Not saved: ..."), and the gate then signs the session out."""
+    who = st.session_state["actor"]
+    last = st.session_state.get("active_at")
+    idle = get_store().policy.idle_minutes
+    if last is not None and (utcnow() - last).total_seconds() > idle * 60:
+        raise AuthError(f"your session expired after {idle:g} minutes without activity; nothing was saved")
+    return who
 
 
 def _signed_out(message: str, *, oidc: bool) -> None:
@@ -199,21 +207,27 @@ def _login_form(store: CaseStore, oidc: dict | None) -> None:
         st.caption("Then reload this page. Admins add the other accounts the same way, or on the Users page.")
         return
     st.subheader("Sign in")
-    with st.form("login", clear_on_submit=True):  # the password does not stay in the session after the attempt
-        name = st.text_input("User name", key="login_user")
-        pw = st.text_input("Password", type="password", key="login_password")
-        go = st.form_submit_button("Sign in", type="primary")
-    if go:
-        try:
-            who = store.authenticate(name, pw)
-        except AuthError as exc:
-            st.error(str(exc))
-        else:
-            st.session_state["actor"] = who
-            st.session_state["active_at"] = utcnow()
-            st.rerun()
+    if err := st.session_state.pop("login_error", None):
+        st.error(err)
+    with st.form("login"):
+        st.text_input("User name", key="login_user")
+        st.text_input("Password", type="password", key="login_password")
+        st.form_submit_button("Sign in", type="primary", on_click=_sign_in, args=(store,))
     if oidc:
         st.button(f"Sign in with {oidc['label']}", key="oidc_login", on_click=st.login, args=(oidc["provider"],))
+
+
+def _sign_in(store: CaseStore) -> None:
+    """The sign-in form's callback: the password is checked and emptied from the session at once."""
+    name, pw = st.session_state.get("login_user", ""), st.session_state.get("login_password", "")
+    st.session_state["login_password"] = ""
+    try:
+        who = store.authenticate(name, pw)
+    except AuthError as exc:
+        st.session_state["login_error"] = str(exc)
+    else:
+        st.session_state["actor"] = who
+        st.session_state["active_at"] = utcnow()
 
 
 def user_box(sb) -> None:

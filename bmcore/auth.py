@@ -286,7 +286,12 @@ class AccountsMixin:
             elif not verify_password(u.password_hash, password):
                 if u.locked_until:  # an expired lock: counting starts again
                     u.failed_logins, u.locked_until = 0, None
-                u.failed_logins = failures = (u.failed_logins or 0) + 1
+                    s.flush()
+                # incremented by the database, so that parallel wrong attempts each count
+                u.failed_logins = User.failed_logins + 1
+                s.flush()
+                s.refresh(u, ["failed_logins"])
+                failures = u.failed_logins
                 detail = f"wrong password ({failures} in a row)"
                 if failures >= self.policy.max_failures:
                     u.locked_until = now + dt.timedelta(minutes=self.policy.lock_minutes)

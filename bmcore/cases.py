@@ -564,6 +564,10 @@ class CaseStore(AccountsMixin):
                                                                AuditEvent.action_id == action_id)))
                 if not rows:
                     raise CaseError("there is no such action to undo in this case")
+                signed_since = s.scalar(select(func.max(AuditEvent.id)).where(
+                    AuditEvent.case_id == case_id, AuditEvent.action.in_(("sign-off", "reopen"))))
+                if signed_since is not None and signed_since > min(ev.id for ev in rows):
+                    raise CaseError("the case was signed off since that action; it can no longer be undone")
                 last = dict(s.execute(select(AuditEvent.cell_id, func.max(AuditEvent.id))
                                       .where(AuditEvent.case_id == case_id, AuditEvent.cell_id.is_not(None))
                                       .group_by(AuditEvent.cell_id)).all())

@@ -315,13 +315,14 @@ def test_the_sign_in_form_and_sign_out(app_env):
     at.text_input(key="login_password").set_value("a wrong password")
     at.button[0].click().run()
     assert any("wrong user name or password" in e.value for e in at.error) and "actor" not in at.session_state
+    assert at.text_input(key="login_password").value == "", "a tried password is not kept in the session"
     at.text_input(key="login_user").set_value("pat")
     at.text_input(key="login_password").set_value("pat's long password")
     at.button[0].click().run()
     assert not at.exception, at.exception
     assert at.session_state["actor"].username == "pat"
     assert any("Signed in as **Dr Pat (pat)** · pathologist" in m.value for m in at.sidebar.markdown)
-    assert at.text_input(key="login_password").value == "" if "login_password" in at.session_state else True
+    assert at.session_state["login_password"] == ""
     at.sidebar.button(key="sign_out").click().run()
     assert "actor" not in at.session_state and [b.label for b in at.button] == ["Sign in"]
     assert any("signed out" in i.value for i in at.info)

@@ -99,7 +99,7 @@ def test_move_ticked_cells_confirm_the_rest_undo_and_a_colleague_in_between(env)
     assert after[drawn[1]].final_label == "MON" and after[drawn[1]].reviewed_by == "pat"
     assert [after[i].final_label for i in drawn[2:]] == ["BLA", "BLA"]
     # undo takes back exactly the last action
-    _button(at, "Undo my last action").click().run()
+    _button(at, "Undo my last gallery action").click().run()
     back = {c.id: c for c in store.get_case(cid).cells}
     assert [back[i].final_label for i in drawn[2:]] == [None, None] and back[drawn[0]].final_label == "LYT"
     actions = [e["action"] for e in store.audit(cid)]
@@ -133,3 +133,28 @@ def test_no_button_on_any_page_confirms_a_cell_that_was_never_drawn(env):
     assert reviewed and reviewed <= drawn_ever
     pending = [c for c in store.get_case(cid).cells if caserules.status(c) == "pending"]
     assert all(c.final_label is None for c in pending)
+
+
+def test_an_idle_sessions_click_saves_nothing_and_an_undo_never_reaches_across_a_signature(env):
+    import datetime as dt
+
+    from bmcore.cases import CaseError, utcnow
+    from tests.conftest import TEST_PASSWORD
+
+    store, cid = _case(env, n_lyt=3, n_bla=0)
+    tess = actor(store, "tess", "technologist")
+    at = _review(env, cid, tess)
+    # the button's callback runs before the sign-in gate: it must refuse by itself
+    at.session_state["active_at"] = utcnow() - dt.timedelta(minutes=31)
+    _button(at, "Confirm this page").click().run()
+    assert all(c.final_label is None for c in store.get_case(cid).cells), "an idle session saved nothing"
+    assert "actor" not in at.session_state and [b.label for b in at.button] == ["Sign in"]
+    # a move, then a signature and a reopening: the move can no longer be undone
+    shown = {c.id: c.version for c in store.get_case(cid).cells}
+    moved = store.review_cells(cid, tess, shown, label="MON")
+    pat = actor(store, "pat", "pathologist")
+    store.sign_off(cid, pat, password=TEST_PASSWORD)
+    store.reopen(cid, pat, "one more look")
+    with pytest.raises(CaseError, match="signed off since that action"):
+        store.undo(cid, tess, moved.action_id)
+    assert {c.final_label for c in store.get_case(cid).cells} == {"MON"}

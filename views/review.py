@@ -139,12 +139,14 @@ def sign(expected: dict[int, int]) -> None:
     if _run(lambda: store.sign_off(case.id, appkit.actor(), password=password, expected_versions=expected),
             f"Case {case.case_code} signed off by {appkit.actor().label}."):
         seen.clear()  # sign-off bumps every cell's version
+        st.session_state.pop(f"last_action_{case.id}", None)  # nothing before a signature is undone
 
 
 def reopen() -> None:
     if _run(lambda: store.reopen(case.id, appkit.actor(), st.session_state.get(f"reopen_reason_{case.id}", "")),
             f"Case {case.case_code} reopened."):
         seen.clear()
+        st.session_state.pop(f"last_action_{case.id}", None)
 
 
 def _role(role: str) -> str:
@@ -216,15 +218,15 @@ def gallery(case) -> None:
         return f"{g} {len(groups[g])}" + (f" · {left} to confirm" if left else " ✓")
 
     group = st.pills("Class (blasts and flagged classes first)", names, format_func=fmt, key=f"_w_{gkey}",
-                     default=st.session_state[gkey], on_change=appkit._store_back, args=(gkey,)) or \
+                     default=st.session_state[gkey], on_change=appkit._store_back, args=(gkey,), required=True) or \
         st.session_state[gkey]
     st.session_state[gkey] = group
     cells = groups[group]
     pages = max(1, -(-len(cells) // GALLERY_PAGE))
     pkey = f"gal_page_{case.id}_{group}"
-    page = min(st.session_state.get(pkey, 1), pages)
+    page = min(st.session_state.get(pkey) or 1, pages)
     if pages > 1:
-        page = st.pills("Page", list(range(1, pages + 1)), default=page, key=f"_w_{pkey}",
+        page = st.pills("Page", list(range(1, pages + 1)), default=page, key=f"_w_{pkey}", required=True,
                         on_change=appkit._store_back, args=(pkey,)) or page
     st.session_state[pkey] = page
     drawn = cells[(page - 1) * GALLERY_PAGE: page * GALLERY_PAGE]
@@ -261,7 +263,7 @@ def gallery(case) -> None:
                "Ctrl+Enter confirms the page, N opens the next class to confirm. Confirming takes exactly the cells drawn here, at the versions drawn: "
                "a cell changed by a colleague since, or classified after the page was drawn, is left alone and named.")
     u1, u0, u2 = st.columns([1, 1, 3])
-    u1.button("Undo my last action", key="gal_undo", on_click=undo_last,
+    u1.button("Undo my last gallery action", key="gal_undo", on_click=undo_last,
               disabled=not st.session_state.get(f"last_action_{case.id}"))
     todo = [g for g in names if g != group and any(map(caserules.unresolved, groups[g]))]
     u0.button("Next class to confirm", key="gal_next", shortcut="N", disabled=not todo,
