@@ -247,7 +247,7 @@ def classified_case(database: Path, code: str, crops: list[Path], user: str = "t
 def gallery_open(page, group: str) -> None:
     """Open a class in the review gallery (its pill)."""
     page.get_by_role("radio", name=re.compile(rf"^{re.escape(group)} \d+")).click()
-    wait_idle(page)
+    settle(page)
 
 
 def gallery_tick(page, position: int) -> None:
@@ -259,29 +259,46 @@ def gallery_move(page, code: str) -> float:
     """Move the ticked cells to ``code`` (its quick button); returns the seconds from the click to the page redrawn."""
     t = time.perf_counter()
     page.get_by_role("button", name=f"→ {code}").click()
-    wait_idle(page)
+    settle(page)
     return time.perf_counter() - t
 
 
 def review_mode(page, mode: str) -> None:
     """Switch the Review page between "Gallery by class" and "One cell"."""
     page.get_by_role("radio", name=mode, exact=True).click()  # a segmented control's options are radios
+    settle(page)
+
+
+def settle(page) -> None:
+    """After a click: wait for the rerun it starts to begin (Streamlit flips the marker a moment later), then to end."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.locator('[data-testid="stApp"][data-test-script-state="running"]').wait_for(state="attached",
+                                                                                        timeout=1500)
+    except PlaywrightTimeout:
+        pass  # it ran and ended already, or the click started none
     wait_idle(page)
 
 
 def gallery_confirm_everything(page, max_actions: int = 400) -> list[float]:
     """In the review gallery, open each class that still has cells to confirm and confirm its page as drawn, until
-    none is left; returns the seconds each confirmation took (click to the page redrawn)."""
+    none is left (checked twice, on a settled page); returns the seconds each confirmation took (click to the page
+    redrawn)."""
     times = []
     while len(times) < max_actions:
+        settle(page)
         todo = page.get_by_role("radio", name=GALLERY_TODO)  # the class pills
         if todo.count() == 0:
-            return times
+            settle(page)
+            if page.get_by_role("radio", name=GALLERY_TODO).count() == 0:
+                return times
+            continue
         todo.first.click()
-        wait_idle(page)
+        settle(page)
         t = time.perf_counter()
         page.get_by_role("button", name=re.compile("^Confirm this page")).click()
-        wait_idle(page)
+        settle(page)
         times.append(time.perf_counter() - t)
     raise RuntimeError("the gallery still has cells to confirm")
 
