@@ -43,17 +43,13 @@ def review_reasons(cell) -> list[str]:
 
 
 def needs_review(cell) -> bool:
-    """Unreviewed and uncertain, critical or hairy-flagged: only a person may resolve it, never a bulk confirm."""
+    """Unreviewed and uncertain, critical or hairy-flagged: marked for a person in the gallery and the queue."""
     return bool(review_reasons(cell))
 
 
 def unresolved(cell) -> bool:
     """A classified cell without a reviewer's label (rejected images need none: they count only if labelled)."""
     return status(cell) == OK and cell.final_label is None
-
-
-def bulk_confirmable(cell) -> bool:
-    return unresolved(cell) and not needs_review(cell)
 
 
 def top3(cell) -> list[tuple[str, float]]:

@@ -81,7 +81,7 @@ if tri.get("rules") and tri.get("test"):
     crit = "".join(f", or when its calibrated probability of being a {cell_name(c).lower()} ({c}) is at least "
                    f"**{t:.3f}** whatever its top class" for c, t in sorted(rules.critical.items()))
     st.write(f"A cell goes to review when its calibrated confidence is under **{rules.uncertain_below:.2f}**{crit}. "
-             f"The other cells can be confirmed in bulk. Images the gate refuses get no class and need no review; "
+             f"The other cells are confirmed class by class in the review gallery. Images the gate refuses get no class and need no review; "
              f"they are left out of these figures. Rule {rules.source}.")
     te = tri["test"]
     where = f"test split, {te['n']} crops"
@@ -94,7 +94,7 @@ if tri.get("rules") and tri.get("test"):
     r1, r2, r3, r4 = st.columns(4)
     r1.metric("Sent to review", pct(te["review_fraction"]), help=f"{te['review']} of {te['n_accepted']} cells; {note}")
     r2.metric("Auto-accepted accuracy", pct(te["auto_accuracy"]),
-              help=f"{te['auto_accepted']} cells left to bulk confirmation; goal: {tri.get('goal', 'n/a')}; {note}")
+              help=f"{te['auto_accepted']} cells not sent to review; goal: {tri.get('goal', 'n/a')}; {note}")
     r3.metric("Errors caught", f"{pct(te['errors_caught_fraction'])} ({te['errors_caught']}/{te['errors']})",
               help=f"misclassified cells sent to review, of all misclassified cells; {note}")
     if te.get("blast_sensitivity") is not None:
@@ -145,7 +145,7 @@ if tri.get("rules") and tri.get("test"):
                           yaxis_tickformat=".0%", height=380, margin={"t": 30})
         st.plotly_chart(fig, width="stretch")
         st.caption("Risk-coverage: each point is a confidence threshold (0.00 to 1.00) with the blast rule on. "
-                   "A lower threshold leaves more cells to bulk confirmation and lets more errors through.")
+                   "A lower threshold sends fewer cells to review and lets more errors through unflagged.")
     st.caption("A confidence threshold set by the user replaces the fitted one (each case stores the rule it was "
                "classified under); the figures above then no longer describe the rule in force.")
 else:
