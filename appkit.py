@@ -251,8 +251,13 @@ def _persist(key: str, default):
     st.session_state[f"_w_{key}"] = st.session_state[key]
 
 
-def _store_back(key: str):
-    st.session_state[key] = st.session_state[f"_w_{key}"]
+def _store_back(key: str, valid=None):
+    """A picker's on_change: copy widget ``_w_{key}`` into ``key``, the truth the page reads. With ``valid`` (the
+    values the picker showed), a value outside them is dropped: a select box whose option text changed under a
+    stale screen hands back that old text instead of a value, and the page stays on what it showed."""
+    value = st.session_state[f"_w_{key}"]
+    if valid is None or value in valid:
+        st.session_state[key] = value
 
 
 def sidebar() -> Predictor | None:
@@ -319,7 +324,7 @@ def _active_case_picker(sb) -> None:
     if cases:
         names = {c["id"]: f"{c['case']} ({c['status']}, {c['cells']} cells)" for c in cases}
         sb.selectbox("Active case", ids, format_func=names.get, key="_w_case_id", on_change=_store_back,
-                     args=("case_id",), index=None, placeholder="Choose a case…")
+                     args=("case_id", ids), index=None, placeholder="Choose a case…")
     if st.session_state["case_id"] is not None:
         st.query_params["case"] = str(st.session_state["case_id"])
     elif "case" in st.query_params:

@@ -30,9 +30,10 @@ def critical_codes(cell) -> list[str]:
     return [c for c in (getattr(cell, "critical", "") or "").split(",") if c]
 
 
-def review_reasons(cell) -> list[str]:
-    """Why the case rules send this (unreviewed, classified) cell to a person; empty when they do not."""
-    if status(cell) != OK or cell.final_label is not None:
+def model_flags(cell) -> list[str]:
+    """What the model's output flags on a classified cell (critical classes, hairy cell, uncertain), whether or not a
+    person has reviewed it since: fixed once the cell is classified."""
+    if status(cell) != OK:
         return []
     out = [f"possible {cell_name(c).lower()}" for c in critical_codes(cell) if c != HAIRY_CELL_CODE]
     if cell.hairy_flag or HAIRY_CELL_CODE in critical_codes(cell):
@@ -40,6 +41,11 @@ def review_reasons(cell) -> list[str]:
     if cell.uncertain:
         out.append("uncertain")
     return out
+
+
+def review_reasons(cell) -> list[str]:
+    """Why the case rules send this (unreviewed, classified) cell to a person; empty when they do not."""
+    return [] if cell.final_label is not None else model_flags(cell)
 
 
 def needs_review(cell) -> bool:

@@ -68,6 +68,19 @@ def wait_classified(at: AppTest, timeout: float = 120) -> AppTest:
     return at
 
 
+def send_text(selectbox, text: str) -> None:
+    """Make ``selectbox`` send ``text`` on the next run, as a browser does with an option text from a screen older
+    than the server's last run (AppTest always sends the last run's own text)."""
+    from streamlit.proto.WidgetStates_pb2 import WidgetState
+
+    class Stale(type(selectbox)):
+        @property
+        def _widget_state(self):
+            return WidgetState(id=self.id, string_value=text)
+
+    selectbox.__class__ = Stale
+
+
 def metric(at, label):
     return next(m.value for m in at.metric if m.label == label)
 
@@ -279,16 +292,21 @@ def test_stale_screen_never_overwrites_a_colleague(env, crops):
     pick = f"_w_review_cell_{cid}"
     cell = a.selectbox(key=pick).value
     assert b.selectbox(key=pick).value == cell
+    sb = b.selectbox(key=pick)
+    b_text = sb.options[sb.index]  # what B's browser will send back for B's choice, however stale B's screen gets
     a.selectbox(key=f"label_{cid}_{cell}").set_value("PMO").run()
     a.button(key="save_btn").click().run()
     assert any("set to PMO" in s.value for s in a.success)
     b.selectbox(key=f"label_{cid}_{cell}").set_value("MON").run()  # B's rerun re-reads the cell ...
     assert any("changed since you opened it" in w.value and "PMO" in w.value for w in b.warning)
+    assert b_text in b.selectbox(key=pick).options, "a cell's text in the picker survives a colleague's review"
     b.button(key="save_btn").click().run()  # ... but acts on the version B opened
     assert any("Not saved" in w.value and "changed by drpath" in w.value and "PMO" in w.value for w in b.warning)
     assert b.selectbox(key=pick).value == cell, "a refused action does not move on"
+    send_text(b.selectbox(key=pick), b_text + " · an option text this page no longer shows")  # a browser's stale text
     b.button(key="confirm_btn").click().run()
     assert any("Not saved" in w.value and "changed by drpath" in w.value for w in b.warning)
+    assert not b.exception and b.selectbox(key=pick).value == cell, "a stale picker text never moves to another cell"
     store = CaseStore(env["db"])
     got = next(c for c in store.get_case(cid).cells if c.id == cell)
     assert got.final_label == "PMO" and got.reviewed_by == "drpath"

@@ -56,7 +56,7 @@ def test_upload_heatmap_review_signoff_download(server, crops, tmp_path):
         page.screenshot(path=str(ART / "2_heatmap.png"), full_page=True)
 
         page.get_by_role("link", name="Review").first.click()
-        appdriver.wait_idle(page)
+        appdriver.settle(page)
         appdriver.review_mode(page, "One cell")
         label_box = page.get_by_role("combobox", name="Label", exact=True)
         label_box.click()

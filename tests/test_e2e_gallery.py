@@ -44,7 +44,7 @@ def test_gallery_review_of_a_100_cell_case_and_a_stale_page(dev_root, tmp_path):
         a = appdriver.new_page(browser, TIMEOUT_S)
         appdriver.open_case(a, srv.url, "GAL-100", user="tech")
         a.get_by_role("link", name="Review").first.click()
-        appdriver.wait_idle(a)
+        appdriver.settle(a)
         clicks = 0
 
         # reviewer B draws the page of the class that holds the first move; A then moves that cell; B confirms
@@ -52,7 +52,7 @@ def test_gallery_review_of_a_100_cell_case_and_a_stale_page(dev_root, tmp_path):
         b = appdriver.new_page(browser, TIMEOUT_S)
         appdriver.open_case(b, srv.url, "GAL-100", user="path")
         b.get_by_role("link", name="Review").first.click()
-        appdriver.wait_idle(b)
+        appdriver.settle(b)
         appdriver.gallery_open(b, first.predicted)
         drawn_by_b = {c.id for c in store.get_case(cid).cells if caserules.gallery_group(c) == first.predicted}
 
@@ -73,7 +73,7 @@ def test_gallery_review_of_a_100_cell_case_and_a_stale_page(dev_root, tmp_path):
         a.screenshot(path=str(ART / "gallery_after_moves.png"), full_page=True)
 
         b.get_by_role("button", name=re.compile("^Confirm this page")).click()
-        appdriver.wait_idle(b)
+        appdriver.settle(b)
         b.screenshot(path=str(ART / "gallery_stale_page.png"), full_page=True)
         said = " ".join(b.get_by_test_id("stAlert").all_inner_texts())
         changed_under_b = [before[i] for i in moves if before[i].predicted == first.predicted]

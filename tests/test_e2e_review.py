@@ -58,7 +58,7 @@ def test_two_reviewers_stale_screen_and_ten_actions_in_a_row(dev_root, tmp_path)
         b = appdriver.new_page(browser, TIMEOUT_S)  # reviewer B: another browser context, another account
         appdriver.open_case(b, srv.url, "TWO-1", user="path")
         b.get_by_role("link", name="Review").first.click()
-        appdriver.wait_idle(b)
+        appdriver.settle(b)
         appdriver.review_mode(b, "One cell")
         first = appdriver.selectbox_text(a, PICKER)
         assert appdriver.selectbox_text(b, PICKER) == first
@@ -70,11 +70,12 @@ def test_two_reviewers_stale_screen_and_ten_actions_in_a_row(dev_root, tmp_path)
         expect(a.get_by_text(f"#{cell.position + 1} set to PMO")).to_be_visible()
         appdriver.choose(b, "Label", "MON")
         b.get_by_role("button", name="Save label").click()
-        appdriver.wait_idle(b)
+        appdriver.settle(b)
         expect(b.get_by_text(re.compile(r"Not saved: .*changed by tech.*now PMO"))).to_be_visible()
+        assert appdriver.selectbox_text(b, PICKER) == first, "a refused save stays on the cell, its text unchanged"
         b.screenshot(path=str(ART / "review_conflict_save.png"), full_page=True)
         b.get_by_role("button", name="Confirm model's label").click()
-        appdriver.wait_idle(b)
+        appdriver.settle(b)
         expect(b.get_by_text(re.compile(r"Not saved: .*changed by tech"))).to_be_visible()
         assert appdriver.selectbox_text(b, PICKER).startswith(f"#{cell.position + 1} "), "B still sees that cell"
         got = next(c for c in store.get_case(cid).cells if c.id == cell.id)
@@ -140,7 +141,7 @@ def test_background_job_survives_widgets_reload_and_a_killed_server(dev_root, tm
             # the user goes on working while it classifies: another tab, another page, a reload
             page.get_by_role("tab", name="Gallery").click()
             page.get_by_role("link", name="Differential").first.click()
-            appdriver.wait_idle(page)
+            appdriver.settle(page)
             page.reload()  # a new session: the app asks for the password again, then opens the same page and case
             appdriver.reload_signed_in(page, "tech")
             expect(page.get_by_text(re.compile("Case \\*?\\*?JOB-1"))).to_be_visible()  # the address kept the case
@@ -173,7 +174,7 @@ def test_background_job_survives_widgets_reload_and_a_killed_server(dev_root, tm
             page = appdriver.new_page(browser, 300)
             appdriver.open_case(page, srv.url, "JOB-2")
             page.get_by_role("link", name="Classify").first.click()
-            appdriver.wait_idle(page)
+            appdriver.settle(page)
             expect(page.get_by_text("Partial case:")).to_be_visible()
             appdriver.wait_idle(page)
             page.screenshot(path=str(ART / "job_partial.png"), full_page=True)

@@ -95,7 +95,7 @@ bm-technologists = "technologist"
             # a fresh identity-provider sign-in is the re-authentication: no password box, the signature says how
             appdriver.choose(page, "Active case", "SSO-1")
             page.get_by_role("link", name="Review").first.click()
-            appdriver.wait_idle(page)
+            appdriver.settle(page)
             expect(page.get_by_text(re.compile("Your password, to sign"))).to_have_count(0)
             page.get_by_role("button", name="Sign off case").click()
             expect(page.get_by_text("signed off by").first).to_be_visible()

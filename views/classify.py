@@ -3,7 +3,7 @@ import streamlit as st
 
 import appkit
 from bmcore import caserules
-from bmcore.cases import CaseError
+from bmcore.cases import CaseError, reviewer_text
 from bmcore.explain import CAM_METHODS, overlay
 from bmcore.inputs import MAX_FILES, enforce_limit, from_upload
 from bmcore.jobs import match_pending, pending_inputs
@@ -229,18 +229,22 @@ def cell_view() -> None:
         appkit.case_predictor(case)  # says plainly that the case's model is not installed; no other model is used
         return
     cpred = appkit.get_predictor(str(bundle_path))
-    labels = {int(r.cell_id): f"#{r['#']} {r.file} — " + (f"{r.final} ({r.confidence:.2f})" if r.status == "ok" else
-                                                           f"rejected: {r.error}") for _, r in shown.iterrows()}
+    # the picker's value is a cell id kept per case; its text holds only what is fixed once a cell is classified
+    # (the browser hands the text back, and a text a colleague's review had changed would name no cell)
+    labels = {int(r.cell_id): f"#{r['#']} {r.file} — " + (f"model: {r.predicted} ({r.confidence:.2f})"
+                                                           if r.status == "ok" else f"rejected: {r.error}")
+              for _, r in shown.iterrows()}
     ids = [int(i) for i in shown.sort_values("#").cell_id]
-    # the picker's value is a cell id kept per case; its text may change without moving the choice to another cell
     key = f"cell_pick_{case.id}"
     chosen = st.session_state.get(key)
     if chosen not in ids:
         chosen = ids[0]
     st.session_state[key] = st.session_state[f"_w_{key}"] = chosen
-    st.selectbox("Cell", ids, format_func=labels.get, key=f"_w_{key}",
-                 on_change=lambda: st.session_state.update({key: st.session_state[f"_w_{key}"]}))
+    st.selectbox("Cell", ids, format_func=labels.get, key=f"_w_{key}", on_change=appkit._store_back,
+                 args=(key, ids))
     cell = next(c for c in case.cells if c.id == chosen)
+    if cell.final_label is not None:
+        st.caption(f"Reviewed: {cell.final_label} ({cell_name(cell.final_label)}) by {reviewer_text(cell)}")
     h1, h2, h3 = st.columns(3)
     method = h1.selectbox("Method", list(CAM_METHODS)[:4], key="cam_method",
                           format_func={"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "eigencam": "EigenCAM",

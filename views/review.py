@@ -308,17 +308,17 @@ def one_cell(queue: list) -> None:
     st.session_state[PICK] = st.session_state[WPICK] = chosen
 
     def label_of(cid: int) -> str:
+        # Only what is fixed once a cell is classified: the browser sends the chosen option back as this text, so a
+        # text that changed under a stale screen (someone reviewed the cell meanwhile) would no longer name its cell.
         c = by_id[cid]
-        why = caserules.review_reasons(c)
-        tail = (f" · REJECTED: {c.reject_reason}" if caserules.status(c) == caserules.REJECTED and c.final_label is None
-                else f" · {', '.join(why).upper()}" if why else "")
-        if c.final_label is not None:
-            tail += f" · reviewed: {c.final_label} by {reviewer_text(c)}"
+        flags = caserules.model_flags(c)
+        tail = (f" · REJECTED: {c.reject_reason}" if caserules.status(c) == caserules.REJECTED
+                else f" · {', '.join(flags).upper()}" if flags else "")
         conf = f" ({c.confidence:.2f})" if c.confidence is not None else ""
         return f"#{c.position + 1} {c.name} — model: {c.predicted}{conf}{tail}"
 
     st.selectbox("Cell (flagged and uncertain first, then unreviewed)", ids, format_func=label_of, key=WPICK,
-                 on_change=lambda: st.session_state.update({PICK: st.session_state[WPICK]}))
+                 on_change=appkit._store_back, args=(PICK, ids))
     cell = by_id[chosen]
     seen.setdefault(cell.id, cell.version)  # the version this reviewer opened
     seen_v = seen[cell.id]
