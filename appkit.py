@@ -63,7 +63,13 @@ def installed_bundles() -> dict[Path, dict]:
 
 @st.cache_resource(show_spinner="Loading model…")
 def get_predictor(bundle_path: str) -> Predictor:
-    return Predictor(bundle_path)
+    """The process's one Predictor per bundle (ONNX Runtime session inside, shared by every session). Grad-CAM's torch
+    model is built in the background at once, so the first heatmap a reviewer opens does not wait for it."""
+    import threading
+
+    pred = Predictor(bundle_path)
+    threading.Thread(target=pred.warm_explanations, name="bmcore-cam-warmup", daemon=True).start()
+    return pred
 
 
 @st.cache_resource
@@ -369,15 +375,9 @@ def predictor() -> Predictor:
 
 @st.cache_data(max_entries=512, show_spinner=False)
 def heatmap(bundle_path: str, data: bytes, class_code: str, method: str):
-    """(cam, rgb-as-the-model-sees-it) for one crop; cached so moving the opacity slider is instant."""
-    import numpy as np
-
-    from bmcore.preprocess import decode_image, resize_rgb
-
-    pred = get_predictor(bundle_path)
-    cam, _, code = pred.explain(data, class_code, method)
-    rgb = np.asarray(resize_rgb(decode_image(data), pred.cfg))
-    return cam, rgb, code
+    """(cam, rgb-as-the-model-sees-it, class explained) for one crop; cached per crop, class and method, so moving
+    the opacity slider or coming back to a cell is instant."""
+    return get_predictor(bundle_path).cam(data, class_code, method)
 
 
 def cells_frame(case):

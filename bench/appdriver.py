@@ -237,7 +237,7 @@ def classified_case(database: Path, code: str, crops: list[Path], user: str = "t
     items = from_paths(crops)
     store = CaseStore(f"sqlite:///{database}")
     who = store.authenticate(user, USERS[user][1])
-    cid = store.create_case(code, cell_inputs(items, pred.predict_items(items)), actor=who,
+    cid = store.create_case(code, cell_inputs(items, pred.predict_items(items, thumbnails=True)), actor=who,
                             model_name=pred.bundle.name, model_sha256=pred.bundle.sha256, model_classes=pred.classes,
                             rules=pred.rules.to_dict())
     store.engine.dispose()

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import timm
 import torch
-from timm.models import register_model
 from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -81,10 +79,21 @@ def get_backbone(key: str) -> Backbone:
 
 def create(key: str, num_classes: int, *, img_size: int | None = None, **kwargs) -> nn.Module:
     """Create a randomly initialised model for ``key`` with ``num_classes`` outputs."""
+    import timm  # imported here: reading a bundle and running its ONNX model never needs it (4 s of start-up)
+
+    _register_timm()
     b = get_backbone(key)
     if b.transformer and img_size is not None:
         kwargs.setdefault("img_size", img_size)
     return timm.create_model(b.timm_name, pretrained=False, num_classes=num_classes, **kwargs)
+
+
+def _register_timm() -> None:
+    """Register this module's own models with timm (once), so they are created by name like the others."""
+    from timm.models import is_model, register_model
+
+    if not is_model("bm_small_cnn"):
+        register_model(bm_small_cnn)
 
 
 def resolve_layer(model: nn.Module, dotted: str) -> nn.Module:
@@ -142,7 +151,6 @@ class SmallCNN(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-@register_model
 def bm_small_cnn(pretrained: bool = False, **kwargs) -> SmallCNN:
     if pretrained:
         raise ValueError("bm_small_cnn has no pretrained weights")

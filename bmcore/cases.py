@@ -814,7 +814,7 @@ def cell_inputs(items, preds) -> list[CellInput]:
     import hashlib
     from pathlib import Path as _P
 
-    from .preprocess import ImageDecodeError, decode_image, thumbnail_jpeg
+    from .preprocess import ImageDecodeError, decode_image, thumbnail_of
 
     out = []
     for it, p in zip(items, preds):
@@ -822,10 +822,12 @@ def cell_inputs(items, preds) -> list[CellInput]:
             out.append(CellInput(name=p.name, ok=False, error=p.error))
             continue
         data = it.source.read_bytes() if isinstance(it.source, _P) else bytes(it.source)
-        try:
-            thumb = thumbnail_jpeg(decode_image(data))
-        except ImageDecodeError:  # decoded a moment ago; cannot happen unless the file changed
-            thumb = None
+        thumb = getattr(p, "thumbnail", None)  # made by the predictor from its own decode, when asked
+        if thumb is None:
+            try:
+                thumb = thumbnail_of(decode_image(data), data)
+            except ImageDecodeError:  # decoded a moment ago; cannot happen unless the file changed
+                thumb = None
         out.append(CellInput(name=p.name, ok=True, sha256=hashlib.sha256(data).hexdigest(), thumbnail=thumb,
                              predicted=p.code, confidence=p.confidence, probabilities=p.probabilities,
                              uncertain=p.uncertain, hairy_flag=p.hairy_flag, rejected=p.rejected,

@@ -14,15 +14,14 @@ import logging
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
 from . import RUO_STATEMENT
-from .bundle import BundleError, find_bundles, pick_default
 
 ASSETS_MODELS = Path(__file__).resolve().parent.parent / "assets" / "models"
 
 
 def default_bundle() -> Path:
+    from .bundle import find_bundles, pick_default
+
     found = pick_default(find_bundles(ASSETS_MODELS))
     if found is None:
         raise SystemExit(f"no bundle under {ASSETS_MODELS}; pass --bundle")
@@ -31,6 +30,7 @@ def default_bundle() -> Path:
 
 def cmd_classify(a) -> int:
     from PIL import Image
+    from tqdm import tqdm
 
     from .inputs import from_paths, safe_display_name
     from .predictor import Predictor
@@ -212,6 +212,10 @@ def main(argv=None) -> int:
         from .bench import run_bench
 
         return run_bench(a.bundle or default_bundle(), a.data, a.cells, a.cams, a.device, a.out)
-    except BundleError as exc:
+    except Exception as exc:  # noqa: BLE001 -- a bundle that cannot be trusted is a message, anything else a traceback
+        from .bundle import BundleError  # imported here: "users" and "cases" never load torch
+
+        if not isinstance(exc, BundleError):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -172,7 +172,7 @@ class JobRunner:
                 job.started = True
                 self.store.set_job(job.id, JOB_RUNNING)
             items = [it for _, it in batch]
-            preds = job.predictor.predict_items(items, rules=job.rules)
+            preds = job.predictor.predict_items(items, rules=job.rules, thumbnails=True)
             rows = cell_inputs(items, preds)
             self.store.save_results(job.case_id, {pos: r for (pos, _), r in zip(batch, rows)}, job_id=job.id)
             return True

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn import metrics as skm
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -70,6 +69,8 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, classes: list[str])
     probs = np.asarray(probs)
     pred = probs.argmax(axis=1)
     labels = list(range(len(classes)))
+    from sklearn import metrics as skm  # imported here: the app's start-up never needs scikit-learn
+
     p, r, f, s = skm.precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     out: dict = {
         "n": int(len(y)),

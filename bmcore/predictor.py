@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from .bundle import Bundle, load_bundle
-from .explain import compute_cam, overlay
+from .engine import OnnxModel, onnxruntime_available
 from .metrics import softmax
 from .ood import quality_stats
-from .preprocess import ImageDecodeError, decode_image, normalize, preprocess, resize_rgb, to_uint8_tensor
+from .preprocess import (ImageDecodeError, decode_image, normalize, resize_rgb, thumbnail_of,
+                         to_uint8_tensor)
 from .tasks import HAIRY_CELL_CODE, cell_name
 from .triage import ReviewRules, judge, rules_for_model
 
@@ -105,6 +106,7 @@ class CellPrediction:
     rejected: bool = False     # refused by the bundle's quality / out-of-distribution gate
     reject_reason: str = ""
     ood_score: float = float("nan")
+    thumbnail: bytes | None = None  # with predict(thumbnails=True): made from the same decode as the prediction
 
     @property
     def label(self) -> str:
@@ -118,7 +120,11 @@ class CellPrediction:
 class Predictor:
     def __init__(self, bundle: Bundle | str | Path, *, device: str | None = None, threshold: float | None = None,
                  hairy_threshold: float | None = None, precision: str = "auto", batch_size: int | None = None,
-                 tta: bool | None = None, decode_workers: int = 2, gate: bool = True):
+                 tta: bool | None = None, decode_workers: int = 2, gate: bool = True, engine: str | None = None):
+        """``engine``: "onnx" (ONNX Runtime on a CPU, precision "fp32" or "int8") or "torch" (precision "fp32",
+        "fp16", "bf16"); None and precision "auto" take what the bundle chose on validation
+        (``bundle.json["inference"]``), falling back to torch fp32 where ONNX cannot run (a GPU, no onnxruntime, a
+        bundle without ONNX files); ``fallback`` then says why."""
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.device = pick_device(device)
         self.cfg = self.bundle.data_config
@@ -126,21 +132,47 @@ class Predictor:
         self.temperature = self.bundle.temperature
         # review rules of new classifications: the bundle's validated triage, with the thresholds given overriding
         self.rules = self.review_rules(threshold, hairy_threshold)
-        # micro-batch of the forward pass: on a CPU small batches stay in cache (measured: MobileNetV2 at 224 px,
-        # 8 ms/cell at 8 vs 13-16 at 32-64, bench/results), on a GPU large ones fill the device
-        self.batch_size = batch_size or (64 if self.device.type == "cuda" else 8)
         self.tta = self.bundle.tta if tta is None else tta
-        self.model = self.bundle.build_model().to(self.device)
-        if self.device.type in ("cuda", "cpu"):
-            self.model = self.model.to(memory_format=torch.channels_last)
+        chosen = self.bundle.meta.get("inference", {})
+        self.fallback = ""
+        if engine is None:
+            engine = chosen.get("engine", "torch")
+            if precision == "auto" and engine == "onnx":
+                precision = chosen.get("precision", "fp32")
+            if engine == "onnx":
+                self.fallback = ("a GPU runs the torch model" if self.device.type != "cpu" else
+                                 "onnxruntime is not installed" if not onnxruntime_available() else
+                                 "the bundle has no ONNX model" if not self.bundle.meta.get("onnx") else "")
+                if self.fallback:
+                    engine, precision = "torch", "auto"
+        self.engine = engine
         if precision == "auto":
             precision = "fp16" if self.device.type == "cuda" else "fp32"
         self.precision = precision
+        # micro-batch of the forward pass: on a CPU small batches stay in cache (measured: MobileNetV2 at 224 px,
+        # 8 ms/cell at 8 vs 13-16 at 32-64, bench/results), on a GPU large ones fill the device
+        self.batch_size = batch_size or (64 if self.device.type == "cuda" else 16 if engine == "onnx" else 8)
+        self._model = None  # the torch model, built when first needed (torch engine, Grad-CAM)
+        self._model_lock = threading.Lock()
+        self.onnx = OnnxModel(self.bundle, precision) if engine == "onnx" else None
+        if engine == "torch":
+            _ = self.model
         self._cam_lock = threading.Lock()
         self._cam_model = None  # Grad-CAM's own copy: its hooks must never see a concurrent predict()
         self._decode_workers = decode_workers
         # the bundle's quality + out-of-distribution gate (None: the bundle has none, or it was switched off)
         self.gate = self.bundle.gate() if gate else None
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The bundle's torch model on this predictor's device (built on first use)."""
+        with self._model_lock:
+            if self._model is None:
+                m = self.bundle.build_model().to(self.device)
+                if self.device.type in ("cuda", "cpu"):
+                    m = m.to(memory_format=torch.channels_last)
+                self._model = m
+        return self._model
 
     # -- description -------------------------------------------------------------------------------
     @property
@@ -152,9 +184,14 @@ class Predictor:
         return rules_for_model(self.bundle.meta, self.classes, uncertain_below=threshold, hairy_flag_at=hairy_threshold)
 
     def describe(self) -> dict:
-        return {"bundle": self.bundle.name, "device": str(self.device), "precision": self.precision,
-                "tta": self.tta, "temperature": self.temperature, "classes": self.classes,
-                "gate": self.gate is not None}
+        return {"bundle": self.bundle.name, "device": str(self.device), "engine": self.engine,
+                "precision": self.precision, "tta": self.tta, "temperature": self.temperature, "classes": self.classes,
+                "gate": self.gate is not None, "fallback": self.fallback}
+
+    @property
+    def setting(self) -> str:
+        """The inference setting in words, e.g. "ONNX int8, no TTA"."""
+        return f"{'ONNX' if self.engine == 'onnx' else 'torch'} {self.precision}, {'4-view TTA' if self.tta else 'no TTA'}"
 
     # -- tensors -----------------------------------------------------------------------------------
     @property
@@ -174,6 +211,9 @@ class Predictor:
         return self._forward(x, features=True)
 
     def _forward(self, x: torch.Tensor, features: bool):
+        if self.onnx is not None:
+            logits, feats = self.onnx(x.numpy(), tta=self.tta, batch_size=self.batch_size)
+            return (logits, feats) if features else logits
         return forward_logits(self.model, x, self.device, dtype=self._dtype, tta=self.tta, batch_size=self.batch_size,
                               channels_last=self.device.type in ("cuda", "cpu"), features=features)
 
@@ -182,34 +222,53 @@ class Predictor:
         return softmax(self.logits(x), self.temperature)
 
     # -- images ------------------------------------------------------------------------------------
-    def _load_one(self, src) -> torch.Tensor:
+    def _load_one(self, src, thumbnail: bool = False):
         img = src if hasattr(src, "size") and hasattr(src, "mode") else decode_image(src)
-        return to_uint8_tensor(resize_rgb(img, self.cfg))
+        x = to_uint8_tensor(resize_rgb(img, self.cfg))
+        return (x, thumbnail_of(img, src)) if thumbnail else x
 
-    def load_many(self, sources: list) -> tuple[list[torch.Tensor | None], list[str]]:
-        """Decode + resize in a small thread pool (PIL releases the GIL); errors become messages."""
+    def load_many(self, sources: list, thumbnails: bool = False, workers: int | None = None):
+        """Decode + resize in a small thread pool (PIL releases the GIL); errors become messages.
+
+        Returns (tensors or None, error messages), and with ``thumbnails`` the stored thumbnails too."""
 
         def one(src):
             try:
-                return self._load_one(src), ""
+                out = self._load_one(src, thumbnails)
+                return (*out, "") if thumbnails else (out, None, "")
             except ImageDecodeError as exc:
-                return None, str(exc)
+                return None, None, str(exc)
 
-        if self._decode_workers > 1 and len(sources) > 4:
-            with ThreadPoolExecutor(self._decode_workers) as ex:
+        workers = self._decode_workers if workers is None else workers
+        if workers > 1 and len(sources) > 4:
+            with ThreadPoolExecutor(workers) as ex:
                 res = list(ex.map(one, sources))
         else:
             res = [one(s) for s in sources]
-        return [r[0] for r in res], [r[1] for r in res]
+        tensors, thumbs, errors = [r[0] for r in res], [r[1] for r in res], [r[2] for r in res]
+        return (tensors, errors, thumbs) if thumbnails else (tensors, errors)
+
+    def _load_chunk(self, sources: list, thumbnails: bool):
+        """(tensors, errors, thumbnails or Nones) of one chunk, decoded on the caller's one thread."""
+        out = self.load_many(sources, thumbnails, workers=1)
+        return out if thumbnails else (*out, [None] * len(sources))
+
+    def batch(self, sources: list) -> torch.Tensor:
+        """Normalised NCHW batch of readable ``sources`` (bytes, paths, PIL images), as the model sees them."""
+        tensors, _ = self.load_many(sources)
+        return normalize(torch.stack([t for t in tensors if t is not None]), self.cfg)
 
     def predict(self, sources: list, names: list[str] | None = None, progress=None, *,
                 threshold: float | None = None, hairy_threshold: float | None = None,
-                rules: ReviewRules | None = None) -> list[CellPrediction]:
+                rules: ReviewRules | None = None, thumbnails: bool = False) -> list[CellPrediction]:
         """Predict a batch of images (bytes, paths or PIL images); unreadable ones come back with ``ok=False``.
 
         ``progress``: optional callable ``(done, total)`` for a progress bar. ``rules`` (or ``threshold`` and
         ``hairy_threshold`` over the bundle's rules) replace the instance's review rules for this call only
-        (the app shares one Predictor between sessions, each case with its own rules).
+        (the app shares one Predictor between sessions, each case with its own rules). ``thumbnails``: each
+        readable crop's stored thumbnail comes with its prediction, from the same decode.
+
+        Decoding overlaps inference: the next chunk is decoded (one thread) while the model runs on this one.
         """
         if rules is None:
             rules = self.rules if threshold is None and hairy_threshold is None else \
@@ -218,22 +277,28 @@ class Predictor:
                           enumerate(sources)]
         results: list[CellPrediction] = []
         chunk = 64  # decode this many at a time (bounded memory), predicted in micro-batches
-        for start in range(0, len(sources), chunk):
-            tensors, errors = self.load_many(sources[start:start + chunk])
-            good = [i for i, t in enumerate(tensors) if t is not None]
-            probs, reasons, scores = self._judge([tensors[i] for i in good])
-            row = {i: (p, r, sc) for i, p, r, sc in zip(good, probs, reasons, scores)}
-            for i, err in enumerate(errors):
-                name = names[start + i]
-                if i not in row:
-                    results.append(CellPrediction(name=name, ok=False, error=err))
-                    continue
-                p, reason, score = row[i]
-                verdict = self._verdict(name, p, rules)
-                verdict.rejected, verdict.reject_reason, verdict.ood_score = bool(reason), reason, float(score)
-                results.append(verdict)
-            if progress:
-                progress(min(start + chunk, len(sources)), len(sources))
+        starts = list(range(0, len(sources), chunk))
+        with ThreadPoolExecutor(1) as prefetch:
+            nxt = prefetch.submit(self._load_chunk, sources[:chunk], thumbnails) if starts else None
+            for start in starts:
+                tensors, errors, thumbs = nxt.result()
+                if start + chunk < len(sources):
+                    nxt = prefetch.submit(self._load_chunk, sources[start + chunk:start + 2 * chunk], thumbnails)
+                good = [i for i, t in enumerate(tensors) if t is not None]
+                probs, reasons, scores = self._judge([tensors[i] for i in good])
+                row = {i: (p, r, sc) for i, p, r, sc in zip(good, probs, reasons, scores)}
+                for i, err in enumerate(errors):
+                    name = names[start + i]
+                    if i not in row:
+                        results.append(CellPrediction(name=name, ok=False, error=err))
+                        continue
+                    p, reason, score = row[i]
+                    verdict = self._verdict(name, p, rules)
+                    verdict.rejected, verdict.reject_reason, verdict.ood_score = bool(reason), reason, float(score)
+                    verdict.thumbnail = thumbs[i] if thumbnails else None
+                    results.append(verdict)
+                if progress:
+                    progress(min(start + chunk, len(sources)), len(sources))
         return results
 
     def _judge(self, tensors: list[torch.Tensor]) -> tuple[np.ndarray, list[str], np.ndarray]:
@@ -271,16 +336,32 @@ class Predictor:
 
         ``class_code`` defaults to the predicted class.
         """
+        from .explain import overlay
+
+        cam, rgb, class_code = self.cam(image, class_code, method)
+        return cam, overlay(rgb, cam, opacity), class_code
+
+    def cam(self, image, class_code: str | None = None, method: str = "gradcam") -> tuple[np.ndarray, np.ndarray, str]:
+        """(CAM map, the crop as the model sees it (RGB uint8), class explained), from one decode of ``image``."""
         img = image if hasattr(image, "mode") else decode_image(image)
         rgb = np.asarray(resize_rgb(img, self.cfg))
-        x = preprocess(img, self.cfg)
+        x = normalize(torch.from_numpy(rgb.copy()).permute(2, 0, 1), self.cfg)
         if class_code is None:
             class_code = self.classes[int(np.argmax(self.logits(x.unsqueeze(0))[0]))]
         if class_code not in self.classes:
             raise ValueError(f"class {class_code!r} is not covered by this model ({', '.join(self.classes)})")
+        from .explain import compute_cam
+
         with self._cam_lock:
             if self._cam_model is None:
-                self._cam_model = copy.deepcopy(self.model).eval()
+                # the torch engine predicts with self.model: Grad-CAM's hooks get a copy; ONNX leaves it to Grad-CAM
+                self._cam_model = (copy.deepcopy(self.model) if self.engine == "torch" else self.model).eval()
             cam = compute_cam(self._cam_model, self.bundle.backbone, x.to(self.device),
                               self.classes.index(class_code), method)
-        return cam, overlay(rgb, cam, opacity), class_code
+        return cam, rgb, class_code
+
+    def warm_explanations(self) -> None:
+        """Build Grad-CAM's torch model now (imports timm: seconds), so a reviewer's first heatmap does not wait."""
+        with self._cam_lock:
+            if self._cam_model is None:
+                self._cam_model = (copy.deepcopy(self.model) if self.engine == "torch" else self.model).eval()

@@ -202,5 +202,14 @@ def thumbnail_jpeg(img: Image.Image, max_side: int = 256, quality: int = 90) -> 
     return buf.getvalue()
 
 
+def thumbnail_of(img: Image.Image, source=None, max_side: int = 256) -> bytes:
+    """The stored thumbnail of a decoded crop: the uploaded JPEG itself when it is already small enough (no
+    re-encoding, no second decode), else ``thumbnail_jpeg``."""
+    if isinstance(source, (bytes, bytearray, memoryview)) and bytes(source[:3]) == b"\xff\xd8\xff" \
+            and max(img.size) <= max_side:
+        return bytes(source)
+    return thumbnail_jpeg(img, max_side)
+
+
 def load_image(source: bytes | str | Path, cfg: DataConfig, **limits) -> torch.Tensor:
     return preprocess(decode_image(source, **limits), cfg)

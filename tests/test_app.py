@@ -173,13 +173,13 @@ def test_a_case_is_judged_by_its_own_model_not_the_sidebars(env, crops, monkeypa
     from bmcore.predictor import Predictor
 
     explained_by = []
-    real_explain = Predictor.explain
+    real_cam = Predictor.cam
 
     def spy(self, *a, **kw):
         explained_by.append(self.bundle.name)
-        return real_explain(self, *a, **kw)
+        return real_cam(self, *a, **kw)
 
-    monkeypatch.setattr(Predictor, "explain", spy)
+    monkeypatch.setattr(Predictor, "cam", spy)
     at = upload(app(env, "eight", threshold=0.0), "C-M", real(crops, 1))
     cid = at.session_state["case_id"]
     at.session_state["bundle"] = env["hac"]  # the sidebar now offers a hairy-cell model for new cases

@@ -68,7 +68,9 @@ def evaluate(bundle: Bundle | str | Path, root, splits_csv, *, split: str = "tes
         "split_note": "image-level split (file names carry no patient id); crops never seen in training or model selection",
         "classes": classes,
         "tta": pred.tta,
+        "engine": pred.engine,
         "precision": pred.precision,
+        "setting": pred.setting,
         "device": str(pred.device),
         "temperature": pred.temperature,
         "ece_before_temperature": uncal["ece"],
@@ -86,7 +88,7 @@ def evaluate(bundle: Bundle | str | Path, root, splits_csv, *, split: str = "tes
                 "balanced_accuracy": m["balanced_accuracy"], "macro_auc_ovr": m["macro_auc_ovr"],
                 "ece": m["ece"], "ece_before_temperature": uncal["ece"],
                 "per_class_f1": {c: v["f1"] for c, v in m["per_class"].items()},
-                "tta": pred.tta})
+                "tta": pred.tta, "engine": pred.engine, "precision": pred.precision, "setting": pred.setting})
     return report
 
 
