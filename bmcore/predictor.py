@@ -160,6 +160,7 @@ class Predictor:
         self._cam_lock = threading.Lock()
         self._cam_model = None  # Grad-CAM's own copy: its hooks must never see a concurrent predict()
         self._decode_workers = decode_workers
+        self.chunk = 64
         # the bundle's quality + out-of-distribution gate (None: the bundle has none, or it was switched off)
         self.gate = self.bundle.gate() if gate else None
 
@@ -276,7 +277,7 @@ class Predictor:
         names = names or [Path(s).name if isinstance(s, (str, Path)) else f"image {i + 1}" for i, s in
                           enumerate(sources)]
         results: list[CellPrediction] = []
-        chunk = 64  # decode this many at a time (bounded memory), predicted in micro-batches
+        chunk = self.chunk  # decoded at a time (bounded memory; the next one while this one is predicted)
         starts = list(range(0, len(sources), chunk))
         with ThreadPoolExecutor(1) as prefetch:
             nxt = prefetch.submit(self._load_chunk, sources[:chunk], thumbnails) if starts else None

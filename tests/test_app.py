@@ -399,6 +399,10 @@ def test_model_card_states_the_review_rule_and_its_test_figures(env):
     assert any(f"test split, {te['n']} crops" in c.value for c in at.caption)
     assert any(f"under **{tri['rules']['uncertain_below']:.2f}**" in m.value for m in at.markdown)
     assert len(at.get("plotly_chart")) >= 1  # the risk-coverage chart
+    inf = load_bundle(default_bundle()).meta["inference"]
+    assert metric(at, "Inference").startswith("ONNX" if inf["engine"] == "onnx" else "torch")
+    table = next(d.value for d in at.dataframe if "ms per cell (forward)" in d.value.columns)
+    assert len(table) == len(inf["settings"]) and (table["default"] == "✓").sum() == 1
     # a bundle with no fitted rule says plainly that the unvalidated built-in default applies
     at = app(env)
     at.switch_page("views/model_card.py").run()

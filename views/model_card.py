@@ -27,7 +27,8 @@ c1, c2, c3, c4 = st.columns(4)
 c1.metric("Backbone", m.get("timm_name", b.backbone))
 c2.metric("Parameters", f"{m.get('parameters', 0) / 1e6:.2f} M")
 c3.metric("Input", f"{b.data_config.input_size} px")
-c4.metric("Test-time augmentation", "on (4 views)" if b.tta else "off")
+c4.metric("Inference", pred.setting, help="What this server runs for new classifications" +
+          (f" (the bundle's choice could not run here: {pred.fallback})" if pred.fallback else ""))
 st.markdown(f"**Task** `{m['task']}` · **covers** " + ", ".join(f"{c} ({cell_name(c)})" for c in b.classes))
 if b.missing_classes():
     st.warning("**Not covered** (no training images): " + ", ".join(f"{c} ({cell_name(c)})" for c in b.missing_classes())
@@ -46,6 +47,22 @@ if met:
                  hide_index=True)
 else:
     st.info("This bundle carries no test metrics.")
+inf = m.get("inference", {})
+if inf.get("settings"):
+    st.markdown("#### Inference settings measured")
+    st.write(f"Chosen on the {inf['selected_on']}: {inf['rule']}. Speed: {inf['timed_on']}, on the machine that "
+             "exported the bundle. Test figures: the test split of the same split file, never used to rank.")
+    st.dataframe(pd.DataFrame([{"engine": r["engine"], "precision": r["precision"], "TTA": "4 views" if r["tta"] else
+                                "off", "val macro-F1": round(r["val_macro_f1"], 4),
+                                "test macro-F1": round(r["test_macro_f1"], 4),
+                                "ms per cell (forward)": round(r["forward_ms_per_cell"], 2),
+                                "default": "✓" if (r["engine"], r["precision"], r["tta"]) ==
+                                (inf["engine"], inf["precision"], inf["tta"]) else ""} for r in inf["settings"]]),
+                 hide_index=True)
+    if inf.get("rejected_candidate"):
+        rc = inf["rejected_candidate"]
+        st.caption(f"Not the default: {rc['engine']} {rc['precision']}, TTA {'on' if rc['tta'] else 'off'} — "
+                   f"{rc['why']}.")
 st.markdown("#### Calibration")
 cal = m.get("calibration", {})
 st.write(f"Temperature {cal.get('temperature', 1.0):.3f}, fitted on the {cal.get('fitted_on', 'n/a')}. Confidences "
