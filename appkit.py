@@ -438,7 +438,11 @@ def job_banner(case) -> dict | None:
             st.caption(f"Classification complete: all {summ.cells} files of this case are processed.")
         return job
     if live:
-        @st.fragment(run_every=1.0)
+        # refreshed once a second while this job has the classifier alone; every 3 s while it shares it (each refresh
+        # is a rerun on the server and a redraw in every waiting browser: 8 sessions at once, bench/load.py)
+        others, _ = get_runner().load(job["id"])
+
+        @st.fragment(run_every=3.0 if others else 1.0)
         def progress() -> None:
             j = get_store().latest_job(case.id)
             if j is None or j["status"] not in JOB_LIVE:
