@@ -27,8 +27,11 @@ c1, c2, c3, c4 = st.columns(4)
 c1.metric("Backbone", m.get("timm_name", b.backbone))
 c2.metric("Parameters", f"{m.get('parameters', 0) / 1e6:.2f} M")
 c3.metric("Input", f"{b.data_config.input_size} px")
-c4.metric("Inference", pred.setting, help="What this server runs for new classifications" +
-          (f" (the bundle's choice could not run here: {pred.fallback})" if pred.fallback else ""))
+c4.metric("Inference", f"{'ONNX' if pred.engine == 'onnx' else 'torch'} {pred.precision}",
+          help=f"What this server runs for new classifications: {pred.setting}" +
+               (f" (the bundle's choice could not run here: {pred.fallback})" if pred.fallback else ""))
+st.caption(f"Predictions: {pred.setting} (test-time augmentation: the mean over the crop, its two mirror images and "
+           "its transpose).")
 st.markdown(f"**Task** `{m['task']}` · **covers** " + ", ".join(f"{c} ({cell_name(c)})" for c in b.classes))
 if b.missing_classes():
     st.warning("**Not covered** (no training images): " + ", ".join(f"{c} ({cell_name(c)})" for c in b.missing_classes())
