@@ -15,7 +15,7 @@ import streamlit as st
 from bmcore import RUO_STATEMENT, caserules
 from bmcore.bundle import BundleError, find_bundles, load_bundle, pick_default
 from bmcore.auth import Actor
-from bmcore.cases import JOB_LIVE, AuthError, CaseError, CaseStore, reviewer_text, utcnow
+from bmcore.cases import JOB_LIVE, AuthError, CaseError, CaseStore, inference_text, reviewer_text, utcnow
 from bmcore.jobs import JobRunner
 from bmcore.predictor import Predictor
 from bmcore.tasks import HAIRY_CELL_CODE
@@ -62,12 +62,14 @@ def installed_bundles() -> dict[Path, dict]:
 
 
 @st.cache_resource(show_spinner="Loading model…")
-def get_predictor(bundle_path: str) -> Predictor:
-    """The process's one Predictor per bundle (ONNX Runtime session inside, shared by every session). Grad-CAM's torch
-    model is built in the background at once, so the first heatmap a reviewer opens does not wait for it."""
+def get_predictor(bundle_path: str, engine: str | None = None, precision: str = "auto",
+                  tta: bool | None = None) -> Predictor:
+    """The process's one Predictor per bundle and inference setting (None, "auto": the bundle's choice; ONNX Runtime
+    session inside, shared by every session). Grad-CAM's torch model is built in the background at once, so the first
+    heatmap a reviewer opens does not wait for it."""
     import threading
 
-    pred = Predictor(bundle_path)
+    pred = Predictor(bundle_path, engine=engine, precision=precision, tta=tta)
     threading.Thread(target=pred.warm_explanations, name="bmcore-cam-warmup", daemon=True).start()
     return pred
 
@@ -118,6 +120,13 @@ def case_predictor(case, *, stop: bool = False) -> Predictor | None:
         if stop:
             st.stop()
         return None
+    inf = case.inference or {}
+    if inf.get("engine"):  # resumed the way it began (the bundle's default may have changed since)
+        try:
+            return get_predictor(str(path), inf["engine"], inf.get("precision", "auto"), inf.get("tta"))
+        except BundleError as exc:
+            st.warning(f"Case {case.case_code} was classified with {inference_text(case)}, which cannot run here "
+                       f"({exc}); its model's default setting is used.")
     return get_predictor(str(path))
 
 

@@ -239,7 +239,7 @@ def classified_case(database: Path, code: str, crops: list[Path], user: str = "t
     who = store.authenticate(user, USERS[user][1])
     cid = store.create_case(code, cell_inputs(items, pred.predict_items(items, thumbnails=True)), actor=who,
                             model_name=pred.bundle.name, model_sha256=pred.bundle.sha256, model_classes=pred.classes,
-                            rules=pred.rules.to_dict())
+                            rules=pred.rules.to_dict(), inference=pred.inference_record())
     store.engine.dispose()
     return cid
 

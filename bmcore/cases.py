@@ -63,6 +63,9 @@ class Case(Base):
     model_classes: Mapped[list] = mapped_column(JSON, default=list)
     # the review rules in force when the case was classified (bmcore.triage.ReviewRules.to_dict())
     rules: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # how the model computed (bmcore.predictor.Predictor.inference_record): engine, precision, TTA, the ONNX file's
+    # sha256; None for cases classified before it was recorded (torch fp32 with the bundle's TTA)
+    inference: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     version: Mapped[int] = mapped_column(Integer, default=1, nullable=False)
     cells: Mapped[list["Cell"]] = relationship(back_populates="case", order_by="Cell.position",
                                                cascade="all, delete-orphan")
@@ -284,7 +287,8 @@ class CaseStore(AccountsMixin):
 
     # -- cases ---------------------------------------------------------------------------------------
     def create_case(self, case_code: str, cells: list[CellInput], *, actor: Actor, model_name: str = "",
-                    model_sha256: str = "", model_classes: list[str] | None = None, rules: dict | None = None) -> int:
+                    model_sha256: str = "", model_classes: list[str] | None = None, rules: dict | None = None,
+                    inference: dict | None = None) -> int:
         """Create a case with all its cells in one transaction (all or nothing).
 
         Cells marked ``pending`` are placeholders a classification job fills in (``save_results``). A file
@@ -301,7 +305,7 @@ class CaseStore(AccountsMixin):
                 if s.scalar(select(Case.id).where(Case.case_code == code)) is not None:
                     raise CaseError(f"case {code!r} already exists; open it on the Review page or choose another id")
                 case = Case(case_code=code, created_by=u.username, created_by_id=u.id, model_name=model_name[:200], model_sha256=model_sha256,
-                            model_classes=list(model_classes or []), rules=rules)
+                            model_classes=list(model_classes or []), rules=rules, inference=inference)
                 long_names = []
                 for i, c in enumerate(cells):
                     if len(c.name) > NAME_MAX:
@@ -750,6 +754,11 @@ def _new_action_id() -> str:
 def _untouched_by(case: Case, actor) -> bool:
     return isinstance(actor, Actor) and case.created_by_id == actor.user_id and case.status == STATUS_OPEN and \
         all(c.pending or not c.ok for c in case.cells) and not any(c.final_label for c in case.cells)
+
+
+def inference_text(case) -> str:
+    """How the case's model computed, in words ("ONNX fp32, 4-view TTA"); "" when not recorded."""
+    return (case.inference or {}).get("setting", "")
 
 
 def who_text(who: str, kind: str) -> str:

@@ -189,6 +189,12 @@ class Predictor:
                 "precision": self.precision, "tta": self.tta, "temperature": self.temperature, "classes": self.classes,
                 "gate": self.gate is not None, "fallback": self.fallback}
 
+    def inference_record(self) -> dict:
+        """What a case stores of how its cells were computed, so it is resumed and re-read the same way."""
+        onnx = (self.bundle.meta.get("onnx") or {}).get(self.precision, {}) if self.engine == "onnx" else {}
+        return {"engine": self.engine, "precision": self.precision, "tta": self.tta, "setting": self.setting,
+                "onnx_sha256": onnx.get("sha256")}
+
     @property
     def setting(self) -> str:
         """The inference setting in words, e.g. "ONNX int8, no TTA"."""

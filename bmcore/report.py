@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from . import RUO_STATEMENT
 from .caserules import HAIRY_UNAVAILABLE, PENDING, critical_codes, hairy_screening, needs_review, review_reasons, status
 from .tasks import BLAST_CODES, ERYTHROID_CODES, MYELOID_CODES, NON_CELL_CODES, cell_name
-from .cases import reviewer_text, signature_text, signer_text
+from .cases import inference_text, reviewer_text, signature_text, signer_text
 
 UNCERTAIN = "uncertain or flagged, awaiting review"
 REJECTED = "not a recognisable cell crop (rejected by the gate)"
@@ -195,7 +195,7 @@ Reviewers: {e(', '.join(reviewers) or 'none')}</p>
 <h2>Flagged cells</h2>{thumbs or '<p>None.</p>'}
 <h2>Model</h2>
 <p>{e(model_meta.get('name', case.model_name))} ({e(model_meta.get('timm_name', ''))}), weights sha256
-<code>{e(case.model_sha256[:16])}…</code>, bmcore {e(model_meta.get('versions', {}).get('bmcore', ''))}.<br>
+<code>{e(case.model_sha256[:16])}…</code>, bmcore {e(model_meta.get('versions', {}).get('bmcore', ''))}{e(', ' + inference_text(case) if inference_text(case) else '')}.<br>
 Classes: {e(', '.join(case.model_classes or []))}. Test performance: {perf}; image-level split.</p>
 {signature}
 <h2>Audit trail</h2><table><tr><th>When (UTC)</th><th>Who</th><th>Action</th><th>Cell</th><th>From</th><th>To</th>

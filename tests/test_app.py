@@ -407,3 +407,22 @@ def test_model_card_states_the_review_rule_and_its_test_figures(env):
     at = app(env)
     at.switch_page("views/model_card.py").run()
     assert not at.exception and any("not validated" in i.value for i in at.info)
+
+
+def test_a_case_keeps_the_inference_setting_it_was_classified_with(env, crops):
+    """The case records how its model computed; resuming it uses that setting even after the bundle's default changed."""
+    import appkit
+    from bmcore.bundle import update_bundle_meta
+
+    at = upload(app(env), "C-INF", real(crops, 1)[:3])
+    case = CaseStore(env["db"]).get_case(at.session_state["case_id"])
+    assert case.inference["setting"] == "torch fp32, no TTA" and case.inference["tta"] is False
+    assert any("(torch fp32, no TTA)" in c.value for c in at.caption if "Classified by" in c.value)
+    update_bundle_meta(load_bundle(env["eight"]), inference={"tta": True})  # the bundle's default changes later
+    appkit.get_predictor.clear()
+    assert appkit.get_predictor(env["eight"]).tta is True
+    resumed = appkit.case_predictor(case)
+    assert (resumed.engine, resumed.precision, resumed.tta) == ("torch", "fp32", False)
+    from bmcore.report import render_html_report
+
+    assert "torch fp32, no TTA" in render_html_report(case, load_bundle(env["eight"]).meta, CaseStore(env["db"]).audit(case.id))

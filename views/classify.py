@@ -3,7 +3,7 @@ import streamlit as st
 
 import appkit
 from bmcore import caserules
-from bmcore.cases import CaseError, reviewer_text
+from bmcore.cases import CaseError, inference_text, reviewer_text
 from bmcore.explain import CAM_METHODS, overlay
 from bmcore.inputs import MAX_FILES, enforce_limit, from_upload
 from bmcore.jobs import match_pending, pending_inputs
@@ -74,7 +74,8 @@ if go:
             runner.check_room(len(work))
             cid = store.create_case(code, pending_inputs(items), actor=who,
                                     model_name=pred.bundle.name, model_sha256=pred.bundle.sha256,
-                                    model_classes=pred.classes, rules=rules.to_dict())
+                                    model_classes=pred.classes, rules=rules.to_dict(),
+                                    inference=pred.inference_record())
         except CaseError as exc:  # QueueFull included: nothing was created
             st.error(str(exc))
         else:
@@ -95,7 +96,8 @@ case = appkit.active_case()
 if case is None:
     st.stop()
 st.subheader(f"Case {case.case_code}")
-st.caption(f"Classified by **{case.model_name}** · {caserules.case_rules(case).describe()}")
+st.caption(f"Classified by **{case.model_name}**" + (f" ({inference_text(case)})" if inference_text(case) else "")
+           + f" · {caserules.case_rules(case).describe()}")
 job = appkit.job_banner(case)
 summ = caserules.summary(case)
 if summ.pending and not (job and job["status"] in ("queued", "running")) and can_classify:

@@ -18,7 +18,8 @@ import streamlit as st
 import appkit
 from bmcore.db import utcnow
 from bmcore import caserules
-from bmcore.cases import STATUS_SIGNED, CaseError, ConflictError, reviewer_text, signature_text, signer_text
+from bmcore.cases import (STATUS_SIGNED, CaseError, ConflictError, inference_text, reviewer_text, signature_text,
+                          signer_text)
 from bmcore.tasks import TASKS, cell_name
 
 GALLERY_PAGE = 40     # thumbnails per gallery page
@@ -368,7 +369,8 @@ st.subheader(f"Case {case.case_code}: " + (f"signed off by {signer}" if signed e
 if not who.can("review"):
     st.info(f"You are signed in as {_role(who.role)}: you can read this case, its cells and its audit trail. "
             "Reviewing needs a technologist's account; signing off a pathologist's.")
-st.caption(f"Classified by **{case.model_name}** · {caserules.case_rules(case).describe()}")
+st.caption(f"Classified by **{case.model_name}**" + (f" ({inference_text(case)})" if inference_text(case) else "")
+           + f" · {caserules.case_rules(case).describe()}")
 m1, m2, m3, m4, m5 = st.columns(5)
 m1.metric("Reviewed", f"{summ.reviewed} / {summ.classified}")
 m2.metric("Need review, unresolved", summ.needs_review,
