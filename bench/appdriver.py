@@ -171,7 +171,7 @@ def open_classify(page, url: str, case_code: str, user: str = "tech") -> None:
     box = page.get_by_role("textbox", name="Case id")
     box.fill(case_code)
     box.press("Enter")
-    wait_idle(page)
+    settle(page)  # the rerun Enter starts: an upload chosen while it redraws the page could be lost
 
 
 def upload(page, files: list) -> None:
@@ -207,7 +207,7 @@ def choose(page, label: str, option_text: str) -> None:
     box.click()
     page.keyboard.type(option_text)
     page.get_by_role("option").filter(has_text=option_text).first.click()
-    wait_idle(page)
+    settle(page)
 
 
 def selectbox_text(page, label: str) -> str:
