@@ -1,23 +1,23 @@
-"""Grad-CAM family through pytorch-grad-cam, with the target layer and reshape from the registry."""
+"""Grad-CAM family through pytorch-grad-cam, with the target layer and reshape from the registry.
+
+pytorch-grad-cam is imported when a map is first computed or drawn (seconds of start-up a page without a heatmap,
+and the prediction path, never pay)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM, XGradCAM
-from pytorch_grad_cam.utils.image import show_cam_on_image
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from .backbones import get_backbone, target_layer
 
-CAM_METHODS = {
-    "gradcam": GradCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "eigencam": EigenCAM,
-    "layercam": LayerCAM,
-    "xgradcam": XGradCAM,
-    "scorecam": ScoreCAM,
+CAM_METHODS = {  # method -> pytorch_grad_cam class
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "eigencam": "EigenCAM",
+    "layercam": "LayerCAM",
+    "xgradcam": "XGradCAM",
+    "scorecam": "ScoreCAM",
 }
 
 
@@ -37,12 +37,15 @@ def compute_cam(model: nn.Module, backbone: str, x: torch.Tensor, class_index: i
     """A (H, W) map in [0, 1] for one normalised CHW image; gradients are enabled here on purpose."""
     if method not in CAM_METHODS:
         raise ValueError(f"unknown CAM method {method!r}; choose from {', '.join(CAM_METHODS)}")
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     b = get_backbone(backbone)
     reshape = token_reshape(getattr(model, "num_prefix_tokens", 1)) if b.transformer else None
     with torch.enable_grad(), torch.inference_mode(False):
         inp = x.unsqueeze(0).clone().float().requires_grad_(True)
-        with CAM_METHODS[method](model=model, target_layers=[target_layer(model, backbone)],
-                                 reshape_transform=reshape) as cam:
+        cam_class = getattr(pytorch_grad_cam, CAM_METHODS[method])
+        with cam_class(model=model, target_layers=[target_layer(model, backbone)], reshape_transform=reshape) as cam:
             if method == "scorecam":
                 cam.batch_size = 16
             grayscale = cam(input_tensor=inp, targets=[ClassifierOutputTarget(int(class_index))])
@@ -53,6 +56,7 @@ def compute_cam(model: nn.Module, backbone: str, x: torch.Tensor, class_index: i
 def overlay(rgb: np.ndarray, cam: np.ndarray, opacity: float = 0.5) -> np.ndarray:
     """Heatmap over the RGB crop (uint8 HxWx3, CAM resized to it)."""
     import cv2
+    from pytorch_grad_cam.utils.image import show_cam_on_image
 
     h, w = rgb.shape[:2]
     if cam.shape != (h, w):

@@ -368,7 +368,10 @@ class Predictor:
         return cam, rgb, class_code
 
     def warm_explanations(self) -> None:
-        """Build Grad-CAM's torch model now (imports timm: seconds), so a reviewer's first heatmap does not wait."""
+        """Build Grad-CAM's torch model now (imports timm and pytorch-grad-cam: seconds), so a reviewer's first heatmap
+        does not wait."""
+        import pytorch_grad_cam  # noqa: F401
+
         with self._cam_lock:
             if self._cam_model is None:
                 self._cam_model = (copy.deepcopy(self.model) if self.engine == "torch" else self.model).eval()

@@ -106,7 +106,7 @@ def test_changed_onnx_file_is_refused_and_missing_onnx_falls_back(tmp_path, crop
 
 
 def test_app_and_cli_start_without_timm_gradcam_or_sklearn():
-    code = ("import sys, bmcore.predictor, bmcore.cli, bmcore.cases; "
+    code = ("import sys, bmcore.predictor, bmcore.cli, bmcore.cases, bmcore.explain; "
             "from bmcore.predictor import Predictor; from bmcore.cli import default_bundle as d; DEFAULT_BUNDLE = d(); "
             "p = Predictor(DEFAULT_BUNDLE); p.predict([open(sys.argv[1], 'rb').read()]); "
             "print(sorted(m for m in ('timm', 'pytorch_grad_cam', 'sklearn') if m in sys.modules))")
