@@ -80,9 +80,12 @@ def session(path: str | Path, sha256: str, threads: int | None = None):
 
 
 def tta_views(x: np.ndarray) -> list[np.ndarray]:
-    """The 4 test-time views of ``bmcore.predictor.dihedral_views`` on an NCHW numpy batch."""
-    return [x, np.ascontiguousarray(x[..., ::-1]), np.ascontiguousarray(x[..., ::-1, :]),
-            np.ascontiguousarray(x.transpose(0, 1, 3, 2))]
+    """The test-time views of ``bmcore.predictor.dihedral_views`` (the one definition) as contiguous numpy arrays."""
+    import torch
+
+    from .predictor import dihedral_views
+
+    return [v.contiguous().numpy() for v in dihedral_views(torch.from_numpy(x))]
 
 
 class OnnxModel:

@@ -118,6 +118,8 @@ class CellPrediction:
 
 
 class Predictor:
+    DECODE_CHUNK = 64  # crops decoded at a time (bounded memory): the next chunk while the model runs on this one
+
     def __init__(self, bundle: Bundle | str | Path, *, device: str | None = None, threshold: float | None = None,
                  hairy_threshold: float | None = None, precision: str = "auto", batch_size: int | None = None,
                  tta: bool | None = None, decode_workers: int = 2, gate: bool = True, engine: str | None = None):
@@ -160,7 +162,6 @@ class Predictor:
         self._cam_lock = threading.Lock()
         self._cam_model = None  # Grad-CAM's own copy: its hooks must never see a concurrent predict()
         self._decode_workers = decode_workers
-        self.chunk = 64
         # the bundle's quality + out-of-distribution gate (None: the bundle has none, or it was switched off)
         self.gate = self.bundle.gate() if gate else None
 
@@ -229,22 +230,21 @@ class Predictor:
         return softmax(self.logits(x), self.temperature)
 
     # -- images ------------------------------------------------------------------------------------
-    def _load_one(self, src, thumbnail: bool = False):
+    def _load_one(self, src, thumbnail: bool = False) -> tuple[torch.Tensor, bytes | None]:
         img = src if hasattr(src, "size") and hasattr(src, "mode") else decode_image(src)
-        x = to_uint8_tensor(resize_rgb(img, self.cfg))
-        return (x, thumbnail_of(img, src)) if thumbnail else x
+        return to_uint8_tensor(resize_rgb(img, self.cfg)), (thumbnail_of(img, src) if thumbnail else None)
 
     def load_many(self, sources: list, thumbnails: bool = False, workers: int | None = None):
         """Decode + resize in a small thread pool (PIL releases the GIL); errors become messages.
 
-        Returns (tensors or None, error messages), and with ``thumbnails`` the stored thumbnails too."""
+        Returns (tensors or None, error messages, stored thumbnails: with ``thumbnails``, else Nones)."""
 
         def one(src):
             try:
-                out = self._load_one(src, thumbnails)
-                return (*out, "") if thumbnails else (out, None, "")
+                x, thumb = self._load_one(src, thumbnails)
+                return x, "", thumb
             except ImageDecodeError as exc:
-                return None, None, str(exc)
+                return None, str(exc), None
 
         workers = self._decode_workers if workers is None else workers
         if workers > 1 and len(sources) > 4:
@@ -252,17 +252,11 @@ class Predictor:
                 res = list(ex.map(one, sources))
         else:
             res = [one(s) for s in sources]
-        tensors, thumbs, errors = [r[0] for r in res], [r[1] for r in res], [r[2] for r in res]
-        return (tensors, errors, thumbs) if thumbnails else (tensors, errors)
-
-    def _load_chunk(self, sources: list, thumbnails: bool):
-        """(tensors, errors, thumbnails or Nones) of one chunk, decoded on the caller's one thread."""
-        out = self.load_many(sources, thumbnails, workers=1)
-        return out if thumbnails else (*out, [None] * len(sources))
+        return [r[0] for r in res], [r[1] for r in res], [r[2] for r in res]
 
     def batch(self, sources: list) -> torch.Tensor:
         """Normalised NCHW batch of readable ``sources`` (bytes, paths, PIL images), as the model sees them."""
-        tensors, _ = self.load_many(sources)
+        tensors, _, _ = self.load_many(sources)
         return normalize(torch.stack([t for t in tensors if t is not None]), self.cfg)
 
     def predict(self, sources: list, names: list[str] | None = None, progress=None, *,
@@ -283,14 +277,14 @@ class Predictor:
         names = names or [Path(s).name if isinstance(s, (str, Path)) else f"image {i + 1}" for i, s in
                           enumerate(sources)]
         results: list[CellPrediction] = []
-        chunk = self.chunk  # decoded at a time (bounded memory; the next one while this one is predicted)
+        chunk = self.DECODE_CHUNK
         starts = list(range(0, len(sources), chunk))
         with ThreadPoolExecutor(1) as prefetch:
-            nxt = prefetch.submit(self._load_chunk, sources[:chunk], thumbnails) if starts else None
+            nxt = prefetch.submit(self.load_many, sources[:chunk], thumbnails, 1) if starts else None
             for start in starts:
-                tensors, errors, thumbs = nxt.result()
+                tensors, errors, thumbs = nxt.result()  # decoded on the prefetch thread
                 if start + chunk < len(sources):
-                    nxt = prefetch.submit(self._load_chunk, sources[start + chunk:start + 2 * chunk], thumbnails)
+                    nxt = prefetch.submit(self.load_many, sources[start + chunk:start + 2 * chunk], thumbnails, 1)
                 good = [i for i, t in enumerate(tensors) if t is not None]
                 probs, reasons, scores = self._judge([tensors[i] for i in good])
                 row = {i: (p, r, sc) for i, p, r, sc in zip(good, probs, reasons, scores)}
@@ -302,7 +296,7 @@ class Predictor:
                     p, reason, score = row[i]
                     verdict = self._verdict(name, p, rules)
                     verdict.rejected, verdict.reject_reason, verdict.ood_score = bool(reason), reason, float(score)
-                    verdict.thumbnail = thumbs[i] if thumbnails else None
+                    verdict.thumbnail = thumbs[i]
                     results.append(verdict)
                 if progress:
                     progress(min(start + chunk, len(sources)), len(sources))
@@ -350,9 +344,8 @@ class Predictor:
 
     def cam(self, image, class_code: str | None = None, method: str = "gradcam") -> tuple[np.ndarray, np.ndarray, str]:
         """(CAM map, the crop as the model sees it (RGB uint8), class explained), from one decode of ``image``."""
-        img = image if hasattr(image, "mode") else decode_image(image)
-        rgb = np.asarray(resize_rgb(img, self.cfg))
-        x = normalize(torch.from_numpy(rgb.copy()).permute(2, 0, 1), self.cfg)
+        img = resize_rgb(image if hasattr(image, "mode") else decode_image(image), self.cfg)
+        rgb, x = np.asarray(img), normalize(to_uint8_tensor(img), self.cfg)
         if class_code is None:
             class_code = self.classes[int(np.argmax(self.logits(x.unsqueeze(0))[0]))]
         if class_code not in self.classes:
@@ -360,12 +353,16 @@ class Predictor:
         from .explain import compute_cam
 
         with self._cam_lock:
-            if self._cam_model is None:
-                # the torch engine predicts with self.model: Grad-CAM's hooks get a copy; ONNX leaves it to Grad-CAM
-                self._cam_model = (copy.deepcopy(self.model) if self.engine == "torch" else self.model).eval()
-            cam = compute_cam(self._cam_model, self.bundle.backbone, x.to(self.device),
+            cam = compute_cam(self._cam_net(), self.bundle.backbone, x.to(self.device),
                               self.classes.index(class_code), method)
         return cam, rgb, class_code
+
+    def _cam_net(self) -> torch.nn.Module:
+        """Grad-CAM's model (call under ``_cam_lock``): the torch engine predicts with ``self.model``, so Grad-CAM's
+        hooks get a copy of it; with ONNX predicting, ``self.model`` is Grad-CAM's own."""
+        if self._cam_model is None:
+            self._cam_model = (copy.deepcopy(self.model) if self.engine == "torch" else self.model).eval()
+        return self._cam_model
 
     def warm_explanations(self) -> None:
         """Build Grad-CAM's torch model now (imports timm and pytorch-grad-cam: seconds), so a reviewer's first heatmap
@@ -373,5 +370,4 @@ class Predictor:
         import pytorch_grad_cam  # noqa: F401
 
         with self._cam_lock:
-            if self._cam_model is None:
-                self._cam_model = (copy.deepcopy(self.model) if self.engine == "torch" else self.model).eval()
+            self._cam_net()
