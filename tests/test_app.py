@@ -145,6 +145,27 @@ def test_cell_view_follows_the_active_case(env, crops):
     assert any(f'"{second.cells[0].name} as the model sees it"' in str(e.proto) for e in at.get("image"))
 
 
+def test_cell_view_stays_on_its_cell_when_a_colleague_reviews_it(env, crops):
+    """A has cell X open in the Cell view; B relabels X; A's stale picker text still names X (and a text that names no
+    cell leaves A on X); the view then says who reviewed it."""
+    at = upload(app(env, threshold=0.0), "C-CV", real(crops, 1))
+    cid = at.session_state["case_id"]
+    store = CaseStore(env["db"])
+    x = store.get_case(cid).cells[2]
+    key = f"_w_cell_pick_{cid}"
+    at.selectbox(key=key).set_value(x.id).run()
+    sb = at.selectbox(key=key)
+    text = sb.options[sb.index]
+    store.review_cell(x.id, sign_in(env, "drb", "technologist"), "PMO", expected_version=x.version, case_id=cid)
+    at.run()
+    assert at.selectbox(key=key).value == x.id and text in at.selectbox(key=key).options, "the text still names X"
+    assert any(c.value.startswith("Reviewed: PMO") and "drb" in c.value for c in at.caption)
+    send_text(at.selectbox(key=key), text + " (a text the page no longer shows)")
+    at.run()
+    assert not at.exception and at.selectbox(key=key).value == x.id
+    assert any(f'"{x.name} as the model sees it"' in str(e.proto) for e in at.get("image"))
+
+
 def test_differential_matches_stored_labels(env, crops):
     files = real(crops, 3)
     at = upload(app(env, threshold=0.0), "C-4", files)

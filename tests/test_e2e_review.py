@@ -197,3 +197,38 @@ def test_background_job_survives_widgets_reload_and_a_killed_server(dev_root, tm
             assert store.integrity_ok()
         browser.close()
     (ART / "job_timing.txt").write_text(f"300 crops, upload to complete table with reload in between: {seconds:.1f} s\n")
+
+
+def test_cell_view_shows_a_colleagues_review_of_the_cell_it_opens(dev_root, tmp_path):
+    """A has the Cell view open (a fragment that reruns alone); B relabels a cell; A opens that cell: A's picker names
+    it and the view says B reviewed it (read from the store, not from the page A drew before)."""
+    need_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    files = _copy([f for c in ("BLA", "LYT", "MON", "EOS") for f in sorted((dev_root / c).glob("*.jpg"))[:3]],
+                  tmp_path / "up")
+    with appdriver.app_server(tmp_path / "cv.db", tmp_path / "server.log") as srv, sync_playwright() as pw:
+        browser = appdriver.launch(pw)
+        a = appdriver.new_page(browser, TIMEOUT_S)
+        appdriver.open_classify(a, srv.url, "CV-1")
+        appdriver.upload(a, files)
+        appdriver.classify(a, "CV-1")
+        expect(a.get_by_text(re.compile(r"Classified by .*\(ONNX fp32, 4-view TTA\)"))).to_be_visible()
+        a.get_by_role("tab", name="Cell view").click()
+        appdriver.settle(a)
+        b = appdriver.new_page(browser, TIMEOUT_S)
+        appdriver.open_case(b, srv.url, "CV-1", user="path")
+        b.get_by_role("link", name="Review").first.click()
+        appdriver.settle(b)
+        appdriver.review_mode(b, "One cell")
+        no = _cell_no(appdriver.selectbox_text(b, PICKER))
+        appdriver.choose(b, "Label", "MON")
+        b.get_by_role("button", name="Save label").click()
+        expect(b.get_by_text(f"#{no} set to MON")).to_be_visible()
+        appdriver.choose(a, "Cell", f"#{no} ")
+        assert _cell_no(appdriver.selectbox_text(a, "Cell")) == no
+        expect(a.get_by_text(re.compile(r"^Reviewed: MON \(Monocyte\) by path"))).to_be_visible()
+        a.screenshot(path=str(ART / "cell_view_colleague_review.png"), full_page=True)
+        browser.close()
+    log = (tmp_path / "server.log").read_text()
+    assert "Traceback" not in log, log[-2000:]

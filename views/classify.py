@@ -244,7 +244,8 @@ def cell_view() -> None:
     st.session_state[key] = st.session_state[f"_w_{key}"] = chosen
     st.selectbox("Cell", ids, format_func=labels.get, key=f"_w_{key}", on_change=appkit._store_back,
                  args=(key, ids))
-    cell = next(c for c in case.cells if c.id == chosen)
+    # the cell as stored now: this fragment reruns alone, and a colleague may have reviewed it since the page was drawn
+    cell = next(c for c in store.get_case(case.id).cells if c.id == chosen)
     if cell.final_label is not None:
         st.caption(f"Reviewed: {cell.final_label} ({cell_name(cell.final_label)}) by {reviewer_text(cell)}")
     h1, h2, h3 = st.columns(3)
