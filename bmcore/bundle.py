@@ -21,7 +21,7 @@ from torch import nn
 
 from . import RUO_STATEMENT, __version__
 from .backbones import create, get_backbone
-from .ood import OOD_FILE, OODGate
+from .ood import DEFAULT_CROP_SIDE, OOD_FILE, OODGate
 from .preprocess import DataConfig
 from .tasks import CELL_NAMES, get_task
 
@@ -90,6 +90,12 @@ class Bundle:
     @property
     def name(self) -> str:
         return self.meta.get("name", self.path.name)
+
+    @property
+    def crop_side(self) -> int:
+        """Side in px of the crops the model was trained on (the longer side, median over the train split), stored
+        when the gate is fitted (``bundle.json["ood"]["crop_side"]``); older bundles were trained on 250 px crops."""
+        return int((self.meta.get("ood") or {}).get("crop_side", DEFAULT_CROP_SIDE))
 
     @property
     def sha256(self) -> str:

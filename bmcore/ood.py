@@ -16,7 +16,17 @@ reason instead of a class. It has two parts, both fitted from data and stored in
   ``target_rejection`` of them (default 4%, below the 5% ceiling so the figure holds on unseen data).
 
 The arrays live in ``ood.safetensors`` inside the bundle, checked against a sha256 in ``bundle.json``
-like the weights; the thresholds and the measured figures live in ``bundle.json["ood"]``.
+like the weights; the thresholds and what they were fitted on live in ``bundle.json["ood"]``, the figures
+measured as the app runs (``train.ood``) in the bundle's ``eval_ood.json``.
+
+Before any of that, an **input-size rule** refuses an image that is not a single-cell crop by its size alone
+(``size_refusal``): a camera field or a mosaic of cells. The model sees every image squashed to its input
+size, so an image whose longer side is more than ``MAX_CROP_SCALE`` (2.5) times the side of the training
+crops (``Bundle.crop_side``: 250 px, so at most 625 px) shows its cells at under 0.4x the scale the model
+learnt if it was taken at the training magnification (a field: many cells, each shrunk to a few pixels), or
+one cell magnified 2.5x beyond the training crops if it is a single cell. Neither is what the model knows, and
+0.2-0.4x is where the familiarity score was measured to be weak ("lower magnification" in ``eval_ood.json``).
+Crops up to 2.5x the training side (e.g. 500x500 for a 250 px model) pass this rule and go to the gate.
 """
 
 from __future__ import annotations
@@ -31,6 +41,20 @@ OOD_FILE = "ood.safetensors"
 REASON_OOD = "not a recognisable bone marrow cell crop"
 REASON_BLANK = "blank or featureless image"
 REASON_BLUR = "out of focus"
+REASON_FIELD = "too large for a single-cell crop (a camera field or a mosaic of cells?)"
+MAX_CROP_SCALE = 2.5  # longest side accepted, in training-crop sides (see the module's docstring)
+DEFAULT_CROP_SIDE = 250  # px: the Matek et al. crops every bundle of this project was trained on
+
+
+def size_refusal(size: tuple[int, int], crop_side: int) -> str:
+    """Why an image of ``size`` (w, h) px is not a single-cell crop for a model trained on ``crop_side`` px crops
+    ("" if its size is acceptable): its longer side is over ``MAX_CROP_SCALE`` x ``crop_side``."""
+    w, h = size
+    limit = round(MAX_CROP_SCALE * crop_side)
+    if max(w, h) <= limit:
+        return ""
+    return (f"image is {w}x{h} px, {REASON_FIELD}: this model was trained on {crop_side} px crops and accepts at "
+            f"most {limit} px a side; crop the cells first")
 
 
 def quality_stats(rgb: np.ndarray) -> tuple[float, float]:
@@ -133,4 +157,5 @@ def fit_gate(train_feats: np.ndarray, train_labels: np.ndarray, train_quality: n
     return gate
 
 
-__all__ = ["OODGate", "fit_gate", "quality_stats", "energy", "OOD_FILE", "REASON_OOD", "REASON_BLANK", "REASON_BLUR"]
+__all__ = ["OODGate", "fit_gate", "quality_stats", "energy", "size_refusal", "OOD_FILE", "REASON_OOD", "REASON_BLANK",
+           "REASON_BLUR", "REASON_FIELD", "MAX_CROP_SCALE", "DEFAULT_CROP_SIDE"]

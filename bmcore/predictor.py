@@ -19,7 +19,7 @@ import torch
 from .bundle import Bundle, load_bundle
 from .engine import OnnxModel, onnxruntime_available
 from .metrics import softmax
-from .ood import quality_stats
+from .ood import quality_stats, size_refusal
 from .preprocess import (ImageDecodeError, decode_image, normalize, resize_rgb, thumbnail_of,
                          to_uint8_tensor)
 from .tasks import HAIRY_CELL_CODE, cell_name
@@ -232,10 +232,14 @@ class Predictor:
     # -- images ------------------------------------------------------------------------------------
     def _load_one(self, src, thumbnail: bool = False) -> tuple[torch.Tensor, bytes | None]:
         img = src if hasattr(src, "size") and hasattr(src, "mode") else decode_image(src)
+        # a camera field or a mosaic of cells is refused by its size before the model sees it (bmcore.ood)
+        if why := size_refusal(img.size, self.bundle.crop_side):
+            raise ImageDecodeError(why)
         return to_uint8_tensor(resize_rgb(img, self.cfg)), (thumbnail_of(img, src) if thumbnail else None)
 
     def load_many(self, sources: list, thumbnails: bool = False, workers: int | None = None):
-        """Decode + resize in a small thread pool (PIL releases the GIL); errors become messages.
+        """Decode + resize in a small thread pool (PIL releases the GIL); errors (unreadable files, and images too
+        large to be a single-cell crop: ``bmcore.ood.size_refusal``) become messages.
 
         Returns (tensors or None, error messages, stored thumbnails: with ``thumbnails``, else Nones)."""
 

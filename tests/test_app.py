@@ -1,5 +1,6 @@
 """Headless tests of every page with streamlit.testing.v1.AppTest, on real crops."""
 
+import json
 import os
 
 import pytest
@@ -395,12 +396,43 @@ def test_rejected_bin_is_left_out_of_the_differential(env, crops):
     cell = next(c for c in rejected if c.name == "blank.png")
     store.review_cell(cell.id, sign_in(env), "LYT", expected_version=cell.version)
     assert store.get_case(case.id).cells[cell.position].label == "LYT"
-    # the model card states the gate's measured figures, from the bundle
+    # the model card states the gate's measured figures, from the bundle's eval_ood.json (as the app runs it)
     at.switch_page("views/model_card.py").run()
     assert not at.exception
-    ood = load_bundle(default_bundle()).meta["ood"]
-    assert metric(at, "Real test crops refused") == f"{ood['test_rejection']:.1%}"
-    assert metric(at, "AUROC, unfamiliar vs real") == f"{ood['auroc']['gate']:.3f}"
+    ev = json.loads((load_bundle(default_bundle()).path / "eval_ood.json").read_text())
+    assert metric(at, "Real test crops refused") == f"{ev['test_as_run']['rate']:.1%}"
+    assert metric(at, "AUROC, unfamiliar vs real") == f"{ev['auroc']['gate']:.3f}"
+    blood = ev["peripheral_blood"]
+    assert metric(at, "Peripheral-blood white cells passed with a confident label") == \
+        f"{blood['passed_confident']} of {blood['crops']}"
+    assert any(ev["test_as_run"]["setting"] in m.value for m in at.markdown)
+
+
+def test_a_camera_field_or_mosaic_is_refused_by_name_and_the_rest_classified(env, dev_root, crops):
+    """Uploaded with real crops: a 4000x3000 camera field of 150 real crops and a 4x4 mosaic are listed by name
+    with the reason, never classified as one cell; the crops of the same batch are classified."""
+    import io
+
+    from tests.test_ood import real_crops
+    from train.ood import field_mosaic
+
+    def jpeg(im):
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=90)
+        return buf.getvalue()
+
+    cells = real_crops(dev_root, 150)
+    files = real(crops, 1)
+    at = upload(app(env, threshold=0.0), "C-F", files,
+                [("field.jpg", jpeg(field_mosaic(cells, 15, 10, (4000, 3000))), "image/jpeg"),
+                 ("mosaic.jpg", jpeg(field_mosaic(cells[:16], 4, 4)), "image/jpeg")])
+    assert metric(at, "Cells classified") == str(len(files))
+    shown = next(d.value for d in at.dataframe if list(d.value.columns) == ["file", "error"])
+    assert list(shown.file) == ["field.jpg", "mosaic.jpg"]
+    assert shown.error.iloc[0].startswith("image is 4000x3000 px, too large for a single-cell crop")
+    assert "1000x1000 px" in shown.error.iloc[1]
+    case = CaseStore(env["db"]).get_case(at.session_state["case_id"])
+    assert [c.name for c in case.cells if c.label] == [f.name for f in files]
 
 
 def test_model_card_states_the_review_rule_and_its_test_figures(env):
@@ -447,3 +479,65 @@ def test_a_case_keeps_the_inference_setting_it_was_classified_with(env, crops):
     from bmcore.report import render_html_report
 
     assert "torch fp32, no TTA" in render_html_report(case, load_bundle(env["eight"]).meta, CaseStore(env["db"]).audit(case.id))
+
+
+def comparison_page(env) -> AppTest:
+    at = app(env)
+    at.switch_page("views/model_comparison.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_comparison_opens_on_the_deployed_model_in_labelled_groups(env):
+    """The deployed (DEFAULT) bundle is a row, read from its own eval_test.json, and the detail view opens on it; the
+    rows are split into an ImageNet-initialised and a from-scratch table, each model in its own group."""
+    from bmcore.bundle import load_bundle
+    from bmcore.cli import default_bundle
+    from bmcore.comparison import PRETRAINED, SCRATCH, find_studies, load_results, result_from_bundle, weights_group
+
+    deployed = result_from_bundle(load_bundle(default_bundle()))
+    at = comparison_page(env)
+    assert at.selectbox(key="cmp_model").value == deployed["title"]
+    rows = [deployed] + load_results(find_studies(REPO / "assets")[0])
+    want = {g: {r["title"] for r in rows if weights_group(r["weights_source"]) == g} for g in (PRETRAINED, SCRATCH)}
+    assert [h.value for h in at.subheader] == [f"{g} ({len(want[g])})" for g in (PRETRAINED, SCRATCH)]
+    pre, scratch = at.dataframe[0].value, at.dataframe[1].value
+    assert set(pre.model) == want[PRETRAINED] and set(scratch.model) == want[SCRATCH]
+    assert pre.set_index("model").loc[deployed["title"], "macro-F1"] == deployed["metrics"]["macro_f1"]
+    assert pre.set_index("model").loc[deployed["title"], "trained with"] == "its own recipe (deployed model)"
+    assert any(deployed["split"] in c.value for c in at.caption)  # every figure says its data and split
+    assert any("For research use only" in w.value for w in at.warning)
+
+
+def test_comparison_defaults_to_the_longest_study_and_offers_every_study(env, tmp_path, monkeypatch):
+    """With a 30-epoch study beside the committed 3-epoch one, the page opens on the 30-epoch study and both can be
+    picked; the short study carries its warning, the long one does not."""
+    import json
+
+    root = tmp_path / "studies"
+    root.mkdir()
+    (root / "comparison").symlink_to(REPO / "assets" / "comparison")
+    gpu = root / "comparison_gpu"
+    gpu.mkdir()
+    run = json.loads((REPO / "assets" / "comparison" / "resnet50.json").read_text())
+    webp = "test split of webp.csv (810 crops, bm-dev as WebP)"
+    run.update(title="ResNet-50 (fake 30-epoch run)", weights_source="timm:resnet50", epochs=30, img_size=224,
+               split=webp)
+    (gpu / "resnet50.json").write_text(json.dumps(run))
+    (gpu / "summary.json").write_text(json.dumps({
+        "budget": {"img_size": 224, "epochs": 30, "batch_size": 64}, "split": "train/splits/bm-dev_seed42.csv",
+        "data": "bm-dev", "config": "compare_gpu.yaml", "runs": ["resnet50"], "hardware": "1 NVIDIA H100"}))
+    monkeypatch.setenv("BM_COMPARISON_ROOT", str(root))
+    at = comparison_page(env)
+    box = at.selectbox(key="cmp_study")
+    assert box.options == ["30 epochs, 224 px, 1 NVIDIA H100", "3 epochs, 128 px, x86_64 CPU, 2 threads"]
+    assert box.value == str(gpu)
+    pre = at.dataframe[0].value.set_index("model")  # timm weights: ImageNet group; splits differ: each row says its own
+    assert pre.loc["ResNet-50 (fake 30-epoch run)", "measured on"] == webp
+    assert not any("far too short" in w.value for w in at.warning)
+    box.select(str(root / "comparison")).run()
+    assert not at.exception, at.exception
+    assert "measured on" not in at.dataframe[0].value.columns  # one split for every row: said once, in the captions
+    assert "ConvNeXt-Tiny" in set(at.dataframe[1].value.model) and "ResNet-50" in set(at.dataframe[1].value.model)
+    assert any("3 epochs is far too short for from-scratch networks" in w.value for w in at.warning)
+    assert "(bundled default)" in at.selectbox(key="cmp_model").value

@@ -63,3 +63,23 @@ def test_written_summary_shows_the_committed_results():
     results = load_results(REPO / "assets" / "comparison")
     assert shown == markdown_table(results)
     assert len(results) == len(json.loads((REPO / "assets" / "comparison" / "summary.json").read_text())["runs"])
+
+
+def test_studies_longest_budget_first_and_weights_groups(tmp_path):
+    from bmcore.comparison import (PRETRAINED, SCRATCH, budget_changes, find_studies, load_summary, study_label,
+                                   weights_group)
+
+    for name, epochs in [("comparison", 3), ("comparison_gpu", 40), ("comparison_mid", 10), ("other", 99)]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps({"budget": {"epochs": epochs, "img_size": 224}}))
+    (tmp_path / "comparison_empty").mkdir()  # no summary.json: not a study
+    assert [p.name for p in find_studies(tmp_path)] == ["comparison_gpu", "comparison_mid", "comparison"]
+    assert "comparison" in [p.name for p in find_studies(REPO / "assets")]
+    assert study_label(load_summary(tmp_path / "comparison"), [{"hardware": "2-core CPU"}]) == \
+        "3 epochs, 224 px, 2-core CPU"
+    assert study_label({"title": "30 epochs on a GPU", "budget": {"epochs": 30}}, []) == "30 epochs on a GPU"
+    assert [weights_group(s) for s in ("pip:x.pth", "timm:resnet50", "file:w.pth", "random-init", "")] == \
+        [PRETRAINED, PRETRAINED, PRETRAINED, SCRATCH, SCRATCH]
+    vgg = json.loads((REPO / "assets" / "comparison" / "vgg16.json").read_text())
+    budget = load_summary(REPO / "assets" / "comparison")["budget"]
+    assert budget_changes(vgg, budget) == "lr 0.0003" and budget_changes({"command": "x"}, budget) == ""

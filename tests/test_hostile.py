@@ -178,7 +178,7 @@ def corpus(tmp_path_factory, crops) -> Corpus:
     odd["exif6.jpg"] = _enc(Image.fromarray(base[:160]), "JPEG", quality=95, exif=exif)
     frames = [Image.fromarray(base), Image.fromarray(255 - base), Image.new("RGB", (250, 250), (0, 255, 0))]
     odd["anim.gif"] = _enc(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
-    odd["big4000.png"] = blocky_png(base, 16)  # 4000 x 4000: large, but under the pixel limit
+    odd["big4000.png"] = blocky_png(base, 16)  # 4000 x 4000: decodes (under the pixel limit); no single-cell crop
     odd["big16_4000.png"] = blocky_png(grey.astype(np.uint16) * 257, 16)  # the same, 16-bit greyscale
 
     g = {c: crops[c][0] for c in ("BLA", "EOS", "LYT", "NGS", "PMO")}
@@ -227,7 +227,7 @@ def corpus(tmp_path_factory, crops) -> Corpus:
         Entry("la.png", odd["la.png"]),
         Entry("exif6.jpg", odd["exif6.jpg"]),
         Entry("tiny8.png", _enc(Image.fromarray(base[:8, :8]), "PNG"), ("too small (8x8 px)",)),
-        Entry("big4000.png", odd["big4000.png"]),
+        Entry("big4000.png", odd["big4000.png"], ("4000x4000 px", "too large for a single-cell crop")),
         Entry("huge6000.png", flat_png(6000, 6000), ("6000x6000", "pixel limit")),
         Entry("toolarge.jpg", None, (SIZE_LIMIT_MSG,)),
         Entry("archive.jpg", inner, (nr, "ZIP archive")),

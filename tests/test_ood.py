@@ -10,10 +10,12 @@ import pytest
 from PIL import Image, ImageFilter
 
 from bmcore.bundle import BundleError, load_bundle, save_gate
-from bmcore.ood import OOD_FILE, REASON_BLANK, REASON_BLUR, REASON_OOD, fit_gate, quality_stats
-from tests.conftest import DEV_CLASSES, REPO
+from bmcore.ood import (OOD_FILE, REASON_BLANK, REASON_BLUR, REASON_FIELD, REASON_OOD, fit_gate, quality_stats,
+                        size_refusal)
+from tests.conftest import DEV_CLASSES, REPO, SHARED
 
 SPLITS = REPO / "train" / "splits" / "bm-dev_seed42.csv"
+BCCD = SHARED / "data" / "fields" / "bccd"
 
 
 def _clusters(rng, n, centres, spread=1.0):
@@ -87,23 +89,41 @@ def default_bundle_with_gate():
 
 
 def test_default_gate_figures_reproduce_on_the_test_split(default_bundle_with_gate, dev_root):
-    """The stated in-distribution rejection rate (test split, never used to fit or calibrate) reproduces, <= 5%."""
+    """The stated refusal rate on the test split (never used to fit or calibrate) is what the app's own Predictor
+    (the bundle's engine, precision and TTA) refuses of those crop files, to the crop, and is at most 5%."""
     from bmcore.predictor import Predictor
-    from train.evaluate import split_batches
-    from train.ood import gate_inputs
+    from train.ood import _split_files
 
     b = default_bundle_with_gate
-    pred = Predictor(b, gate=False)
-    y, batches = split_batches(pred, dev_root, SPLITS, "test")
-    lg, ft, q = gate_inputs(pred, batches)
-    reasons, _ = b.gate().reasons(ft, lg, q)
-    refused = np.mean([bool(r) for r in reasons])
-    assert len(y) == 810
-    assert refused == pytest.approx(b.meta["ood"]["test_rejection"], abs=0.002)
-    assert refused <= 0.05
-    assert b.meta["ood"]["val_rejection"] <= 0.05
     ev = json.loads((b.path / "eval_ood.json").read_text())
-    assert ev["weights_sha256"] == b.sha256 and ev["auroc"] == b.meta["ood"]["auroc"]
+    stated = ev["test_as_run"]
+    pred = Predictor(b)
+    files, _ = _split_files(dev_root, SPLITS, "test", pred.classes)
+    refused = [p.name for p in pred.predict(files) if p.rejected or not p.ok]
+    assert len(files) == stated["crops"] == 810 and stated["split"] == "test split of bm-dev_seed42.csv"
+    assert stated["setting"] == pred.setting and ev["test_rejection"] == stated["rate"]
+    assert len(refused) == stated["refused"] and stated["rate"] <= 0.05
+    assert ev["weights_sha256"] == b.sha256 and ev["val_rejection"] == b.meta["ood"]["val_rejection"] <= 0.05
+    # the input-size rule refused none of them; the mosaics from 750 px up, all
+    rule = ev["input_size_rule"]
+    assert rule["test_refused"] == 0 and rule["max_side"] == 625
+    for name, m in rule["mosaics"].items():
+        if "2x2" not in name:
+            assert m["refused"] == 1.0 and m["reasons"] == {REASON_FIELD: m["n"]}, name
+
+
+def test_readme_and_eval_ood_state_the_same_gate_figures(default_bundle_with_gate):
+    """The README quotes the default bundle's eval_ood.json: the test split's refusals as the app runs them and the
+    peripheral-blood figure (a new model or a new measurement must update both)."""
+    ev = json.loads((default_bundle_with_gate.path / "eval_ood.json").read_text())
+    readme = (REPO / "README.md").read_text()
+    t, blood = ev["test_as_run"], ev["peripheral_blood"]
+    row = next(line for line in readme.splitlines() if line.startswith("| **test split"))
+    assert f"**{t['rate']:.1%}** ({t['refused']} of {t['crops']}" in row and t["setting"] in row
+    assert f"{t['ci95'][0]:.1%}–{t['ci95'][1]:.1%}" in row
+    row = next(line for line in readme.splitlines() if line.startswith("| white cells of real peripheral-blood"))
+    assert f"| {blood['crops']} |" in row and f"{blood['passed']} ({blood['passed'] / blood['crops']:.0%})" in row
+    assert f"{blood['passed_confident']} ({blood['passed_confident'] / blood['crops']:.0%})" in row
 
 
 def test_default_predictor_rejects_what_is_not_a_cell_crop(default_bundle_with_gate, crops):
@@ -165,3 +185,84 @@ def test_train_ood_command_end_to_end(tiny_bundle, dev_root, tmp_path):
     assert {"smear field (mosaic)", "blurred crop", "blank crop", "screenshot"} <= set(ev["by_kind"])
     assert all(0 <= v["auroc_vs_test"] <= 1 and v["n"] >= 1 for v in ev["by_kind"].values())
     assert ev["by_kind"]["blank crop"]["refused"] == 1.0  # the quality check needs no trained features
+    # measured as the app runs it, the setting named; the input-size rule refuses the large mosaics, no test crop
+    t = ev["test_as_run"]
+    assert t["setting"] == "torch fp32, no TTA" and t["crops"] == 24 and t["split"] == "test split of mini.csv"
+    assert t["refused"] == round(t["rate"] * 24) and t["ci95"][0] <= t["rate"] <= t["ci95"][1]
+    rule = ev["input_size_rule"]
+    assert rule["test_refused"] == 0 and meta["crop_side"] == rule["crop_side"] == 250
+    assert rule["mosaics"]["camera field, 150 crops (4000x3000 px)"]["reasons"] == {REASON_FIELD: 1}
+    if (BCCD / "Annotations").is_dir():
+        blood = ev["peripheral_blood"]
+        assert blood["crops"] > 250 and blood["passed_confident"] <= blood["passed"] <= blood["crops"]
+
+
+# --- the input-size rule: camera fields and mosaics are not single-cell crops -----------------------------------
+
+
+def _jpeg(im) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def real_crops(dev_root, n: int) -> list[Image.Image]:
+    """``n`` different real crops, the classes taken in turn."""
+    files = [sorted((dev_root / c).glob("*.jpg")) for c in DEV_CLASSES]
+    return [Image.open(files[i % len(files)][i // len(files)]).convert("RGB") for i in range(n)]
+
+
+def test_fields_and_mosaics_of_real_crops_are_refused_by_size_a_crop_is_not(tiny_bundle, dev_root, crops):
+    """Through the path the app, the command line and the jobs share (Predictor.predict_items on uploaded bytes):
+    a 4000x3000 camera field of 150 real crops and a 4x4 mosaic (1000x1000) are refused with the reason, by name,
+    before the model; the real 250x250 crops of the same batch are classified."""
+    from bmcore.inputs import from_upload
+    from bmcore.predictor import Predictor
+    from train.ood import field_mosaic
+
+    real = real_crops(dev_root, 150)
+    field = field_mosaic(real, 15, 10, (4000, 3000))
+    mosaic = field_mosaic(real[-16:], 4, 4)
+    assert field.size == (4000, 3000) and mosaic.size == (1000, 1000)
+    items = [it for name, data in [("field.jpg", _jpeg(field)), (crops["BLA"][0].name, crops["BLA"][0].read_bytes()),
+                                   ("mosaic.jpg", _jpeg(mosaic)), (crops["EOS"][0].name, crops["EOS"][0].read_bytes())]
+             for it in from_upload(name, data)]
+    out = Predictor(tiny_bundle).predict_items(items)
+    assert [p.name for p in out] == [it.name for it in items]
+    field_p, bla, mosaic_p, eos = out
+    assert not field_p.ok and field_p.error.startswith("image is 4000x3000 px, " + REASON_FIELD)
+    assert not mosaic_p.ok and "1000x1000 px" in mosaic_p.error and "at most 625 px a side" in mosaic_p.error
+    assert bla.ok and eos.ok and bla.code in DEV_CLASSES and not bla.rejected
+
+
+def test_size_rule_scales_with_the_training_crops_and_passes_every_test_crop(dev_root):
+    """At most 2.5x the training crop side: 625 px for 250 px crops. None of the 810 test crops (all 250x250, as
+    every crop of bm-dev) is refused by it; a 2x crop passes, a 3x3 mosaic does not."""
+    from train.ood import _split_files
+
+    assert size_refusal((250, 250), 250) == size_refusal((500, 500), 250) == size_refusal((625, 400), 250) == ""
+    assert REASON_FIELD in size_refusal((750, 750), 250) and REASON_FIELD in size_refusal((626, 200), 250)
+    assert size_refusal((750, 750), 300) == ""  # a model trained on larger crops accepts more
+    files, _ = _split_files(dev_root, SPLITS, "test", DEV_CLASSES)
+    sizes = [Image.open(p).size for p in files]
+    assert len(sizes) == 810 and [s for s in sizes if size_refusal(s, 250)] == []
+
+
+def test_bccd_white_cells_are_cut_one_per_box():
+    """Peripheral-blood crops for the out-of-distribution figure: one 250 px square crop per boxed white cell."""
+    import xml.etree.ElementTree as ET
+
+    from train.ood import bccd_white_cells
+
+    if not (BCCD / "Annotations").is_dir():
+        pytest.skip(f"BCCD smear fields not found at {BCCD} (../shared/data is absent on this machine)")
+    boxes = sum(o.findtext("name") == "WBC" for x in (BCCD / "Annotations").glob("*.xml")
+                for o in ET.parse(x).getroot().iter("object"))
+    cells = bccd_white_cells(BCCD, 250)
+    assert len(cells) == boxes > 250 and all(c.size == (250, 250) for _, c in cells)
+    name, first = cells[0]
+    assert name == "BloodImage_00000#0"
+    # the box (260,177)-(491,376) is a stained white cell: the crop's centre is bluer than its corner (red cells)
+    a = np.asarray(first, np.float64)
+    centre, corner = a[100:150, 100:150].reshape(-1, 3).mean(0), a[:30, :30].reshape(-1, 3).mean(0)
+    assert centre[2] - centre[0] > corner[2] - corner[0] + 20

@@ -216,7 +216,8 @@ def _wilson(k: int, n: int, z: float = 1.96) -> list[float]:
 
 
 def _counts(values) -> dict[str, int]:
-    values = [v for v in values if v]
+    """How often each non-empty value occurs; the input-size rule's messages (they name the size) as one."""
+    values = [REASON_FIELD if REASON_FIELD in v else v for v in values if v]
     return {v: values.count(v) for v in sorted(set(values))}
 
 
@@ -288,7 +289,7 @@ def measure(bundle: Bundle | str | Path, data_root, splits_csv, *, n_ood: int = 
 
     rng = np.random.default_rng(seed)
     src = [decode_image(files[int(i)]) for i in rng.choice(len(files), min(200, len(files)), replace=False)]
-    kinds, all_out = {}, {k: [] for k in test}
+    kinds, all_out = {}, {key: [] for key in test}
     for kind, images in ood_corpus(src, n=n_ood, seed=seed).items():
         why = verdicts(images)
         r = scored(*gate_inputs(pred, _to_batches(pred, images))[:2], why)
@@ -317,19 +318,19 @@ def measure(bundle: Bundle | str | Path, data_root, splits_csv, *, n_ood: int = 
     if (fields / "Annotations").is_dir():
         cells = bccd_white_cells(fields, bundle.crop_side)
         preds = pred.predict([c for _, c in cells], [n for n, _ in cells])
-        passed = [p for p in preds if p.ok and not p.rejected]
+        why = [p.error or p.reject_reason for p in preds]
+        passed = [p for p, w in zip(preds, why) if not w]
         confident = [p for p in passed if not p.uncertain]
         lg, ft, _ = gate_inputs(pred, _to_batches(pred, [c for _, c in cells]))
-        blood = {"data": f"{fields}: every white cell boxed in {len({n.split('#')[0] for n, _ in cells})} real "
-                         "peripheral-blood smear fields (BCCD, Giemsa/Wright, 640x480)",
+        blood = {"data": f"every white cell boxed in {len({n.split('#')[0] for n, _ in cells})} real peripheral-blood "
+                         f"smear fields ({fields.name}: BCCD, Giemsa/Wright, 640x480)", "fields": str(fields),
                  "crops": len(cells), "crop": f"square around each box, 1.6x its longer side, resized to "
                                               f"{bundle.crop_side} px",
                  "passed": len(passed), "passed_confident": len(confident),
                  "confident": f"calibrated confidence >= {pred.rules.uncertain_below:.2f} (the bundle's review rule)",
                  "passed_not_sent_to_review": sum(not p.needs_review for p in passed),
-                 "confident_labels": _counts([p.code for p in confident]),
-                 "refused": _counts([p.error or p.reject_reason for p in preds]),
-                 "auroc_vs_test": _auroc(test["score"], scored(lg, ft, [p.error or p.reject_reason for p in preds])["score"])}
+                 "confident_labels": _counts([p.code for p in confident]), "refused": _counts(why),
+                 "auroc_vs_test": _auroc(test["score"], scored(lg, ft, why)["score"])}
 
     n_out = sum(v["n"] for v in kinds.values())
     return {"bundle": bundle.name, "weights_sha256": bundle.sha256,

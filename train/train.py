@@ -72,6 +72,7 @@ DEFAULTS: dict = {
     "teachers": "",  # comma-separated bundle folders: knowledge distillation from their averaged soft labels
     "kd_alpha": 0.5,  # weight of the distillation term (the rest: the labels)
     "kd_temperature": 2.0,
+    "init_from": "",  # a bundle folder of the same backbone and classes: start from its weights (fine-tuning)
     "time_budget_s": 0,  # >0: after each epoch, shorten the schedule (cosine included) so training ends in time
 }
 
@@ -158,6 +159,20 @@ def limit(df, n: int, seed: int):
         return df
     shuffled = df.sample(frac=1.0, random_state=seed)
     return shuffled[shuffled.groupby("label").cumcount() < n].sort_index()
+
+
+def fit_schedule(state: dict, epochs: int, budget_s: float) -> None:
+    """Set ``state["epochs"]`` to the most epochs (at most ``epochs``) that end within ``budget_s`` seconds.
+
+    The first epoch pays for start-up (CUDA context, cuDNN autotuning, a busy GPU's other runs),
+    so the rate is the last epoch's; the schedule may shrink or grow back as the rate changes,
+    never below the epochs already run.
+    """
+    h = state["history"]
+    if len(h) < 2:
+        return
+    spent = sum(e["seconds"] for e in h)
+    state["epochs"] = int(min(epochs, max(len(h), len(h) + (budget_s - spent) // max(h[-1]["seconds"], 1e-3))))
 
 
 def make_batches(ds: CropDataset, sampler: EpochSampler, args, device: torch.device, world: int):
@@ -290,6 +305,14 @@ def main(argv=None) -> int:
     teachers = load_teachers(args.teachers, classes, device)
 
     model, weight_source = build_pretrained(args.backbone, len(classes), args.weights, img_size=size)
+    if args.init_from:
+        from bmcore.bundle import load_bundle
+
+        init = load_bundle(args.init_from)
+        if init.backbone != args.backbone or list(init.classes) != list(classes):
+            raise SystemExit(f"--init-from {args.init_from}: {init.backbone} {init.classes} is not {args.backbone} {classes}")
+        model.load_state_dict(init.build_model().state_dict())
+        weight_source = f"bundle:{init.name} sha256:{init.sha256[:16]} (itself from {init.meta['training']['weights_source']})"
     model = model.to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -375,14 +398,9 @@ def main(argv=None) -> int:
         state["epoch"] = ep + 1
         state["history"].append({"epoch": ep + 1, "train_loss": run_loss / max(1, seen), "val_macro_f1": f1,
                                  "val_accuracy": acc, "seconds": round(time.perf_counter() - t0, 1)})
-        if args.time_budget_s > 0:  # shorten the schedule (never lengthen it) so that it ends within the budget
-            per_epoch = sum(h["seconds"] for h in state["history"]) / len(state["history"])
-            fits = max(state["epoch"], int(args.time_budget_s // per_epoch))
-            if fits < state["epochs"]:
-                state["epochs"] = fits
-                plan["total"] = fits * steps_per_epoch
-                if main_proc:
-                    print(f"time budget {args.time_budget_s}s: schedule shortened to {fits} epochs", flush=True)
+        if args.time_budget_s > 0:
+            fit_schedule(state, args.epochs, args.time_budget_s)
+            plan["total"] = state["epochs"] * steps_per_epoch
         improved = f1 > state["best_f1"]
         if improved:
             state["best_f1"], state["best_epoch"], state["bad_epochs"] = f1, ep + 1, 0

@@ -152,7 +152,9 @@ c4.metric("Hairy-cell flags", summ.hairy_flags if summ.hairy_flags is not None e
           help=caserules.hairy_screening(case)[1])
 c5.metric("Rejected: not a cell crop", summ.rejected,
           help="Images the model's quality / out-of-distribution gate refused to classify; not in the differential")
-c6.metric("Unreadable files", summ.unreadable)
+c6.metric("Unreadable files", summ.unreadable,
+          help="Files that could not be used, listed below with the reason: not a readable image, unsafe, or too "
+               "large to be a single-cell crop (a camera field or a mosaic of cells)")
 bad = df[df.status == caserules.UNREADABLE]
 if len(bad):
     with st.expander(f"{len(bad)} file(s) could not be used", expanded=True):

@@ -1,75 +1,195 @@
-import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
+from plotly.subplots import make_subplots
 
 import appkit
-from bmcore.bundle import Bundle
-from bmcore.comparison import load_results, result_from_bundle
+from bmcore.bundle import Bundle, pick_default
+from bmcore.comparison import (PRETRAINED, SCRATCH, budget_changes, budget_text, find_studies, load_results,
+                               load_summary, result_from_bundle, study_hardware, study_label, weights_group,
+                               weights_label)
+
+SHORT = 20  # epochs: below this a from-scratch network has not finished learning
+COLOURS = {PRETRAINED: "#1f77b4", SCRATCH: "#ff7f0e"}
+MARGIN = dict(l=10, r=10, t=40, b=10)
+
+
+def deployed_result() -> dict | None:
+    """The deployed model (the bundle marked DEFAULT) as a comparison row, read from its own eval_test.json."""
+    path = pick_default(appkit.available_bundles())
+    meta = appkit.installed_bundles().get(path)
+    return result_from_bundle(Bundle(path, meta)) if meta else None
+
 
 st.title("Model comparison")
 appkit.ruo_banner()
-COMP = appkit.ASSETS / "comparison"
-results = load_results(COMP) if COMP.is_dir() else []
-summary = json.loads((COMP / "summary.json").read_text()) if (COMP / "summary.json").is_file() else {}
-if not results:
-    st.info("The comparison study has not been committed yet; showing the bundled models' own test evaluations.")
-    for p, meta in appkit.installed_bundles().items():
-        r = result_from_bundle(Bundle(p, meta))
-        if r:
-            results.append(r)
-if summary.get("budget"):
-    st.write("**Shared budget:** " + ", ".join(f"{k} = {v}" for k, v in summary["budget"].items()))
+st.write("Models trained on the same split with the same budget and measured the same way, so that their "
+         "differences come from the architecture and its starting weights, beside the model this app runs.")
 
-if results:
-    splits = sorted({r["split"] for r in results})
-    st.caption("Every model below was measured on: " + "; ".join(splits)
-               + ". Image-level split (file names carry no patient id).")
-    table = pd.DataFrame([{
-        "model": r["title"], "weights": "ImageNet" if r["weights_source"] != "random-init" else "from scratch",
-        "img": r["img_size"], "epochs": r.get("epochs"), "accuracy": r["metrics"]["accuracy"],
-        "macro-F1": r["metrics"]["macro_f1"], "balanced acc.": r["metrics"]["balanced_accuracy"],
-        "ECE": r["metrics"]["ece"], "params (M)": (r.get("parameters") or 0) / 1e6,
-        "CPU ms/cell": r.get("cpu_ms_per_cell"), "train min": (r.get("train_seconds") or 0) / 60,
-    } for r in results]).sort_values("macro-F1", ascending=False)
-    st.dataframe(table, hide_index=True, width="stretch",
-                 column_config={c: st.column_config.NumberColumn(format="%.3f")
-                                for c in ["accuracy", "macro-F1", "balanced acc.", "ECE"]})
-    per = pd.DataFrame({r["title"]: {c: v["f1"] for c, v in r["metrics"]["per_class"].items()} for r in results}).T
-    st.markdown("#### Per-class F1")
-    st.plotly_chart(px.imshow(per, text_auto=".2f", color_continuous_scale="Blues", zmin=0, zmax=1, aspect="auto"),
-                    width="stretch")
-    pick = st.selectbox("Model", [r["title"] for r in results], key="cmp_model")
-    r = next(x for x in results if x["title"] == pick)
-    classes = list(r["metrics"]["per_class"])
-    c1, c2 = st.columns(2)
-    cm = np.array(r["metrics"]["confusion_matrix"])
-    norm = st.toggle("Normalise rows (recall)", value=True, key="cmp_norm")
-    z = cm / cm.sum(1, keepdims=True).clip(min=1) if norm else cm
-    c1.markdown("#### Confusion matrix")
-    c1.plotly_chart(px.imshow(z, x=classes, y=classes, text_auto=".2f" if norm else True,
-                              labels={"x": "predicted", "y": "true"}, color_continuous_scale="Blues"), width="stretch")
-    c2.markdown("#### ROC (one-vs-rest)")
-    fig = go.Figure()
-    for c, v in r["metrics"]["roc"].items():
-        fig.add_trace(go.Scatter(x=v["fpr"], y=v["tpr"], mode="lines", name=f"{c} AUC {v['auc']:.3f}"))
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"), showlegend=False))
-    fig.update_layout(xaxis_title="false positive rate", yaxis_title="true positive rate", height=420)
-    c2.plotly_chart(fig, width="stretch")
-    if table["CPU ms/cell"].notna().any():
-        st.markdown("#### Size versus speed")
-        st.plotly_chart(px.scatter(table, x="CPU ms/cell", y="macro-F1", size="params (M)", text="model",
-                                   color="weights"), width="stretch")
-    if r.get("command"):
-        st.caption("Reproduce with:")
-        st.code(r["command"], language="bash")
+studies = find_studies(os.environ.get("BM_COMPARISON_ROOT") or appkit.ASSETS)
+labels = {str(f): study_label(load_summary(f), load_results(f)) for f in studies}
+if labels:
+    folder = Path(st.selectbox("Study", list(labels), format_func=labels.get, key="cmp_study",
+                               help="Each study is one training budget for every run; the longest budget is "
+                                    "shown first."))
+    summary, results = load_summary(folder), load_results(folder)
+else:
+    st.info("No comparison study is committed yet; only the deployed model's own test evaluation is shown.")
+    summary, results = {}, []
+budget = summary.get("budget", {})
+deployed = deployed_result()
+rows = ([deployed] if deployed else []) + results
+if summary:
+    st.markdown(f"**Budget of this study, the same for every run** (unless its row says otherwise): "
+                f"{budget_text(budget)}. Trained on {study_hardware(summary, results)}. Data: "
+                f"{summary.get('data')}, split file `{summary.get('split')}`; the best epoch was chosen on its "
+                f"validation part, and every figure of this study is measured on its test part "
+                f"(config `{summary.get('config')}`).")
+    if summary.get("note"):
+        st.caption(summary["note"])
+    if (budget.get("epochs") or 0) < SHORT:
+        st.warning(f"{budget.get('epochs')} epochs is far too short for from-scratch networks: a low score here says "
+                   "the network had not learned yet, not that the architecture is poor. Compare architectures within "
+                   "the ImageNet-initialised group, or in a study with a longer budget.")
+if not rows:
+    st.stop()
+
+splits = sorted({r["split"] for r in rows})
+where = (f"the {splits[0]}" if len(splits) == 1 else "each row's own test split (column 'measured on')") \
+    + ", an image-level split (file names carry no patient id)"
+NOT_SHOWN = "It does not show how a model does on other labs' stains and scanners, or on classes absent from bm-dev."
+
+
+def row(r: dict) -> dict:
+    m = r["metrics"]
+    worst = min(m["per_class"].items(), key=lambda kv: kv[1]["f1"])
+    changed = budget_changes(r, budget)
+    return {"model": r["title"], "group": weights_group(r.get("weights_source", "")), "macro-F1": m["macro_f1"],
+            "accuracy": m["accuracy"], "balanced acc.": m["balanced_accuracy"],
+            "min class F1": f"{worst[1]['f1']:.2f} ({worst[0]})", "ECE": m["ece"],
+            "weights": weights_label(r.get("weights_source", "")), "px": r["img_size"], "epochs": r.get("epochs"),
+            "trained with": "its own recipe (deployed model)" if r is deployed else
+            "study budget" + (f", {changed}" if changed else ""),
+            "params (M)": (r.get("parameters") or 0) / 1e6, "CPU ms/cell": r.get("cpu_ms_per_cell"),
+            "train min": (r.get("train_seconds") or 0) / 60, "measured on": r["split"]}
+
+
+table = pd.DataFrame([row(r) for r in rows]).sort_values("macro-F1", ascending=False)
+if len(splits) == 1:
+    table = table.drop(columns="measured on")
+fmt = {c: st.column_config.NumberColumn(format="%.3f") for c in ["accuracy", "macro-F1", "balanced acc.", "ECE"]}
+fmt |= {c: st.column_config.NumberColumn(format="%.1f") for c in ["params (M)", "CPU ms/cell", "train min"]}
+GROUP_TEXT = {
+    PRETRAINED: "These networks started from ImageNet weights, so they could already see edges and textures when "
+                "training began.",
+    SCRATCH: "These networks started from random weights and had to learn everything from the training crops."
+             + (f" At {budget.get('epochs')} epochs most had not finished learning." if (budget.get("epochs") or 0)
+                < SHORT else ""),
+}
+if deployed:
+    GROUP_TEXT[weights_group(deployed.get("weights_source", ""))] += (
+        f" The deployed model's row ({deployed['title']}) comes from its bundle's own test evaluation: it was trained "
+        f"with its own recipe ({deployed.get('epochs')} epochs, {deployed['img_size']} px"
+        + (", test-time augmentation on, as the app runs it" if deployed.get("tta") else "")
+        + "), not with this study's budget.")
+for group in (PRETRAINED, SCRATCH):
+    part = table[table.group == group].drop(columns="group")
+    if part.empty:
+        continue
+    st.subheader(f"{group} ({len(part)})")
+    st.dataframe(part, hide_index=True, width="stretch", column_config=fmt)
+    st.caption(f"Figures on {where}. {GROUP_TEXT[group]} One seed per model: differences of a few points "
+               f"are within run-to-run noise. {NOT_SHOWN}")
+
+ranked = table.sort_values(["group", "macro-F1"], ascending=[True, False])  # reading order: ImageNet group first
+st.markdown("#### Macro-F1 by model")
+fig = px.bar(ranked, x="macro-F1", y="model", color="group", orientation="h", text_auto=".2f",
+             color_discrete_map=COLOURS, category_orders={"group": [PRETRAINED, SCRATCH]},
+             labels={"model": "", "group": "starting weights", "macro-F1": "test macro-F1"})
+fig.update_layout(height=120 + 26 * len(ranked), margin=MARGIN, xaxis_range=[0, 1],
+                  legend=dict(orientation="h", yanchor="bottom", y=1.01, x=0, title_text="starting weights: "))
+fig.update_yaxes(automargin=True, categoryorder="array", categoryarray=list(ranked.model)[::-1])  # top down
+st.plotly_chart(fig, width="stretch")
+st.caption(f"Macro-F1 (every class counts the same) on {where}, coloured by starting weights. Compare architectures "
+           f"within one colour: across colours the starting weights, not the architecture, make most of the "
+           f"difference. {NOT_SHOWN}")
+
+st.markdown("#### Per-class F1")
+groups = [g for g in (PRETRAINED, SCRATCH) if (ranked.group == g).any()]
+sizes = [int((ranked.group == g).sum()) for g in groups]
+height = 140 + 26 * len(ranked)
+heat = make_subplots(rows=len(groups), cols=1, shared_xaxes=True, subplot_titles=groups, row_heights=sizes,
+                     vertical_spacing=50 / height)  # room for the lower group's title
+by_title = {r["title"]: r for r in rows}
+for i, g in enumerate(groups, 1):
+    names = list(ranked[ranked.group == g].model)[::-1]  # plotly draws the first row at the bottom
+    per = pd.DataFrame({n: {c: v["f1"] for c, v in by_title[n]["metrics"]["per_class"].items()} for n in names}).T
+    heat.add_trace(go.Heatmap(z=per.values, x=list(per.columns), y=names, zmin=0, zmax=1, colorscale="Blues",
+                              texttemplate="%{z:.2f}", showscale=i == 1, colorbar=dict(title="F1")), row=i, col=1)
+heat.update_layout(height=height, margin=MARGIN)
+heat.update_yaxes(automargin=True)
+st.plotly_chart(heat, width="stretch")
+st.caption(f"F1 of each class on {where}; rows are models, grouped by starting weights. It does not show which "
+           f"classes are confused with which (open a model below), nor classes bm-dev does not hold.")
+
+st.markdown("#### One model in detail")
+first = [deployed["title"]] if deployed else []
+pick = st.selectbox("Model", first + [t for t in ranked.model if t not in first], key="cmp_model",
+                    help="Opens on the deployed model, the one this app classifies with.")
+r = by_title[pick]
+classes = list(r["metrics"]["per_class"])
+norm = st.toggle("Normalise rows (recall)", value=True, key="cmp_norm")
+c1, c2 = st.columns(2)
+cm = np.array(r["metrics"]["confusion_matrix"])
+z = cm / cm.sum(1, keepdims=True).clip(min=1) if norm else cm
+c1.markdown("##### Confusion matrix")
+fig = px.imshow(z, x=classes, y=classes, text_auto=".2f" if norm else True, color_continuous_scale="Blues",
+                labels={"x": "predicted class", "y": "true class", "color": "recall" if norm else "crops"})
+fig.update_layout(height=460, margin=MARGIN, coloraxis_showscale=False)  # the cells carry their values
+c1.plotly_chart(fig, width="stretch")
+c1.caption(f"{pick} on the {r['split']}: rows are the true class, columns the predicted one"
+           + (", each row divided by its crop count (the diagonal is recall)." if norm else ", counts of crops.")
+           + " It does not show how confident the model was, nor crops of classes it was never trained on.")
+c2.markdown("##### ROC (one class against the rest)")
+fig = go.Figure()
+for c, v in r["metrics"]["roc"].items():
+    fig.add_trace(go.Scatter(x=v["fpr"], y=v["tpr"], mode="lines", name=f"{c} {v['auc']:.3f}"))
+fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"), showlegend=False))
+fig.update_layout(xaxis_title="false positive rate", yaxis_title="true positive rate", height=460, margin=MARGIN,
+                  legend=dict(title_text="class AUC", x=0.98, xanchor="right", y=0.02, yanchor="bottom"))
+c2.plotly_chart(fig, width="stretch")
+c2.caption(f"{pick} on the {r['split']}, from its calibrated probabilities. An AUC near 1 means the class's crops "
+           "get a higher probability than the others. It does not show the threshold the app flags at, nor how rare "
+           "each class is (ROC ignores prevalence).")
+if r.get("command"):
+    st.caption("Reproduce this run with:")
+    st.code(r["command"], language="bash")
+
+timed = ranked[ranked["CPU ms/cell"].notna()]
+if not timed.empty:
+    st.markdown("#### Size versus speed")
+    fig = px.scatter(timed, x="CPU ms/cell", y="macro-F1", size="params (M)", color="group", hover_name="model",
+                     log_x=True, color_discrete_map=COLOURS, category_orders={"group": [PRETRAINED, SCRATCH]},
+                     labels={"CPU ms/cell": "CPU ms per crop (log scale)", "macro-F1": "test macro-F1",
+                             "group": "starting weights"})
+    fig.update_traces(marker_sizemin=6)  # the smallest networks stay visible
+    fig.update_xaxes(tickvals=[1, 2, 5, 10, 20, 50, 100, 200, 500])  # plain numbers, not log-scale minor digits
+    fig.update_layout(height=440, margin=MARGIN, yaxis_range=[0, 1],
+                      legend=dict(orientation="h", yanchor="bottom", y=1.01, x=0, title_text="starting weights: "))
+    st.plotly_chart(fig, width="stretch")
+    st.caption(f"Test macro-F1 on {where} against CPU time per crop as each run recorded it (fp32, PyTorch, on the "
+               f"study's machine); bubble area is the parameter count (at least a dot). Hover a bubble for its model. "
+               + ("" if len(timed) == len(ranked) else "Rows without a timing (the deployed model) are not drawn. ")
+               + "It does not show GPU speed or the ONNX / int8 speed the app reaches (README, Benchmarks).")
 
 st.markdown("#### Published figures from the seed documents")
 pub = pd.read_csv(appkit.ASSETS / "published" / "seeds_published.csv", dtype={"seed": str})
 st.dataframe(pub, hide_index=True, width="stretch")
 st.caption("Copied from the five seed documents, each on its own data, split and budget (seed 004 is peripheral "
            "blood, not bone marrow; seed 003 reports validation accuracy only). They cannot be compared with each "
-           "other or with the table above.")
+           "other or with the tables above.")
