@@ -541,3 +541,28 @@ def test_comparison_defaults_to_the_longest_study_and_offers_every_study(env, tm
     assert "ConvNeXt-Tiny" in set(at.dataframe[1].value.model) and "ResNet-50" in set(at.dataframe[1].value.model)
     assert any("3 epochs is far too short for from-scratch networks" in w.value for w in at.warning)
     assert "(bundled default)" in at.selectbox(key="cmp_model").value
+
+
+def test_committed_partial_gpu_study_is_offered_labelled_and_never_the_default(env, monkeypatch):
+    """The cut-short GPU study is in the picker with its own title and note, but the page opens on a complete study;
+    picked, it renders its rows with the epochs each really ran."""
+    import json
+
+    gpu = REPO / "assets" / "comparison_gpu"
+    if not (gpu / "summary.json").is_file():
+        pytest.skip("no GPU study committed")
+    summary = json.loads((gpu / "summary.json").read_text())
+    assert summary.get("partial") is True
+    monkeypatch.delenv("BM_COMPARISON_ROOT", raising=False)
+    at = comparison_page(env)
+    box = at.selectbox(key="cmp_study")
+    assert summary["title"] in box.options and box.value != str(gpu)
+    box.select(str(gpu)).run()
+    assert not at.exception, at.exception
+    shown = " ".join(m.value for m in at.markdown) + " ".join(getattr(c, "value", "") for c in at.caption)
+    assert "Cut short" in shown
+    rows = {**at.dataframe[0].value.set_index("model")["epochs"].to_dict(),
+            **at.dataframe[1].value.set_index("model")["epochs"].to_dict()}
+    ran = {json.loads((gpu / f"{k}.json").read_text())["title"]: json.loads((gpu / f"{k}.json").read_text())["epochs"]
+           for k in summary["runs"]}
+    assert all(rows[t] == e for t, e in ran.items())
