@@ -4,6 +4,9 @@
 #   DEADLINE=470 OUT=/tmp/out bash train/configs/gpu_session.sh
 # Needs .gpu/data + .gpu/splits_webp.csv (the bm-dev crops as WebP q85: 64 MiB travel per call) and
 # .gpu/weights (float16 copies of the pip packages' ImageNet files, found through BM_WEIGHTS_DIR).
+# Staging over two calls of a held machine: a path named in one call's carry is removed again by the next call
+# that does not name it, but what a command itself writes under an ignored path stays: carry data.tar in the first
+# call and unpack it there; name .gpu/weights AND .gpu/splits_webp.csv in every later call.
 # Lanes: (A) MobileNetV2, long cosine schedule, mixup/cutmix, EMA; (B) the study, 3 runs at a time,
 # ImageNet rows first; (C) MobileNetV2 distilled from the study's ImageNet rows once they exist.
 # Nothing waits past DEADLINE seconds: schedules shorten themselves (--time-budget-s) and late runs
