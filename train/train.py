@@ -347,7 +347,7 @@ def main(argv=None) -> int:
         sched.load_state_dict(c["scheduler"])
         if ema is not None and "ema" in c:
             ema.module.load_state_dict(c["ema"])
-        state = {"epochs": args.epochs, **c["state"]}
+        state = {**c["state"], "epochs": args.epochs}  # the epochs asked for now (a resumed run may be extended)
         if main_proc:
             print(f"resumed from {ckpt} at epoch {state['epoch']}", flush=True)
     plan["total"] = state["epochs"] * steps_per_epoch
