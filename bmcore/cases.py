@@ -41,6 +41,13 @@ CODE_MAX = 100
 JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_FAILED, JOB_INTERRUPTED = "queued", "running", "done", "failed", "interrupted"
 JOB_LIVE = (JOB_QUEUED, JOB_RUNNING)
 WHO_USER, WHO_SYSTEM, WHO_TYPED = "user", "system", "typed"
+# how a review row was made: one cell at a time, or a gallery action on the cells of a page (audit.before["via"])
+VIA_ONE, VIA_GALLERY = "one cell", "gallery"
+# the optional specimen details a case may carry (key, label); each at most SPECIMEN_MAX characters
+SPECIMEN_FIELDS = (("specimen_id", "Specimen / accession no."), ("site", "Specimen type and site"),
+                   ("collected", "Collection date (YYYY-MM-DD)"), ("stain", "Stain"))
+SPECIMEN_MAX = 100
+TARGET_MIN, TARGET_MAX = 1, 10000
 
 
 class Case(Base):
@@ -66,6 +73,9 @@ class Case(Base):
     # how the model computed (bmcore.predictor.Predictor.inference_record): engine, precision, TTA, the ONNX file's
     # sha256; None for cases classified before it was recorded (torch fp32 with the bundle's TTA)
     inference: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # optional specimen details typed by the lab (SPECIMEN_FIELDS) and the differential's target count (cells)
+    specimen: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    target_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
     version: Mapped[int] = mapped_column(Integer, default=1, nullable=False)
     cells: Mapped[list["Cell"]] = relationship(back_populates="case", order_by="Cell.position",
                                                cascade="all, delete-orphan")
@@ -491,10 +501,10 @@ class CaseStore(AccountsMixin):
 
     @staticmethod
     def _review(s: Session, cell: Cell, u, label: str, note: str = "", action: str | None = None,
-                action_id: str | None = None) -> None:
+                action_id: str | None = None, via: str = VIA_ONE) -> None:
         before = cell.label or ""
         prior = {"final_label": cell.final_label, "reviewed_by": cell.reviewed_by, "reviewed_by_id": cell.reviewed_by_id,
-                 "reviewed_at": cell.reviewed_at.isoformat() if cell.reviewed_at else None}
+                 "reviewed_at": cell.reviewed_at.isoformat() if cell.reviewed_at else None, "via": via}
         action = action or ("confirm" if label == cell.label and cell.final_label in (None, label) else "reclassify")
         cell.final_label = label
         cell.reviewed_by, cell.reviewed_by_id = u.username, u.id
@@ -548,7 +558,7 @@ class CaseStore(AccountsMixin):
                         same += 1
                     else:
                         new = label or c.label
-                        self._review(s, c, u, new, note=note, action_id=action_id)
+                        self._review(s, c, u, new, note=note, action_id=action_id, via=VIA_GALLERY)
                         changed[i] = c
                 s.flush()
                 return ReviewResult(action_id if changed else None, {i: c.version for i, c in changed.items()},
@@ -671,11 +681,55 @@ class CaseStore(AccountsMixin):
             raise ConflictError("the case was changed (reopened or signed) by someone else at the same moment; "
                                 "reload and try again") from None
 
+    def set_case_details(self, case_id: int, actor: Actor, *, specimen: dict | None = None,
+                         target_count: int | None = None) -> None:
+        """Store the case's specimen details (SPECIMEN_FIELDS; empty strings clear a field) and/or its target count;
+        audited. Refused for a signed-off case and for a role that may not classify."""
+        clean = None
+        if specimen is not None:
+            known = dict(SPECIMEN_FIELDS)
+            unknown = sorted(set(specimen) - set(known))
+            if unknown:
+                raise CaseError(f"unknown specimen field(s): {', '.join(unknown)}")
+            clean = {}
+            for k, v in specimen.items():
+                v = str(v or "").strip()
+                if len(v) > SPECIMEN_MAX:
+                    raise CaseError(f"{known[k]} has at most {SPECIMEN_MAX} characters (this one has {len(v)})")
+                if k == "collected" and v:
+                    try:
+                        dt.date.fromisoformat(v)
+                    except ValueError:
+                        raise CaseError(f"collection date {v!r} is not a date written as YYYY-MM-DD") from None
+                if v:
+                    clean[k] = v
+        if target_count is not None:
+            if isinstance(target_count, bool) or not isinstance(target_count, int) or \
+                    not TARGET_MIN <= target_count <= TARGET_MAX:
+                raise CaseError(f"the target count is a whole number of cells from {TARGET_MIN} to {TARGET_MAX}")
+        try:
+            with self.session() as s:
+                u = self._authorize(s, actor, "classify")
+                case = self._case(s, case_id)
+                if case.status == STATUS_SIGNED:
+                    raise CaseError(f"case {case.case_code!r} is signed off; reopen it to change its details")
+                if clean is not None and clean != (case.specimen or {}):
+                    case.specimen = clean or None
+                    s.add(_audit_row(case.id, u, action="specimen", note="; ".join(f"{k}={v}" for k, v in clean.items())
+                                     or "cleared"))
+                if target_count is not None and target_count != case.target_count:
+                    s.add(_audit_row(case.id, u, action="target-count", from_value=str(case.target_count or ""),
+                                     to_value=str(target_count)))
+                    case.target_count = target_count
+        except StaleDataError:
+            raise ConflictError("the case was changed by someone else at the same moment; nothing was saved, "
+                                "reload and try again") from None
+
     def audit(self, case_id: int) -> list[dict]:
         with self.session() as s:
             return [{"at": e.at, "who": who_text(e.who, e.who_kind), "user_id": e.user_id, "action": e.action,
                      "cell": e.cell_name, "from": e.from_value, "to": e.to_value, "note": e.note,
-                     "action_id": e.action_id or ""}
+                     "action_id": e.action_id or "", "via": (e.before or {}).get("via", "")}
                     for e in s.scalars(select(AuditEvent).where(AuditEvent.case_id == case_id)
                                        .order_by(AuditEvent.id))]
 

@@ -7,9 +7,11 @@ import io
 from dataclasses import dataclass, field
 
 from . import RUO_STATEMENT
-from .caserules import HAIRY_UNAVAILABLE, PENDING, critical_codes, hairy_screening, needs_review, review_reasons, status
-from .tasks import BLAST_CODES, ERYTHROID_CODES, MYELOID_CODES, NON_CELL_CODES, cell_name
-from .cases import inference_text, reviewer_text, signature_text, signer_text
+from .caserules import (HAIRY_UNAVAILABLE, PENDING, critical_codes, hairy_screening, model_flags, needs_review,
+                        review_reasons, status)
+from .tasks import BLAST_CODES, CELL_NAMES, ERYTHROID_CODES, HAIRY_CELL_CODE, MYELOID_CODES, NON_CELL_CODES, cell_name
+from .cases import (SPECIMEN_FIELDS, VIA_GALLERY, VIA_ONE, inference_text, reviewer_text, signature_text,
+                    signer_text)
 
 UNCERTAIN = "uncertain or flagged, awaiting review"
 REJECTED = "not a recognisable cell crop (rejected by the gate)"
@@ -126,11 +128,22 @@ def case_differential(case) -> Differential:
                         pending=[status(c) == PENDING for c in cells])
 
 
+def box_text(cell) -> str:
+    """Where the cell lies in its source field ("x,y,w,h" in pixels), for cells found by the cell finder; empty for
+    uploaded single-cell crops (and until the store records boxes)."""
+    box = getattr(cell, "box", None)
+    if not box:
+        return ""
+    if isinstance(box, dict):
+        box = [box.get(k) for k in ("x", "y", "w", "h")]
+    return ",".join(str(v) for v in box) if isinstance(box, (list, tuple)) else str(box)
+
+
 def case_rows(case) -> list[dict]:
     """The exported cell table of a stored case: prediction, review and probabilities per cell."""
     rows = []
     for c in case.cells:
-        row = {"case": case.case_code, "position": c.position + 1, "file": c.name,
+        row = {"case": case.case_code, "position": c.position + 1, "file": c.name, "box": box_text(c),
                "status": status(c), "error": c.error, "rejected_reason": c.reject_reason,
                "sha256": c.sha256,
                "predicted": c.predicted, "confidence": round(c.confidence, 4) if c.confidence is not None else "",
@@ -144,60 +157,235 @@ def case_rows(case) -> list[dict]:
     return rows
 
 
-def render_html_report(case, model_meta: dict, audit: list[dict] | None = None, max_flagged: int = 48) -> str:
+PRELIMINARY = "PRELIMINARY - not signed off"
+DEFAULT_TARGET = 200  # cells, when the case has no target count of its own
+
+
+@dataclass
+class HairyCount:
+    """The hairy-cell line of a case: counted from the labels that count (the reviewer's, else the model's); the
+    model's flags are reported beside it, as awaiting review or as relabelled by a reviewer."""
+    available: bool
+    counted: int = 0            # cells counted as HAC in the differential
+    denominator: int = 0
+    flagged: int = 0            # classified cells the model flagged (P(HAC) at or above the case's threshold)
+    flags_open: int = 0         # ... not reviewed yet
+    flags_relabelled: int = 0   # ... a reviewer gave another class
+    text: str = ""
+
+
+def case_hairy(case, d: Differential | None = None) -> HairyCount:
+    available, how = hairy_screening(case)
+    if not available:
+        return HairyCount(False, text=how)
+    d = d or case_differential(case)
+    ok = [c for c in case.cells if status(c) == "ok"]
+    flagged = [c for c in ok if c.hairy_flag]
+    n_open = sum(c.final_label is None for c in flagged)
+    n_rel = sum(c.final_label is not None and c.final_label != HAIRY_CELL_CODE for c in flagged)
+    n = d.counts.get(HAIRY_CELL_CODE, 0)
+    text = (f"{n} cell(s) counted as hairy cells (HAC)"
+            + (f", {100 * n / d.denominator:.1f}% of {d.denominator} counted cells" if d.denominator else "")
+            + f". The model flagged {len(flagged)} cell(s) when classifying: {n_open} awaiting review, {n_rel} given "
+              "another class by a reviewer.")
+    return HairyCount(True, n, d.denominator, len(flagged), n_open, n_rel, text)
+
+
+def blast_text(case, d: Differential) -> str:
+    """The blast percentage with its denominator, what it excludes, and what the model cannot see."""
+    covered = set(case.model_classes or [])
+    if not covered & BLAST_CODES:
+        return "not available: the model does not recognise blasts"
+    if not d.denominator:
+        return "not available: no cells counted yet"
+    out = (f"{d.blast_percent:.1f}% ({d.counts.get('BLA', 0)} of {d.denominator} counted cells; artefacts, smudge and "
+           "not-identifiable cells, cells awaiting review and gate-rejected images are not in the denominator)")
+    missing = sorted(set(CELL_NAMES) - NON_CELL_CODES - covered)
+    if missing:
+        ery = sorted(ERYTHROID_CODES - covered)
+        out += (". The model does not recognise " + (("erythroid precursors (" + ", ".join(ery) + ") and ") if ery
+                                                     else "")
+                + f"{len(missing) - len(ery)} other cell type(s) ({', '.join(sorted(set(missing) - set(ery)))}); "
+                "such cells are missing from the count or counted as another class, so this is a percentage of the "
+                "cells this model can name, not of all nucleated marrow cells")
+    return out
+
+
+def audit_summary(audit: list[dict]) -> list[dict]:
+    """Who did what, from the audit trail: per person, the cells confirmed and relabelled one by one and in gallery
+    (bulk) actions, with the number of gallery actions, undos, sign-offs, reopenings and other events. Rows from
+    before the way was recorded count as gallery rows when their action covered more than one cell."""
+    size: dict[str, int] = {}
+    for a in audit:
+        if a.get("action_id"):
+            size[a["action_id"]] = size.get(a["action_id"], 0) + 1
+    people: dict[str, dict] = {}
+    for a in audit:
+        p = people.setdefault(a["who"], {"who": a["who"], "confirmed one by one": 0, "relabelled one by one": 0,
+                                         "confirmed in gallery": 0, "moved in gallery": 0, "gallery actions": set(),
+                                         "undone": 0, "other": []})
+        act = a["action"]
+        if act in ("confirm", "reclassify"):
+            via = a.get("via") or (VIA_GALLERY if size.get(a.get("action_id"), 0) > 1 else VIA_ONE)
+            if via == VIA_GALLERY:
+                p["confirmed in gallery" if act == "confirm" else "moved in gallery"] += 1
+                p["gallery actions"].add(a.get("action_id"))
+            else:
+                p["confirmed one by one" if act == "confirm" else "relabelled one by one"] += 1
+        elif act == "undo":
+            p["undone"] += 1
+        else:
+            p["other"].append(act)
+    out = []
+    for p in people.values():
+        p["gallery actions"] = len(p["gallery actions"])
+        other: dict[str, int] = {}
+        for act in p["other"]:
+            other[act] = other.get(act, 0) + 1
+        p["other"] = ", ".join(f"{k} ×{v}" if v > 1 else k for k, v in other.items())
+        out.append(p)
+    return out
+
+
+@dataclass
+class CaseReport:
+    """Everything a report or export of one case says, computed once from the store's case rules; the HTML, PDF and
+    FHIR renderings only lay it out."""
+    case: object
+    model: dict
+    audit: list[dict]
+    creator: str
+    signed: bool
+    status_line: str
+    d: Differential
+    hairy: HairyCount
+    me_text: str
+    blast_text: str
+    rejected: list            # gate-rejected images nobody gave a class (their own bin, never "uncertain")
+    flagged: list             # (cell, why) classified cells the model flagged, reviewed or not
+    reviewers: list[str]
+    specimen: list[tuple[str, str]]
+    target: int
+    target_is_default: bool
+    people: list[dict]
+    notes: list[str]
+
+    @property
+    def progress_text(self) -> str:
+        t = self.target
+        return (f"{self.d.denominator} of {t} cells counted ({min(100.0, 100 * self.d.denominator / t):.0f}% of the "
+                f"target count{' (default; none set for this case)' if self.target_is_default else ''})")
+
+
+def build_report(case, model_meta: dict | None = None, audit: list[dict] | None = None,
+                 users: list[dict] | None = None) -> CaseReport:
+    """``users``: ``CaseStore.list_users()`` (the creator is shown by display name)."""
+    model_meta = model_meta or {}
+    audit = audit or []
+    d = case_differential(case)
+    names = {u["id"]: (u.get("name") or u["username"]) for u in (users or [])}
+    creator = names.get(case.created_by_id) or case.created_by or "unknown"
+    if case.created_by and creator != case.created_by:
+        creator += f" ({case.created_by})"
+    signed = case.status == "signed"
+    sig = case.signature or {}
+    status_line = (f"Signed off by {signer_text(case)}" + (f" ({sig['role']})" if sig.get("role") else "")
+                   + f" on {case.signed_at:%Y-%m-%d %H:%M} UTC" if signed else "Not signed off")
+    flagged = []
+    for c in case.cells:  # what the model flagged when classifying; then what a reviewer made of it
+        flags = model_flags(c)
+        if flags:
+            flagged.append((c, ", ".join(flags) + (f"; reviewed: {c.final_label}" if c.final_label else
+                                                   "; awaiting review")))
+    me = (f"{d.me_ratio:.2f} ({d.me_note})" if d.me_ratio is not None else d.me_note)
+    spec = [(label, (case.specimen or {}).get(k, "")) for k, label in SPECIMEN_FIELDS]
+    target = getattr(case, "target_count", None)
+    notes = [n for n in d.notes if not n.startswith(HAIRY_UNAVAILABLE)]  # the hairy line says it once
+    return CaseReport(case, model_meta, audit, creator, signed, status_line, d, case_hairy(case, d), me,
+                      blast_text(case, d), [c for c in case.cells if status(c) == "rejected" and c.final_label is None],
+                      flagged, sorted({reviewer_text(c) for c in case.cells if c.reviewed_by}), spec,
+                      target or DEFAULT_TARGET, target is None, audit_summary(audit), notes)
+
+
+def model_text(r: CaseReport) -> str:
+    m, case = r.model, r.case
+    metrics = m.get("metrics", {})
+    perf = (f"macro-F1 {metrics['macro_f1']:.3f}, accuracy {metrics['accuracy']:.3f} on the {metrics.get('split', '')}"
+            " split (image-level)" if metrics.get("macro_f1") is not None else "no test metrics recorded")
+    name = m.get("name") or case.model_name or "unknown"
+    ver = m.get("versions", {}).get("bmcore", "")
+    inf = inference_text(case)
+    return (f"{name}" + (f" ({m['timm_name']})" if m.get("timm_name") else "") + (f", bmcore {ver}" if ver else "")
+            + (f", {inf}" if inf else "") + f". Weights sha256: {case.model_sha256 or 'not recorded'}. "
+            f"Test performance: {perf}.")
+
+
+def classes_text(case) -> str:
+    covered = list(case.model_classes or [])
+    missing = sorted(set(CELL_NAMES) - set(covered))
+    return ("Classes covered: " + ", ".join(f"{c} ({cell_name(c)})" for c in covered)
+            + (". Not covered: " + ", ".join(missing) if missing else "") + ".")
+
+
+def render_html_report(case, model_meta: dict, audit: list[dict] | None = None, max_flagged: int = 48,
+                       users: list[dict] | None = None) -> str:
     """A printable, self-contained HTML report (thumbnails inline) of one case."""
     import base64
     import html
 
     e = html.escape
-    d = case_differential(case)
-    metrics = model_meta.get("metrics", {})
-    flagged = [c for c in case.cells if needs_review(c) or (status(c) == "ok" and c.hairy_flag)]
-    rows = "".join(f"<tr><td>{e(r['class'])}</td><td>{e(r['name'])}</td><td>{r['count']}</td>"
-                   f"<td>{r['percent']:.1f}%</td></tr>" for r in d.table())
+    r = build_report(case, model_meta, audit, users)
+    d = r.d
+    rows = "".join(f"<tr><td>{e(t['class'])}</td><td>{e(t['name'])}</td><td>{t['count']}</td>"
+                   f"<td>{t['percent']:.1f}%</td></tr>" for t in d.table())
     excl = ", ".join(f"{e(k)}: {v}" for k, v in d.excluded.items()) or "none"
-    thumbs = ""
-    for c in flagged[:max_flagged]:
+
+    def fig(c, why):
         img = (f"<img src='data:image/jpeg;base64,{base64.b64encode(c.thumbnail).decode()}' width='96'>"
                if c.thumbnail else "")
-        why = ", ".join(review_reasons(c)) or "hairy-cell flag (reviewed)"
-        thumbs += (f"<figure>{img}<figcaption>#{c.position + 1} {e(c.label or '')} "
-                   f"({(c.confidence or 0):.2f})<br>{why}</figcaption></figure>")
+        return (f"<figure>{img}<figcaption>#{c.position + 1} {e(c.label or '')} "
+                f"({(c.confidence or 0):.2f})<br>{e(why)}</figcaption></figure>")
+
+    thumbs = "".join(fig(c, why) for c, why in r.flagged[:max_flagged])
+    more = (f"<p>… and {len(r.flagged) - max_flagged} more (see the cell table).</p>"
+            if len(r.flagged) > max_flagged else "")
+    rej = "".join(fig(c, c.reject_reason or "rejected by the gate") for c in r.rejected[:max_flagged])
     sig = case.signature or {}
-    signed = ("<b>Not signed off</b>" if case.status != "signed" else
-              f"Signed off by {e(signer_text(case))}" + (f" ({e(sig['role'])})" if sig.get("role") else "")
-              + f" on {case.signed_at:%Y-%m-%d %H:%M} UTC")
-    signature = (f"<h2>Signature</h2><p>{e(signature_text(sig))}</p>" if sig else "")
-    reviewers = sorted({reviewer_text(c) for c in case.cells if c.reviewed_by})
-    audit_rows = "".join(f"<tr><td>{a['at']:%Y-%m-%d %H:%M:%S}</td><td>{e(a['who'])}</td><td>{e(a['action'])}</td>"
+    signature = f"<h2>Signature</h2><p>{e(signature_text(sig))}</p>" if sig else ""
+    prelim = "" if r.signed else f'<p class="prelim">{e(PRELIMINARY)}</p>'
+    spec = "".join(f"<tr><th>{e(k)}</th><td>{e(v) or '<i>not entered</i>'}</td></tr>" for k, v in r.specimen)
+    people = "".join(f"<tr><td>{e(p['who'])}</td><td>{p['confirmed one by one']}</td><td>{p['relabelled one by one']}"
+                     f"</td><td>{p['confirmed in gallery']}</td><td>{p['moved in gallery']}</td>"
+                     f"<td>{p['gallery actions']}</td><td>{p['undone']}</td><td>{e(p['other'])}</td></tr>"
+                     for p in r.people)
+    audit_rows = "".join(f"<tr><td>{a['at']:%Y-%m-%d %H:%M:%S}</td><td>{e(a['who'])}</td><td>{e(a['action'])}"
+                         f"{' (gallery)' if a.get('via') == VIA_GALLERY else ''}</td>"
                          f"<td>{e(a['cell'])}</td><td>{e(a['from'])}</td><td>{e(a['to'])}</td>"
-                         f"<td>{e(a['note'])}</td></tr>" for a in (audit or []))
-    me = f"{d.me_ratio:.2f} ({e(d.me_note)})" if d.me_ratio is not None else e(d.me_note)
-    blast = f"{d.blast_percent:.1f}%" if d.blast_percent is not None else "not available"
-    hairy = (f"{d.hairy_flagged} cell(s), {d.hairy_percent:.1f}% of readable cells" if d.hairy_percent is not None
-             else hairy_screening(case)[1])
-    perf = (f"macro-F1 {metrics['macro_f1']:.3f}, accuracy {metrics['accuracy']:.3f} on the "
-            f"{e(metrics.get('split', ''))}" if metrics else "no test metrics recorded")
+                         f"<td>{e(a['note'])}</td></tr>" for a in r.audit)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Case {e(case.case_code)}</title>
 <style>body{{font-family:sans-serif;margin:2em;color:#222}} table{{border-collapse:collapse;margin:.5em 0}}
 td,th{{border:1px solid #bbb;padding:3px 8px;text-align:left}} .ruo{{border:2px solid #b00;padding:.5em;
-color:#b00;font-weight:bold}} figure{{display:inline-block;margin:4px;font-size:11px;text-align:center}}
+color:#b00;font-weight:bold}} .prelim{{background:#b00;color:#fff;padding:.5em;font-weight:bold;font-size:1.2em}}
+figure{{display:inline-block;margin:4px;font-size:11px;text-align:center}}
 @media print{{.noprint{{display:none}}}}</style></head><body>
-<p class="ruo">{e(RUO_STATEMENT)}</p>
+<p class="ruo">{e(RUO_STATEMENT)}</p>{prelim}
 <h1>Bone marrow differential: case {e(case.case_code)}</h1>
-<p>Created {case.created_at:%Y-%m-%d %H:%M} UTC · status <b>{e(case.status)}</b> · {signed}<br>
-Reviewers: {e(', '.join(reviewers) or 'none')}</p>
+<p>Created {case.created_at:%Y-%m-%d %H:%M} UTC by {e(r.creator)} · {e(r.status_line)}<br>
+Reviewers: {e(', '.join(r.reviewers) or 'none')}</p>
+<h2>Specimen</h2><table>{spec}</table>
 <h2>Differential</h2>
-<p>{d.denominator} cells counted. Left out of the denominator: {excl}.</p>
+<p>{d.denominator} cells counted. {e(r.progress_text)}. Left out of the denominator: {excl}.</p>
 <table><tr><th>Code</th><th>Cell type</th><th>Count</th><th>%</th></tr>{rows}</table>
-<p>M:E ratio: {me}<br>Blasts: {blast}<br>Hairy-cell screen: {hairy}</p>
-{''.join(f'<p><i>{e(n)}</i></p>' for n in d.notes)}
-<h2>Flagged cells</h2>{thumbs or '<p>None.</p>'}
-<h2>Model</h2>
-<p>{e(model_meta.get('name', case.model_name))} ({e(model_meta.get('timm_name', ''))}), weights sha256
-<code>{e(case.model_sha256[:16])}…</code>, bmcore {e(model_meta.get('versions', {}).get('bmcore', ''))}{e(', ' + inference_text(case) if inference_text(case) else '')}.<br>
-Classes: {e(', '.join(case.model_classes or []))}. Test performance: {perf}; image-level split.</p>
+<p>M:E ratio: {e(r.me_text)}<br>Blasts: {e(r.blast_text)}<br>Hairy cells: {e(r.hairy.text)}</p>
+{''.join(f'<p><i>{e(n)}</i></p>' for n in r.notes)}
+<h2>Flagged and critical cells ({len(r.flagged)})</h2>{thumbs or '<p>None.</p>'}{more}
+<h2>Rejected by the gate ({len(r.rejected)})</h2>
+<p>Images the model's gate judged not a recognisable bone marrow cell crop: no class, not counted.</p>{rej}
+<h2>Model</h2><p>{e(model_text(r))}<br>{e(classes_text(case))}</p>
 {signature}
-<h2>Audit trail</h2><table><tr><th>When (UTC)</th><th>Who</th><th>Action</th><th>Cell</th><th>From</th><th>To</th>
-<th>Note</th></tr>{audit_rows}</table>
-<p class="ruo">{e(RUO_STATEMENT)}</p></body></html>"""
+<h2>Who did what</h2><table><tr><th>Who</th><th>Confirmed one by one</th><th>Relabelled one by one</th>
+<th>Confirmed in gallery</th><th>Moved in gallery</th><th>Gallery actions</th><th>Undone</th><th>Other</th></tr>
+{people}</table>
+<h2>Audit trail ({len(r.audit)} events)</h2><table><tr><th>When (UTC)</th><th>Who</th><th>Action</th><th>Cell</th>
+<th>From</th><th>To</th><th>Note</th></tr>{audit_rows}</table>
+{prelim}<p class="ruo">{e(RUO_STATEMENT)}</p></body></html>"""

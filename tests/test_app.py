@@ -221,7 +221,7 @@ def test_a_case_is_judged_by_its_own_model_not_the_sidebars(env, crops, monkeypa
     at.selectbox(key="cam_method").set_value("layercam").run()  # a heatmap computed after the sidebar changed
     assert explained_by and set(explained_by) == {"eight"}, explained_by
     at.switch_page("views/differential.py").run()
-    assert metric(at, "Hairy-cell flags") == "unavailable"
+    assert metric(at, "Hairy cells (HAC)") == "unavailable"
     assert any("Hairy-cell screening unavailable" in c.value for c in at.caption)
     # the case's model removed from this server: pages say so and never fall back to another model
     import shutil

@@ -4,7 +4,7 @@ import streamlit as st
 
 import appkit
 from bmcore import caserules
-from bmcore.report import case_differential
+from bmcore.report import blast_text, case_differential, case_hairy
 
 st.title("Differential count")
 appkit.ruo_banner()
@@ -36,7 +36,11 @@ c1, c2, c3 = st.columns(3)
 c1.metric("M:E ratio", f"{d.me_ratio:.2f}" if d.me_ratio is not None else "n/a", help=d.me_note)
 c1.caption(d.me_note)
 c2.metric("Blasts", f"{d.blast_percent:.1f}%" if d.blast_percent is not None else "n/a")
-c3.metric("Hairy-cell flags", summ.hairy_flags if summ.hairy_flags is not None else "unavailable",
-          help=caserules.hairy_screening(case)[1])
+c2.caption(blast_text(case, d))
+# hairy cells: counted from the reviewers' labels (the model's flags beside them), as in the report
+hairy = case_hairy(case, d)
+c3.metric("Hairy cells (HAC)", hairy.counted if hairy.available else "unavailable", help=hairy.text)
+c3.caption(hairy.text)
 for n in d.notes:
-    st.caption(n)
+    if not n.startswith(caserules.HAIRY_UNAVAILABLE):  # said once, above
+        st.caption(n)

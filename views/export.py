@@ -1,7 +1,10 @@
 import streamlit as st
 
 import appkit
-from bmcore.report import case_rows, render_html_report, rows_to_csv
+from bmcore.cases import SPECIMEN_FIELDS, SPECIMEN_MAX, TARGET_MAX, TARGET_MIN, CaseError, signer_text
+from bmcore.fhirexport import LOCAL_SYSTEM, fhir_json
+from bmcore.pdfreport import render_pdf_report
+from bmcore.report import DEFAULT_TARGET, case_rows, render_html_report, rows_to_csv
 
 st.title("Export")
 appkit.ruo_banner()
@@ -15,15 +18,54 @@ path = appkit.case_bundle_path(case)
 meta = appkit.installed_bundles().get(path, {}) if path else {}
 if not meta:
     st.warning("The model that classified this case is no longer installed; the report shows its stored name and hash.")
+who = appkit.actor()
+signed = case.status == "signed"
+# specimen details and the target count are stored with the case and printed in every report
+if who.can("classify") and not signed:
+    with st.expander("Specimen details and target count", expanded=not case.specimen):
+        with st.form(f"details_{case.id}"):
+            spec = {k: st.text_input(label, value=(case.specimen or {}).get(k, ""), max_chars=SPECIMEN_MAX)
+                    for k, label in SPECIMEN_FIELDS}
+            target = st.number_input("Target count (cells)", min_value=TARGET_MIN, max_value=TARGET_MAX, step=100,
+                                     value=case.target_count or DEFAULT_TARGET,
+                                     help="The differential your lab counts to, e.g. 200 or 500 cells")
+            if st.form_submit_button("Save details"):
+                try:
+                    store.set_case_details(case.id, who, specimen=spec, target_count=int(target))
+                except CaseError as exc:
+                    st.error(f"Not saved: {exc}")
+                else:
+                    st.success("Saved. The reports below include them.")
+                    case = store.get_case(case.id)
+users = store.list_users()
+audit = store.audit(case.id)
 rows = case_rows(case)
-html = render_html_report(case, meta, store.audit(case.id))
-if case.status != "signed":
-    st.warning("This case is not signed off: exports are marked as preliminary.")
-c1, c2 = st.columns(2)
-c1.download_button("Download cell table (CSV)", rows_to_csv(rows), file_name=f"{case.case_code}_cells.csv",
-                   mime="text/csv", key="dl_csv")
-c2.download_button("Download report (HTML, printable)", html, file_name=f"{case.case_code}_report.html",
-                   mime="text/html", key="dl_html")
-st.caption("Open the HTML report in a browser and print it (or save as PDF).")
+html = render_html_report(case, meta, audit, users=users)
+if signed:
+    st.success(f"Signed off by {signer_text(case)}: the PDF, HTML and FHIR exports are final.")
+else:
+    st.warning("This case is not signed off. The PDF and HTML reports are marked \"PRELIMINARY - not signed off\" "
+               "on every page and the FHIR report has status \"preliminary\": counts may still change while cells "
+               "are reviewed.")
+code = case.case_code
+try:
+    pdf = render_pdf_report(case, meta, audit, users)
+except Exception as exc:  # a report that cannot be drawn is said plainly; the other exports still work
+    pdf = None
+    st.error(f"The PDF report could not be made ({type(exc).__name__}: {exc}); the HTML report has the same content.")
+c1, c2, c3, c4 = st.columns(4)
+if pdf is not None:
+    c1.download_button("Report (PDF)", pdf, file_name=f"{code}_report.pdf", mime="application/pdf", key="dl_pdf")
+c2.download_button("Report for the LIS (FHIR R4 JSON)", fhir_json(case, meta, audit, users),
+                   file_name=f"{code}_fhir.json", mime="application/fhir+json", key="dl_fhir")
+c3.download_button("Cell table (CSV)", rows_to_csv(rows), file_name=f"{code}_cells.csv", mime="text/csv",
+                   key="dl_csv")
+c4.download_button("Report (HTML, printable)", html, file_name=f"{code}_report.html", mime="text/html",
+                   key="dl_html")
+st.caption("PDF: the report to file. FHIR: a DiagnosticReport with one Observation per cell type's percentage and the "
+           "M:E ratio, coded in a local code system (" + LOCAL_SYSTEM + ") for your LIS to map; no LOINC codes are "
+           "assumed. CSV: every cell with its file, box in the source field (empty for uploaded crops), the model's "
+           "label, the final label, the reviewer and the confidence; it is the working state of the case"
+           + ("." if signed else " and, like the reports, preliminary until sign-off."))
 with st.expander("Report preview", expanded=True):
     st.iframe(html, height=700)  # every user-typed string in the report is HTML-escaped

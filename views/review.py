@@ -183,17 +183,20 @@ def sign_off_box(shown: dict[int, int]) -> None:
 def running_differential(case) -> None:
     """The count as it stands (reviewers' labels where they exist), what is left to confirm per class, and the
     progress towards the lab's target count."""
-    from bmcore.report import case_differential
+    from bmcore.report import DEFAULT_TARGET, case_differential
 
     d = case_differential(case)
     groups = caserules.gallery_order(case)
-    tkey = f"target_count_{case.id}"
-    appkit._persist(tkey, 200)
+    # the target count is stored with the case (every reviewer and the report see the same one)
+    wkey = f"_w_target_count_{case.id}"
+    target = case.target_count or DEFAULT_TARGET
+    st.session_state[wkey] = target
     left, right = st.columns([3, 1])
-    right.number_input("Target count (cells)", min_value=1, max_value=10000, step=100, key=f"_w_{tkey}",
-                       on_change=appkit._store_back, args=(tkey,),
-                       help="The differential your lab counts to, e.g. 200 or 500 cells")
-    target = st.session_state[tkey]
+    right.number_input("Target count (cells)", min_value=1, max_value=10000, step=100, key=wkey,
+                       on_change=lambda: _run(lambda: store.set_case_details(
+                           case.id, appkit.actor(), target_count=int(st.session_state[wkey])),
+                           f"Target count set to {st.session_state[wkey]} cells for this case."),
+                       help="The differential your lab counts to, e.g. 200 or 500 cells; stored with the case")
     right.progress(min(1.0, d.denominator / target), text=f"{d.denominator} of {target} cells counted")
     table = {g: {"cells": len(cells), "to confirm": sum(map(caserules.unresolved, cells)),
                  "flagged": sum(map(caserules.needs_review, cells)),
