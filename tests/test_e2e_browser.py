@@ -7,8 +7,10 @@ Skipped where chromium or playwright is missing, unless BM_REQUIRE_E2E=1 (CI set
 
 import csv
 import io
+import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -88,11 +90,23 @@ def test_upload_heatmap_review_signoff_download(server, crops, tmp_path):
 
         page.get_by_role("link", name="Export").first.click()
         with page.expect_download() as dl:
-            page.get_by_role("button", name="Download cell table (CSV)").click()
+            page.get_by_role("button", name="Cell table (CSV)").click()
         text = Path(dl.value.path()).read_text()
         (ART / "cells.csv").write_text(text)
+        with page.expect_download() as dl:  # the signed case's files say so: no PRELIMINARY banner, status final
+            page.get_by_role("button", name="Report (PDF)").click()
+        pdf = Path(dl.value.path()).read_bytes()
+        (ART / "report.pdf").write_bytes(pdf)
+        with page.expect_download() as dl:
+            page.get_by_role("button", name="Report for the LIS (FHIR R4 JSON)").click()
+        fhir = json.loads(Path(dl.value.path()).read_text())
         page.screenshot(path=str(ART / "4_export.png"), full_page=True)
         browser.close()
+    assert pdf.startswith(b"%PDF") and fhir["resourceType"] == "DiagnosticReport" and fhir["status"] == "final"
+    if shutil.which("pdftotext"):
+        words = subprocess.run(["pdftotext", str(ART / "report.pdf"), "-"], capture_output=True, text=True).stdout
+        assert "E2E-001" in words and "PRELIMINARY" not in words
+        assert "For research use only. Not for use in diagnostic procedures." in words
     rows = list(csv.DictReader(io.StringIO(text)))
     assert len(rows) == 20 and {r["file"] for r in rows} == {f.name for f in files}
     assert sum(r["status"] == "ok" for r in rows) == total and {r["status"] for r in rows} <= {"ok", "rejected"}
