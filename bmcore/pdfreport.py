@@ -81,8 +81,9 @@ class _ReportPDF(FPDF):
         self.multi_cell(0, 7, self.t(text), align="L", new_x="LMARGIN", new_y="NEXT")
         self.ln(1)
 
-    def h2(self, text):
-        if self.will_page_break(20):
+    def h2(self, text, need: float = 20):
+        """A section heading; starts a new page when less than ``need`` mm (heading + what must follow it) is left."""
+        if self.will_page_break(need):
             self.add_page()
         self.ln(2)
         self.set_font(self.family, "B", 11.5)
@@ -170,7 +171,7 @@ def render_pdf_report(case, model_meta: dict | None = None, audit: list[dict] | 
     for n in r.notes:
         pdf.para(n, size=8.5)
 
-    pdf.h2(f"Flagged and critical cells ({len(r.flagged)})")
+    pdf.h2(f"Flagged and critical cells ({len(r.flagged)})", need=60 if r.flagged else 20)  # with a row of thumbnails
     if r.flagged:
         pdf.thumbs(r.flagged[:max_thumbs])
         if len(r.flagged) > max_thumbs:

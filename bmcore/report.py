@@ -10,8 +10,8 @@ from . import RUO_STATEMENT
 from .caserules import (HAIRY_UNAVAILABLE, PENDING, critical_codes, hairy_screening, model_flags, needs_review,
                         review_reasons, status)
 from .tasks import BLAST_CODES, CELL_NAMES, ERYTHROID_CODES, HAIRY_CELL_CODE, MYELOID_CODES, NON_CELL_CODES, cell_name
-from .cases import (SPECIMEN_FIELDS, VIA_GALLERY, VIA_ONE, inference_text, reviewer_text, signature_text,
-                    signer_text)
+from .cases import (SPECIMEN_FIELDS, VIA_GALLERY, VIA_ONE, WHO_TYPED, inference_text, reviewer_text,
+                    signature_text, signer_text, who_text)
 
 UNCERTAIN = "uncertain or flagged, awaiting review"
 REJECTED = "not a recognisable cell crop (rejected by the gate)"
@@ -211,17 +211,19 @@ def blast_text(case, d: Differential) -> str:
     return out
 
 
-def audit_summary(audit: list[dict]) -> list[dict]:
+def audit_summary(audit: list[dict], names: dict[int, str] | None = None) -> list[dict]:
     """Who did what, from the audit trail: per person, the cells confirmed and relabelled one by one and in gallery
     (bulk) actions, with the number of gallery actions, undos, sign-offs, reopenings and other events. Rows from
-    before the way was recorded count as gallery rows when their action covered more than one cell."""
+    before the way was recorded count as gallery rows when their action covered more than one cell. ``names``: user
+    id -> display name; a person is shown as "Display Name (username)", and keyed by ``username``."""
     size: dict[str, int] = {}
     for a in audit:
         if a.get("action_id"):
             size[a["action_id"]] = size.get(a["action_id"], 0) + 1
     people: dict[str, dict] = {}
     for a in audit:
-        p = people.setdefault(a["who"], {"who": a["who"], "confirmed one by one": 0, "relabelled one by one": 0,
+        p = people.setdefault(a["who"], {"who": person_text(a.get("user_id"), a["who"], names),
+                                         "username": a["who"], "confirmed one by one": 0, "relabelled one by one": 0,
                                          "confirmed in gallery": 0, "moved in gallery": 0, "gallery actions": set(),
                                          "undone": 0, "other": []})
         act = a["action"]
@@ -245,6 +247,13 @@ def audit_summary(audit: list[dict]) -> list[dict]:
         p["other"] = ", ".join(f"{k} ×{v}" if v > 1 else k for k, v in other.items())
         out.append(p)
     return out
+
+
+def person_text(user_id, username: str, names: dict[int, str] | None) -> str:
+    """A signed-in user as reports show them: "Display Name (username)", or the username alone when no display name
+    is known (e.g. a typed name from before accounts, already marked by ``who_text``)."""
+    name = (names or {}).get(user_id) if user_id is not None else None
+    return f"{name} ({username})" if name and name != username else username
 
 
 @dataclass
@@ -284,9 +293,11 @@ def build_report(case, model_meta: dict | None = None, audit: list[dict] | None 
     audit = audit or []
     d = case_differential(case)
     names = {u["id"]: (u.get("name") or u["username"]) for u in (users or [])}
-    creator = names.get(case.created_by_id) or case.created_by or "unknown"
-    if case.created_by and creator != case.created_by:
-        creator += f" ({case.created_by})"
+    if case.created_by_id is None:  # a case from before sign-in accounts: a typed name, or none at all
+        creator = (who_text(case.created_by, WHO_TYPED) if case.created_by and case.created_by != "(name not entered)"
+                   else "a user whose name was not recorded (the case predates sign-in accounts)")
+    else:
+        creator = person_text(case.created_by_id, case.created_by, names)
     signed = case.status == "signed"
     sig = case.signature or {}
     status_line = (f"Signed off by {signer_text(case)}" + (f" ({sig['role']})" if sig.get("role") else "")
@@ -303,8 +314,9 @@ def build_report(case, model_meta: dict | None = None, audit: list[dict] | None 
     notes = [n for n in d.notes if not n.startswith(HAIRY_UNAVAILABLE)]  # the hairy line says it once
     return CaseReport(case, model_meta, audit, creator, signed, status_line, d, case_hairy(case, d), me,
                       blast_text(case, d), [c for c in case.cells if status(c) == "rejected" and c.final_label is None],
-                      flagged, sorted({reviewer_text(c) for c in case.cells if c.reviewed_by}), spec,
-                      target or DEFAULT_TARGET, target is None, audit_summary(audit), notes)
+                      flagged, sorted({person_text(c.reviewed_by_id, reviewer_text(c), names)
+                                       for c in case.cells if c.reviewed_by}), spec,
+                      target or DEFAULT_TARGET, target is None, audit_summary(audit, names), notes)
 
 
 def model_text(r: CaseReport) -> str:

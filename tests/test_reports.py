@@ -93,7 +93,9 @@ def test_html_report_of_a_signed_case(store):
     assert r.blast_text.startswith("not available: the model does not recognise blasts")
     assert "erythroid precursors" in r.me_text
     # who did what: the gallery's bulk confirmation and the one-by-one reviews are told apart
-    people = {p["who"]: p for p in r.people}
+    people = {p["username"]: p for p in r.people}
+    assert people["tess"]["who"] == "Tess Tech (tess)" and people["pat"]["who"] == "Dr Pat Path (pat)"
+    assert r.reviewers == ["Dr Pat Path (pat)", "Tess Tech (tess)"]  # display names, as the users entered them
     assert people["tess"]["confirmed in gallery"] == 6 and people["tess"]["gallery actions"] == 1
     assert people["tess"]["confirmed one by one"] == 0
     assert people["pat"]["confirmed one by one"] == 2 and people["pat"]["relabelled one by one"] == 2
@@ -282,3 +284,21 @@ def test_the_target_count_set_on_the_review_page_is_stored_with_the_case(env):
     assert not at.exception, at.exception
     assert store.get_case(cid).target_count == 300 and store.audit(cid)[-1]["action"] == "target-count"
     assert "10 of 300 cells counted" in build_report(store.get_case(cid)).progress_text
+
+
+def test_a_case_from_before_accounts_names_its_creator_honestly(tmp_path):
+    """A typed creator's name is marked as never verified; a case created with no name says so, not "(name not
+    entered)" or "unknown"."""
+    import sqlite3
+
+    from tests.test_auth import FIXTURE
+
+    con = sqlite3.connect(tmp_path / "old.db")
+    con.executescript(FIXTURE.read_text())
+    con.close()
+    store = CaseStore(f"sqlite:///{tmp_path / 'old.db'}")
+    old1, old2 = (store.get_case(store.case_id(c)) for c in ("OLD-1", "OLD-2"))
+    assert build_report(old1).creator == "Dr Typed (typed name, not verified)"
+    html = render_html_report(old2, {}, store.audit(old2.id))
+    assert "by a user whose name was not recorded (the case predates sign-in accounts)" in html
+    assert "by unknown" not in html
