@@ -2,6 +2,7 @@
 
     python -m bmcore classify crops/ --bundle assets/models/bm14-mobilenetv2-224px --out cells.csv
     python -m bmcore classify smear.zip --out cells.csv --heatmaps heatmaps/
+    python -m bmcore classify field1.jpg field2.jpg --out cells.csv [--um-per-px 0.073]   # camera fields: cells found
     python -m bmcore bench --out bench/results/cpu.json
     python -m bmcore users add alice --role pathologist --display-name "Dr Alice Smith"   # password asked
     python -m bmcore users list
@@ -32,6 +33,7 @@ def cmd_classify(a) -> int:
     from PIL import Image
     from tqdm import tqdm
 
+    from .fields import expand_fields
     from .inputs import from_paths, safe_display_name
     from .predictor import Predictor
     from .report import differential, prediction_rows, rows_to_csv
@@ -41,6 +43,16 @@ def cmd_classify(a) -> int:
     if not items:
         print("no images found", file=sys.stderr)
         return 1
+    # smear-field images (too large for one cell, with nucleated cells in them) become one item per found cell
+    try:
+        items, fields = expand_fields(items, pred.bundle.crop_side, a.um_per_px)
+    except ValueError as exc:  # a scale out of range
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for f in fields:
+        cut = sum(c.border for c in f["cells"])
+        print(f"field {f['name']} ({f['size'][0]}x{f['size'][1]} px): {len(f['cells'])} nucleated cells found, "
+              f"{cut} cut by the border (not classified); scale {f['scale'].describe()}")
     bar = tqdm(total=len([i for i in items if i.ok]), unit="cell", desc="classifying")
     done = [0]
 
@@ -51,6 +63,11 @@ def cmd_classify(a) -> int:
     results = pred.predict_items(items, progress=progress)
     bar.close()
     rows = prediction_rows(results, pred.classes)
+    for row, it in zip(rows, items):  # where each cell of a field came from (empty for single-cell crops)
+        o = it.origin or {}
+        row.update({"source_field": o.get("field", ""), "field_cell": o.get("cell_number", ""),
+                    "box_x0_y0_x1_y1": " ".join(map(str, o["box"])) if o else "",
+                    "um_per_px": round(o["um_per_px"], 5) if o else "", "scale_source": o.get("scale_source", "")})
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(rows_to_csv(rows))
     bad = [r for r in results if not r.ok]
@@ -72,6 +89,11 @@ def cmd_classify(a) -> int:
     print(f"{len(results) - len(bad) - len(refused)} cells classified, {len(refused)} rejected as not a recognisable "
           f"cell crop, {len(bad)} skipped; wrote {a.out}")
     print(f"{sum(r.needs_review for r in results)} cells need a person's review ({pred.rules.describe()})")
+    if fields:
+        from_fields = [r for r, it in zip(results, items) if it.origin and r.ok]
+        print(f"{len(from_fields)} whole cells from {len(fields)} field images, {sum(r.rejected for r in from_fields)} "
+              "of them refused by the model's gate (it knows bone marrow crops; expect it to refuse many "
+              "peripheral-blood cells)")
     print(f"differential over {d.denominator} cells (excluded: {d.excluded or 'none'}):")
     for row in d.table():
         print(f"  {row['class']} {row['name']:<22s} {row['count']:5d} {row['percent']:5.1f}%")
@@ -177,6 +199,8 @@ def main(argv=None) -> int:
     c.add_argument("--threshold", type=float, default=None,
                    help="confidence under which a cell is 'uncertain' (default: the bundle's validated review rule)")
     c.add_argument("--device", default=None)
+    c.add_argument("--um-per-px", type=float, default=None,
+                   help="scale of field images in micrometres per pixel (default: estimated from the red cells)")
     b = sub.add_parser("bench", help="measure latency and memory; writes JSON")
     b.add_argument("--bundle", default=None)
     b.add_argument("--data", default="../shared/data/bm-dev")

@@ -35,6 +35,8 @@ class InputItem:
     name: str
     source: bytes | Path | None = None
     error: str = ""
+    # a cell found in a smear-field image (bmcore.fields.expand_fields): {"field", "box", "um_per_px", "scale_source"}
+    origin: dict | None = None
 
     @property
     def ok(self) -> bool:

@@ -1,0 +1,171 @@
+"""Measure the field cell finder (bmcore.fields) on real annotated smear fields; writes JSON.
+
+    .venv/bin/python bench/fields.py --out bench/results/fields.json          # the BCCD fields, both halves
+    .venv/bin/python bench/fields.py --train-ratio --out bench/results/fields_train_ratio.json
+
+Fields: ``../shared/data/fields/bccd`` (292 peripheral-blood fields, 640x480, every white cell boxed, red cells
+boxed). Split once, by file name: the first half of the sorted stems (``tune``) is where the finder's constants
+were chosen; the second half (``report``) was used only to measure them. Per half: white-cell recall and
+precision at IoU >= 0.5 (every annotated WBC box, border-cut ones included: the finder must find them and mark
+them), the same for whole cells only, the scale estimate from the red cells against the red-cell boxes (median of
+the annotated whole red cells' (w+h)/2 per field; relative error per field), and seconds per field (decode
+excluded, one thread, this machine). Speed is measured, never asserted.
+
+``--train-ratio``: the nucleated cell's size over the crop side in the training crops of
+``../shared/data/bm-dev`` (250x250, cell centred): the side of the nucleus box the finder gives for the cell
+nearest the centre of each crop (the nucleus, not the grown cell box: a marrow cell's cytoplasm often reaches
+the crop's edge; crops whose central nucleus box touches the crop's edge are left out, merged with a
+neighbour or cut), over a seeded sample per class; the median is ``bmcore.fields.TRAIN_NUCLEUS_FRACTION``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bmcore import fields as F  # noqa: E402
+
+SHARED = Path(os.environ.get("BM_SHARED", REPO.parent / "shared")) / "data"
+
+
+def bccd_stems(root: Path) -> list[str]:
+    return sorted(p.stem for p in (root / "Annotations").glob("*.xml"))
+
+
+def split(stems: list[str]) -> dict[str, list[str]]:
+    half = len(stems) // 2
+    return {"tune": stems[:half], "report": stems[half:]}
+
+
+def evaluate(root: Path, stems: list[str], um_per_px: float | None = None) -> dict:
+    tp = n_found = n_true = 0
+    tp_w = n_found_w = n_true_w = 0
+    times, errs, misses, fps = [], [], [], []
+    for s in stems:
+        truth = F.read_voc(root / "Annotations" / f"{s}.xml")
+        rgb = np.asarray(Image.open(root / "JPEGImages" / f"{s}.jpg").convert("RGB"))
+        h, w = rgb.shape[:2]
+        t0 = time.perf_counter()
+        res = F.find_cells(rgb, um_per_px)
+        times.append(time.perf_counter() - t0)
+        found = [c.box for c in res.cells]
+        wbc = truth.get("WBC", [])
+        m = F.match_boxes(found, wbc)
+        tp, n_found, n_true = tp + m, n_found + len(found), n_true + len(wbc)
+        if m < len(wbc):
+            misses.append(s)
+        if m < len(found):
+            fps.append(s)
+        whole_t = [b for b in wbc if b[0] > 1 and b[1] > 1 and b[2] < w - 1 and b[3] < h - 1]
+        whole_f = [c.box for c in res.whole]
+        tp_w += F.match_boxes(whole_f, whole_t)
+        n_found_w, n_true_w = n_found_w + len(whole_f), n_true_w + len(whole_t)
+        rbc = truth.get("RBC_whole", [])
+        if res.scale.rbc_diameter_px and len(rbc) >= 3:
+            gt = statistics.median(((b[2] - b[0]) + (b[3] - b[1])) / 2 for b in rbc)
+            errs.append((res.scale.rbc_diameter_px - gt) / gt)
+    e = np.abs(errs) if errs else np.zeros(0)
+    return {
+        "fields": len(stems), "wbc_boxes": n_true, "found": n_found, "matched": tp,
+        "recall": tp / max(1, n_true), "precision": tp / max(1, n_found),
+        "whole_cells": {"wbc_boxes": n_true_w, "found": n_found_w, "matched": tp_w,
+                        "recall": tp_w / max(1, n_true_w), "precision": tp_w / max(1, n_found_w)},
+        "scale": {"fields_compared": len(errs), "median_abs_rel_error": float(np.median(e)) if len(e) else None,
+                  "p90_abs_rel_error": float(np.percentile(e, 90)) if len(e) else None,
+                  "median_signed_rel_error": float(np.median(errs)) if errs else None,
+                  "fields_within_10pct": int((e <= 0.10).sum())},
+        "seconds_per_field": {"mean": statistics.mean(times), "median": statistics.median(times),
+                              "max": max(times)},
+        "fields_with_missed_wbc": misses, "fields_with_extra_boxes": fps,
+    }
+
+
+def train_ratio(root: Path, per_class: int) -> dict:
+    """Cell side / crop side in the training crops: the found cell nearest each crop's centre."""
+    out, per = [], {}
+    for cls in sorted(p.name for p in root.iterdir() if p.is_dir()):
+        files = sorted((root / cls).glob("*.jpg"))
+        vals = []
+        for f in random.Random(0).sample(files, min(per_class, len(files))):
+            rgb = np.asarray(Image.open(f).convert("RGB"))
+            h, w = rgb.shape[:2]
+            res = F.find_cells(rgb)
+            if not res.cells:
+                continue
+            c = min(res.cells, key=lambda c: ((c.box[0] + c.box[2]) / 2 - w / 2) ** 2 + ((c.box[1] + c.box[3]) / 2 - h / 2) ** 2)
+            nb = c.nucleus_box
+            if nb[0] <= 1 or nb[1] <= 1 or nb[2] >= w - 1 or nb[3] >= h - 1:
+                continue  # a nucleus box that reaches the crop's edge is cut or merged with a neighbour: not measured
+            vals.append(max(nb[2] - nb[0], nb[3] - nb[1]) / max(w, h))
+        per[cls] = {"crops": len(vals), "median": statistics.median(vals) if vals else None}
+        out += vals
+    return {"crops": len(out), "median_nucleus_fraction": statistics.median(out),
+            "quartiles": [float(q) for q in np.percentile(out, [25, 50, 75])], "per_class": per,
+            "measure": "nucleus box side / crop side", "note": "training crops carry no scale; the finder ran with its own scale estimate or its default"}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--fields", default=str(SHARED / "fields" / "bccd"))
+    ap.add_argument("--part", choices=["tune", "report", "both"], default="both")
+    ap.add_argument("--um-per-px", type=float, default=None, help="give the scale instead of estimating it")
+    ap.add_argument("--train-ratio", action="store_true", help="measure the cell/crop ratio of the training crops")
+    ap.add_argument("--train-root", default=str(SHARED / "bm-dev"))
+    ap.add_argument("--per-class", type=int, default=60)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    import cv2
+
+    cv2.setNumThreads(1)
+    meta = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.processor() or
+            platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "opencv": cv2.__version__, "command": " ".join(["bench/fields.py", *(argv or sys.argv[1:])]),
+            "constants": {k: getattr(F, k) for k in dir(F) if k.isupper() and isinstance(getattr(F, k), (int, float))}}
+    if a.train_ratio:
+        root = Path(a.train_root)
+        if not root.is_dir():
+            print(f"training crops not found at {root}", file=sys.stderr)
+            return 1
+        result = {**meta, "train_ratio": train_ratio(root, a.per_class)}
+        print(json.dumps(result["train_ratio"], indent=1))
+    else:
+        root = Path(a.fields)
+        if not (root / "Annotations").is_dir():
+            print(f"annotated fields not found at {root}", file=sys.stderr)
+            return 1
+        parts = split(bccd_stems(root))
+        names = ["tune", "report"] if a.part == "both" else [a.part]
+        result = {**meta, "fields_root": str(root), "split": {k: f"{v[0]} .. {v[-1]} ({len(v)})" for k, v in parts.items()},
+                  "iou": 0.5, "scale_given": a.um_per_px}
+        for k in names:
+            r = evaluate(root, parts[k], a.um_per_px)
+            result[k] = r
+            print(f"{k:7s} fields {r['fields']}: recall {r['recall']:.3f} precision {r['precision']:.3f} "
+                  f"(whole cells: {r['whole_cells']['recall']:.3f} / {r['whole_cells']['precision']:.3f}); "
+                  f"scale error median {r['scale']['median_abs_rel_error']:.3f} p90 {r['scale']['p90_abs_rel_error']:.3f}; "
+                  f"{r['seconds_per_field']['mean']:.3f} s/field")
+            print(f"   missed in {len(r['fields_with_missed_wbc'])} fields: {r['fields_with_missed_wbc'][:12]}")
+            print(f"   extra in {len(r['fields_with_extra_boxes'])} fields: {r['fields_with_extra_boxes'][:12]}")
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(result, indent=1))
+        print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,354 @@
+"""Smear-field images: find the nucleated (white) cells in a camera field, so that each can be cropped and classified.
+
+A photograph of a microscope field shows many cells: red cells (pink, no nucleus), platelets (small blue specks)
+and a few nucleated cells whose nuclei take the blue-violet of the Romanowsky stains (May-Grünwald-Giemsa,
+Wright, Giemsa). The finder works on that stain contrast:
+
+1. **Scale.** Every length below is in micrometres and turned into pixels with the field's scale: given by the
+   user (µm per pixel) or estimated from the red cells, whose diameter is about ``RBC_DIAMETER_UM`` (7.5 µm):
+   red-cell pixels (red over green, Otsu), holes (the central pallor) filled, and the distance transform's local
+   maxima, the radii of the cells' inscribed circles, taken at their upper quartile (overlapping red cells give
+   smaller circles, never larger ones) and turned into the cells' span by ``RBC_SPAN_PER_CIRCLE`` (a red cell is
+   not a perfect disc; fitted on the tuning half of the BCCD fields against their red-cell boxes).
+   ``FieldScale.source`` says which was used.
+2. **Nuclei.** The nuclear stain channel is blue minus red (``nuclear_channel``): high in nuclei, near zero in
+   red cells and background, moderate in cytoplasm. Thresholded at ``NUCLEUS_LEVEL``, opened to drop specks,
+   closed over ``LOBE_GAP_UM`` so that the lobes of a segmented neutrophil become one nucleus, holes filled.
+3. **Touching nuclei.** A blob too large for one nucleus is split by a watershed on its distance transform,
+   seeded at maxima at least ``SPLIT_MIN_DIST_UM`` apart (``skimage.segmentation.watershed``).
+4. **Platelets and debris.** Blobs under ``MIN_NUCLEUS_AREA_UM2`` are dropped (a platelet is 2-3 µm across).
+5. **Cell box.** The cell is its nucleus plus a rim of cytoplasm: the nucleus box, about its centre, grown by
+   ``CELL_GROWTH`` (1.4x, a lobed or indented nucleus: a neutrophil, a monocyte) down to ``CELL_GROWTH_COMPACT``
+   for a compact nucleus that fills its box (a lymphocyte), by the nucleus's fill of its box (fitted on the
+   tuning half of the BCCD fields, see ``bench/fields.py``).
+   A cell whose box reaches the image border is marked ``border``: it is cut, and is not classified as a whole
+   cell.
+
+``crop_cell`` cuts a square around a found cell, centred on its nucleus, so that the nucleus fills the same
+fraction of the crop as the nuclei of the training crops fill theirs (``TRAIN_NUCLEUS_FRACTION``: the median
+over bm-dev, measured with this same finder by ``python bench/fields.py --train-ratio``), and resizes it to the
+training crop side. The crop's size therefore follows each cell's own nucleus; the field's scale (the user's or
+the red cells') sets the finder's lengths (lobe gaps, the smallest nucleus, the largest) in pixels.
+
+``expand_fields`` turns the field images of a batch into one item per whole cell (a field is an image too large
+to be one cell crop by ``bmcore.ood.size_refusal`` in which the finder sees at least one nucleated cell); a cell
+cut by the image border becomes a named, refused item; each cell item carries its source field and box.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import cv2
+import numpy as np
+
+RBC_DIAMETER_UM = 7.5          # a normal red cell's diameter
+RBC_SPAN_PER_CIRCLE = 1.19     # a red cell's span (as boxed) / its inscribed circle's diameter (fitted: tune half)
+DEFAULT_UM_PER_PX = 0.08       # only if neither the user nor the red cells give a scale (100x oil, 640 px camera)
+NUCLEUS_LEVEL = 45.0           # blue minus red (0-255) above which a pixel is nuclear stain
+LOBE_GAP_UM = 1.2              # nuclear stain closer than this is one blob
+LOBE_GROUP_UM = 4.0            # blobs closer than this are lobes of one nucleus ...
+MAX_NUCLEUS_UM = 16.0          # ... unless the group would be wider than any nucleus (then they stay apart)
+MIN_NUCLEUS_AREA_UM2 = 8.0     # smaller blobs are platelets or debris
+SPLIT_AREA_UM2 = 160.0         # a blob larger than this may be several touching nuclei
+SPLIT_MIN_DIST_UM = 5.0        # watershed seeds at least this far apart
+CELL_GROWTH = 1.40             # cell side / nucleus side for a lobed or indented nucleus ...
+CELL_GROWTH_COMPACT = 1.24     # ... and for a compact round one (a lymphocyte's nucleus nearly fills its cell)
+COMPACT_FILL = (0.66, 0.75)    # nucleus area / nucleus box area over which the growth goes from one to the other
+TRAIN_NUCLEUS_FRACTION = 0.57  # nucleus side / crop side in the training crops (bench/fields.py --train-ratio)
+
+
+@dataclass
+class FieldScale:
+    um_per_px: float
+    source: str                      # "user", "red cells" or "default (no red cells found)"
+    rbc_diameter_px: float | None = None
+
+    def describe(self) -> str:
+        s = f"{self.um_per_px:.4f} µm/px ({self.source}"
+        if self.rbc_diameter_px and self.source == "red cells":
+            s += f", {self.rbc_diameter_px:.0f} px across = {RBC_DIAMETER_UM} µm"
+        return s + ")"
+
+
+@dataclass
+class FoundCell:
+    box: tuple[int, int, int, int]          # x0, y0, x1, y1 (exclusive) of the cell, clipped to the image
+    nucleus_box: tuple[int, int, int, int]
+    nucleus_area_px: int
+    border: bool                            # the cell is cut by the image border
+
+    @property
+    def side(self) -> int:
+        return max(self.box[2] - self.box[0], self.box[3] - self.box[1])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FieldResult:
+    cells: list[FoundCell]
+    scale: FieldScale
+    size: tuple[int, int]                   # w, h
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def whole(self) -> list[FoundCell]:
+        return [c for c in self.cells if not c.border]
+
+
+def as_rgb_array(img) -> np.ndarray:
+    """HxWx3 uint8 RGB from a PIL image or an array."""
+    if hasattr(img, "mode"):
+        img = np.asarray(img.convert("RGB"))
+    a = np.asarray(img)
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise ValueError("a field image must be RGB")
+    return np.ascontiguousarray(a, dtype=np.uint8)
+
+
+def nuclear_channel(rgb: np.ndarray) -> np.ndarray:
+    """Blue minus red, float32: the stain of nuclei (blue-violet) against red cells and background."""
+    f = cv2.GaussianBlur(rgb, (5, 5), 0).astype(np.float32)
+    return f[..., 2] - f[..., 0]
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import binary_fill_holes
+
+    return binary_fill_holes(mask)
+
+
+def estimate_rbc_diameter(rgb: np.ndarray) -> float | None:
+    """The red cells' diameter in px (None when too few red cells are seen): see the module's docstring."""
+    from skimage.feature import peak_local_max
+
+    f = cv2.GaussianBlur(rgb, (5, 5), 0).astype(np.float32)
+    redness = np.clip(f[..., 0] - f[..., 1] + 64, 0, 255).astype(np.uint8)
+    level, _ = cv2.threshold(redness, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    mask = (redness > level) & (nuclear_channel(rgb) < NUCLEUS_LEVEL)
+    mask = _fill_holes(cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, np.ones((5, 5), np.uint8)) > 0)
+    dt = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 5)
+    side = min(rgb.shape[:2])
+    peaks = peak_local_max(dt, min_distance=max(3, side // 40), threshold_abs=max(3.0, side / 160), exclude_border=True)
+    if len(peaks) < 3:
+        return None
+    radii = dt[peaks[:, 0], peaks[:, 1]]
+    return float(RBC_SPAN_PER_CIRCLE * 2 * np.percentile(radii, 75))
+
+
+def field_scale(rgb: np.ndarray, um_per_px: float | None = None) -> FieldScale:
+    """The field's scale: the user's (``um_per_px``), else from the red cells, else a stated default."""
+    if um_per_px:
+        if not 0.005 <= um_per_px <= 5:
+            raise ValueError(f"scale {um_per_px} µm/px is not a microscope field's (0.005 to 5 µm/px)")
+        return FieldScale(float(um_per_px), "user")
+    d = estimate_rbc_diameter(rgb)
+    if d is None:
+        return FieldScale(DEFAULT_UM_PER_PX, "default (no red cells found)")
+    return FieldScale(RBC_DIAMETER_UM / d, "red cells", d)
+
+
+def _split(blob: np.ndarray, min_dist_px: int) -> list[np.ndarray]:
+    """Touching nuclei in one blob: watershed of its distance transform from well-separated maxima."""
+    from skimage.feature import peak_local_max
+    from skimage.segmentation import watershed
+
+    dt = cv2.distanceTransform(blob.astype(np.uint8), cv2.DIST_L2, 5)
+    peaks = peak_local_max(dt, min_distance=max(1, min_dist_px), threshold_rel=0.5, exclude_border=False)
+    if len(peaks) < 2:
+        return [blob]
+    markers = np.zeros(blob.shape, np.int32)
+    markers[peaks[:, 0], peaks[:, 1]] = np.arange(1, len(peaks) + 1)
+    lab = watershed(-dt, markers, mask=blob)
+    return [lab == i for i in range(1, len(peaks) + 1) if (lab == i).any()]
+
+
+def find_cells(img, um_per_px: float | None = None) -> FieldResult:
+    """The nucleated cells of a field image (PIL image or RGB array), as boxes; see the module's docstring."""
+    rgb = as_rgb_array(img)
+    h, w = rgb.shape[:2]
+    scale = field_scale(rgb, um_per_px)
+    px = 1.0 / scale.um_per_px  # pixels per µm
+    mask = (nuclear_channel(rgb) > NUCLEUS_LEVEL).astype(np.uint8)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    k = max(3, int(round(LOBE_GAP_UM * px)) | 1)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    mask = _fill_holes(mask > 0).astype(np.uint8)
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    min_area = MIN_NUCLEUS_AREA_UM2 * px * px
+    lobe_min = min_area / 4
+    keep = np.zeros(n, bool)
+    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= lobe_min
+    mask = keep[lab].astype(np.uint8)
+    # lobes of one nucleus: blobs within LOBE_GROUP_UM of each other, while the group stays nucleus-sized
+    g = max(3, int(round(LOBE_GROUP_UM * px)) | 1)
+    ng, glab = cv2.connectedComponents(cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (g, g))))
+    groups = np.where(mask > 0, glab, 0)
+    units = []  # (label image, label) of each nucleus candidate
+    for j in range(1, ng):
+        ys, xs = np.nonzero(groups == j)
+        if not len(ys):
+            continue
+        if max(xs.max() - xs.min(), ys.max() - ys.min()) + 1 <= MAX_NUCLEUS_UM * px:
+            units.append((groups, j, xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
+        else:
+            units += [(lab, i, *_bbox(lab == i)) for i in np.unique(lab[groups == j]) if i and keep[i]]
+    cells: list[FoundCell] = []
+    for src, i, x0, y0, x1, y1 in units:
+        x, y, bw, bh = int(x0), int(y0), int(x1 - x0), int(y1 - y0)
+        sub = src[y:y + bh, x:x + bw] == i
+        area = int(sub.sum())
+        if area < min_area:
+            continue
+        parts = _split(sub, int(SPLIT_MIN_DIST_UM * px)) if area > SPLIT_AREA_UM2 * px * px else [sub]
+        for part in parts:
+            a = int(part.sum())
+            if a < min_area:
+                continue
+            ys, xs = np.nonzero(part)
+            nb = (x + int(xs.min()), y + int(ys.min()), x + int(xs.max()) + 1, y + int(ys.max()) + 1)
+            cells.append(_cell_from_nucleus(nb, a, px, w, h))
+    cells.sort(key=lambda c: (c.box[1] // max(1, h // 4), c.box[0]))
+    return FieldResult(cells, scale, (w, h))
+
+
+def _bbox(m: np.ndarray) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(m)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def _cell_from_nucleus(nb, area: int, px: float, w: int, h: int) -> FoundCell:
+    x0, y0, x1, y1 = nb
+    fill = area / max(1, (x1 - x0) * (y1 - y0))
+    lo, hi = COMPACT_FILL
+    t = min(1.0, max(0.0, (fill - lo) / (hi - lo)))
+    g = CELL_GROWTH + t * (CELL_GROWTH_COMPACT - CELL_GROWTH)
+    cx, cy, hw, hh = (x0 + x1) / 2, (y0 + y1) / 2, g * (x1 - x0) / 2, g * (y1 - y0) / 2
+    bx = (cx - hw, cy - hh, cx + hw, cy + hh)
+    border = bx[0] < 0 or bx[1] < 0 or bx[2] > w or bx[3] > h
+    box = (max(0, int(round(bx[0]))), max(0, int(round(bx[1]))), min(w, int(round(bx[2]))), min(h, int(round(bx[3]))))
+    return FoundCell(box, tuple(int(v) for v in nb), area, bool(border))
+
+
+# -- measuring the finder on annotated fields (bench/fields.py, tests) ---------------------------------------------
+def read_voc(path) -> dict[str, list[tuple[int, int, int, int]]]:
+    """Pascal VOC boxes by class name ({"WBC": [...], "RBC": [...]}); ``RBC_whole``: red cells not cut by the border."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(path).getroot()
+    w = int(float(root.findtext("size/width", "0")))
+    h = int(float(root.findtext("size/height", "0")))
+    out: dict[str, list] = {}
+    for o in root.iter("object"):
+        b = o.find("bndbox")
+        box = tuple(int(float(b.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax"))
+        name = (o.findtext("name") or "").strip()
+        out.setdefault(name, []).append(box)
+        cut = o.findtext("truncated", "0").strip() == "1" or box[0] <= 1 or box[1] <= 1 or box[2] >= w - 1 \
+            or box[3] >= h - 1
+        if name == "RBC" and not cut and box[2] > box[0] and box[3] > box[1]:
+            out.setdefault("RBC_whole", []).append(box)
+    return out
+
+
+def iou(a, b) -> float:
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def match_boxes(found, truth, threshold: float = 0.5) -> int:
+    """How many ``truth`` boxes a ``found`` box matches at IoU >= ``threshold`` (greedy, best pairs first, 1:1)."""
+    pairs = sorted(((iou(f, t), i, j) for i, f in enumerate(found) for j, t in enumerate(truth)), reverse=True)
+    used_f, used_t, n = set(), set(), 0
+    for v, i, j in pairs:
+        if v < threshold:
+            break
+        if i not in used_f and j not in used_t:
+            used_f.add(i)
+            used_t.add(j)
+            n += 1
+    return n
+
+
+# -- cutting cells out of fields ---------------------------------------------------------------------------------
+def crop_cell(img, cell: FoundCell, crop_side: int = 250):
+    """A ``crop_side`` square RGB PIL image of ``cell``, the nucleus filling ``TRAIN_NUCLEUS_FRACTION`` of it as in
+    the training crops; beyond the image border the field is mirrored."""
+    from PIL import Image
+
+    rgb = as_rgb_array(img)
+    h, w = rgb.shape[:2]
+    x0, y0, x1, y1 = cell.nucleus_box
+    side = max(8, int(round(max(x1 - x0, y1 - y0) / TRAIN_NUCLEUS_FRACTION)))
+    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+    left, top = cx - side // 2, cy - side // 2
+    pad = max(0, -left, -top, left + side - w, top + side - h)
+    if pad:
+        rgb = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_REFLECT_101) if pad < min(h, w) else \
+            cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        left, top = left + pad, top + pad
+    sq = rgb[top:top + side, left:left + side]
+    interp = cv2.INTER_AREA if side > crop_side else cv2.INTER_LINEAR
+    return Image.fromarray(cv2.resize(sq, (crop_side, crop_side), interpolation=interp))
+
+
+def _image_size(source) -> tuple[int, int] | None:
+    """(w, h) from the image header, None when it cannot be read (the predictor will say why)."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(source if not isinstance(source, (bytes, bytearray)) else io.BytesIO(source)) as im:
+            return im.size
+    except Exception:  # noqa: BLE001 -- any unreadable header: the predictor decodes it and says why
+        return None
+
+
+def expand_fields(items: list, crop_side: int = 250, um_per_px: float | None = None):
+    """Replace each field image among ``items`` (``bmcore.inputs.InputItem``) by its cells; return (items, fields).
+
+    ``fields``: per field image found, ``{"name", "size", "scale", "cells": [FoundCell...], "rgb"}`` (rgb: the
+    decoded field, for drawing). Items that are not fields pass unchanged; a field-sized image with no nucleated
+    cell stays as it was (the size rule refuses it with its reason). Cell items are PNG bytes named
+    ``<field> #<n>`` (n: the cell's number on the field, border-cut cells included) with ``origin`` set."""
+    import io
+
+    from .inputs import InputItem
+    from .ood import size_refusal
+    from .preprocess import ImageDecodeError, decode_image
+
+    out, found = [], []
+    for it in items:
+        size = _image_size(it.source) if it.ok else None
+        if size is None or not size_refusal(size, crop_side):
+            out.append(it)
+            continue
+        try:
+            img = decode_image(it.source)
+        except ImageDecodeError:
+            out.append(it)
+            continue
+        rgb = as_rgb_array(img)
+        res = find_cells(rgb, um_per_px)
+        if not res.cells:
+            out.append(it)
+            continue
+        found.append({"name": it.name, "size": res.size, "scale": res.scale, "cells": res.cells, "rgb": rgb})
+        for k, cell in enumerate(res.cells, 1):
+            origin = {"field": it.name, "box": list(cell.box), "cell_number": k, "um_per_px": res.scale.um_per_px,
+                      "scale_source": res.scale.source}
+            name = f"{it.name} #{k}"
+            if cell.border:
+                out.append(InputItem(name, error=f"cell cut by the field's border at {cell.box}: not classified as a "
+                                                 "whole cell", origin=origin))
+                continue
+            buf = io.BytesIO()
+            crop_cell(rgb, cell, crop_side).save(buf, format="PNG")
+            out.append(InputItem(name, buf.getvalue(), origin=origin))
+    return out, found

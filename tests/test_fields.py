@@ -1,0 +1,134 @@
+"""Smear-field images: the cell finder (bmcore.fields) on synthetic and real annotated fields, crops, and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import io
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from bmcore import fields as F
+from bmcore.inputs import InputItem
+from tests.conftest import REPO, SHARED
+
+BCCD = SHARED / "data" / "fields" / "bccd"
+# every 24th of the 292 annotated fields (both halves of bench/fields.py's split): 13 fields, 14 white cells
+HANDFUL = ["BloodImage_00000", "BloodImage_00035", "BloodImage_00070", "BloodImage_00107", "BloodImage_00144",
+           "BloodImage_00183", "BloodImage_00215", "BloodImage_00247", "BloodImage_00274", "BloodImage_00308",
+           "BloodImage_00342", "BloodImage_00372", "BloodImage_00405"]
+
+
+@pytest.fixture(scope="module")
+def bccd():
+    if not (BCCD / "Annotations").is_dir():
+        pytest.skip(f"annotated smear fields not found at {BCCD} (../shared/data is absent on this machine)")
+    return BCCD
+
+
+def synthetic_field(w=640, h=480) -> np.ndarray:
+    """Pale background, red cells 100 px across (so 13.3 px/µm), two whole nucleated cells and one cut by the
+    right border, plus a platelet-sized speck."""
+    img = np.full((h, w, 3), (222, 226, 224), np.uint8)
+    for cx, cy in [(60, 60), (60, 400), (330, 420), (480, 60), (250, 60)]:
+        cv2.circle(img, (cx, cy), 50, (200, 150, 150), -1)
+        cv2.circle(img, (cx, cy), 15, (215, 185, 185), -1)  # central pallor
+    for cx, cy in [(200, 250), (420, 240), (630, 330)]:
+        cv2.circle(img, (cx, cy), 75, (205, 195, 210), -1)   # cytoplasm
+        cv2.circle(img, (cx, cy), 50, (120, 80, 200), -1)    # nucleus
+    cv2.circle(img, (330, 150), 6, (130, 100, 200), -1)      # platelet
+    return cv2.GaussianBlur(img, (3, 3), 0)
+
+
+def test_synthetic_field_cells_found_border_marked_platelet_ignored():
+    res = F.find_cells(synthetic_field())
+    assert res.scale.source == "red cells"
+    assert abs(res.scale.um_per_px - 7.5 / 100) / 0.075 < 0.15
+    assert len(res.cells) == 3
+    whole = sorted(c.box for c in res.whole)
+    assert len(whole) == 2
+    assert F.match_boxes(whole, [(125, 175, 275, 325), (345, 165, 495, 315)], 0.5) == 2
+    cut = [c for c in res.cells if c.border]
+    assert len(cut) == 1 and cut[0].box[2] == 640
+
+
+def test_user_scale_is_used_and_checked():
+    res = F.find_cells(synthetic_field(), um_per_px=0.075)
+    assert res.scale.source == "user" and res.scale.um_per_px == 0.075
+    assert len(res.whole) == 2
+    with pytest.raises(ValueError, match="µm/px"):
+        F.find_cells(synthetic_field(), um_per_px=50)
+
+
+def test_crop_matches_training_nucleus_fraction():
+    rgb = synthetic_field()
+    res = F.find_cells(rgb)
+    crop = F.crop_cell(rgb, res.whole[0], 250)
+    assert crop.size == (250, 250)
+    again = F.find_cells(np.asarray(crop), um_per_px=0.075)
+    centre = min(again.cells, key=lambda c: abs((c.nucleus_box[0] + c.nucleus_box[2]) / 2 - 125))
+    side = max(centre.nucleus_box[2] - centre.nucleus_box[0], centre.nucleus_box[3] - centre.nucleus_box[1])
+    assert abs(side / 250 - F.TRAIN_NUCLEUS_FRACTION) < 0.05
+
+
+def test_expand_fields_turns_a_field_into_cells_and_leaves_crops(tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(synthetic_field()).save(buf, format="PNG")
+    small = io.BytesIO()
+    Image.fromarray(synthetic_field(240, 240)).save(small, format="PNG")
+    items = [InputItem("field.png", buf.getvalue()), InputItem("crop.png", small.getvalue()),
+             InputItem("bad.png", error="corrupt")]
+    out, fields = F.expand_fields(items, 250)
+    assert [f["name"] for f in fields] == ["field.png"]
+    names = [it.name for it in out]
+    assert names == ["field.png #1", "field.png #2", "field.png #3", "crop.png", "bad.png"]
+    cells = [it for it in out if it.origin]
+    assert sum(not it.ok for it in cells) == 1 and "border" in next(it.error for it in cells if not it.ok)
+    for it in cells:
+        assert it.origin["field"] == "field.png" and len(it.origin["box"]) == 4
+        if it.ok:
+            assert Image.open(io.BytesIO(it.source)).size == (250, 250)
+
+
+def test_real_fields_recall_precision_and_scale(bccd):
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench.fields import evaluate
+
+    r = evaluate(bccd, HANDFUL)
+    assert r["wbc_boxes"] == 14
+    assert r["recall"] >= 0.9, r       # measured 13 / 14
+    assert r["precision"] >= 0.85, r   # measured 13 / 15
+    assert r["scale"]["median_abs_rel_error"] <= 0.15, r["scale"]
+
+
+def test_real_field_border_cell_marked(bccd):
+    rgb = np.asarray(Image.open(bccd / "JPEGImages" / "BloodImage_00193.jpg").convert("RGB"))
+    res = F.find_cells(rgb)
+    truth = F.read_voc(bccd / "Annotations" / "BloodImage_00193.xml")["WBC"]
+    cut_truth = [b for b in truth if b[3] >= 479]
+    assert cut_truth, "the field's annotation has a white cell cut by the bottom border"
+    cut = [c for c in res.cells if c.border]
+    assert cut and all(c.box[3] == 480 for c in cut)
+    assert F.match_boxes([c.box for c in res.whole], [b for b in truth if b[3] < 479]) == 1
+
+
+def test_cli_classifies_field_cells_with_source_and_box(tmp_path, tiny_bundle):
+    field = tmp_path / "smear_field_1.png"
+    Image.fromarray(synthetic_field()).save(field)
+    out = tmp_path / "cells.csv"
+    r = subprocess.run([sys.executable, "-m", "bmcore", "classify", str(field), "--bundle", str(tiny_bundle.path),
+                        "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert [x["file"] for x in rows] == ["smear_field_1.png #1", "smear_field_1.png #2", "smear_field_1.png #3"]
+    assert all(x["source_field"] == "smear_field_1.png" and len(x["box_x0_y0_x1_y1"].split()) == 4 for x in rows)
+    assert all(x["scale_source"] == "red cells" and float(x["um_per_px"]) > 0 for x in rows)
+    classified = [x for x in rows if x["status"] in ("ok", "rejected")]
+    assert len(classified) == 2
+    assert "cut by the field's border" in r.stderr
+    assert "3 nucleated cells found, 1 cut by the border" in r.stdout
+    assert "For research use only" in r.stdout
