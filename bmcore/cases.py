@@ -109,6 +109,9 @@ class Cell(Base):
     reviewed_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
     reviewed_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     reviewed_by_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # a cell found in a smear-field image (bmcore.fields): {"field": name, "box": [x0, y0, x1, y1] px in the field,
+    # "cell_number", "um_per_px", "scale_source"}; None for an uploaded single-cell crop
+    origin: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     version: Mapped[int] = mapped_column(Integer, default=1, nullable=False)
     case: Mapped[Case] = relationship(back_populates="cells")
     __mapper_args__ = {"version_id_col": version}
@@ -125,6 +128,20 @@ class Cell(Base):
     @property
     def reviewed(self) -> bool:
         return self.final_label is not None
+
+
+class FieldImage(Base):
+    """A smear-field image whose cells joined a case (bmcore.fields): a reduced JPEG for drawing its boxes on."""
+
+    __tablename__ = "field_images"
+    __table_args__ = (UniqueConstraint("case_id", "name"), _NO_REUSE)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(300))
+    width: Mapped[int] = mapped_column(Integer)    # of the original field, px (the cells' boxes are in these)
+    height: Mapped[int] = mapped_column(Integer)
+    image: Mapped[bytes] = mapped_column(LargeBinary)  # JPEG, at most FIELD_IMAGE_SIDE px a side
+    scale: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # {"um_per_px", "source"}
 
 
 class AuditEvent(Base):
@@ -217,6 +234,7 @@ class CellInput:
     rejected: bool = False
     reject_reason: str = ""
     critical: str = ""
+    origin: dict | None = None  # a cell found in a smear field: its source field and box (Cell.origin)
     pending: bool = False
 
 
@@ -298,8 +316,11 @@ class CaseStore(AccountsMixin):
     # -- cases ---------------------------------------------------------------------------------------
     def create_case(self, case_code: str, cells: list[CellInput], *, actor: Actor, model_name: str = "",
                     model_sha256: str = "", model_classes: list[str] | None = None, rules: dict | None = None,
-                    inference: dict | None = None) -> int:
+                    inference: dict | None = None, field_images: list[dict] | None = None) -> int:
         """Create a case with all its cells in one transaction (all or nothing).
+
+        ``field_images``: the smear fields the cells were found in, ``{"name", "width", "height", "image" (JPEG
+        bytes), "scale"}`` each (``bmcore.fields.field_record``).
 
         Cells marked ``pending`` are placeholders a classification job fills in (``save_results``). A file
         name longer than the column is stored truncated; the full name goes into the audit trail.
@@ -324,9 +345,13 @@ class CaseStore(AccountsMixin):
                                            sha256=c.sha256, thumbnail=c.thumbnail, predicted=c.predicted,
                                            confidence=c.confidence, probabilities=c.probabilities or {},
                                            uncertain=c.uncertain, hairy_flag=c.hairy_flag, rejected=c.rejected,
-                                           reject_reason=c.reject_reason, critical=c.critical, pending=c.pending))
+                                           reject_reason=c.reject_reason, critical=c.critical, pending=c.pending,
+                                           origin=c.origin))
                 s.add(case)
                 s.flush()
+                for f in field_images or []:
+                    s.add(FieldImage(case_id=case.id, name=_short_name(f["name"]), width=f["width"], height=f["height"],
+                                     image=f["image"], scale=f.get("scale")))
                 s.add(_audit_row(case.id, u, action="create", note=f"{len(cells)} cells; model {model_name}"))
                 for i, full in long_names:
                     cell = case.cells[i]
@@ -420,6 +445,12 @@ class CaseStore(AccountsMixin):
             _ = list(case.cells)  # load while the session is open
             s.expunge_all()
             return case
+
+    def field_images(self, case_id: int) -> list[dict]:
+        """The smear fields of a case (``create_case(field_images=...)``), in the order they were stored."""
+        with self.session() as s:
+            return [{"name": f.name, "width": f.width, "height": f.height, "image": f.image, "scale": f.scale}
+                    for f in s.scalars(select(FieldImage).where(FieldImage.case_id == case_id).order_by(FieldImage.id))]
 
     def list_cases(self) -> list[dict]:
         from .caserules import needs_review

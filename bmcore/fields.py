@@ -56,6 +56,7 @@ CELL_GROWTH = 1.40             # cell side / nucleus side for a lobed or indente
 CELL_GROWTH_COMPACT = 1.24     # ... and for a compact round one (a lymphocyte's nucleus nearly fills its cell)
 COMPACT_FILL = (0.66, 0.75)    # nucleus area / nucleus box area over which the growth goes from one to the other
 TRAIN_NUCLEUS_FRACTION = 0.57  # nucleus side / crop side in the training crops (bench/fields.py --train-ratio)
+WORK_SIDE = 1280               # a larger field is searched at this longer side (boxes mapped back to its pixels)
 
 
 @dataclass
@@ -166,8 +167,30 @@ def _split(blob: np.ndarray, min_dist_px: int) -> list[np.ndarray]:
 
 
 def find_cells(img, um_per_px: float | None = None) -> FieldResult:
-    """The nucleated cells of a field image (PIL image or RGB array), as boxes; see the module's docstring."""
+    """The nucleated cells of a field image (PIL image or RGB array), as boxes in its pixels; see the module's
+    docstring. A field over ``WORK_SIDE`` px (a 12-megapixel camera photo) is searched reduced to that side: a cell
+    spans tens of pixels there, and the time stays that of a small field."""
     rgb = as_rgb_array(img)
+    h, w = rgb.shape[:2]
+    f = WORK_SIDE / max(h, w)
+    if f >= 1:
+        return _find_cells(rgb, um_per_px)
+    if um_per_px:
+        field_scale(rgb[:1, :1], um_per_px)  # the user's scale checked as given
+    small = cv2.resize(rgb, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    fx, fy = w / small.shape[1], h / small.shape[0]
+    res = _find_cells(small, um_per_px * fx if um_per_px else None)
+
+    def up(b):
+        return (min(w, round(b[0] * fx)), min(h, round(b[1] * fy)), min(w, round(b[2] * fx)), min(h, round(b[3] * fy)))
+
+    cells = [FoundCell(up(c.box), up(c.nucleus_box), round(c.nucleus_area_px * fx * fy), c.border) for c in res.cells]
+    sc = res.scale
+    scale = FieldScale(um_per_px or sc.um_per_px / fx, sc.source, sc.rbc_diameter_px * fx if sc.rbc_diameter_px else None)
+    return FieldResult(cells, scale, (w, h), res.notes + [f"searched at {small.shape[1]}x{small.shape[0]} px"])
+
+
+def _find_cells(rgb: np.ndarray, um_per_px: float | None) -> FieldResult:
     h, w = rgb.shape[:2]
     scale = field_scale(rgb, um_per_px)
     px = 1.0 / scale.um_per_px  # pixels per µm
@@ -352,3 +375,56 @@ def expand_fields(items: list, crop_side: int = 250, um_per_px: float | None = N
             crop_cell(rgb, cell, crop_side).save(buf, format="PNG")
             out.append(InputItem(name, buf.getvalue(), origin=origin))
     return out, found
+
+
+# -- showing a field with its cells ------------------------------------------------------------------------------
+FIELD_IMAGE_SIDE = 1280  # longest side of the field image a case keeps for drawing its boxes
+# box colours by class (RGB), cycled over a task's classes in order; grey for a cell with no class (refused, cut)
+BOX_COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+               (240, 50, 230), (128, 128, 0), (0, 128, 128), (170, 110, 40), (128, 0, 0), (0, 0, 128),
+               (255, 225, 25), (170, 255, 195), (220, 190, 255), (255, 215, 180)]
+NO_CLASS_COLOUR = (128, 128, 128)
+
+
+def field_record(field: dict) -> dict:
+    """What a case stores of a field found by ``expand_fields``: name, original size, a JPEG at most
+    ``FIELD_IMAGE_SIDE`` px a side, and its scale (``bmcore.cases.CaseStore.create_case(field_images=...)``)."""
+    rgb = field["rgb"]
+    h, w = rgb.shape[:2]
+    f = min(1.0, FIELD_IMAGE_SIDE / max(w, h))
+    small = cv2.resize(rgb, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA) if f < 1 \
+        else rgb
+    ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 88])
+    if not ok:
+        raise ValueError(f"could not encode field {field['name']!r}")
+    sc = field["scale"]
+    return {"name": field["name"], "width": w, "height": h, "image": jpg.tobytes(),
+            "scale": {"um_per_px": sc.um_per_px, "source": sc.source}}
+
+
+def class_colour(code: str | None, classes: list[str]) -> tuple[int, int, int]:
+    """The box colour of a class (``NO_CLASS_COLOUR`` for none or an unknown code)."""
+    if not code or code not in classes:
+        return NO_CLASS_COLOUR
+    return BOX_COLOURS[classes.index(code) % len(BOX_COLOURS)]
+
+
+def draw_field(image: bytes, width: int, height: int, boxes: list[tuple[int, tuple, tuple]]) -> np.ndarray:
+    """The stored field image (JPEG bytes of a field ``width`` x ``height`` px) as RGB with numbered boxes drawn:
+    ``boxes`` are (number, (x0, y0, x1, y1) in the original field's px, RGB colour)."""
+    bgr = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError("the stored field image cannot be decoded")
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    f = rgb.shape[1] / max(1, width)
+    thick = max(2, round(max(rgb.shape[:2]) / 400))
+    for number, box, colour in boxes:
+        x0, y0, x1, y1 = (round(v * f) for v in box)
+        cv2.rectangle(rgb, (x0, y0), (x1 - 1, y1 - 1), colour, thick)
+        text, scale = str(number), max(0.5, max(rgb.shape[:2]) / 1000)
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+        ty = y0 - 2 if y0 - th - base - 2 >= 0 else min(rgb.shape[0] - 1, y0 + th + base + 2)
+        cv2.rectangle(rgb, (x0, ty - th - base), (x0 + tw + 4, ty + 1), colour, -1)
+        ink = (0, 0, 0) if 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2] > 150 else (255, 255, 255)
+        cv2.putText(rgb, text, (x0 + 2, ty - base // 2), cv2.FONT_HERSHEY_SIMPLEX, scale, ink, thick, cv2.LINE_AA)
+    return rgb

@@ -63,8 +63,8 @@ def sha256(data: bytes) -> str:
 
 def pending_inputs(items) -> list[CellInput]:
     """The case rows of a batch before classification: readable crops pending, refused files unreadable at once."""
-    return [CellInput(name=it.name, ok=True, pending=True, sha256=sha256(bytes(it.source)))
-            if it.ok else CellInput(name=it.name, ok=False, error=it.error) for it in items]
+    return [CellInput(name=it.name, ok=True, pending=True, sha256=sha256(bytes(it.source)), origin=it.origin)
+            if it.ok else CellInput(name=it.name, ok=False, error=it.error, origin=it.origin) for it in items]
 
 
 def match_pending(case, items) -> tuple[list[tuple[int, object]], list[str]]:

@@ -129,14 +129,10 @@ def case_differential(case) -> Differential:
 
 
 def box_text(cell) -> str:
-    """Where the cell lies in its source field ("x,y,w,h" in pixels), for cells found by the cell finder; empty for
-    uploaded single-cell crops (and until the store records boxes)."""
-    box = getattr(cell, "box", None)
-    if not box:
-        return ""
-    if isinstance(box, dict):
-        box = [box.get(k) for k in ("x", "y", "w", "h")]
-    return ",".join(str(v) for v in box) if isinstance(box, (list, tuple)) else str(box)
+    """Where a cell found by the cell finder lies: "<field> x0 y0 x1 y1" (px of the original field, as the CLI's
+    CSV writes the box); empty for uploaded single-cell crops."""
+    o = getattr(cell, "origin", None) or {}
+    return f"{o['field']} {' '.join(map(str, o['box']))}" if o.get("box") else ""
 
 
 def case_rows(case) -> list[dict]:

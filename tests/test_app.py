@@ -408,31 +408,75 @@ def test_rejected_bin_is_left_out_of_the_differential(env, crops):
     assert any(ev["test_as_run"]["setting"] in m.value for m in at.markdown)
 
 
-def test_a_camera_field_or_mosaic_is_refused_by_name_and_the_rest_classified(env, dev_root, crops):
-    """Uploaded with real crops: a 4000x3000 camera field of 150 real crops and a 4x4 mosaic are listed by name
-    with the reason, never classified as one cell; the crops of the same batch are classified."""
+def test_a_large_image_without_nucleated_cells_is_refused_by_name_and_the_rest_classified(env, crops):
+    """Uploaded with real crops: an image too large to be one cell in which the cell finder sees no nucleated cell
+    (a 1600x1200 photo of a pale, empty slide) is listed by name with the size rule's reason, never classified as one
+    cell; the crops of the same batch are classified."""
     import io
 
-    from tests.test_ood import real_crops
-    from train.ood import field_mosaic
+    import numpy as np
+    from PIL import Image
 
-    def jpeg(im):
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=90)
-        return buf.getvalue()
-
-    cells = real_crops(dev_root, 150)
+    buf = io.BytesIO()
+    Image.fromarray(np.full((1200, 1600, 3), (222, 226, 224), np.uint8)).save(buf, "JPEG", quality=90)
     files = real(crops, 1)
-    at = upload(app(env, threshold=0.0), "C-F", files,
-                [("field.jpg", jpeg(field_mosaic(cells, 15, 10, (4000, 3000))), "image/jpeg"),
-                 ("mosaic.jpg", jpeg(field_mosaic(cells[:16], 4, 4)), "image/jpeg")])
+    at = upload(app(env, threshold=0.0), "C-F", files, [("empty_field.jpg", buf.getvalue(), "image/jpeg")])
     assert metric(at, "Cells classified") == str(len(files))
     shown = next(d.value for d in at.dataframe if list(d.value.columns) == ["file", "error"])
-    assert list(shown.file) == ["field.jpg", "mosaic.jpg"]
-    assert shown.error.iloc[0].startswith("image is 4000x3000 px, too large for a single-cell crop")
-    assert "1000x1000 px" in shown.error.iloc[1]
+    assert list(shown.file) == ["empty_field.jpg"]
+    assert shown.error.iloc[0].startswith("image is 1600x1200 px, too large for a single-cell crop")
     case = CaseStore(env["db"]).get_case(at.session_state["case_id"])
     assert [c.name for c in case.cells if c.label] == [f.name for f in files]
+    assert not any(c.origin for c in case.cells) and CaseStore(env["db"]).field_images(case.id) == []
+
+
+BCCD_FIELDS = ["BloodImage_00000", "BloodImage_00193"]  # one white cell; two (one cut by the bottom border)
+
+
+def test_smear_fields_become_cells_of_one_case_with_source_box_and_drawn_field(env, crops):
+    """Two real peripheral-blood fields (BCCD, 640x480) and a crop in one upload: one case; each whole nucleated
+    cell is a cell of the case with its own thumbnail, source field and box; a cell cut by the border is listed
+    by name, not classified; each field is stored and drawn with numbered boxes; the gate's refusals are explained."""
+    from PIL import Image
+
+    from bmcore import fields as F
+    from tests.conftest import SHARED
+
+    root = SHARED / "data" / "fields" / "bccd"
+    if not (root / "JPEGImages").is_dir():
+        pytest.skip(f"annotated smear fields not found at {root} (../shared/data is absent on this machine)")
+    paths = [root / "JPEGImages" / f"{s}.jpg" for s in BCCD_FIELDS]
+    expected = {p.name: F.find_cells(Image.open(p)) for p in paths}
+    files = real(crops, 1)[:1]
+    at = upload(app(env), "C-FIELDS", files, [(p.name, p.read_bytes(), "image/jpeg") for p in paths])
+    store = CaseStore(env["db"])
+    case = store.get_case(at.session_state["case_id"])
+    from_fields = [c for c in case.cells if c.origin]
+    assert len(from_fields) == sum(len(r.cells) for r in expected.values()) == 3
+    for c in from_fields:
+        res = expected[c.origin["field"]]
+        cell = res.cells[c.origin["cell_number"] - 1]
+        assert c.name == f"{c.origin['field']} #{c.origin['cell_number']}" and c.origin["box"] == list(cell.box)
+        assert c.origin["scale_source"] == "red cells"
+        if cell.border:
+            assert not c.ok and "cut by the field's border" in c.error
+        else:
+            assert c.ok and not c.pending and c.thumbnail and (c.predicted or c.rejected)
+    assert [c.name for c in case.cells if not c.origin] == [files[0].name]
+    from bmcore.report import case_rows  # the Export page's cell table carries each field cell's source and box
+
+    boxes = {r["file"]: r["box"] for r in case_rows(case)}
+    assert all(boxes[c.name] == f"{c.origin['field']} " + " ".join(map(str, c.origin["box"])) for c in from_fields)
+    assert boxes[files[0].name] == ""
+    shots = store.field_images(case.id)
+    assert [s["name"] for s in shots] == [p.name for p in paths] and all(s["width"] == 640 for s in shots)
+    assert any("nucleated cells found in 2 field image(s)" in i.value and "expected to refuse many peripheral-blood"
+               in i.value for i in at.info)
+    drawn = [e for e in at.get("image") if "numbered as in the results table" in str(e.proto)]
+    assert [n for n in BCCD_FIELDS if any(n in str(e.proto) for e in drawn)] == BCCD_FIELDS  # both fields drawn
+    assert any("BloodImage_00193.jpg #" in f for d in at.dataframe if "file" in d.value.columns
+               for f in d.value.file)  # the border-cut cell listed by name
+    assert any("For research use only" in w.value for w in at.warning)
 
 
 def test_model_card_states_the_review_rule_and_its_test_figures(env):

@@ -132,3 +132,75 @@ def test_cli_classifies_field_cells_with_source_and_box(tmp_path, tiny_bundle):
     assert "cut by the field's border" in r.stderr
     assert "3 nucleated cells found, 1 cut by the border" in r.stdout
     assert "For research use only" in r.stdout
+
+
+def test_cells_origin_column_and_field_images_are_added_to_an_older_database_and_kept(tmp_path):
+    """A database from before smear fields (no ``cells.origin``, no ``field_images``) is upgraded in place; a case
+    then stores each field cell's source field and box and the field image, and deleting the case removes them."""
+    from bmcore.cases import CaseStore, CellInput
+    from tests.conftest import actor
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    first = CaseStore(url)
+    old_id = first.create_case("OLD", [CellInput(name="a.jpg", ok=True, predicted="LYT", confidence=0.9)],
+                               actor=actor(first))
+    with first.engine.begin() as c:  # the schema as the previous version left it
+        c.exec_driver_sql("ALTER TABLE cells DROP COLUMN origin")
+        c.exec_driver_sql("DROP TABLE field_images")
+    first.engine.dispose()
+    store = CaseStore(url)
+    assert store.get_case(old_id).cells[0].origin is None and store.field_images(old_id) == []
+    rgb = synthetic_field()
+    res = F.find_cells(rgb)
+    record = F.field_record({"name": "f.png", "rgb": rgb, "scale": res.scale, "cells": res.cells})
+    origin = {"field": "f.png", "box": list(res.cells[0].box), "cell_number": 1, "um_per_px": res.scale.um_per_px,
+              "scale_source": res.scale.source}
+    cid = store.create_case("NEW", [CellInput(name="f.png #1", ok=True, pending=True, origin=origin)],
+                            actor=actor(store), field_images=[record])
+    assert store.get_case(cid).cells[0].origin == origin
+    (shot,) = store.field_images(cid)
+    assert (shot["name"], shot["width"], shot["height"]) == ("f.png", 640, 480)
+    drawn = F.draw_field(shot["image"], 640, 480, [(1, tuple(origin["box"]), F.class_colour("LYT", ["BLA", "LYT"]))])
+    assert drawn.shape == (480, 640, 3)
+    x0, y0 = origin["box"][:2]
+    assert tuple(drawn[y0 + 20, x0 + 1]) == pytest.approx(F.BOX_COLOURS[1], abs=40)  # the box's edge, LYT's colour
+    store.delete_case(cid, actor(store))
+    assert store.field_images(cid) == []
+
+
+def test_a_camera_sized_field_is_searched_reduced_and_boxed_in_its_own_pixels(bccd):
+    """A real field enlarged to a 12-megapixel photo (4000x3000) gives the same cells as the original, boxes and
+    scale in the large image's pixels (boxes within 2 original px, x6.25), whether the scale is estimated or given."""
+    rgb = np.asarray(Image.open(bccd / "JPEGImages" / "BloodImage_00193.jpg").convert("RGB"))
+    small = F.find_cells(rgb)
+    big_rgb = cv2.resize(rgb, (4000, 3000), interpolation=cv2.INTER_CUBIC)
+    for given in (None, small.scale.um_per_px / 6.25):
+        big = F.find_cells(big_rgb, um_per_px=given)
+        assert big.size == (4000, 3000) and any("searched at 1280x960" in n for n in big.notes)
+        assert [c.border for c in big.cells] == [c.border for c in small.cells] == [False, True]
+        for a, b in zip(small.cells, big.cells):
+            assert max(abs(6.25 * u - v) for u, v in zip(a.box, b.box)) <= 2 * 6.25
+        assert abs(big.scale.um_per_px * 6.25 / small.scale.um_per_px - 1) < 0.08
+        crop = F.crop_cell(big_rgb, big.whole[0], 250)  # cut from the full-resolution field
+        assert crop.size == (250, 250)
+
+
+def test_a_partial_field_case_is_resumed_by_uploading_the_same_field_again(tmp_path):
+    """Cutting cells out of a field is deterministic: the same field uploaded again gives the same crops, which
+    match the case's pending cells (bmcore.jobs.match_pending), with their source field and box kept."""
+    from bmcore.cases import CaseStore
+    from bmcore.jobs import match_pending, pending_inputs
+    from tests.conftest import actor
+
+    buf = io.BytesIO()
+    Image.fromarray(synthetic_field()).save(buf, format="PNG")
+    items, _ = F.expand_fields([InputItem("field.png", buf.getvalue())], 250)
+    store = CaseStore(f"sqlite:///{tmp_path / 'c.db'}")
+    cid = store.create_case("P", pending_inputs(items), actor=actor(store))
+    case = store.get_case(cid)
+    assert [c.origin["cell_number"] for c in case.cells] == [1, 2, 3] and [c.pending for c in case.cells] == \
+        [True, True, False]
+    again, _ = F.expand_fields([InputItem("field.png", buf.getvalue())], 250)
+    pairs, extra = match_pending(case, again)
+    assert [(pos, it.name) for pos, it in pairs] == [(0, "field.png #1"), (1, "field.png #2")]
+    assert extra == ["field.png #3"]  # the border-cut cell: nothing to classify

@@ -5,6 +5,7 @@ import appkit
 from bmcore import caserules
 from bmcore.cases import CaseError, inference_text, reviewer_text
 from bmcore.explain import CAM_METHODS, overlay
+from bmcore.fields import class_colour, draw_field, expand_fields, field_record
 from bmcore.inputs import MAX_FILES, enforce_limit, from_upload
 from bmcore.jobs import match_pending, pending_inputs
 from bmcore.tasks import BLAST_CODES, cell_name
@@ -20,10 +21,23 @@ store = appkit.get_store()
 runner = appkit.get_runner()
 
 
-def collect(files) -> list:
+def collect(files, fields: list | None = None, case=None) -> list:
+    """The upload as items, each smear-field image replaced by the cells found in it (``bmcore.fields``; the fields
+    found are appended to ``fields``). For an existing ``case`` (resuming it), the scale its fields were given."""
     items = []
     for f in files:
         items += from_upload(f.name, f.getvalue(), max_files=MAX_FILES)
+    scale = st.session_state.get("field_um_per_px") or None
+    if case is not None:  # the same crops as before, so that they match the case's missing cells
+        given = [c.origin["um_per_px"] for c in case.cells if c.origin and c.origin.get("scale_source") == "user"]
+        scale = given[0] if given else None
+    try:
+        items, found = expand_fields(items, pred.bundle.crop_side, scale)
+    except ValueError as exc:  # a scale out of range
+        st.error(str(exc))
+        st.stop()
+    if fields is not None:
+        fields += found
     n_ok = sum(it.ok for it in items)
     if n_ok > MAX_FILES:
         st.warning(f"{n_ok} images: only the first {MAX_FILES} are classified; the rest are listed as refused.")
@@ -52,8 +66,14 @@ if can_classify:
     with st.container(border=True):
         code = st.text_input("Case id", key="new_case_code", placeholder="e.g. BM-2026-0142",
                              help="Your lab's id for this smear. No patient names.")
-        files = st.file_uploader("Cell crops (JPEG, PNG, TIFF, BMP, GIF, WebP) or ZIP archives of them",
+        files = st.file_uploader("Cell crops (JPEG, PNG, TIFF, BMP, GIF, WebP) or ZIP archives of them; smear-field "
+                                 "photographs too (the cells are found in them)",
                                  type=UPLOAD_TYPES, accept_multiple_files=True, key="uploads")
+        st.number_input("Scale of field photographs (µm per pixel; 0 = estimate from the red cells)", min_value=0.0,
+                        max_value=5.0, value=0.0, step=0.005, format="%.4f", key="field_um_per_px",
+                        help="Only for field images: every whole nucleated cell is cut out at the training crops' "
+                             "scale and classified like an uploaded crop; several fields of one smear go into one "
+                             "case.")
         go = st.button("Classify", type="primary", disabled=not files)
         st.caption(f"New cases are classified by **{pred.bundle.name}** (sidebar). Sent to review: "
                    f"{rules.describe()}.")
@@ -65,7 +85,8 @@ if go:
         st.error(f"Case {code.strip()!r} already exists. Pick it under **Active case** in the sidebar, or use "
                  "another id.")
     else:
-        items = collect(files)
+        fields = []
+        items = collect(files, fields)
         work = [(i, it) for i, it in enumerate(items) if it.ok]
         if not items:
             st.error("Nothing to classify: the upload holds no image file.")
@@ -75,7 +96,8 @@ if go:
             cid = store.create_case(code, pending_inputs(items), actor=who,
                                     model_name=pred.bundle.name, model_sha256=pred.bundle.sha256,
                                     model_classes=pred.classes, rules=rules.to_dict(),
-                                    inference=pred.inference_record())
+                                    inference=pred.inference_record(),
+                                    field_images=[field_record(f) for f in fields])
         except CaseError as exc:  # QueueFull included: nothing was created
             st.error(str(exc))
         else:
@@ -108,7 +130,7 @@ if summ.pending and not (job and job["status"] in ("queued", "running")) and can
                                  accept_multiple_files=True, key=f"resume_files_{case.id}")
         r1, r2 = st.columns(2)
         if r1.button("Resume classification", key="resume_btn", disabled=not again or cpred is None):
-            pairs, extra = match_pending(case, collect(again))
+            pairs, extra = match_pending(case, collect(again, case=case))
             if not pairs:
                 st.error("None of these files is a missing cell of this case.")
             else:
@@ -155,6 +177,48 @@ c5.metric("Rejected: not a cell crop", summ.rejected,
 c6.metric("Unreadable files", summ.unreadable,
           help="Files that could not be used, listed below with the reason: not a readable image, unsafe, or too "
                "large to be a single-cell crop (a camera field or a mosaic of cells)")
+
+
+def field_section() -> None:
+    """The smear fields whose cells joined the case: each drawn with its cells' numbered boxes, coloured by class."""
+    from_fields = [c for c in case.cells if c.origin]
+    if not from_fields:
+        return
+    shots = store.field_images(case.id)
+    whole = [c for c in from_fields if c.ok]
+    refused = [c for c in whole if c.rejected]
+    scales = sorted({f"{(c.origin or {}).get('um_per_px', 0):.4f} µm/px ({c.origin.get('scale_source', '?')})"
+                     for c in from_fields})
+    st.info(f"**{len(from_fields)} nucleated cells found in {len(shots)} field image(s)**: {len(whole)} whole cells "
+            f"classified like uploaded crops, {len(from_fields) - len(whole)} cut by the field's border (listed "
+            f"below, not classified). Scale: {'; '.join(scales)}. "
+            + (f"The model's gate refused **{len(refused)} of {len(whole)}** whole cells: it was trained on bone marrow "
+               "crops and is expected to refuse many peripheral-blood cells (Rejected bin)." if whole else ""))
+    by_field: dict[str, list] = {}
+    for c in from_fields:
+        by_field.setdefault(c.origin["field"], []).append(c)
+    classes = list(case.model_classes or [])
+    with st.expander(f"Smear fields ({len(shots)})", expanded=True):
+        used = sorted({c.label for c in whole if c.label})
+
+        def chip(code, text):
+            r, g, b = class_colour(code, classes)
+            ink = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 150 else "white"
+            return (f"<span style='background:rgb({r},{g},{b});color:{ink};padding:0 6px;border-radius:3px'>"
+                    f"{text}</span>")
+
+        st.markdown(" ".join([chip(k, f"{k} {cell_name(k)}") for k in used]
+                             + [chip(None, "no class (refused, cut, not yet classified)")]), unsafe_allow_html=True)
+        cols = st.columns(2)
+        for i, shot in enumerate(shots):
+            cells = by_field.get(shot["name"], [])
+            boxes = [(c.position + 1, tuple(c.origin["box"]), class_colour(c.label, classes)) for c in cells]
+            cols[i % 2].image(draw_field(shot["image"], shot["width"], shot["height"], boxes), width="stretch",
+                     caption=f"{shot['name']} ({shot['width']}x{shot['height']} px): {len(cells)} cells, numbered as "
+                             "in the results table")
+
+
+field_section()
 bad = df[df.status == caserules.UNREADABLE]
 if len(bad):
     with st.expander(f"{len(bad)} file(s) could not be used", expanded=True):
