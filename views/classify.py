@@ -214,7 +214,7 @@ def field_section() -> None:
             cells = by_field.get(shot["name"], [])
             boxes = [(c.position + 1, tuple(c.origin["box"]), class_colour(c.label, classes)) for c in cells]
             cols[i % 2].image(draw_field(shot["image"], shot["width"], shot["height"], boxes), width="stretch",
-                     caption=f"{shot['name']} ({shot['width']}x{shot['height']} px): {len(cells)} cells, numbered as "
+                     caption=f"{shot['name']} ({shot['width']}x{shot['height']} px): {len(cells)} cell{'' if len(cells) == 1 else 's'}, numbered as "
                              "in the results table")
 
 
