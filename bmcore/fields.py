@@ -409,6 +409,11 @@ def class_colour(code: str | None, classes: list[str]) -> tuple[int, int, int]:
     return BOX_COLOURS[classes.index(code) % len(BOX_COLOURS)]
 
 
+def ink_on(colour: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black or white, whichever reads on a ``colour`` background (its luma, ITU-R BT.601)."""
+    return (0, 0, 0) if 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2] > 150 else (255, 255, 255)
+
+
 def draw_field(image: bytes, width: int, height: int, boxes: list[tuple[int, tuple, tuple]]) -> np.ndarray:
     """The stored field image (JPEG bytes of a field ``width`` x ``height`` px) as RGB with numbered boxes drawn:
     ``boxes`` are (number, (x0, y0, x1, y1) in the original field's px, RGB colour)."""
@@ -425,6 +430,6 @@ def draw_field(image: bytes, width: int, height: int, boxes: list[tuple[int, tup
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
         ty = y0 - 2 if y0 - th - base - 2 >= 0 else min(rgb.shape[0] - 1, y0 + th + base + 2)
         cv2.rectangle(rgb, (x0, ty - th - base), (x0 + tw + 4, ty + 1), colour, -1)
-        ink = (0, 0, 0) if 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2] > 150 else (255, 255, 255)
-        cv2.putText(rgb, text, (x0 + 2, ty - base // 2), cv2.FONT_HERSHEY_SIMPLEX, scale, ink, thick, cv2.LINE_AA)
+        cv2.putText(rgb, text, (x0 + 2, ty - base // 2), cv2.FONT_HERSHEY_SIMPLEX, scale, ink_on(colour), thick,
+                    cv2.LINE_AA)
     return rgb

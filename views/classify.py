@@ -5,7 +5,7 @@ import appkit
 from bmcore import caserules
 from bmcore.cases import CaseError, inference_text, reviewer_text
 from bmcore.explain import CAM_METHODS, overlay
-from bmcore.fields import class_colour, draw_field, expand_fields, field_record
+from bmcore.fields import class_colour, draw_field, expand_fields, field_record, ink_on
 from bmcore.inputs import MAX_FILES, enforce_limit, from_upload
 from bmcore.jobs import match_pending, pending_inputs
 from bmcore.tasks import BLAST_CODES, cell_name
@@ -179,6 +179,10 @@ c6.metric("Unreadable files", summ.unreadable,
                "large to be a single-cell crop (a camera field or a mosaic of cells)")
 
 
+# a drawn field only changes when a label does: drawn once per (field, boxes, colours), not on every rerun
+drawn_field = st.cache_data(max_entries=64, show_spinner=False)(draw_field)
+
+
 def field_section() -> None:
     """The smear fields whose cells joined the case: each drawn with its cells' numbered boxes, coloured by class."""
     from_fields = [c for c in case.cells if c.origin]
@@ -202,9 +206,8 @@ def field_section() -> None:
         used = sorted({c.label for c in whole if c.label})
 
         def chip(code, text):
-            r, g, b = class_colour(code, classes)
-            ink = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 150 else "white"
-            return (f"<span style='background:rgb({r},{g},{b});color:{ink};padding:0 6px;border-radius:3px'>"
+            bg, ink = class_colour(code, classes), ink_on(class_colour(code, classes))
+            return (f"<span style='background:rgb{bg};color:rgb{ink};padding:0 6px;border-radius:3px'>"
                     f"{text}</span>")
 
         st.markdown(" ".join([chip(k, f"{k} {cell_name(k)}") for k in used]
@@ -213,9 +216,10 @@ def field_section() -> None:
         for i, shot in enumerate(shots):
             cells = by_field.get(shot["name"], [])
             boxes = [(c.position + 1, tuple(c.origin["box"]), class_colour(c.label, classes)) for c in cells]
-            cols[i % 2].image(draw_field(shot["image"], shot["width"], shot["height"], boxes), width="stretch",
-                     caption=f"{shot['name']} ({shot['width']}x{shot['height']} px): {len(cells)} cell{'' if len(cells) == 1 else 's'}, numbered as "
-                             "in the results table")
+            n = f"{len(cells)} cell" + ("" if len(cells) == 1 else "s")
+            cols[i % 2].image(drawn_field(shot["image"], shot["width"], shot["height"], tuple(boxes)),
+                              width="stretch", caption=f"{shot['name']} ({shot['width']}x{shot['height']} px): {n}, "
+                                                       "numbered as in the results table")
 
 
 field_section()
