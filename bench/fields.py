@@ -42,15 +42,6 @@ from bmcore import fields as F  # noqa: E402
 SHARED = Path(os.environ.get("BM_SHARED", REPO.parent / "shared")) / "data"
 
 
-def bccd_stems(root: Path) -> list[str]:
-    return sorted(p.stem for p in (root / "Annotations").glob("*.xml"))
-
-
-def split(stems: list[str]) -> dict[str, list[str]]:
-    half = len(stems) // 2
-    return {"tune": stems[:half], "report": stems[half:]}
-
-
 def evaluate(root: Path, stems: list[str], um_per_px: float | None = None) -> dict:
     tp = n_found = n_true = 0
     tp_w = n_found_w = n_true_w = 0
@@ -147,7 +138,7 @@ def main(argv=None) -> int:
         if not (root / "Annotations").is_dir():
             print(f"annotated fields not found at {root}", file=sys.stderr)
             return 1
-        parts = split(bccd_stems(root))
+        parts = F.bccd_split(root)
         names = ["tune", "report"] if a.part == "both" else [a.part]
         result = {**meta, "fields_root": str(root), "split": {k: f"{v[0]} .. {v[-1]} ({len(v)})" for k, v in parts.items()},
                   "iou": 0.5, "scale_given": a.um_per_px}

@@ -11,18 +11,22 @@ Wright, Giemsa). The finder works on that stain contrast:
    smaller circles, never larger ones) and turned into the cells' span by ``RBC_SPAN_PER_CIRCLE`` (a red cell is
    not a perfect disc; fitted on the tuning half of the BCCD fields against their red-cell boxes).
    ``FieldScale.source`` says which was used.
-2. **Nuclei.** The nuclear stain channel is blue minus red (``nuclear_channel``): high in nuclei, near zero in
-   red cells and background, moderate in cytoplasm. Thresholded at ``NUCLEUS_LEVEL``, opened to drop specks,
-   closed over ``LOBE_GAP_UM`` so that the lobes of a segmented neutrophil become one nucleus, holes filled.
-3. **Touching nuclei.** A blob too large for one nucleus is split by a watershed on its distance transform,
-   seeded at maxima at least ``SPLIT_MIN_DIST_UM`` apart (``skimage.segmentation.watershed``).
-4. **Platelets and debris.** Blobs under ``MIN_NUCLEUS_AREA_UM2`` are dropped (a platelet is 2-3 µm across).
-5. **Cell box.** The cell is its nucleus plus a rim of cytoplasm: the nucleus box, about its centre, grown by
-   ``CELL_GROWTH`` (1.4x, a lobed or indented nucleus: a neutrophil, a monocyte) down to ``CELL_GROWTH_COMPACT``
-   for a compact nucleus that fills its box (a lymphocyte), by the nucleus's fill of its box (fitted on the
-   tuning half of the BCCD fields, see ``bench/fields.py``).
-   A cell whose box reaches the image border is marked ``border``: it is cut, and is not classified as a whole
-   cell.
+2. **Nuclei, read several ways** (``nucleus_candidates``). The nuclear stain channel is blue minus red
+   (``nuclear_channel``): high in nuclei, near zero in red cells and background, moderate in cytoplasm. It is
+   thresholded at each of ``CANDIDATE_LEVELS``, opened to drop specks, closed over ``LOBE_GAP_UM``, holes filled;
+   blobs under ``MIN_NUCLEUS_AREA_UM2`` are dropped (a platelet is 2-3 µm across). The lobes of a segmented or
+   two-lobed nucleus are grouped at each of ``CANDIDATE_GROUPS_UM`` while the group stays under
+   ``MAX_NUCLEUS_UM``, and a blob too large for one nucleus (``SPLIT_AREA_UM2``) is read both whole and split by a
+   watershed on its distance transform, seeded at maxima ``SPLIT_MIN_DIST_UM`` apart. One fixed reading cannot
+   serve both an eosinophil whose two lobes lie apart and two lymphocytes that touch; the readings are all kept.
+3. **Which readings are cells, and their boxes** (``FieldScorer``). For each reading, ``candidate_features``
+   measures its size and shape in µm, its stain, the colour of a cytoplasm-wide rim around it, its distance to
+   the border, how it was read and how it nests among the other readings. Gradient-boosted trees fitted on the
+   tuning half of the annotated BCCD fields (``python -m train.fields_scorer``; ``assets/fields/scorer.json``)
+   give the cell box from the nucleus box (a granulocyte's cytoplasm reaches further than a lymphocyte's) and
+   the probability that the reading is one white cell; the best readings are kept, none overlapping a kept one.
+   A cell whose box reaches past the image border is marked ``border``: it is cut, and is not classified as a
+   whole cell.
 
 ``crop_cell`` cuts a square around a found cell, centred on its nucleus, so that the nucleus fills the same
 fraction of the crop as the nuclei of the training crops fill theirs (``TRAIN_NUCLEUS_FRACTION``: the median
@@ -38,6 +42,7 @@ cut by the image border becomes a named, refused item; each cell item carries it
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -47,15 +52,13 @@ RBC_SPAN_PER_CIRCLE = 1.19     # a red cell's span (as boxed) / its inscribed ci
 DEFAULT_UM_PER_PX = 0.08       # only if neither the user nor the red cells give a scale (100x oil, 640 px camera)
 NUCLEUS_LEVEL = 45.0           # blue minus red (0-255) above which a pixel is nuclear stain
 LOBE_GAP_UM = 1.2              # nuclear stain closer than this is one blob
-LOBE_GROUP_UM = 4.0            # blobs closer than this are lobes of one nucleus ...
-MAX_NUCLEUS_UM = 16.0          # ... unless the group would be wider than any nucleus (then they stay apart)
+MAX_NUCLEUS_UM = 16.0          # lobes are grouped only while the group is no wider than any nucleus
 MIN_NUCLEUS_AREA_UM2 = 8.0     # smaller blobs are platelets or debris
 SPLIT_AREA_UM2 = 160.0         # a blob larger than this may be several touching nuclei
 SPLIT_MIN_DIST_UM = 5.0        # watershed seeds at least this far apart
-CELL_GROWTH = 1.40             # cell side / nucleus side for a lobed or indented nucleus ...
-CELL_GROWTH_COMPACT = 1.24     # ... and for a compact round one (a lymphocyte's nucleus nearly fills its cell)
-COMPACT_FILL = (0.66, 0.75)    # nucleus area / nucleus box area over which the growth goes from one to the other
-TRAIN_NUCLEUS_FRACTION = 0.57  # nucleus side / crop side in the training crops (bench/fields.py --train-ratio)
+TRAIN_NUCLEUS_FRACTION = 0.58  # nucleus side / crop side in the training crops (bench/fields.py --train-ratio)
+CANDIDATE_LEVELS = (35.0, 45.0, 60.0)          # stain thresholds the nucleus candidates are read at
+CANDIDATE_GROUPS_UM = (0.0, 2.5, 4.0, 6.0)      # lobe-grouping distances they are read at
 WORK_SIDE = 1280               # a larger field is searched at this longer side (boxes mapped back to its pixels)
 
 
@@ -78,6 +81,7 @@ class FoundCell:
     nucleus_box: tuple[int, int, int, int]
     nucleus_area_px: int
     border: bool                            # the cell is cut by the image border
+    score: float | None = None              # the scorer's probability that this is one white cell
 
     @property
     def side(self) -> int:
@@ -184,7 +188,8 @@ def find_cells(img, um_per_px: float | None = None) -> FieldResult:
     def up(b):
         return (min(w, round(b[0] * fx)), min(h, round(b[1] * fy)), min(w, round(b[2] * fx)), min(h, round(b[3] * fy)))
 
-    cells = [FoundCell(up(c.box), up(c.nucleus_box), round(c.nucleus_area_px * fx * fy), c.border) for c in res.cells]
+    cells = [FoundCell(up(c.box), up(c.nucleus_box), round(c.nucleus_area_px * fx * fy), c.border, c.score)
+             for c in res.cells]
     sc = res.scale
     scale = FieldScale(um_per_px or sc.um_per_px / fx, sc.source, sc.rbc_diameter_px * fx if sc.rbc_diameter_px else None)
     return FieldResult(cells, scale, (w, h), res.notes + [f"searched at {small.shape[1]}x{small.shape[0]} px"])
@@ -194,47 +199,133 @@ def _find_cells(rgb: np.ndarray, um_per_px: float | None) -> FieldResult:
     h, w = rgb.shape[:2]
     scale = field_scale(rgb, um_per_px)
     px = 1.0 / scale.um_per_px  # pixels per µm
-    mask = (nuclear_channel(rgb) > NUCLEUS_LEVEL).astype(np.uint8)
+    cands = nucleus_candidates(rgb, px)
+    scorer = field_scorer()
+    cells = scorer.select(cands, candidate_features(rgb, cands, px), w, h) if cands else []
+    cells.sort(key=lambda c: (c.box[1] // max(1, h // 4), c.box[0]))
+    return FieldResult(cells, scale, (w, h))
+
+
+@dataclass
+class Candidate:
+    """One hypothesis of a nucleus: a blob of nuclear stain at one threshold, lobes grouped at one distance."""
+    nucleus_box: tuple[int, int, int, int]
+    area: int
+    mask: np.ndarray                       # bool, the nucleus_box's window
+    level: float
+    group_um: float
+    split: bool
+    lobes: int
+
+
+def _nucleus_mask(chan: np.ndarray, level: float, px: float) -> np.ndarray:
+    """Nuclear stain above ``level``, specks opened away, gaps under ``LOBE_GAP_UM`` closed, holes filled."""
+    mask = (chan > level).astype(np.uint8)
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     k = max(3, int(round(LOBE_GAP_UM * px)) | 1)
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-    mask = _fill_holes(mask > 0).astype(np.uint8)
-    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    return _fill_holes(mask > 0).astype(np.uint8)
+
+
+def nucleus_candidates(rgb: np.ndarray, px: float) -> list[Candidate]:
+    """Every plausible nucleus in a field, under several readings: stain thresholds ``CANDIDATE_LEVELS``, lobes
+    grouped within each of ``CANDIDATE_GROUPS_UM`` (0: every blob alone) while the group stays under
+    ``MAX_NUCLEUS_UM``, and blobs too large for one nucleus both whole and split by watershed. Near-duplicates are
+    dropped. ``FieldScorer.select`` then keeps the readings that look like one white cell each."""
+    chan = nuclear_channel(rgb)
     min_area = MIN_NUCLEUS_AREA_UM2 * px * px
-    lobe_min = min_area / 4
-    keep = np.zeros(n, bool)
-    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= lobe_min
-    mask = keep[lab].astype(np.uint8)
-    # lobes of one nucleus: blobs within LOBE_GROUP_UM of each other, while the group stays nucleus-sized
-    g = max(3, int(round(LOBE_GROUP_UM * px)) | 1)
-    ng, glab = cv2.connectedComponents(cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (g, g))))
-    groups = np.where(mask > 0, glab, 0)
-    units = []  # (label image, label) of each nucleus candidate
-    for j in range(1, ng):
-        ys, xs = np.nonzero(groups == j)
-        if not len(ys):
-            continue
-        if max(xs.max() - xs.min(), ys.max() - ys.min()) + 1 <= MAX_NUCLEUS_UM * px:
-            units.append((groups, j, xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
-        else:
-            units += [(lab, i, *_bbox(lab == i)) for i in np.unique(lab[groups == j]) if i and keep[i]]
-    cells: list[FoundCell] = []
-    for src, i, x0, y0, x1, y1 in units:
-        x, y, bw, bh = int(x0), int(y0), int(x1 - x0), int(y1 - y0)
-        sub = src[y:y + bh, x:x + bw] == i
+    max_span = MAX_NUCLEUS_UM * px
+    out: list[Candidate] = []
+    seen: list[tuple[int, int, int, int]] = []
+
+    def add(nb, sub, level, gu, split, lobes):
         area = int(sub.sum())
         if area < min_area:
-            continue
-        parts = _split(sub, int(SPLIT_MIN_DIST_UM * px)) if area > SPLIT_AREA_UM2 * px * px else [sub]
-        for part in parts:
-            a = int(part.sum())
-            if a < min_area:
-                continue
-            ys, xs = np.nonzero(part)
-            nb = (x + int(xs.min()), y + int(ys.min()), x + int(xs.max()) + 1, y + int(ys.max()) + 1)
-            cells.append(_cell_from_nucleus(nb, a, px, w, h))
-    cells.sort(key=lambda c: (c.box[1] // max(1, h // 4), c.box[0]))
-    return FieldResult(cells, scale, (w, h))
+            return
+        for s in seen:
+            if iou(nb, s) > 0.9:
+                return
+        seen.append(nb)
+        out.append(Candidate(nb, area, sub, level, gu, split, lobes))
+
+    for level in CANDIDATE_LEVELS:
+        mask = _nucleus_mask(chan, level, px)
+        n, lab, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        keep = np.zeros(n, bool)
+        keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_area / 4
+        mask = keep[lab].astype(np.uint8)
+        for gu in CANDIDATE_GROUPS_UM:
+            if gu > 0:
+                g = max(3, int(round(gu * px)) | 1)
+                ng, glab = cv2.connectedComponents(cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (g, g))))
+                groups = np.where(mask > 0, glab, 0)
+            else:
+                ng, groups = n, np.where(mask > 0, lab, 0)
+            gstats = _label_boxes(groups, ng)
+            for j, (x0, y0, x1, y1) in gstats.items():
+                if gu > 0 and max(x1 - x0, y1 - y0) > max_span:
+                    continue  # wider than any nucleus: its blobs are read alone (gu = 0)
+                sub = groups[y0:y1, x0:x1] == j
+                lobes = len(np.unique(lab[y0:y1, x0:x1][sub]))
+                add((x0, y0, x1, y1), sub, level, gu, False, lobes)
+                if sub.sum() > SPLIT_AREA_UM2 * px * px:
+                    parts = _split(sub, int(SPLIT_MIN_DIST_UM * px))
+                    if len(parts) > 1:
+                        for part in parts:
+                            bx0, by0, bx1, by1 = _bbox(part)
+                            add((x0 + bx0, y0 + by0, x0 + bx1, y0 + by1), part[by0:by1, bx0:bx1], level, gu, True, 1)
+    return out
+
+
+def _label_boxes(lab: np.ndarray, n: int) -> dict[int, tuple[int, int, int, int]]:
+    """{label: (x0, y0, x1, y1)} of a label image's non-empty labels 1..n-1, in one pass."""
+    from scipy.ndimage import find_objects
+
+    out = {}
+    for j, sl in enumerate(find_objects(lab, max_label=n - 1), 1):
+        if sl is not None:
+            out[j] = (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
+    return out
+
+
+FEATURE_NAMES = ["nucleus_area_um2", "nucleus_w_um", "nucleus_h_um", "elongation", "fill", "lobes",
+                 "stain_mean", "stain_p90", "stain_sd", "rim_stain", "rim_r", "rim_g", "rim_b", "nuc_r", "nuc_g",
+                 "nuc_b", "rim_pale", "border_um", "level", "group_um", "split", "inside_others", "contains_others"]
+
+
+def candidate_features(rgb: np.ndarray, cands: list[Candidate], px: float) -> np.ndarray:
+    """One row of ``FEATURE_NAMES`` per candidate: its size and shape in µm, its stain, the colour of a rim as wide
+    as a cell's cytoplasm around it, its distance to the border, how it was read, and how it nests among the
+    other readings. Lengths are in µm so that the scorer does not depend on the camera's pixels."""
+    h, w = rgb.shape[:2]
+    chan = nuclear_channel(rgb)
+    f = rgb.astype(np.float32)
+    boxes = np.array([c.nucleus_box for c in cands], np.float32)
+    rows = []
+    for i, c in enumerate(cands):
+        x0, y0, x1, y1 = c.nucleus_box
+        bw, bh = x1 - x0, y1 - y0
+        vals = chan[y0:y1, x0:x1][c.mask]
+        nuc = f[y0:y1, x0:x1][c.mask].mean(0)
+        m = int(round(0.35 * max(bw, bh)))
+        rx0, ry0, rx1, ry1 = max(0, x0 - m), max(0, y0 - m), min(w, x1 + m), min(h, y1 + m)
+        rim = np.ones((ry1 - ry0, rx1 - rx0), bool)
+        rim[y0 - ry0:y1 - ry0, x0 - rx0:x1 - rx0] &= ~c.mask
+        rs, rc = chan[ry0:ry1, rx0:rx1][rim], f[ry0:ry1, rx0:rx1][rim]
+        pale = float((rc.mean(1) > 200).mean()) if len(rc) else 0.0
+        rcm = rc.mean(0) if len(rc) else np.zeros(3)
+        ix = np.clip(np.minimum(boxes[:, 2], x1) - np.maximum(boxes[:, 0], x0), 0, None)
+        iy = np.clip(np.minimum(boxes[:, 3], y1) - np.maximum(boxes[:, 1], y0), 0, None)
+        inter = ix * iy
+        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        inside_others = int(((inter >= 0.9 * bw * bh) & (areas > bw * bh * 1.2)).sum())
+        contains_others = int(((inter >= 0.9 * areas) & (areas * 1.2 < bw * bh)).sum())
+        rows.append([c.area / px / px, bw / px, bh / px, max(bw, bh) / max(1, min(bw, bh)), c.area / max(1, bw * bh),
+                     c.lobes, float(vals.mean()), float(np.percentile(vals, 90)), float(vals.std()),
+                     float(rs.mean()) if len(rs) else 0.0, *rcm, *nuc, pale,
+                     min(x0, y0, w - x1, h - y1) / px, c.level, c.group_um, float(c.split), inside_others,
+                     contains_others])
+    return np.asarray(rows, np.float32)
 
 
 def _bbox(m: np.ndarray) -> tuple[int, int, int, int]:
@@ -242,17 +333,107 @@ def _bbox(m: np.ndarray) -> tuple[int, int, int, int]:
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
-def _cell_from_nucleus(nb, area: int, px: float, w: int, h: int) -> FoundCell:
-    x0, y0, x1, y1 = nb
-    fill = area / max(1, (x1 - x0) * (y1 - y0))
-    lo, hi = COMPACT_FILL
-    t = min(1.0, max(0.0, (fill - lo) / (hi - lo)))
-    g = CELL_GROWTH + t * (CELL_GROWTH_COMPACT - CELL_GROWTH)
-    cx, cy, hw, hh = (x0 + x1) / 2, (y0 + y1) / 2, g * (x1 - x0) / 2, g * (y1 - y0) / 2
-    bx = (cx - hw, cy - hh, cx + hw, cy + hh)
-    border = bx[0] < 0 or bx[1] < 0 or bx[2] > w or bx[3] > h
-    box = (max(0, int(round(bx[0]))), max(0, int(round(bx[1]))), min(w, int(round(bx[2]))), min(h, int(round(bx[3]))))
-    return FoundCell(box, tuple(int(v) for v in nb), area, bool(border))
+SCORER_PATH = Path(__file__).resolve().parent.parent / "assets" / "fields" / "scorer.joblib"
+
+
+@dataclass
+class FieldScorer:
+    """Which nucleus readings are white cells, and each one's cell box: fitted by ``python -m train.fields_scorer``
+    on the tuning half of the annotated BCCD fields (``assets/fields/scorer.json`` says what and how).
+
+    ``classifier`` gives P(the reading's cell box matches one annotated white cell at IoU >= 0.5); ``box`` (four
+    regressors) gives the cell box from the nucleus box: centre offsets and log sides, in nucleus sides."""
+    classifier: object
+    box: list
+    threshold: float
+    nms_iou: float = 0.3
+
+    def cell_boxes(self, cands: list[Candidate], X: np.ndarray) -> np.ndarray:
+        """Unclipped cell boxes (x0, y0, x1, y1), float, one per candidate."""
+        with _one_thread():
+            d = np.stack([r.predict(X) for r in self.box], 1)
+        nb = np.array([c.nucleus_box for c in cands], np.float64)
+        s = np.maximum(nb[:, 2] - nb[:, 0], nb[:, 3] - nb[:, 1])
+        cx = (nb[:, 0] + nb[:, 2]) / 2 + d[:, 0] * s
+        cy = (nb[:, 1] + nb[:, 3]) / 2 + d[:, 1] * s
+        bw, bh = np.exp(d[:, 2]) * s, np.exp(d[:, 3]) * s
+        return np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1)
+
+    def scores(self, X: np.ndarray) -> np.ndarray:
+        with _one_thread():
+            return self.classifier.predict_proba(X)[:, 1]
+
+    def select(self, cands: list[Candidate], X: np.ndarray, w: int, h: int,
+               scores: np.ndarray | None = None, boxes: np.ndarray | None = None) -> list[FoundCell]:
+        """The readings kept: best first, at or over ``threshold``, none overlapping a kept one by more than
+        ``nms_iou`` (cell boxes) and none whose nucleus lies mostly within a kept one's (or holds one)."""
+        p = self.scores(X) if scores is None else scores
+        bx = self.cell_boxes(cands, X) if boxes is None else boxes
+        kept: list[int] = []
+        for i in np.argsort(-p, kind="stable"):
+            if p[i] < self.threshold:
+                break
+            if any(iou(bx[i], bx[k]) > self.nms_iou or _nested(cands[i].nucleus_box, cands[k].nucleus_box)
+                   for k in kept):
+                continue
+            kept.append(int(i))
+        out = []
+        for i in kept:
+            x0, y0, x1, y1 = bx[i]
+            border = x0 < 0 or y0 < 0 or x1 > w or y1 > h
+            box = (max(0, int(round(x0))), max(0, int(round(y0))), min(w, int(round(x1))), min(h, int(round(y1))))
+            out.append(FoundCell(box, tuple(int(v) for v in cands[i].nucleus_box), cands[i].area, bool(border),
+                                 float(p[i])))
+        return out
+
+
+def _one_thread():
+    """scikit-learn's trees predict a few rows: one OpenMP thread. Two threads spin-wait against any busy core
+    (a classification job, a second user) and took 3-13 s for a field instead of milliseconds."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="openmp")
+
+
+def _nested(a, b, frac: float = 0.6) -> bool:
+    """Does one box lie mostly (``frac`` of its area) within the other?"""
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    small = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return small > 0 and ix * iy >= frac * small
+
+
+_SCORER: FieldScorer | None = None
+
+
+def field_scorer() -> FieldScorer:
+    """The shipped scorer, loaded once per process after its sha256 is checked against ``scorer.json``."""
+    global _SCORER
+    if _SCORER is None:
+        import hashlib
+        import json
+
+        import joblib
+
+        meta = json.loads(SCORER_PATH.with_suffix(".json").read_text())
+        blob = SCORER_PATH.read_bytes()
+        digest = hashlib.sha256(blob).hexdigest()
+        if digest != meta["sha256"]:
+            raise RuntimeError(f"{SCORER_PATH}: sha256 {digest[:12]} is not the one scorer.json records "
+                               f"({meta['sha256'][:12]}); refit it with python -m train.fields_scorer")
+        d = joblib.load(SCORER_PATH)
+        _SCORER = FieldScorer(d["classifier"], d["box"], float(d["threshold"]), float(d["nms_iou"]))
+    return _SCORER
+
+
+def bccd_split(root) -> dict[str, list[str]]:
+    """The annotated BCCD fields split once by sorted file name: ``tune`` (first half: the finder's constants and
+    scorer are fitted there) and ``report`` (second half: measured only)."""
+    from pathlib import Path as _P
+
+    stems = sorted(p.stem for p in (_P(root) / "Annotations").glob("*.xml"))
+    half = len(stems) // 2
+    return {"tune": stems[:half], "report": stems[half:]}
 
 
 # -- measuring the finder on annotated fields (bench/fields.py, tests) ---------------------------------------------

@@ -101,8 +101,38 @@ def test_real_fields_recall_precision_and_scale(bccd):
     r = evaluate(bccd, HANDFUL)
     assert r["wbc_boxes"] == 14
     assert r["recall"] >= 0.9, r       # measured 13 / 14
-    assert r["precision"] >= 0.85, r   # measured 13 / 15
+    assert r["precision"] >= 0.85, r   # measured 13 / 13
     assert r["scale"]["median_abs_rel_error"] <= 0.15, r["scale"]
+
+
+def test_held_out_half_recall_precision_and_the_scorer_never_saw_it(bccd):
+    """The report half of the BCCD fields, never read by train.fields_scorer: recall meets the goal (0.97),
+    precision stays where it was measured (0.867 on 2026-11-27; the goal, 0.90, is not met). The shipped scorer
+    says it was fitted on the tune half only, and its file is the one scorer.json's sha256 names."""
+    import hashlib
+    import json
+
+    from bench.fields import evaluate
+
+    meta = json.loads(F.SCORER_PATH.with_suffix(".json").read_text())
+    halves = F.bccd_split(bccd)
+    assert meta["data"].endswith(f"{halves['tune'][0]} .. {halves['tune'][-1]} ({len(halves['tune'])} fields)")
+    assert max(halves["tune"]) < min(halves["report"])
+    assert hashlib.sha256(F.SCORER_PATH.read_bytes()).hexdigest() == meta["sha256"]
+    r = evaluate(bccd, halves["report"])
+    assert r["wbc_boxes"] == 147
+    assert r["recall"] >= 0.97, r        # measured 144 / 147
+    assert r["precision"] >= 0.85, r     # measured 144 / 166
+
+
+def test_a_tampered_scorer_is_refused(tmp_path, monkeypatch):
+    bad = tmp_path / "scorer.joblib"
+    bad.write_bytes(F.SCORER_PATH.read_bytes() + b"x")
+    (tmp_path / "scorer.json").write_text(F.SCORER_PATH.with_suffix(".json").read_text())
+    monkeypatch.setattr(F, "SCORER_PATH", bad)
+    monkeypatch.setattr(F, "_SCORER", None)
+    with pytest.raises(RuntimeError, match="sha256"):
+        F.field_scorer()
 
 
 def test_real_field_border_cell_marked(bccd):
@@ -170,7 +200,7 @@ def test_cells_origin_column_and_field_images_are_added_to_an_older_database_and
 
 def test_a_camera_sized_field_is_searched_reduced_and_boxed_in_its_own_pixels(bccd):
     """A real field enlarged to a 12-megapixel photo (4000x3000) gives the same cells as the original, boxes and
-    scale in the large image's pixels (boxes within 2 original px, x6.25), whether the scale is estimated or given."""
+    scale in the large image's pixels (nuclei within 2 original px, x6.25; cell boxes within 10), whether the scale is estimated or given."""
     rgb = np.asarray(Image.open(bccd / "JPEGImages" / "BloodImage_00193.jpg").convert("RGB"))
     small = F.find_cells(rgb)
     big_rgb = cv2.resize(rgb, (4000, 3000), interpolation=cv2.INTER_CUBIC)
@@ -179,7 +209,9 @@ def test_a_camera_sized_field_is_searched_reduced_and_boxed_in_its_own_pixels(bc
         assert big.size == (4000, 3000) and any("searched at 1280x960" in n for n in big.notes)
         assert [c.border for c in big.cells] == [c.border for c in small.cells] == [False, True]
         for a, b in zip(small.cells, big.cells):
-            assert max(abs(6.25 * u - v) for u, v in zip(a.box, b.box)) <= 2 * 6.25
+            assert max(abs(6.25 * u - v) for u, v in zip(a.nucleus_box, b.nucleus_box)) <= 2 * 6.25
+            # the cell box is learned (trees: a step function of the features), so resampling may move it a step
+            assert max(abs(6.25 * u - v) for u, v in zip(a.box, b.box)) <= 10 * 6.25  # measured 8.4 original px
         assert abs(big.scale.um_per_px * 6.25 / small.scale.um_per_px - 1) < 0.08
         crop = F.crop_cell(big_rgb, big.whole[0], 250)  # cut from the full-resolution field
         assert crop.size == (250, 250)

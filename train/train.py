@@ -72,6 +72,7 @@ DEFAULTS: dict = {
     "teachers": "",  # comma-separated bundle folders: knowledge distillation from their averaged soft labels
     "kd_alpha": 0.5,  # weight of the distillation term (the rest: the labels)
     "kd_temperature": 2.0,
+    "kd_teacher_tta": False,  # the teachers' soft labels averaged over the 4 dihedral views the app's TTA uses
     "init_from": "",  # a bundle folder of the same backbone and classes: start from its weights (fine-tuning)
     "time_budget_s": 0,  # >0: after each epoch, shorten the schedule (cosine included) so training ends in time
 }
@@ -233,9 +234,16 @@ def load_teachers(spec: str, classes: list[str], device: torch.device) -> list:
 
 
 @torch.no_grad()
-def teacher_probs(teachers: list, x01: torch.Tensor, temperature: float, dtype, channels_last: bool) -> torch.Tensor:
-    """The teachers' averaged softened probabilities for a batch in [0, 1] (each at its own size and normalisation)."""
+def teacher_probs(teachers: list, x01: torch.Tensor, temperature: float, dtype, channels_last: bool,
+                  tta: bool = False) -> torch.Tensor:
+    """The teachers' averaged softened probabilities for a batch in [0, 1] (each at its own size and normalisation).
+
+    With ``tta`` each teacher sees the 4 dihedral views of ``bmcore.predictor`` and its probabilities are averaged
+    over them: a student distilled this way learns, in one view, what the app's TTA ensemble says.
+    """
     import torch.nn.functional as F
+
+    from bmcore.predictor import dihedral_views
 
     probs = 0.0
     for b, m in teachers:
@@ -244,8 +252,10 @@ def teacher_probs(teachers: list, x01: torch.Tensor, temperature: float, dtype, 
         x = normalize(x, b.data_config)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        views = dihedral_views(x) if tta else [x]
         with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            probs = probs + torch.softmax(m(x).float() / temperature, -1)
+            p = sum(torch.softmax(m(v).float() / temperature, -1) for v in views) / len(views)
+        probs = probs + p
     return probs / len(teachers)
 
 
@@ -374,7 +384,8 @@ def main(argv=None) -> int:
                 logits = ddp(xb)
                 loss = label_loss(logits, target, criterion)
                 if teachers:
-                    soft = teacher_probs(teachers, x01, args.kd_temperature, dtype, args.channels_last)
+                    soft = teacher_probs(teachers, x01, args.kd_temperature, dtype, args.channels_last,
+                                         tta=args.kd_teacher_tta)
                     loss = (1 - args.kd_alpha) * loss + args.kd_alpha * distill_loss(logits, soft, args.kd_temperature)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

@@ -1,0 +1,163 @@
+"""Fit the field cell finder's scorer (``bmcore.fields.FieldScorer``) on the tuning half of the annotated fields.
+
+    .venv/bin/python -m train.fields_scorer                 # writes assets/fields/scorer.joblib + scorer.json
+
+The finder reads every field many ways (``bmcore.fields.nucleus_candidates``: stain thresholds, lobe groupings,
+watershed splits). Two models, gradient-boosted trees (scikit-learn), learn from the annotated white-cell boxes of
+the *tune* half of ``../shared/data/fields/bccd`` (``bmcore.fields.bccd_split``; the *report* half is never read
+here):
+
+1. ``box``: the cell box from a reading's nucleus box (centre offset and log sides, in nucleus sides), learned on
+   the readings whose nucleus centre lies in an annotated box;
+2. ``classifier``: whether a reading's cell box, as ``box`` predicts it out of fold, matches an annotated white cell
+   at IoU >= 0.5.
+
+The keep threshold is the one that maximises the F1 of whole-field selection (non-maximum suppression included) on
+the tune half with out-of-fold predictions (5 folds grouped by field), recall breaking ties.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("BM_SHARED", REPO.parent / "shared")) / "data"
+
+
+def field_rows(root: Path, stems: list[str]):
+    """Per field: (stem, rgb size, candidates, features, WBC boxes)."""
+    from PIL import Image
+
+    from bmcore import fields as F
+
+    out = []
+    for s in stems:
+        rgb = np.asarray(Image.open(root / "JPEGImages" / f"{s}.jpg").convert("RGB"))
+        h, w = rgb.shape[:2]
+        px = 1.0 / F.field_scale(rgb).um_per_px
+        cands = F.nucleus_candidates(rgb, px)
+        X = F.candidate_features(rgb, cands, px) if cands else np.zeros((0, len(F.FEATURE_NAMES)), np.float32)
+        out.append((s, (w, h), cands, X, F.read_voc(root / "Annotations" / f"{s}.xml").get("WBC", [])))
+    return out
+
+
+def box_targets(cands, truth):
+    """Per candidate: the annotated box its nucleus centre falls in (the tightest), as regression targets, or None."""
+    t = []
+    for c in cands:
+        x0, y0, x1, y1 = c.nucleus_box
+        cx, cy, s = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0)
+        hits = [g for g in truth if g[0] <= cx <= g[2] and g[1] <= cy <= g[3]]
+        if not hits:
+            t.append(None)
+            continue
+        g = min(hits, key=lambda g: (g[2] - g[0]) * (g[3] - g[1]))
+        t.append([((g[0] + g[2]) / 2 - cx) / s, ((g[1] + g[3]) / 2 - cy) / s,
+                  np.log((g[2] - g[0]) / s), np.log((g[3] - g[1]) / s)])
+    return t
+
+
+def fit(rows, seed: int = 0, folds: int = 5):
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    from sklearn.model_selection import GroupKFold
+
+    from bmcore import fields as F
+
+    X = np.concatenate([r[3] for r in rows])
+    groups = np.concatenate([[i] * len(r[2]) for i, r in enumerate(rows)])
+    cands = [c for r in rows for c in r[2]]
+    tg = [t for r in rows for t in box_targets(r[2], r[4])]
+    has = np.array([t is not None for t in tg])
+    T = np.array([t if t is not None else [0, 0, 0, 0] for t in tg], np.float64)
+
+    def regs(idx):
+        return [HistGradientBoostingRegressor(max_iter=200, learning_rate=0.05, max_leaf_nodes=15,
+                                              min_samples_leaf=10, random_state=seed).fit(X[idx], T[idx, k])
+                for k in range(4)]
+
+    def clf():
+        return HistGradientBoostingClassifier(max_iter=300, learning_rate=0.05, max_leaf_nodes=15,
+                                              min_samples_leaf=10, random_state=seed)
+
+    # out-of-fold cell boxes, then labels from them, then out-of-fold scores
+    gkf = GroupKFold(n_splits=folds)
+    oof_boxes = np.zeros((len(X), 4))
+    for tr, te in gkf.split(X, groups=groups):
+        sc = F.FieldScorer(None, regs(tr[has[tr]]), 0.5)
+        oof_boxes[te] = sc.cell_boxes([cands[i] for i in te], X[te])
+    y = np.zeros(len(X), int)
+    for i, r in enumerate(rows):
+        w, h = r[1]
+        for j in np.nonzero(groups == i)[0]:
+            b = np.clip(oof_boxes[j], 0, [w, h, w, h])  # as select() gives it: clipped to the field
+            y[j] = int(any(F.iou(b, g) >= 0.5 for g in r[4]))
+    oof_p = np.zeros(len(X))
+    for tr, te in gkf.split(X, groups=groups):
+        oof_p[te] = clf().fit(X[tr], y[tr]).predict_proba(X[te])[:, 1]
+    # the threshold: best whole-field F1 of selection on out-of-fold figures
+    best = None
+    for thr in np.round(np.arange(0.05, 0.96, 0.025), 3):
+        tp = nf = nt = 0
+        sc = F.FieldScorer(None, [], float(thr))
+        for i, r in enumerate(rows):
+            idx = np.nonzero(groups == i)[0]
+            w, h = r[1]
+            cells = sc.select(r[2], X[idx], w, h, scores=oof_p[idx], boxes=oof_boxes[idx]) if len(idx) else []
+            found = [c.box for c in cells]
+            tp, nf, nt = tp + F.match_boxes(found, r[4]), nf + len(found), nt + len(r[4])
+        rec, prec = tp / max(1, nt), tp / max(1, nf)
+        f1 = 2 * rec * prec / max(1e-9, rec + prec)
+        if best is None or (f1, rec) > (best["f1"], best["recall"]):
+            best = {"threshold": float(thr), "f1": f1, "recall": rec, "precision": prec}
+    final = {"classifier": clf().fit(X, y), "box": regs(np.nonzero(has)[0]), "threshold": best["threshold"],
+             "nms_iou": 0.3}
+    info = {"candidates": int(len(X)), "positives": int(y.sum()), "with_box_target": int(has.sum()),
+            "out_of_fold_on_tune": best, "folds": folds}
+    return final, info
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--fields", default=str(SHARED / "fields" / "bccd"))
+    ap.add_argument("--out", default=str(REPO / "assets" / "fields" / "scorer.joblib"))
+    a = ap.parse_args(argv)
+    import cv2
+    import joblib
+    import sklearn
+
+    from bmcore import fields as F
+
+    cv2.setNumThreads(1)
+    root = Path(a.fields)
+    if not (root / "Annotations").is_dir():
+        print(f"annotated fields not found at {root}", file=sys.stderr)
+        return 1
+    stems = F.bccd_split(root)["tune"]
+    t0 = time.perf_counter()
+    rows = field_rows(root, stems)
+    model, info = fit(rows)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(model, out, compress=3)
+    meta = {"sha256": hashlib.sha256(out.read_bytes()).hexdigest(), "fitted": datetime.now(timezone.utc).isoformat(
+        timespec="seconds"), "command": "python -m train.fields_scorer", "data": f"BCCD fields, tune half: {stems[0]} .. "
+        f"{stems[-1]} ({len(stems)} fields)", "scikit_learn": sklearn.__version__, "features": F.FEATURE_NAMES,
+        "candidate_levels": list(F.CANDIDATE_LEVELS), "candidate_groups_um": list(F.CANDIDATE_GROUPS_UM),
+        "threshold": model["threshold"], "nms_iou": model["nms_iou"], **info,
+        "seconds": round(time.perf_counter() - t0, 1)}
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
+    print(json.dumps(meta, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
