@@ -360,6 +360,51 @@ class CaseStore(AccountsMixin):
         except IntegrityError:  # the same id created by someone else at the same moment
             raise CaseError(f"case {code!r} already exists; open it on the Review page or choose another id") from None
 
+    def add_cells(self, case_id: int, cells: list[CellInput], *, actor: Actor, expected_cells: int,
+                  field_images: list[dict] | None = None) -> list[int]:
+        """Append cells (more smear fields of the same smear, or more crops) to an open case, in one transaction;
+        returns their positions. Pending cells are filled by a classification job with the case's own model.
+
+        ``expected_cells`` is how many cells the adder's page showed: if the case has gained or lost cells since
+        (a colleague added a field at the same time), nothing is added and ``ConflictError`` says so. A signed-off
+        case takes no cells; a field already in the case (by name) is refused, not counted twice.
+        """
+        if not cells:
+            raise CaseError("nothing to add: the upload holds no image file")
+        try:
+            with self.session() as s:
+                u = self._authorize(s, actor, "classify")
+                case = self._case(s, case_id)
+                if case.status == STATUS_SIGNED:
+                    raise CaseError(f"case {case.case_code!r} is signed off; reopen it before adding cells")
+                n = s.scalar(select(func.count()).select_from(Cell).where(Cell.case_id == case_id)) or 0
+                if n != expected_cells:
+                    raise ConflictError(f"case {case.case_code!r} now has {n} cells, not the {expected_cells} your page "
+                                        "showed (someone added cells meanwhile); nothing was added. Look at the case "
+                                        "again, then add your files")
+                have = set(s.scalars(select(FieldImage.name).where(FieldImage.case_id == case_id)))
+                dup = [f["name"] for f in field_images or [] if _short_name(f["name"]) in have]
+                if dup:
+                    raise CaseError(f"field(s) already in case {case.case_code!r}: {', '.join(dup[:5])}; nothing "
+                                    "was added (a field counted twice would count its cells twice)")
+                last = s.scalar(select(func.max(Cell.position)).where(Cell.case_id == case_id))
+                start = 0 if last is None else last + 1
+                positions = list(range(start, start + len(cells)))
+                for pos, c in zip(positions, cells):
+                    s.add(Cell(case_id=case_id, position=pos, name=_short_name(c.name), ok=c.ok, error=c.error,
+                               sha256=c.sha256, thumbnail=c.thumbnail, pending=c.pending, origin=c.origin,
+                               probabilities={}))
+                for f in field_images or []:
+                    s.add(FieldImage(case_id=case_id, name=_short_name(f["name"]), width=f["width"],
+                                     height=f["height"], image=f["image"], scale=f.get("scale")))
+                fields = f"; from field(s) {', '.join(f['name'] for f in field_images)}" if field_images else ""
+                s.add(_audit_row(case_id, u, action="add-cells",
+                                 note=f"{len(cells)} cells: {_ranges([p + 1 for p in positions])}{fields}"))
+                return positions
+        except IntegrityError:  # a colleague's cells took these positions (or that field) in the same moment
+            raise ConflictError("someone added cells to this case at the same moment; nothing was added. Look at "
+                                "the case again, then add your files") from None
+
     def save_results(self, case_id: int, results: dict[int, CellInput], *, job_id: int | None = None) -> int:
         """Fill in pending cells (by position) with their classification, in one transaction; returns how many.
 
@@ -772,7 +817,7 @@ class CaseStore(AccountsMixin):
 
         On every backend: each table answers a row count; no cell and no audit row points at a
         missing case; no audit row names a cell that is missing or belongs to another case; every
-        case has as many cells as its "create" audit event recorded (no half-written case). On
+        case has as many cells as its "create" and "add-cells" audit events recorded (no half-written case). On
         SQLite also ``PRAGMA integrity_check`` (the file's pages, indexes and constraints) and
         ``PRAGMA foreign_key_check``. PostgreSQL keeps its own files consistent (WAL replay after a
         crash); no page-level check (such as the amcheck extension) is run there.
@@ -803,12 +848,20 @@ class CaseStore(AccountsMixin):
                     if n := c.execute(q).scalar():
                         problems.append(f"{n} {what}")
                 n_cells = dict(c.execute(select(Cell.case_id, func.count()).group_by(Cell.case_id)).all())
+                added: dict[int, int] = {}
+                for case_id, note in c.execute(select(AuditEvent.case_id, AuditEvent.note)
+                                               .where(AuditEvent.action == "add-cells")):
+                    if m := re.match(r"(\d+) cells:", note or ""):
+                        added[case_id] = added.get(case_id, 0) + int(m.group(1))
                 for case_id, code, note in c.execute(
                         select(Case.id, Case.case_code, AuditEvent.note)
                         .join(AuditEvent, (AuditEvent.case_id == Case.id) & (AuditEvent.action == "create"))):
                     m = re.match(r"(\d+) cells;", note or "")
-                    if m and int(m.group(1)) != n_cells.get(case_id, 0):
-                        problems.append(f"case {code!r} has {n_cells.get(case_id, 0)} cells, created with {m.group(1)}")
+                    want = int(m.group(1)) + added.get(case_id, 0) if m else None
+                    if want is not None and want != n_cells.get(case_id, 0):
+                        more = f" and {added[case_id]} added" if case_id in added else ""
+                        problems.append(f"case {code!r} has {n_cells.get(case_id, 0)} cells, created with "
+                                        f"{m.group(1)}{more}")
         except SQLAlchemyError as exc:
             problems.append(f"could not read the store: {exc}")
         return problems

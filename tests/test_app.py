@@ -7,7 +7,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from bmcore.bundle import load_bundle
-from bmcore.cases import CaseStore
+from bmcore.cases import CaseError, CaseStore
 from tests.conftest import DEV_CLASSES, REPO
 
 
@@ -477,6 +477,69 @@ def test_smear_fields_become_cells_of_one_case_with_source_box_and_drawn_field(e
     assert any("BloodImage_00193.jpg #" in f for d in at.dataframe if "file" in d.value.columns
                for f in d.value.file)  # the border-cut cell listed by name
     assert any("For research use only" in w.value for w in at.warning)
+
+
+def test_more_fields_join_an_open_case_by_its_own_model_and_a_stale_screen_adds_nothing(env, crops):
+    """A case started from one field grows by a second field through "Add more smear fields" (a 500-cell count is
+    counted over several uploads): the new cells are classified by the case's model though the sidebar now shows
+    another; a colleague whose screen still shows the old cell count adds nothing and is told why; the same field
+    cannot be counted twice; a signed-off case offers no adding."""
+    from bmcore.cases import Actor
+    from tests.conftest import SHARED
+
+    root = SHARED / "data" / "fields" / "bccd" / "JPEGImages"
+    if not root.is_dir():
+        pytest.skip(f"annotated smear fields not found at {root} (../shared/data is absent on this machine)")
+    first, second, third = (root / f"{s}.jpg" for s in ("BloodImage_00000", "BloodImage_00193", "BloodImage_00300"))
+    a = upload(app(env, "eight"), "C-ADD", [], [(first.name, first.read_bytes(), "image/jpeg")])
+    store = CaseStore(env["db"])
+    cid = a.session_state["case_id"]
+    n0 = len(store.get_case(cid).cells)
+    b = app(env, "eight", user=("tech2", "technologist"), case_id=cid)
+    b.switch_page("views/classify.py").run()
+    # the colleague chooses a third field (the page reruns: n0 cells on screen), then A adds a field first
+    b.file_uploader(key=f"add_files_{cid}").set_value([(third.name, third.read_bytes(), "image/jpeg")]).run()
+    assert not b.exception
+    a.session_state["bundle"] = env["hac"]  # the sidebar now shows another model for new cases
+    a.switch_page("views/classify.py").run()
+    a.file_uploader(key=f"add_files_{cid}").set_value([(second.name, second.read_bytes(), "image/jpeg")]).run()
+    a.button(key=f"add_btn_{cid}").click().run()
+    assert not a.exception and not a.error, [e.value for e in a.error]
+    wait_classified(a)
+    case = store.get_case(cid)
+    added = [c for c in case.cells if c.origin and c.origin["field"] == second.name]
+    assert len(case.cells) == n0 + len(added) and added
+    assert [c.position for c in case.cells] == list(range(len(case.cells)))
+    eight = list(load_bundle(env["eight"]).classes)
+    for c in added:
+        assert c.name.startswith(f"{second.name} #")
+        if c.ok and not c.rejected:
+            assert set(c.probabilities) == set(eight), "classified by the sidebar's model, not the case's"
+    assert {s["name"] for s in store.field_images(cid)} == {first.name, second.name}
+    assert any(e["action"] == "add-cells" and second.name in e["note"] for e in store.audit(cid))
+    assert store.integrity_ok(), store.integrity_problems()
+    # the colleague's stale screen (n0 cells) clicks Add: refused, nothing added
+    b.button(key=f"add_btn_{cid}").click().run()
+    assert any(f"now has {len(case.cells)} cells, not the {n0} your page showed" in e.value for e in b.error)
+    assert len(store.get_case(cid).cells) == len(case.cells)
+    # now that the screen shows the case as it is, the same field again is refused by name
+    b.file_uploader(key=f"add_files_{cid}").set_value([(second.name, second.read_bytes(), "image/jpeg")]).run()
+    b.button(key=f"add_btn_{cid}").click().run()
+    assert any("already in case" in e.value and second.name in e.value for e in b.error)
+    assert len(store.get_case(cid).cells) == len(case.cells)
+    # signed off: the page offers no adding, and the store refuses it
+    path = a.session_state["actor"]
+    case = store.get_case(cid)
+    store.review_cells(cid, path, {c.id: c.version for c in case.cells if c.ok and not c.pending})
+    store.sign_off(cid, path, password=PASSWORDS["pathologist"])
+    b.run()
+    assert not [e for e in b.get("expander") if "Add more smear fields" in str(e.proto)]
+    from bmcore.jobs import pending_inputs
+    from bmcore.inputs import InputItem
+
+    with pytest.raises(CaseError, match="signed off"):
+        store.add_cells(cid, pending_inputs([InputItem("late.jpg", first.read_bytes())]), actor=path,
+                        expected_cells=len(case.cells))
 
 
 def test_model_card_states_the_review_rule_and_its_test_figures(env):

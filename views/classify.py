@@ -3,7 +3,7 @@ import streamlit as st
 
 import appkit
 from bmcore import caserules
-from bmcore.cases import CaseError, inference_text, reviewer_text
+from bmcore.cases import STATUS_SIGNED, CaseError, inference_text, reviewer_text
 from bmcore.explain import CAM_METHODS, overlay
 from bmcore.fields import class_colour, draw_field, expand_fields, field_record, ink_on
 from bmcore.inputs import MAX_FILES, enforce_limit, from_upload
@@ -21,18 +21,21 @@ store = appkit.get_store()
 runner = appkit.get_runner()
 
 
-def collect(files, fields: list | None = None, case=None) -> list:
+def collect(files, fields: list | None = None, case=None, crop_side: int | None = None,
+            scale_key: str = "field_um_per_px") -> list:
     """The upload as items, each smear-field image replaced by the cells found in it (``bmcore.fields``; the fields
-    found are appended to ``fields``). For an existing ``case`` (resuming it), the scale its fields were given."""
+    found are appended to ``fields``), cut at ``crop_side`` (the model's). For an existing ``case`` the scale its
+    fields were given, if one was typed (the same crops as before match its missing cells; more fields of the same
+    smear are cut alike); else the scale typed under ``scale_key``."""
     items = []
     for f in files:
         items += from_upload(f.name, f.getvalue(), max_files=MAX_FILES)
-    scale = st.session_state.get("field_um_per_px") or None
-    if case is not None:  # the same crops as before, so that they match the case's missing cells
+    scale = st.session_state.get(scale_key) or None
+    if case is not None:
         given = [c.origin["um_per_px"] for c in case.cells if c.origin and c.origin.get("scale_source") == "user"]
-        scale = given[0] if given else None
+        scale = given[0] if given else (scale if scale_key != "field_um_per_px" else None)
     try:
-        items, found = expand_fields(items, pred.bundle.crop_side, scale)
+        items, found = expand_fields(items, crop_side or pred.bundle.crop_side, scale)
     except ValueError as exc:  # a scale out of range
         st.error(str(exc))
         st.stop()
@@ -130,7 +133,7 @@ if summ.pending and not (job and job["status"] in ("queued", "running")) and can
                                  accept_multiple_files=True, key=f"resume_files_{case.id}")
         r1, r2 = st.columns(2)
         if r1.button("Resume classification", key="resume_btn", disabled=not again or cpred is None):
-            pairs, extra = match_pending(case, collect(again, case=case))
+            pairs, extra = match_pending(case, collect(again, case=case, crop_side=cpred.bundle.crop_side))
             if not pairs:
                 st.error("None of these files is a missing cell of this case.")
             else:
@@ -157,6 +160,43 @@ if summ.pending and not (job and job["status"] in ("queued", "running")) and can
                     st.rerun()
         else:
             r2.caption("An admin can delete a partial case if it cannot be finished.")
+elif can_classify and case.status != STATUS_SIGNED and not (job and job["status"] in ("queued", "running")):
+    with st.expander("Add more smear fields or crops to this case"):
+        st.caption(f"Fields of the same smear, so that a 500-cell differential can be counted from several uploads. "
+                   f"They are classified by this case's own model, **{case.model_name}**, whatever the sidebar "
+                   "shows.")
+        cpred = appkit.case_predictor(case)
+        more = st.file_uploader("Field photographs or crops to add", type=UPLOAD_TYPES, accept_multiple_files=True,
+                                key=f"add_files_{case.id}")
+        has_scale = any(c.origin and c.origin.get("scale_source") == "user" for c in case.cells)
+        if not has_scale:
+            st.number_input("Scale of these field photographs (µm per pixel; 0 = estimate from the red cells)",
+                            min_value=0.0, max_value=5.0, value=0.0, step=0.005, format="%.4f",
+                            key=f"add_um_per_px_{case.id}")
+        if st.button("Add to this case", key=f"add_btn_{case.id}", disabled=not more or cpred is None):
+            new_fields = []
+            items = collect(more, new_fields, case=case, crop_side=cpred.bundle.crop_side,
+                            scale_key=f"add_um_per_px_{case.id}")
+            work_items = [it for it in items if it.ok]
+            # the count this screen showed before the click (a colleague may have added cells since), not a new read
+            shown = st.session_state.get(f"add_shown_{case.id}", len(case.cells))
+            try:
+                runner.check_room(len(work_items))
+                positions = store.add_cells(case.id, pending_inputs(items), actor=who, expected_cells=shown,
+                                            field_images=[field_record(f) for f in new_fields])
+            except CaseError as exc:  # a stale page, a signed-off case, a field already in it, a full queue
+                st.error(str(exc))
+            else:
+                work = [(pos, it) for pos, it in zip(positions, items) if it.ok]
+                try:
+                    runner.submit(case.id, cpred, caserules.case_rules(case), work)
+                except CaseError as exc:  # queue filled meanwhile: the cells stay pending, resumable above
+                    st.session_state["classify_msg"] = f"{exc} The added cells wait as a partial case."
+                else:
+                    keep_originals(case.id, work)
+                st.session_state.pop(f"add_shown_{case.id}", None)
+                st.rerun()
+        st.session_state[f"add_shown_{case.id}"] = len(case.cells)
 if msg := st.session_state.pop("classify_msg", None):
     st.warning(msg)
 
