@@ -2,7 +2,8 @@
 
 Two real peripheral-blood fields (BCCD, 640x480) and one bone marrow crop: the page says how many nucleated cells
 were found and how many the gate refused, draws both fields with numbered boxes, lists the cell cut by the border
-by name, and a field cell opens in the cell view with its heatmap like an uploaded crop. Screenshots go to
+by name, and a field cell opens in the cell view with its heatmap like an uploaded crop; a third field is then
+added to the open case and drawn with the others. Screenshots go to
 test-artifacts/e2e/. Skipped where chromium, playwright or the shared fields are missing (see tests/conftest.py).
 """
 
@@ -50,6 +51,19 @@ def test_fields_become_cells_drawn_with_boxes_and_open_in_the_cell_view(server, 
             # bin, which the cell view also offers) with its crop and heatmap
             assert appdriver.show_heatmap(page, "BloodImage_00193.jpg #1") is not None
             page.screenshot(path=str(ART / "fields_cell_view.png"), full_page=True)
+            # a third field of the same smear joins the open case (a 500-cell count is counted over several uploads)
+            add = page.get_by_test_id("stExpander").filter(has_text="Add more smear fields")
+            add.get_by_text("Add more smear fields or crops to this case").click()
+            add.locator('input[type="file"]').set_input_files([str(BCCD / "BloodImage_00300.jpg")])
+            button = add.get_by_role("button", name="Add to this case")
+            expect(button).to_be_enabled()
+            appdriver.wait_idle(page)
+            button.click()
+            expect(page.get_by_text("in 3 field image(s)")).to_be_visible()
+            appdriver.wait_classified(page)
+            shots = page.get_by_test_id("stExpander").filter(has_text="Smear fields (3)")
+            expect(shots.get_by_text("BloodImage_00300.jpg (640x480 px)")).to_be_visible()
+            page.screenshot(path=str(ART / "fields_added.png"), full_page=True)
             expect(page.get_by_text("For research use only. Not for use in diagnostic procedures.").first) \
                 .to_be_visible()
         finally:
