@@ -341,17 +341,10 @@ class CaseStore(AccountsMixin):
                 for i, c in enumerate(cells):
                     if len(c.name) > NAME_MAX:
                         long_names.append((i, c.name))
-                    case.cells.append(Cell(position=i, name=_short_name(c.name), ok=c.ok, error=c.error,
-                                           sha256=c.sha256, thumbnail=c.thumbnail, predicted=c.predicted,
-                                           confidence=c.confidence, probabilities=c.probabilities or {},
-                                           uncertain=c.uncertain, hairy_flag=c.hairy_flag, rejected=c.rejected,
-                                           reject_reason=c.reject_reason, critical=c.critical, pending=c.pending,
-                                           origin=c.origin))
+                    case.cells.append(_cell_row(i, c))
                 s.add(case)
                 s.flush()
-                for f in field_images or []:
-                    s.add(FieldImage(case_id=case.id, name=_short_name(f["name"]), width=f["width"], height=f["height"],
-                                     image=f["image"], scale=f.get("scale")))
+                s.add_all(_field_row(case.id, f) for f in field_images or [])
                 s.add(_audit_row(case.id, u, action="create", note=f"{len(cells)} cells; model {model_name}"))
                 for i, full in long_names:
                     cell = case.cells[i]
@@ -390,13 +383,8 @@ class CaseStore(AccountsMixin):
                 last = s.scalar(select(func.max(Cell.position)).where(Cell.case_id == case_id))
                 start = 0 if last is None else last + 1
                 positions = list(range(start, start + len(cells)))
-                for pos, c in zip(positions, cells):
-                    s.add(Cell(case_id=case_id, position=pos, name=_short_name(c.name), ok=c.ok, error=c.error,
-                               sha256=c.sha256, thumbnail=c.thumbnail, pending=c.pending, origin=c.origin,
-                               probabilities={}))
-                for f in field_images or []:
-                    s.add(FieldImage(case_id=case_id, name=_short_name(f["name"]), width=f["width"],
-                                     height=f["height"], image=f["image"], scale=f.get("scale")))
+                s.add_all(_cell_row(pos, c, case_id) for pos, c in zip(positions, cells))
+                s.add_all(_field_row(case_id, f) for f in field_images or [])
                 fields = f"; from field(s) {', '.join(f['name'] for f in field_images)}" if field_images else ""
                 s.add(_audit_row(case_id, u, action="add-cells",
                                  note=f"{len(cells)} cells: {_ranges([p + 1 for p in positions])}{fields}"))
@@ -875,6 +863,21 @@ def case_store_from_env() -> CaseStore:
 
 __all__ = ["CaseStore", "CellInput", "CaseError", "ConflictError", "StoreError", "PermissionDenied", "AuthError",
            "Actor", "Case", "Cell", "AuditEvent", "Job", "case_store_from_env", "STATUS_OPEN", "STATUS_SIGNED"]
+
+
+def _cell_row(position: int, c: CellInput, case_id: int | None = None) -> Cell:
+    """The row of one cell of a case (``case_id`` None: appended to a new case's ``cells``)."""
+    return Cell(case_id=case_id, position=position, name=_short_name(c.name), ok=c.ok, error=c.error,
+                sha256=c.sha256, thumbnail=c.thumbnail, predicted=c.predicted, confidence=c.confidence,
+                probabilities=c.probabilities or {}, uncertain=c.uncertain, hairy_flag=c.hairy_flag,
+                rejected=c.rejected, reject_reason=c.reject_reason, critical=c.critical, pending=c.pending,
+                origin=c.origin)
+
+
+def _field_row(case_id: int, f: dict) -> FieldImage:
+    """The stored smear field a case's cells were found in (``bmcore.fields.field_record``)."""
+    return FieldImage(case_id=case_id, name=_short_name(f["name"]), width=f["width"], height=f["height"],
+                      image=f["image"], scale=f.get("scale"))
 
 
 def _audit_row(case_id: int, u, *, cell: "Cell | None" = None, **kw) -> AuditEvent:

@@ -63,7 +63,10 @@ def wait_classified(at: AppTest, timeout: float = 120) -> AppTest:
         assert time.monotonic() < deadline, "classification did not finish"
         time.sleep(0.2)
         waited = True
-    if waited:
+    # redraw if the page was drawn while cells were pending (the job may have finished just before this check; a
+    # page drawn complete is left as it is, with any message it shows)
+    drawn_pending = any("not classified" in str(o) for sb in at.selectbox if sb.key == "_w_case_id" for o in sb.options)
+    if waited or drawn_pending:
         at.run()
     assert not at.exception, at.exception
     return at
