@@ -199,9 +199,10 @@ def _find_cells(rgb: np.ndarray, um_per_px: float | None) -> FieldResult:
     h, w = rgb.shape[:2]
     scale = field_scale(rgb, um_per_px)
     px = 1.0 / scale.um_per_px  # pixels per µm
-    cands = nucleus_candidates(rgb, px)
+    chan = nuclear_channel(rgb)
+    cands = nucleus_candidates(rgb, px, chan)
     scorer = field_scorer()
-    cells = scorer.select(cands, candidate_features(rgb, cands, px), w, h) if cands else []
+    cells = scorer.select(cands, candidate_features(rgb, cands, px, chan), w, h) if cands else []
     cells.sort(key=lambda c: (c.box[1] // max(1, h // 4), c.box[0]))
     return FieldResult(cells, scale, (w, h))
 
@@ -227,12 +228,12 @@ def _nucleus_mask(chan: np.ndarray, level: float, px: float) -> np.ndarray:
     return _fill_holes(mask > 0).astype(np.uint8)
 
 
-def nucleus_candidates(rgb: np.ndarray, px: float) -> list[Candidate]:
+def nucleus_candidates(rgb: np.ndarray, px: float, chan: np.ndarray | None = None) -> list[Candidate]:
     """Every plausible nucleus in a field, under several readings: stain thresholds ``CANDIDATE_LEVELS``, lobes
     grouped within each of ``CANDIDATE_GROUPS_UM`` (0: every blob alone) while the group stays under
     ``MAX_NUCLEUS_UM``, and blobs too large for one nucleus both whole and split by watershed. Near-duplicates are
     dropped. ``FieldScorer.select`` then keeps the readings that look like one white cell each."""
-    chan = nuclear_channel(rgb)
+    chan = nuclear_channel(rgb) if chan is None else chan
     min_area = MIN_NUCLEUS_AREA_UM2 * px * px
     max_span = MAX_NUCLEUS_UM * px
     out: list[Candidate] = []
@@ -293,12 +294,12 @@ FEATURE_NAMES = ["nucleus_area_um2", "nucleus_w_um", "nucleus_h_um", "elongation
                  "nuc_b", "rim_pale", "border_um", "level", "group_um", "split", "inside_others", "contains_others"]
 
 
-def candidate_features(rgb: np.ndarray, cands: list[Candidate], px: float) -> np.ndarray:
+def candidate_features(rgb: np.ndarray, cands: list[Candidate], px: float, chan: np.ndarray | None = None) -> np.ndarray:
     """One row of ``FEATURE_NAMES`` per candidate: its size and shape in µm, its stain, the colour of a rim as wide
     as a cell's cytoplasm around it, its distance to the border, how it was read, and how it nests among the
     other readings. Lengths are in µm so that the scorer does not depend on the camera's pixels."""
     h, w = rgb.shape[:2]
-    chan = nuclear_channel(rgb)
+    chan = nuclear_channel(rgb) if chan is None else chan
     f = rgb.astype(np.float32)
     boxes = np.array([c.nucleus_box for c in cands], np.float32)
     rows = []

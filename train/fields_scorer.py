@@ -44,8 +44,9 @@ def field_rows(root: Path, stems: list[str]):
         rgb = np.asarray(Image.open(root / "JPEGImages" / f"{s}.jpg").convert("RGB"))
         h, w = rgb.shape[:2]
         px = 1.0 / F.field_scale(rgb).um_per_px
-        cands = F.nucleus_candidates(rgb, px)
-        X = F.candidate_features(rgb, cands, px) if cands else np.zeros((0, len(F.FEATURE_NAMES)), np.float32)
+        chan = F.nuclear_channel(rgb)
+        cands = F.nucleus_candidates(rgb, px, chan)
+        X = F.candidate_features(rgb, cands, px, chan) if cands else np.zeros((0, len(F.FEATURE_NAMES)), np.float32)
         out.append((s, (w, h), cands, X, F.read_voc(root / "Annotations" / f"{s}.xml").get("WBC", [])))
     return out
 
