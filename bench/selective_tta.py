@@ -7,8 +7,13 @@ For each threshold tau, a cell whose calibrated single-view confidence is under 
 views (``bmcore.engine.tta_views``, the app's TTA); the others keep the single view. The threshold is chosen on
 **val** as the one with the fewest views per cell whose macro-F1 is within ``--tolerance`` of full TTA's (the rule
 ``train.export`` uses for settings); the test split's figure of that threshold is recorded beside it, never used to
-choose. Views per cell counts 1 + 3 x (share of unsure cells): the cost a Predictor would pay if it ran only the
-three missing views. This measures a candidate setting; the app does not run it (see the README).
+choose. Views per cell counts 1 + 3 x (share of unsure cells): the cost if only the three missing views ran
+(``Predictor(tta_below=...)`` runs all four again for an unsure cell: 1 + 4 x share).
+
+Then, in the same run, a 500-crop differential end to end from JPEG bytes (``Predictor.predict``: decode, model,
+gate, verdicts; model load excluded; best of 2) with ONNX fp32 at no TTA, full TTA and the chosen selective TTA,
+idle and with a competing CPU-bound process on one core (``bmcore.bench.competing_process``). This measures a
+candidate setting; the app does not run it (see the README).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ def main(argv=None) -> int:
     ap.add_argument("--splits", default=str(REPO / "train" / "splits" / "bm-dev_seed42.csv"))
     ap.add_argument("--data-root", default=str(SHARED / "bm-dev"))
     ap.add_argument("--tolerance", type=float, default=0.005)
+    ap.add_argument("--cells", type=int, default=500, help="crops for the end-to-end timing (0: none)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
 
@@ -73,6 +79,32 @@ def main(argv=None) -> int:
     result["chosen_on_val"] = {"tau": pick["tau"], "val": pick, "test": test_row,
                                "test_full_tta_macro_f1": result["splits_measured"]["test"]["full_tta_macro_f1"]}
     print(json.dumps(result["chosen_on_val"], indent=1))
+    if a.cells:
+        import pandas as pd
+
+        from bmcore.bench import _timeit, competing_process
+
+        # test-split crops (seeded sample): cells the model never trained on are as unsure as they come in use
+        test = pd.read_csv(a.splits).query("split == 'test'").sample(a.cells, random_state=0, replace=a.cells > 810)
+        blobs = [(Path(a.data_root) / p).read_bytes() for p in test.path]
+        timing = []
+        for kw in ({"tta": False}, {"tta": True}, {"tta": False, "tta_below": pick["tau"]}):
+            p = Predictor(a.bundle, engine="onnx", precision="fp32", **kw)
+            p.predict(blobs[:64])  # warm-up
+            idle = _timeit(lambda: p.predict(blobs), 2)
+            with competing_process():
+                loaded = _timeit(lambda: p.predict(blobs), 1)
+            row = {"setting": p.setting, f"differential_{a.cells}_cells_s": idle,
+                   f"differential_{a.cells}_cells_s_with_competing_process": loaded}
+            if not p.tta and not p.tta_below:  # single-view confidences: how many cells selective TTA re-views
+                conf = [r.confidence for r in p.predict(blobs) if r.ok and r.confidence is not None]
+            if p.tta_below:
+                row["cells_given_all_views"] = int(sum(c < p.tta_below for c in conf))
+                row["cells_with_a_confidence"] = len(conf)
+            timing.append(row)
+            print(json.dumps(timing[-1]), flush=True)
+        result["end_to_end"] = {"cells": a.cells, "data": Path(a.data_root).name, "cpu_count": os.cpu_count(),
+                                "rows": timing}
     if a.out:
         Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
         print(f"wrote {a.out}")

@@ -122,11 +122,16 @@ class Predictor:
 
     def __init__(self, bundle: Bundle | str | Path, *, device: str | None = None, threshold: float | None = None,
                  hairy_threshold: float | None = None, precision: str = "auto", batch_size: int | None = None,
-                 tta: bool | None = None, decode_workers: int = 2, gate: bool = True, engine: str | None = None):
+                 tta: bool | None = None, decode_workers: int = 2, gate: bool = True, engine: str | None = None,
+                 tta_below: float | None = None):
         """``engine``: "onnx" (ONNX Runtime on a CPU, precision "fp32" or "int8") or "torch" (precision "fp32",
         "fp16", "bf16"); None and precision "auto" take what the bundle chose on validation
         (``bundle.json["inference"]``), falling back to torch fp32 where ONNX cannot run (a GPU, no onnxruntime, a
-        bundle without ONNX files); ``fallback`` then says why."""
+        bundle without ONNX files); ``fallback`` then says why.
+
+        ``tta_below`` (with TTA off): selective TTA, a candidate setting measured by ``bench/selective_tta.py`` and
+        not yet chosen by any bundle: a cell whose calibrated single-view confidence is under it gets the mean of the
+        4 dihedral views, the others keep the single view."""
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.device = pick_device(device)
         self.cfg = self.bundle.data_config
@@ -135,6 +140,7 @@ class Predictor:
         # review rules of new classifications: the bundle's validated triage, with the thresholds given overriding
         self.rules = self.review_rules(threshold, hairy_threshold)
         self.tta = self.bundle.tta if tta is None else tta
+        self.tta_below = None if self.tta else tta_below
         chosen = self.bundle.meta.get("inference", {})
         self.fallback = ""
         if engine is None:
@@ -194,12 +200,14 @@ class Predictor:
         """What a case stores of how its cells were computed, so it is resumed and re-read the same way."""
         onnx = (self.bundle.meta.get("onnx") or {}).get(self.precision, {}) if self.engine == "onnx" else {}
         return {"engine": self.engine, "precision": self.precision, "tta": self.tta, "setting": self.setting,
-                "onnx_sha256": onnx.get("sha256")}
+                "onnx_sha256": onnx.get("sha256"), **({"tta_below": self.tta_below} if self.tta_below else {})}
 
     @property
     def setting(self) -> str:
         """The inference setting in words, e.g. "ONNX int8, no TTA"."""
-        return f"{'ONNX' if self.engine == 'onnx' else 'torch'} {self.precision}, {'4-view TTA' if self.tta else 'no TTA'}"
+        tta = ("4-view TTA" if self.tta else f"4-view TTA below {self.tta_below:.2f} confidence" if self.tta_below
+               else "no TTA")
+        return f"{'ONNX' if self.engine == 'onnx' else 'torch'} {self.precision}, {tta}"
 
     # -- tensors -----------------------------------------------------------------------------------
     @property
@@ -219,10 +227,24 @@ class Predictor:
         return self._forward(x, features=True)
 
     def _forward(self, x: torch.Tensor, features: bool):
+        if not self.tta_below:
+            return self._run(x, features, self.tta)
+        out = self._run(x, features, False)
+        logits = out[0] if features else out
+        unsure = np.nonzero(softmax(logits, self.temperature).max(1) < self.tta_below)[0]
+        if len(unsure):  # the unsure cells again, with all 4 views (the identity view is recomputed: simpler)
+            more = self._run(x[torch.from_numpy(unsure)], features, True)
+            if features:
+                out[0][unsure], out[1][unsure] = more
+            else:
+                out[unsure] = more
+        return out
+
+    def _run(self, x: torch.Tensor, features: bool, tta: bool):
         if self.onnx is not None:
-            logits, feats = self.onnx(x.numpy(), tta=self.tta, batch_size=self.batch_size)
+            logits, feats = self.onnx(x.numpy(), tta=tta, batch_size=self.batch_size)
             return (logits, feats) if features else logits
-        return forward_logits(self.model, x, self.device, dtype=self._dtype, tta=self.tta, batch_size=self.batch_size,
+        return forward_logits(self.model, x, self.device, dtype=self._dtype, tta=tta, batch_size=self.batch_size,
                               channels_last=self.device.type in ("cuda", "cpu"), features=features)
 
     def probabilities(self, x: torch.Tensor) -> np.ndarray:

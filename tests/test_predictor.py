@@ -126,3 +126,31 @@ def test_shared_predictor_is_thread_safe(crops, engine):
             assert code == rcode and cam.shape == rcam.shape
             assert np.allclose(cam, rcam, atol=1e-6, rtol=0)
             assert np.abs(ov.astype(int) - rov.astype(int)).max() <= 1
+
+
+def test_selective_tta_takes_all_views_only_for_the_unsure_cells(crops):
+    """Selective TTA (a measured candidate, bench/selective_tta.py): a cell under the confidence cut gets exactly the
+    4-view mean, every other cell exactly its single view; it says so in its setting."""
+    import torch
+
+    from bmcore.cli import default_bundle
+    from bmcore.metrics import softmax
+    from bmcore.preprocess import normalize
+
+    files = [f for c in crops.values() for f in c[:3]]
+    one = Predictor(default_bundle(), tta=False, gate=False)
+    full = Predictor(default_bundle(), tta=True, gate=False)
+    xs, errors, _ = one.load_many(files)
+    assert not any(errors)
+    x = normalize(torch.stack(xs), one.cfg)
+    lg1, lg4 = one.logits(x), full.logits(x)
+    conf = softmax(lg1, one.temperature).max(1)
+    tau = float(np.median(conf))
+    sel = Predictor(default_bundle(), tta=False, gate=False, tta_below=tau)
+    lg = sel.logits(x)
+    unsure = conf < tau
+    assert 0 < unsure.sum() < len(files)
+    assert np.allclose(lg[unsure], lg4[unsure], atol=1e-4) and np.allclose(lg[~unsure], lg1[~unsure], atol=1e-5)
+    assert not np.allclose(lg4[unsure], lg1[unsure], atol=1e-3)  # the views do change those cells
+    assert "TTA below" in sel.setting and sel.inference_record()["tta_below"] == tau
+    assert Predictor(default_bundle(), tta=True, tta_below=tau).tta_below is None  # full TTA wins
