@@ -412,17 +412,18 @@ def field_scorer() -> FieldScorer:
     global _SCORER
     if _SCORER is None:
         import hashlib
+        import io
         import json
 
         import joblib
 
         meta = json.loads(SCORER_PATH.with_suffix(".json").read_text())
-        blob = SCORER_PATH.read_bytes()
+        blob = SCORER_PATH.read_bytes()  # read once: the bytes checked are the bytes loaded
         digest = hashlib.sha256(blob).hexdigest()
         if digest != meta["sha256"]:
             raise RuntimeError(f"{SCORER_PATH}: sha256 {digest[:12]} is not the one scorer.json records "
                                f"({meta['sha256'][:12]}); refit it with python -m train.fields_scorer")
-        d = joblib.load(SCORER_PATH)
+        d = joblib.load(io.BytesIO(blob))
         _SCORER = FieldScorer(d["classifier"], d["box"], float(d["threshold"]), float(d["nms_iou"]))
     return _SCORER
 
@@ -430,9 +431,7 @@ def field_scorer() -> FieldScorer:
 def bccd_split(root) -> dict[str, list[str]]:
     """The annotated BCCD fields split once by sorted file name: ``tune`` (first half: the finder's constants and
     scorer are fitted there) and ``report`` (second half: measured only)."""
-    from pathlib import Path as _P
-
-    stems = sorted(p.stem for p in (_P(root) / "Annotations").glob("*.xml"))
+    stems = sorted(p.stem for p in (Path(root) / "Annotations").glob("*.xml"))
     half = len(stems) // 2
     return {"tune": stems[:half], "report": stems[half:]}
 

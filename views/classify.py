@@ -21,21 +21,22 @@ store = appkit.get_store()
 runner = appkit.get_runner()
 
 
-def collect(files, fields: list | None = None, case=None, crop_side: int | None = None,
-            scale_key: str = "field_um_per_px") -> list:
-    """The upload as items, each smear-field image replaced by the cells found in it (``bmcore.fields``; the fields
-    found are appended to ``fields``), cut at ``crop_side`` (the model's). For an existing ``case`` the scale its
-    fields were given, if one was typed (the same crops as before match its missing cells; more fields of the same
-    smear are cut alike); else the scale typed under ``scale_key``."""
+def case_scale(case) -> float | None:
+    """The µm/px typed for an existing case's fields, if one was: its missing cells are cut again, and more fields
+    of the same smear are cut, at that scale."""
+    given = [c.origin["um_per_px"] for c in case.cells if c.origin and c.origin.get("scale_source") == "user"]
+    return given[0] if given else None
+
+
+def collect(files, fields: list | None = None, crop_side: int | None = None, scale: float | None = None) -> list:
+    """The upload as items, each smear-field image replaced by the cells found in it (``bmcore.fields``, at
+    ``scale`` µm/px, None: estimated from the red cells; the fields found are appended to ``fields``), cut at
+    ``crop_side`` (the model's)."""
     items = []
     for f in files:
         items += from_upload(f.name, f.getvalue(), max_files=MAX_FILES)
-    scale = st.session_state.get(scale_key) or None
-    if case is not None:
-        given = [c.origin["um_per_px"] for c in case.cells if c.origin and c.origin.get("scale_source") == "user"]
-        scale = given[0] if given else (scale if scale_key != "field_um_per_px" else None)
     try:
-        items, found = expand_fields(items, crop_side or pred.bundle.crop_side, scale)
+        items, found = expand_fields(items, crop_side or pred.bundle.crop_side, scale or None)
     except ValueError as exc:  # a scale out of range
         st.error(str(exc))
         st.stop()
@@ -89,7 +90,7 @@ if go:
                  "another id.")
     else:
         fields = []
-        items = collect(files, fields)
+        items = collect(files, fields, scale=st.session_state.get("field_um_per_px"))
         work = [(i, it) for i, it in enumerate(items) if it.ok]
         if not items:
             st.error("Nothing to classify: the upload holds no image file.")
@@ -133,7 +134,7 @@ if summ.pending and not (job and job["status"] in ("queued", "running")) and can
                                  accept_multiple_files=True, key=f"resume_files_{case.id}")
         r1, r2 = st.columns(2)
         if r1.button("Resume classification", key="resume_btn", disabled=not again or cpred is None):
-            pairs, extra = match_pending(case, collect(again, case=case, crop_side=cpred.bundle.crop_side))
+            pairs, extra = match_pending(case, collect(again, crop_side=cpred.bundle.crop_side, scale=case_scale(case)))
             if not pairs:
                 st.error("None of these files is a missing cell of this case.")
             else:
@@ -168,15 +169,14 @@ elif can_classify and case.status != STATUS_SIGNED and not (job and job["status"
         cpred = appkit.case_predictor(case)
         more = st.file_uploader("Field photographs or crops to add", type=UPLOAD_TYPES, accept_multiple_files=True,
                                 key=f"add_files_{case.id}")
-        has_scale = any(c.origin and c.origin.get("scale_source") == "user" for c in case.cells)
-        if not has_scale:
+        if case_scale(case) is None:
             st.number_input("Scale of these field photographs (µm per pixel; 0 = estimate from the red cells)",
                             min_value=0.0, max_value=5.0, value=0.0, step=0.005, format="%.4f",
                             key=f"add_um_per_px_{case.id}")
         if st.button("Add to this case", key=f"add_btn_{case.id}", disabled=not more or cpred is None):
             new_fields = []
-            items = collect(more, new_fields, case=case, crop_side=cpred.bundle.crop_side,
-                            scale_key=f"add_um_per_px_{case.id}")
+            items = collect(more, new_fields, crop_side=cpred.bundle.crop_side,
+                            scale=case_scale(case) or st.session_state.get(f"add_um_per_px_{case.id}"))
             work_items = [it for it in items if it.ok]
             # the count this screen showed before the click (a colleague may have added cells since), not a new read
             shown = st.session_state.get(f"add_shown_{case.id}", len(case.cells))
