@@ -68,3 +68,52 @@ def test_fields_become_cells_drawn_with_boxes_and_open_in_the_cell_view(server, 
                 .to_be_visible()
         finally:
             browser.close()
+
+
+def _add_field(page, path) -> None:
+    """Open "Add more smear fields" on the Classify page and choose ``path`` (the upload's rerun redraws the page)."""
+    from playwright.sync_api import expect
+
+    add = page.get_by_test_id("stExpander").filter(has_text="Add more smear fields")
+    add.get_by_text("Add more smear fields or crops to this case").click()
+    add.locator('input[type="file"]').set_input_files([str(path)])
+    expect(add.get_by_role("button", name="Add to this case")).to_be_enabled()
+    appdriver.wait_idle(page)
+
+
+def test_two_users_add_fields_to_one_case_and_the_stale_screen_adds_nothing(server, tmp_path):
+    """A and B both have case E2E-ADD open on Classify. B chooses a field to add; A adds another field first. B's
+    click is refused with both cell counts and nothing is added; the case holds A's field only once."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from bmcore.cases import CaseStore
+
+    ART.mkdir(parents=True, exist_ok=True)
+    store = CaseStore(f"sqlite:///{tmp_path / 'e2e.db'}")  # the server's database (fixture: same tmp_path)
+    with sync_playwright() as pw:
+        browser = appdriver.launch(pw)
+        try:
+            a = appdriver.new_page(browser, TIMEOUT_S)
+            appdriver.open_classify(a, server.url, "E2E-ADD")
+            appdriver.upload(a, [BCCD / FIELDS[0]])
+            appdriver.classify(a, "E2E-ADD")
+            cid = store.case_id("E2E-ADD")
+            n0 = len(store.get_case(cid).cells)
+            b = appdriver.new_page(browser, TIMEOUT_S)
+            appdriver.open_case(b, server.url, "E2E-ADD", user="path")
+            b.get_by_role("link", name="Classify").first.click()
+            appdriver.wait_idle(b)
+            _add_field(b, BCCD / "BloodImage_00300.jpg")  # B's screen: n0 cells
+            _add_field(a, BCCD / FIELDS[1])
+            a.get_by_role("button", name="Add to this case").click()
+            expect(a.get_by_text("in 2 field image(s)")).to_be_visible()
+            appdriver.wait_classified(a)
+            n1 = len(store.get_case(cid).cells)
+            assert n1 > n0
+            b.get_by_role("button", name="Add to this case").click()
+            expect(b.get_by_text(f"now has {n1} cells, not the {n0} your page showed")).to_be_visible()
+            b.screenshot(path=str(ART / "fields_add_stale_refused.png"), full_page=True)
+            assert len(store.get_case(cid).cells) == n1
+            assert sorted(f["name"] for f in store.field_images(cid)) == sorted(FIELDS)
+        finally:
+            browser.close()
