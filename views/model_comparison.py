@@ -52,10 +52,13 @@ if summary:
                 f"(config `{summary.get('config')}`).")
     if summary.get("note"):
         st.caption(summary["note"])
-    if (budget.get("epochs") or 0) < SHORT:
-        st.warning(f"{budget.get('epochs')} epochs is far too short for from-scratch networks: a low score here says "
-                   "the network had not learned yet, not that the architecture is poor. Compare architectures within "
-                   "the ImageNet-initialised group, or in a study with a longer budget.")
+# what the runs really got: a time guard can end a run before the budget's epochs
+fewest = min([r.get("epochs") or 0 for r in results] or [budget.get("epochs") or 0])
+cut = " (the fewest any run here got)" if fewest < (budget.get("epochs") or 0) else ""
+if summary and fewest < SHORT:
+    st.warning(f"{fewest} epochs{cut} is far too short for from-scratch networks: a low score here says "
+               "the network had not learned yet, not that the architecture is poor. Compare architectures within "
+               "the ImageNet-initialised group, or in a study with a longer budget.")
 if not rows:
     st.stop()
 
@@ -88,8 +91,7 @@ GROUP_TEXT = {
     PRETRAINED: "These networks started from ImageNet weights, so they could already see edges and textures when "
                 "training began.",
     SCRATCH: "These networks started from random weights and had to learn everything from the training crops."
-             + (f" At {budget.get('epochs')} epochs most had not finished learning." if (budget.get("epochs") or 0)
-                < SHORT else ""),
+             + (f" At {fewest} epochs{cut} most had not finished learning." if fewest < SHORT else ""),
 }
 if deployed:
     GROUP_TEXT[weights_group(deployed.get("weights_source", ""))] += (
