@@ -487,7 +487,6 @@ def test_more_fields_join_an_open_case_by_its_own_model_and_a_stale_screen_adds_
     counted over several uploads): the new cells are classified by the case's model though the sidebar now shows
     another; a colleague whose screen still shows the old cell count adds nothing and is told why; the same field
     cannot be counted twice; a signed-off case offers no adding."""
-    from bmcore.cases import Actor
     from tests.conftest import SHARED
 
     root = SHARED / "data" / "fields" / "bccd" / "JPEGImages"
@@ -675,6 +674,13 @@ def test_committed_gpu_study_opens_first_with_the_epochs_each_run_really_got(env
     rows = {**at.dataframe[0].value.set_index("model")["epochs"].to_dict(),
             **at.dataframe[1].value.set_index("model")["epochs"].to_dict()}
     assert all(rows[t] == e for t, e in ran.items())
+    pre = at.dataframe[0].value
+    assert list(pre.columns[:2]) == ["model", "measured on"]  # seen without scrolling: copies vs the original crops
+    how = {**pre.set_index("model")["trained with"].to_dict(),
+           **at.dataframe[1].value.set_index("model")["trained with"].to_dict()}
+    planned = summary["budget"]["epochs"]
+    for title, e in ran.items():  # a row cut by the time guard says so where its recipe is written
+        assert (f"stopped by the time guard at {e} of {planned} epochs" in how[title]) == (e < planned), how[title]
     fewest = min(ran.values())
     warned = [w.value for w in at.warning if "far too short" in w.value]
     if fewest < 20:

@@ -28,8 +28,9 @@ def deployed_result() -> dict | None:
 
 st.title("Model comparison")
 appkit.ruo_banner()
-st.write("Models trained on the same split with the same budget and measured the same way, so that their "
-         "differences come from the architecture and its starting weights, beside the model this app runs.")
+st.write("Models trained on the same split with the same budget (the same settings, and where a study says so the "
+         "same training time) and measured the same way, so that their differences come from the architecture and "
+         "its starting weights, beside the model this app runs.")
 
 studies = find_studies(os.environ.get("BM_COMPARISON_ROOT") or appkit.ASSETS)
 labels = {str(f): study_label(load_summary(f), load_results(f)) for f in studies}
@@ -77,7 +78,9 @@ def row(r: dict) -> dict:
             "min class F1": f"{worst[1]['f1']:.2f} ({worst[0]})", "ECE": m["ece"],
             "weights": weights_label(r.get("weights_source", "")), "px": r["img_size"], "epochs": r.get("epochs"),
             "trained with": "its own recipe (deployed model)" if r is deployed else
-            "study budget" + (f", {changed}" if changed else ""),
+            "study budget" + (f", {changed}" if changed else "")
+            + (f", stopped by the time guard at {r['epochs']} of {budget['epochs']} epochs"
+               if r.get("epochs") and budget.get("epochs") and r["epochs"] < budget["epochs"] else ""),
             "params (M)": (r.get("parameters") or 0) / 1e6, "CPU ms/cell": r.get("cpu_ms_per_cell"),
             "train min": (r.get("train_seconds") or 0) / 60, "measured on": r["split"]}
 
@@ -85,6 +88,9 @@ def row(r: dict) -> dict:
 table = pd.DataFrame([row(r) for r in rows]).sort_values("macro-F1", ascending=False)
 if len(splits) == 1:
     table = table.drop(columns="measured on")
+else:  # the column that tells the rows' data apart goes where it is seen without scrolling
+    table = table[["model", "group", "measured on"] + [c for c in table.columns if c not in ("model", "group",
+                                                                                            "measured on")]]
 fmt = {c: st.column_config.NumberColumn(format="%.3f") for c in ["accuracy", "macro-F1", "balanced acc.", "ECE"]}
 fmt |= {c: st.column_config.NumberColumn(format="%.1f") for c in ["params (M)", "CPU ms/cell", "train min"]}
 GROUP_TEXT = {
@@ -95,7 +101,8 @@ GROUP_TEXT = {
 }
 if deployed:
     GROUP_TEXT[weights_group(deployed.get("weights_source", ""))] += (
-        f" The deployed model's row ({deployed['title']}) comes from its bundle's own test evaluation: it was trained "
+        f" The deployed model's row ({deployed['title']}) comes from its bundle's own test evaluation on the "
+        f"original crops ({deployed['split']}): it was trained "
         f"with its own recipe ({deployed.get('epochs')} epochs, {deployed['img_size']} px"
         + (", test-time augmentation on, as the app runs it" if deployed.get("tta") else "")
         + "), not with this study's budget.")
@@ -191,7 +198,9 @@ if not timed.empty:
 
 st.markdown("#### Published figures from the seed documents")
 pub = pd.read_csv(appkit.ASSETS / "published" / "seeds_published.csv", dtype={"seed": str})
-st.dataframe(pub, hide_index=True, width="stretch")
-st.caption("Copied from the five seed documents, each on its own data, split and budget (seed 004 is peripheral "
+st.dataframe(pub[["seed", "model", "metric", "value", "split_note", "task", "dataset", "source"]], hide_index=True,
+             width="stretch")
+st.caption("Copied from the seed documents that state figures (000, 001, 003 and 004; seed 002 gives none), each on "
+           "its own data, split and budget (seed 004 is peripheral "
            "blood, not bone marrow; seed 003 reports validation accuracy only). They cannot be compared with each "
            "other or with the tables above.")
