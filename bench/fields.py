@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/fields.py --out bench/results/fields.json          # the BCCD fields, both halves
     .venv/bin/python bench/fields.py --train-ratio --out bench/results/fields_train_ratio.json
+    .venv/bin/python bench/fields.py --block-cv 4 --out bench/results/fields_block_cv.json   # the fitting procedure
 
 Fields: ``../shared/data/fields/bccd`` (292 peripheral-blood fields, 640x480, every white cell boxed, red cells
 boxed). Split once, by file name: the first half of the sorted stems (``tune``) is where the finder's constants
@@ -16,6 +17,12 @@ excluded, one thread, this machine). Speed is measured, never asserted.
 nearest the centre of each crop (the nucleus, not the grown cell box: a marrow cell's cytoplasm often reaches
 the crop's edge; crops whose central nucleus box touches the crop's edge are left out, merged with a
 neighbour or cut), over a seeded sample per class; the median is ``bmcore.fields.TRAIN_NUCLEUS_FRACTION``.
+
+``--block-cv K``: how the scorer's *fitting procedure* (``train.fields_scorer.fit``: trees, out-of-fold threshold)
+generalises across batches of fields. All 292 fields are cut into K contiguous blocks by file name; each block is
+measured with a scorer fitted on the other K-1 (the shipped scorer is not used), at the threshold that fit chose
+and at fixed thresholds (a precision/recall curve), pooled over the blocks. No block is scored by a scorer that
+saw it, unlike the tune half in the two-half figures.
 """
 
 from __future__ import annotations
@@ -109,6 +116,38 @@ def train_ratio(root: Path, per_class: int) -> dict:
             "measure": "nucleus box side / crop side", "note": "training crops carry no scale; the finder ran with its own scale estimate or its default"}
 
 
+def block_cv(root: Path, k: int, thresholds=(0.05, 0.2, 0.4, 0.6, 0.8, 0.9)) -> dict:
+    """Contiguous-block cross-validation of the scorer's fitting procedure (see the module's docstring)."""
+    from train.fields_scorer import field_rows, fit
+
+    stems = sorted(p.stem for p in (root / "Annotations").glob("*.xml"))
+    rows = field_rows(root, stems)
+    blocks, curve = [], {t: [0, 0, 0] for t in thresholds}
+
+    def score(scorer, idx) -> list[int]:
+        tp = nf = nt = 0
+        for i in idx:
+            _, (w, h), cands, X, truth = rows[i]
+            found = [c.box for c in scorer.select(cands, X, w, h)] if cands else []
+            tp, nf, nt = tp + F.match_boxes(found, truth), nf + len(found), nt + len(truth)
+        return [tp, nf, nt]
+
+    for idx in np.array_split(np.arange(len(rows)), k):
+        held = set(idx.tolist())
+        model, _ = fit([r for i, r in enumerate(rows) if i not in held])
+        tp, nf, nt = score(F.FieldScorer(model["classifier"], model["box"], model["threshold"], model["nms_iou"]), idx)
+        blocks.append({"fields": f"{stems[idx[0]]} .. {stems[idx[-1]]} ({len(idx)})", "threshold": model["threshold"],
+                       "recall": tp / max(1, nt), "precision": tp / max(1, nf), "found": nf, "matched": tp,
+                       "annotated": nt})
+        for t in thresholds:
+            c = score(F.FieldScorer(model["classifier"], model["box"], t, model["nms_iou"]), idx)
+            curve[t] = [a + b for a, b in zip(curve[t], c)]
+    tp, nf, nt = (sum(b[key] for b in blocks) for key in ("matched", "found", "annotated"))
+    return {"k": k, "blocks": blocks, "pooled": {"recall": tp / nt, "precision": tp / nf},
+            "fixed_thresholds": [{"threshold": t, "recall": c[0] / c[2], "precision": c[0] / max(1, c[1])}
+                                 for t, c in curve.items()]}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fields", default=str(SHARED / "fields" / "bccd"))
@@ -117,6 +156,8 @@ def main(argv=None) -> int:
     ap.add_argument("--train-ratio", action="store_true", help="measure the cell/crop ratio of the training crops")
     ap.add_argument("--train-root", default=str(SHARED / "bm-dev"))
     ap.add_argument("--per-class", type=int, default=60)
+    ap.add_argument("--block-cv", type=int, default=0, metavar="K", help="cross-validate the scorer's fitting over K "
+                    "contiguous blocks of all fields (instead of the two halves)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     import cv2
@@ -133,6 +174,17 @@ def main(argv=None) -> int:
             return 1
         result = {**meta, "train_ratio": train_ratio(root, a.per_class)}
         print(json.dumps(result["train_ratio"], indent=1))
+    elif a.block_cv:
+        root = Path(a.fields)
+        if not (root / "Annotations").is_dir():
+            print(f"annotated fields not found at {root}", file=sys.stderr)
+            return 1
+        result = {**meta, "fields_root": str(root), "iou": 0.5, "block_cv": block_cv(root, a.block_cv)}
+        for b in result["block_cv"]["blocks"]:
+            print(f"{b['fields']}: recall {b['recall']:.3f} precision {b['precision']:.3f} (threshold {b['threshold']})")
+        print("pooled:", result["block_cv"]["pooled"])
+        for r in result["block_cv"]["fixed_thresholds"]:
+            print(f"threshold {r['threshold']}: recall {r['recall']:.3f} precision {r['precision']:.3f}")
     else:
         root = Path(a.fields)
         if not (root / "Annotations").is_dir():
