@@ -689,3 +689,9 @@ def test_committed_gpu_study_opens_first_with_the_epochs_each_run_really_got(env
     else:
         assert warned == []
     assert any("copies" in c.value for c in at.caption)  # the copies the GPU study was measured on are said
+    # a model of both studies picked in the detail view; another study opens its detail on the deployed model again
+    at.selectbox(key="cmp_model").select("Xception").run()
+    assert at.selectbox(key="cmp_model").value == "Xception"
+    at.selectbox(key="cmp_study").select(str(REPO / "assets" / "comparison")).run()
+    assert not at.exception, at.exception
+    assert "(bundled default)" in at.selectbox(key="cmp_model").value

@@ -37,7 +37,9 @@ labels = {str(f): study_label(load_summary(f), load_results(f)) for f in studies
 if labels:
     folder = Path(st.selectbox("Study", list(labels), format_func=labels.get, key="cmp_study",
                                help="Each study is one training budget for every run; the longest budget is "
-                                    "shown first."))
+                                    "shown first.",
+                               # another study: the detail view opens on the deployed model again
+                               on_change=lambda: st.session_state.pop("cmp_model", None)))
     summary, results = load_summary(folder), load_results(folder)
 else:
     st.info("No comparison study is committed yet; only the deployed model's own test evaluation is shown.")
