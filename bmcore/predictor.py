@@ -20,7 +20,7 @@ from .bundle import Bundle, load_bundle
 from .engine import OnnxModel, onnxruntime_available
 from .metrics import softmax
 from .ood import quality_stats, size_refusal
-from .preprocess import (ImageDecodeError, decode_image, normalize, resize_rgb, thumbnail_of,
+from .preprocess import (ImageDecodeError, decode_image, normalize, resize_rgb, stack_crops, thumbnail_of,
                          to_uint8_tensor)
 from .tasks import HAIRY_CELL_CODE, cell_name
 from .triage import ReviewRules, judge, rules_for_model
@@ -283,7 +283,7 @@ class Predictor:
     def batch(self, sources: list) -> torch.Tensor:
         """Normalised NCHW batch of readable ``sources`` (bytes, paths, PIL images), as the model sees them."""
         tensors, _, _ = self.load_many(sources)
-        return normalize(torch.stack([t for t in tensors if t is not None]), self.cfg)
+        return normalize(stack_crops([t for t in tensors if t is not None]), self.cfg)
 
     def predict(self, sources: list, names: list[str] | None = None, progress=None, *,
                 threshold: float | None = None, hairy_threshold: float | None = None,
@@ -333,7 +333,7 @@ class Predictor:
         n = len(tensors)
         if n == 0:
             return np.zeros((0, len(self.classes))), [], np.zeros(0)
-        x = normalize(torch.stack(tensors), self.cfg)
+        x = normalize(stack_crops(tensors), self.cfg)
         if self.gate is None:
             return softmax(self.logits(x), self.temperature), [""] * n, np.full(n, np.nan)
         logits, feats = self.outputs(x)

@@ -93,6 +93,27 @@ def test_normalisation_matches_data_config():
     assert torch.allclose(x.mean(dim=(1, 2)), expect, atol=1e-5)
 
 
+def test_batch_of_crops_normalises_as_the_formula_and_leaves_its_input_alone():
+    """``stack_crops`` + ``normalize`` (one conversion, in-place scaling) equal (x / 255 - mean) / std per crop, come
+    out contiguous NCHW whatever the crops' memory layout, and a float input is never scaled in place."""
+    from bmcore.preprocess import normalize, stack_crops, to_uint8_tensor
+
+    cfg = DataConfig(input_size=24, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    rng = np.random.default_rng(0)
+    views = [to_uint8_tensor(Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))) for _ in range(5)]
+    dense = [v.contiguous() for v in views]  # CHW-contiguous crops take the plain stack
+    mean, std = torch.tensor(cfg.mean).view(3, 1, 1), torch.tensor(cfg.std).view(3, 1, 1)
+    want = torch.stack([(v.double() / 255 - mean.double()) / std.double() for v in views])
+    for crops in (views, dense):
+        x = normalize(stack_crops(crops), cfg)
+        assert x.shape == (5, 3, 24, 24) and x.dtype == torch.float32 and x.is_contiguous()
+        assert torch.allclose(x.double(), want, atol=2e-6)
+    f = torch.rand(2, 3, 24, 24)
+    before = f.clone()
+    normalize(f, cfg)
+    assert torch.equal(f, before)
+
+
 def test_denoise_sharpen_switch(crop_path):
     rgb = np.asarray(decode_image(crop_path))
     out = denoise_sharpen(rgb)

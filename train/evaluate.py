@@ -14,12 +14,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from bmcore.bundle import Bundle, load_bundle, update_bundle_meta
 from bmcore.metrics import classification_metrics, fit_temperature, softmax
 from bmcore.predictor import Predictor
-from bmcore.preprocess import normalize
+from bmcore.preprocess import normalize, stack_crops
 
 from .data import CropDataset, load_splits
 
@@ -29,7 +28,7 @@ def split_batches(predictor: Predictor, root: str | Path, splits_csv: str | Path
     df = load_splits(splits_csv)
     df = df[(df.split == split) & df.label.isin(predictor.classes)]
     ds = CropDataset(root, df, predictor.classes, predictor.cfg, cache=False)
-    batches = (torch.stack([ds.uint8(j) for j in range(i, min(i + batch, len(ds)))]) for i in range(0, len(ds), batch))
+    batches = (stack_crops([ds.uint8(j) for j in range(i, min(i + batch, len(ds)))]) for i in range(0, len(ds), batch))
     return np.asarray(ds.targets), batches
 
 

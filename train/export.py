@@ -30,13 +30,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from bmcore.bundle import load_bundle, update_bundle_meta
 from bmcore.engine import export_onnx, inference_threads
 from bmcore.metrics import classification_metrics, softmax
 from bmcore.predictor import Predictor
-from bmcore.preprocess import normalize
+from bmcore.preprocess import normalize, stack_crops
 
 from .data import CropDataset, load_splits
 from .evaluate import bundle_parser, evaluate, split_batches
@@ -52,7 +51,7 @@ def calibration_crops(pred: Predictor, root, splits_csv, n: int, seed: int = 0) 
     per = max(1, n // df.label.nunique())
     pick = pd.concat([g.sample(min(per, len(g)), random_state=seed) for _, g in df.groupby("label")])
     ds = CropDataset(root, pick, pred.classes, pred.cfg, cache=False)
-    x = normalize(torch.stack([ds.uint8(i) for i in range(len(ds))]), pred.cfg).numpy()
+    x = normalize(stack_crops([ds.uint8(i) for i in range(len(ds))]), pred.cfg).numpy()
     return x, f"{len(x)} crops of the train split of {Path(splits_csv).name}, stratified by class (seed {seed})"
 
 

@@ -268,12 +268,12 @@ def distill_loss(logits: torch.Tensor, soft: torch.Tensor, temperature: float) -
 def predict_logits(model, ds, device, dtype, channels_last: bool, tta: bool = False) -> np.ndarray:
     """Validation logits through bmcore's one inference forward pass (the app's)."""
     from bmcore.predictor import forward_logits
-    from bmcore.preprocess import normalize
+    from bmcore.preprocess import normalize, stack_crops
 
     model.eval()
     out = []
     for i in range(0, len(ds), 256):  # bounded memory whatever the split's size
-        x = normalize(torch.stack([ds.uint8(j) for j in range(i, min(i + 256, len(ds)))]), ds.cfg)
+        x = normalize(stack_crops([ds.uint8(j) for j in range(i, min(i + 256, len(ds)))]), ds.cfg)
         out.append(forward_logits(model, x, device, dtype=dtype, channels_last=channels_last, tta=tta,
                                   batch_size=64 if device.type == "cuda" else 8))
     return np.concatenate(out)
