@@ -181,7 +181,7 @@ def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
 
 
 def normalize(x: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
-    """uint8 (or 0..1 float) CHW/NCHW tensor -> normalised, contiguous float tensor (a new one: ``x`` is unchanged).
+    """uint8 (or 0..1 float) CHW/NCHW tensor -> normalised float tensor (a new one: ``x`` is unchanged).
 
     uint8 input is converted once (any memory layout in, contiguous out) and scaled in place by one multiply-add
     per channel: (x / 255 - mean) / std as x * 1/(255 std) - mean/std (equal within float32 rounding)."""

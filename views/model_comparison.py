@@ -56,7 +56,7 @@ if summary:
     if summary.get("note"):
         st.caption(summary["note"])
 # what the runs really got: a time guard can end a run before the budget's epochs
-fewest = min([r.get("epochs") or 0 for r in results] or [budget.get("epochs") or 0])
+fewest = min([r["epochs"] for r in results if r.get("epochs")] or [budget.get("epochs") or 0])
 cut = " (the fewest any run here got)" if fewest < (budget.get("epochs") or 0) else ""
 if summary and fewest < SHORT:
     st.warning(f"{fewest} epochs{cut} is far too short for from-scratch networks: a low score here says "
@@ -71,6 +71,12 @@ where = (f"the {splits[0]}" if len(splits) == 1 else "each row's own test split 
 NOT_SHOWN = "It does not show how a model does on other labs' stains and scanners, or on classes absent from bm-dev."
 
 
+def guarded(r: dict, changed: str) -> bool:
+    """Did the study's time guard end this run before the budget's epochs (not its own epochs setting)?"""
+    return bool(budget.get("time_budget_s") and budget.get("epochs") and r.get("epochs")
+                and r["epochs"] < budget["epochs"] and "epochs" not in changed)
+
+
 def row(r: dict) -> dict:
     m = r["metrics"]
     worst = min(m["per_class"].items(), key=lambda kv: kv[1]["f1"])
@@ -82,7 +88,7 @@ def row(r: dict) -> dict:
             "trained with": "its own recipe (deployed model)" if r is deployed else
             "study budget" + (f", {changed}" if changed else "")
             + (f", stopped by the time guard at {r['epochs']} of {budget['epochs']} epochs"
-               if r.get("epochs") and budget.get("epochs") and r["epochs"] < budget["epochs"] else ""),
+               if guarded(r, changed) else ""),
             "params (M)": (r.get("parameters") or 0) / 1e6, "CPU ms/cell": r.get("cpu_ms_per_cell"),
             "train min": (r.get("train_seconds") or 0) / 60, "measured on": r["split"]}
 
