@@ -26,6 +26,16 @@ def deployed_result() -> dict | None:
     return result_from_bundle(Bundle(path, meta)) if meta else None
 
 
+def detail_on_deployed() -> None:
+    """Another study: its detail view opens on the deployed model again. The choice is set, not dropped: a browser
+    sends the widget's last value back with the rerun, so a dropped key would come back as the old model."""
+    d = deployed_result()
+    if d:
+        st.session_state["cmp_model"] = d["title"]
+    else:
+        st.session_state.pop("cmp_model", None)
+
+
 st.title("Model comparison")
 appkit.ruo_banner()
 st.write("Models trained on the same split with the same budget (the same settings, and where a study says so the "
@@ -38,8 +48,7 @@ if labels:
     folder = Path(st.selectbox("Study", list(labels), format_func=labels.get, key="cmp_study",
                                help="Each study is one training budget for every run; the longest budget is "
                                     "shown first.",
-                               # another study: the detail view opens on the deployed model again
-                               on_change=lambda: st.session_state.pop("cmp_model", None)))
+                               on_change=detail_on_deployed))
     summary, results = load_summary(folder), load_results(folder)
 else:
     st.info("No comparison study is committed yet; only the deployed model's own test evaluation is shown.")
