@@ -4,9 +4,12 @@
 #   DEADLINE=470 OUT=/tmp/out bash train/configs/gpu_session.sh
 # Reads .gpu/stage/{q93,splits_q93.csv,weights}: the bm-dev crops re-encoded as JPEG quality 93, 4:2:0 (the
 # originals' own codec and subsampling; quality 100 does not fit the 64 MiB a call carries) and float16 copies of
-# the pip packages' ImageNet files (found through BM_WEIGHTS_DIR). Staging over three calls of one held machine:
-# each call carries one of .gpu/c{1,2,3}.tgz and unpacks it into .gpu/stage (a path written by a command stays on
-# the machine; a carried path is removed again by a later call that does not name it).
+# the pip packages' ImageNet files (found through BM_WEIGHTS_DIR). Staging over three calls of one held machine
+# (2026-11-27): each call carries one of .gpu/c{1,2,3}.tgz and unpacks it OUTSIDE the working tree, which each call
+# re-syncs (a folder the first call wrote under .gpu/ was gone at the second):
+#   call 1, 2: mkdir -p /root/bmstage && tar xzf .gpu/cN.tgz -C /root/bmstage
+#   call 3:    tar xzf .gpu/c3.tgz -C /root/bmstage && rm -rf .gpu/stage && ln -s /root/bmstage .gpu/stage &&
+#              DEADLINE=540 bash train/configs/gpu_session.sh
 # Lanes: (A) MobileNetV2 224 px, long cosine schedule, mixup/cutmix, EMA; (A2) the same at 256 px (the crops are
 # 250 px); (B) the study, 5 runs at a time, ImageNet rows first; (C) MobileNetV2 distilled from the study's three
 # ImageNet rows once they exist. Nothing waits past DEADLINE seconds: schedules shorten themselves
