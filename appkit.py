@@ -302,7 +302,8 @@ def sidebar() -> Predictor | None:
     except (BundleError, OSError, RuntimeError) as exc:
         sb.error(f"This model cannot be loaded: {exc}")
         return None
-    sb.caption(f"{len(pred.classes)} classes · {pred.bundle.backbone} · {pred.device}")
+    sb.caption(f"{model_label(pred.bundle.name, pred.bundle.sha256)} · {len(pred.classes)} classes · "
+               f"{pred.bundle.backbone} · {pred.device}")
     # thresholds are per model: each starts at the model's validated review rule
     tkey = f"threshold::{pred.bundle.sha256[:16]}"
     _persist(tkey, round(pred.rules.uncertain_below, 2))
@@ -363,6 +364,17 @@ def active_case():
         st.session_state.pop("case_id", None)
         st.info("That case no longer exists. Start one on the **Classify** page.")
         return None
+
+
+def model_label(name: str, sha256: str = "") -> str:
+    """A model as pages name it: its bundle name and the start of its weights' sha256 (two bundles may share a name;
+    the report prints the whole digest)."""
+    return f"{name} (weights {sha256[:8]})" if sha256 else name
+
+
+def case_model(case) -> str:
+    """The model that classified ``case``, as ``model_label`` names it."""
+    return model_label(case.model_name, getattr(case, "model_sha256", ""))
 
 
 def ruo_banner() -> None:

@@ -7,7 +7,8 @@ reaches that class's threshold. The thresholds of a bundle are chosen on its val
 by ``python -m train.triage`` (goal: the cells left to bulk confirmation are at least 97%
 correct; at least 95% of blasts sent to review) and stored in ``bundle.json["triage"]``; the
 rules in force are stored with every case, so a case is always read with the rules it was
-classified under.
+classified under. A bundle with no fitted rule gets built-in defaults: confidence under 0.50, and a blast class's
+probability at 0.10 or more (never no blast rule).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from .tasks import BLAST_CODES, HAIRY_CELL_CODE
 
 DEFAULT_UNCERTAIN_BELOW = 0.5
 DEFAULT_HAIRY_FLAG_AT = 0.5
+# a model with no fitted rule still sends possible blasts to review: a low, conservative built-in threshold (the
+# default model's fitted one is 0.10), never none
+DEFAULT_BLAST_REVIEW_AT = 0.10
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ def rules_for_model(meta: dict, classes: list[str], *, uncertain_below: float | 
     fitted = meta.get("triage") or {}
     base = ReviewRules.from_dict(fitted.get("rules")) if fitted.get("rules") else ReviewRules()
     critical = {c: t for c, t in base.critical.items() if c in classes}
+    if not fitted.get("rules"):  # no fitted rule: possible blasts are reviewed all the same
+        critical |= {c: DEFAULT_BLAST_REVIEW_AT for c in classes if c in BLAST_CODES}
     hac = None
     if HAIRY_CELL_CODE in classes:
         hac = hairy_flag_at if hairy_flag_at is not None else (base.hairy_flag_at or DEFAULT_HAIRY_FLAG_AT)

@@ -171,15 +171,29 @@ def test_cell_view_stays_on_its_cell_when_a_colleague_reviews_it(env, crops):
 
 
 def test_differential_matches_stored_labels(env, crops):
+    """The count holds every classified cell that needs no review, by its stored label; a cell the rule sent to
+    review (here: the untrained bundle's built-in blast rule, P(BLA) >= 0.10) waits out of it."""
+    from bmcore.caserules import needs_review
+
     files = real(crops, 3)
     at = upload(app(env, threshold=0.0), "C-4", files)
-    case = CaseStore(env["db"]).get_case(at.session_state["case_id"])
+    store = CaseStore(env["db"])
+    case = store.get_case(at.session_state["case_id"])
+    waiting = [c for c in case.cells if needs_review(c)]
+    assert any("BLA" in c.critical for c in waiting)  # near-uniform probabilities: P(BLA) >= 0.10
     expect = {}
     for c in case.cells:
-        if c.predicted not in ("ART", "NIF"):
+        if c.predicted not in ("ART", "NIF") and not needs_review(c):
             expect[c.predicted] = expect.get(c.predicted, 0) + 1
     at.switch_page("views/differential.py").run()
     assert not at.exception
+    counted = {r["class"]: r["count"] for _, r in at.dataframe[0].value.iterrows()} if at.dataframe else {}
+    assert counted == expect  # the waiting cells are out of the count
+    for c in waiting:  # a reviewer confirms them: now they count, by their stored label
+        store.review_cell(c.id, sign_in(env), c.predicted, expected_version=c.version, case_id=case.id)
+        if c.predicted not in ("ART", "NIF"):
+            expect[c.predicted] = expect.get(c.predicted, 0) + 1
+    at.run()
     if expect:
         df = at.dataframe[0].value
         assert dict(zip(df["class"], df["count"])) == expect
@@ -216,7 +230,8 @@ def test_a_case_is_judged_by_its_own_model_not_the_sidebars(env, crops, monkeypa
     assert metric(at, "Hairy-cell flags") == "unavailable"
     # the heatmap is computed by M, over M's classes
     cap = next(c.value for c in at.caption if "Classified by" in c.value)
-    assert "**eight**" in cap
+    sha = CaseStore(env["db"]).get_case(cid).model_sha256
+    assert len(sha) == 64 and f"**eight (weights {sha[:8]})**" in cap  # two bundles may share a name: not a digest
     explain = next(sb for sb in at.selectbox if sb.label == "Explain class")
     assert set(explain.options_values if hasattr(explain, "options_values") else
                [o.split(" ")[0] for o in explain.options]) == set(DEV_CLASSES)
@@ -568,7 +583,10 @@ def test_model_card_states_the_review_rule_and_its_test_figures(env):
     # a bundle with no fitted rule says plainly that the unvalidated built-in default applies
     at = app(env)
     at.switch_page("views/model_card.py").run()
-    assert not at.exception and any("not validated" in i.value for i in at.info)
+    assert not at.exception
+    info = next(i.value for i in at.info if "No review rule was fitted" in i.value)
+    assert "not fitted or validated" in info and "review when confidence < 0.50" in info
+    assert "P(BLA) ≥ 0.10" in info  # the 8-class tiny bundle still has a blast rule, built in
 
 
 def test_a_case_keeps_the_inference_setting_it_was_classified_with(env, crops):

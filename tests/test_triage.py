@@ -64,6 +64,43 @@ def test_critical_threshold_edges():
     assert fit_rules(p, y, DEV_CLASSES, goal_accuracy=1.01).uncertain_below == 1.0
 
 
+def test_a_model_without_a_fitted_rule_still_sends_possible_blasts_to_review():
+    """No fitted triage: the built-in rule still reviews a cell whose P(blast) reaches a low threshold, whatever its
+    top class; a fitted rule keeps its own threshold; a model without a blast class gets no blast rule."""
+    from bmcore.triage import DEFAULT_BLAST_REVIEW_AT
+
+    bare = rules_for_model({}, DEV_CLASSES)
+    assert bare.critical == {"BLA": DEFAULT_BLAST_REVIEW_AT} and "no triage fitted" in bare.source
+    assert "P(BLA) ≥ 0.10" in bare.describe()
+    probs = {c: 0.0 for c in DEV_CLASSES} | {"PMO": 0.85, "BLA": 0.12, "MON": 0.03}  # confident, but maybe a blast
+    uncertain, critical, _ = judge(probs, bare)
+    assert not uncertain and critical == ["BLA"]
+    fitted = rules_for_model({"triage": {"rules": {"uncertain_below": 0.9, "critical": {"BLA": 0.3}, "source": "f"}}},
+                             DEV_CLASSES)
+    assert fitted.critical == {"BLA": 0.3}
+    assert rules_for_model({}, ["EOS", "LYT"]).critical == {}
+
+
+def test_the_predictor_of_an_unfitted_bundle_flags_a_real_blast(tmp_path, dev_root):
+    """The app's Predictor on the default bundle with its fitted rule removed: real blast crops whose P(blast)
+    reaches the built-in threshold are marked critical (sent to review), none is left to bulk confirmation."""
+    import shutil
+
+    from bmcore.bundle import load_bundle
+    from bmcore.cli import default_bundle
+    from bmcore.predictor import Predictor
+
+    b = load_bundle(shutil.copytree(default_bundle(), tmp_path / "b"))
+    meta = json.loads((b.path / "bundle.json").read_text())
+    meta.pop("triage", None)
+    (b.path / "bundle.json").write_text(json.dumps(meta))
+    pred = Predictor(load_bundle(b.path), gate=False)
+    assert "no triage fitted" in pred.rules.source and pred.rules.critical.get("BLA") == 0.10
+    cells = pred.predict(sorted((dev_root / "BLA").glob("*.jpg"))[:12])
+    assert all(("BLA" in c.critical) == (c.probabilities["BLA"] >= 0.10) for c in cells)
+    assert sum("BLA" in c.critical for c in cells) >= 10
+
+
 # --- the default bundle, on real crops -------------------------------------------------------------------
 
 

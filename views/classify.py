@@ -79,7 +79,7 @@ if can_classify:
                              "scale and classified like an uploaded crop; several fields of one smear go into one "
                              "case.")
         go = st.button("Classify", type="primary", disabled=not files)
-        st.caption(f"New cases are classified by **{pred.bundle.name}** (sidebar). Sent to review: "
+        st.caption(f"New cases are classified by **{appkit.model_label(pred.bundle.name, pred.bundle.sha256)}** (sidebar). Sent to review: "
                    f"{rules.describe()}.")
 
 if go:
@@ -122,7 +122,7 @@ case = appkit.active_case()
 if case is None:
     st.stop()
 st.subheader(f"Case {case.case_code}")
-st.caption(f"Classified by **{case.model_name}**" + (f" ({inference_text(case)})" if inference_text(case) else "")
+st.caption(f"Classified by **{appkit.case_model(case)}**" + (f" ({inference_text(case)})" if inference_text(case) else "")
            + f" · {caserules.case_rules(case).describe()}")
 job = appkit.job_banner(case)
 summ = caserules.summary(case)
@@ -164,7 +164,7 @@ if summ.pending and not (job and job["status"] in ("queued", "running")) and can
 elif can_classify and case.status != STATUS_SIGNED and not (job and job["status"] in ("queued", "running")):
     with st.expander("Add more smear fields or crops to this case"):
         st.caption(f"Fields of the same smear, so that a 500-cell differential can be counted from several uploads. "
-                   f"They are classified by this case's own model, **{case.model_name}**, whatever the sidebar "
+                   f"They are classified by this case's own model, **{appkit.case_model(case)}**, whatever the sidebar "
                    "shows.")
         cpred = appkit.case_predictor(case)
         more = st.file_uploader("Field photographs or crops to add", type=UPLOAD_TYPES, accept_multiple_files=True,
@@ -377,7 +377,7 @@ def cell_view() -> None:
     cam, rgb, _ = appkit.heatmap(str(bundle_path), data, target, method)
     v1, v2 = st.columns(2)
     v1.image(rgb, caption=f"{cell.name} as the model sees it", width="stretch")
-    v2.image(overlay(rgb, cam, alpha), caption=f"{method} for {target} ({cell_name(target)}) by {case.model_name}",
+    v2.image(overlay(rgb, cam, alpha), caption=f"{method} for {target} ({cell_name(target)}) by {appkit.case_model(case)}",
              width="stretch")
     if data is cell.thumbnail:
         st.caption("Heatmap computed from the stored thumbnail (the original upload is not in this session).")

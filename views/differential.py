@@ -16,7 +16,7 @@ d = case_differential(case)
 summ = caserules.summary(case)
 st.write(f"Case **{case.case_code}** · {d.denominator} cells in the count · {summ.reviewed} of "
          f"{summ.classified} classified cells reviewed. Reviewer corrections are included as they are saved. "
-         f"Model: {case.model_name}.")
+         f"Model: {appkit.case_model(case)}.")
 if d.denominator:
     df = pd.DataFrame(d.table())
     fig = px.bar(df, x="class", y="percent", text="count", hover_data=["name"],

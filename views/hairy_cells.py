@@ -31,7 +31,7 @@ if rejected_flagged:
     st.warning(f"{len(rejected_flagged)} image(s) that the model's gate rejected as not a recognisable cell crop also "
                "reached the threshold (not counted above): "
                + ", ".join(f"#{c.position + 1}" for c in rejected_flagged) + ". Check them on the **Review** page.")
-st.caption(f"{how} Model: {case.model_name}.")
+st.caption(f"{how} Model: {appkit.case_model(case)}.")
 cols = st.columns(6)
 for i, c in enumerate(sorted(flagged, key=lambda c: -(c.probabilities or {}).get(HAIRY_CELL_CODE, 0))):
     p = (c.probabilities or {}).get(HAIRY_CELL_CODE, 0)
