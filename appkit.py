@@ -374,7 +374,7 @@ def model_label(name: str, sha256: str = "") -> str:
 
 def case_model(case) -> str:
     """The model that classified ``case``, as ``model_label`` names it."""
-    return model_label(case.model_name, getattr(case, "model_sha256", ""))
+    return model_label(case.model_name, case.model_sha256)
 
 
 def ruo_banner() -> None:

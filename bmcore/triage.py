@@ -44,10 +44,10 @@ class ReviewRules:
                    hairy_flag_at=None if d.get("hairy_flag_at") is None else float(d["hairy_flag_at"]),
                    source=str(d.get("source", "")))
 
-    def describe(self) -> str:
+    def describe(self, source: bool = True) -> str:
         parts = [f"review when confidence < {self.uncertain_below:.2f}"]
         parts += [f"P({c}) ≥ {t:.2f}" for c, t in sorted(self.critical.items())]
-        return "; ".join(parts) + (f". Rule {self.source}" if self.source else "")
+        return "; ".join(parts) + (f". Rule {self.source}" if source and self.source else "")
 
 
 def rules_for_model(meta: dict, classes: list[str], *, uncertain_below: float | None = None,

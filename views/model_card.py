@@ -7,7 +7,7 @@ import streamlit as st
 import appkit
 from bmcore.ood import MAX_CROP_SCALE
 from bmcore.tasks import cell_name
-from bmcore.triage import DEFAULT_UNCERTAIN_BELOW, ReviewRules, rules_for_model
+from bmcore.triage import ReviewRules, rules_for_model
 
 st.title("Model card")
 appkit.ruo_banner()
@@ -189,9 +189,8 @@ if tri.get("rules") and tri.get("test"):
                "classified under); the figures above then no longer describe the rule in force.")
 else:
     st.info(f"No review rule was fitted for this model: the built-in default applies "
-            f"({rules_for_model(m, b.classes).describe().split('. Rule')[0]}: a cell goes to review when its calibrated "
-            f"confidence is under {DEFAULT_UNCERTAIN_BELOW:.2f}, or, whatever its top class, when its probability of a "
-            "blast reaches a low built-in threshold). It was not fitted or validated for this model on held-out data.")
+            f"({rules_for_model(m, b.classes).describe(source=False)}; a blast threshold sends a cell to review whatever "
+            "its top class). It was not fitted or validated for this model on held-out data.")
 st.markdown("#### Training")
 if tr:
     st.write(f"Weights started from: `{tr.get('weights_source')}`. {tr.get('epochs_run')} epochs "
