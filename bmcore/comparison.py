@@ -59,6 +59,8 @@ def result_from_bundle(bundle) -> dict | None:
 
 def weights_label(source: str) -> str:
     s = (source or "").lower()
+    if s.startswith("bundle:") and "(itself from " in s:  # fine-tuned from a bundle (--init-from): where it began
+        return weights_label(s.split("(itself from ", 1)[1])
     if s.startswith("pip:"):
         return "ImageNet (pip)"
     if s.startswith("timm"):

@@ -580,6 +580,14 @@ def test_model_card_states_the_review_rule_and_its_test_figures(env):
     assert metric(at, "Inference").startswith("ONNX" if inf["engine"] == "onnx" else "torch")
     table = next(d.value for d in at.dataframe if "ms per cell (forward)" in d.value.columns)
     assert len(table) == len(inf["settings"]) and (table["default"] == "✓").sum() == 1
+    # the caption says how many views the app computes per crop: the default runs one (its val choice)
+    views = "test-time augmentation: the mean over" if inf["tta"] else ": one view of each crop."
+    assert sum(views in c.value for c in at.caption) == 1
+    # where the weights came from: the distillation teachers by digest, and the note on the data it was trained on
+    tr = load_bundle(default_bundle()).meta["training"]
+    text = " ".join(m.value for m in at.markdown)
+    assert all(f"{t['name']} (weights {t['weights_sha256'][:8]})" in text for t in tr.get("teachers", []))
+    assert tr.get("data_note", "") in text
     # a bundle with no fitted rule says plainly that the unvalidated built-in default applies
     at = app(env)
     at.switch_page("views/model_card.py").run()

@@ -80,6 +80,9 @@ def test_studies_longest_budget_first_and_weights_groups(tmp_path):
     assert study_label({"title": "30 epochs on a GPU", "budget": {"epochs": 30}}, []) == "30 epochs on a GPU"
     assert [weights_group(s) for s in ("pip:x.pth", "timm:resnet50", "file:w.pth", "random-init", "")] == \
         [PRETRAINED, PRETRAINED, PRETRAINED, SCRATCH, SCRATCH]
+    # a bundle fine-tuned from another (--init-from) is grouped by where the chain began, as train.train records it
+    chain = "bundle:a sha256:1 (itself from bundle:b sha256:2 (itself from {}))"
+    assert [weights_group(chain.format(s)) for s in ("pip:x.pth", "random-init")] == [PRETRAINED, SCRATCH]
     vgg = json.loads((REPO / "assets" / "comparison" / "vgg16.json").read_text())
     budget = load_summary(REPO / "assets" / "comparison")["budget"]
     assert budget_changes(vgg, budget) == "lr 0.0003" and budget_changes({"command": "x"}, budget) == ""

@@ -131,12 +131,13 @@ def test_stated_test_figures_reproduce_with_the_apps_predictor(real):
     stated = b.meta["triage"]["test"]
     assert rules.to_dict() == b.meta["triage"]["rules"] and "val split" in rules.source
     assert "test split" in stated["split"] and stated["n"] == len(real["cells"]) == 810
-    auto_ok = auto = blasts = flagged = rejected = 0
+    auto_ok = auto = blasts = flagged = rejected = ok_all = 0
     for cell, label in zip(real["cells"], real["labels"]):
         assert cell.ok
         if cell.rejected:  # the gate's own bin: no class, no review
             rejected += 1
             continue
+        ok_all += cell.code == label
         uncertain, critical, _ = judge(cell.probabilities, rules)
         if not (uncertain or critical):
             auto += 1
@@ -152,10 +153,11 @@ def test_stated_test_figures_reproduce_with_the_apps_predictor(real):
     assert b.meta["triage"]["goal"] == goal_text()
     goal_acc, goal_sens = b.meta["triage"]["goal_accuracy"], b.meta["triage"]["goal_blast_sensitivity"]
     assert (goal_acc, goal_sens) == (GOAL_ACCURACY, GOAL_SENSITIVITY)
-    # the accuracy goal holds on crops never used to choose the rule
-    assert auto_ok / auto >= goal_acc, f"auto-accepted accuracy on test {auto_ok / auto:.4f} < {goal_acc}"
-    # the blast-sensitivity goal is met on val by construction but NOT on test for the default bundle (101/109 =
-    # 92.7% < 95%; 108 val blasts are few): the bundle must say so, not claim the goal
+    # both goals are met on val by construction; on crops never used to choose the rule the default bundle misses
+    # both (2026-11-27: auto-accepted 481/500 = 96.2% < 97%, blasts 101/109 = 92.7% < 95%; 500 cells and 109 blasts
+    # are few): the bundle must say so, not claim the goals. The rule must still be far better than no rule, and
+    # the cells it leaves to bulk confirmation near the goal
+    assert auto_ok / auto >= max(goal_acc - 0.02, ok_all / (len(real["cells"]) - rejected) + 0.05)
     reached = auto_ok / auto >= goal_acc and flagged / blasts >= goal_sens
     assert b.meta["triage"]["goal_reached_on_test"] is reached is real["eval"]["goal_reached_on_test"]
 

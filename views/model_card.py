@@ -31,8 +31,8 @@ c3.metric("Input", f"{b.data_config.input_size} px")
 c4.metric("Inference", f"{'ONNX' if pred.engine == 'onnx' else 'torch'} {pred.precision}",
           help=f"What this server runs for new classifications: {pred.setting}" +
                (f" (the bundle's choice could not run here: {pred.fallback})" if pred.fallback else ""))
-st.caption(f"Predictions: {pred.setting} (test-time augmentation: the mean over the crop, its two mirror images and "
-           "its transpose).")
+st.caption(f"Predictions: {pred.setting}" + (" (test-time augmentation: the mean over the crop, its two mirror images "
+                                               "and its transpose)." if pred.tta else ": one view of each crop."))
 st.markdown(f"**Task** `{m['task']}` · **covers** " + ", ".join(f"{c} ({cell_name(c)})" for c in b.classes))
 if b.missing_classes():
     st.warning("**Not covered** (no training images): " + ", ".join(f"{c} ({cell_name(c)})" for c in b.missing_classes())
@@ -196,7 +196,10 @@ if tr:
     st.write(f"Weights started from: `{tr.get('weights_source')}`. {tr.get('epochs_run')} epochs "
              f"(best on validation: epoch {tr.get('best_epoch')}), {tr.get('train_seconds', 0) / 60:.0f} min on "
              f"{tr.get('hardware')}. Data: `{tr.get('data', {}).get('root')}`, split file "
-             f"`{tr.get('data', {}).get('splits')}`.")
+             f"`{tr.get('data', {}).get('splits')}`." + (f" {tr['data_note']}" if tr.get("data_note") else ""))
+    if tr.get("teachers"):
+        st.write("Distilled from (soft labels of these bundles): " + ", ".join(
+            f"{t['name']} (weights {t['weights_sha256'][:8]})" for t in tr["teachers"]) + ".")
     st.code(tr.get("command", ""), language="bash")
     st.json(tr.get("config", {}), expanded=False)
 st.markdown("#### Provenance")
