@@ -216,10 +216,11 @@ def test_cell_view_shows_a_colleagues_review_of_the_cell_it_opens(dev_root, tmp_
         # the case names its model by bundle name and the start of its weights' digest (names can repeat)
         from bmcore.bundle import load_bundle
         from bmcore.cli import default_bundle
+        from bmcore.predictor import Predictor
 
         sha = load_bundle(default_bundle()).sha256[:8]
-        expect(a.get_by_text(re.compile(rf"Classified by .*\(weights {sha}\).*\(ONNX fp32, 4-view TTA\)"))) \
-            .to_be_visible()
+        setting = re.escape(Predictor(default_bundle(), gate=False).setting)  # "ONNX fp32, no TTA": the bundle's
+        expect(a.get_by_text(re.compile(rf"Classified by .*\(weights {sha}\).*\({setting}\)"))).to_be_visible()
         a.get_by_role("tab", name="Cell view").click()
         appdriver.settle(a)
         b = appdriver.new_page(browser, TIMEOUT_S)
