@@ -447,6 +447,13 @@ def job_status(case) -> dict | None:
     return job
 
 
+def upload_key(state) -> str:
+    """The Classify uploader's key in a session's state: "uploads", then a new one after each classified upload
+    (which empties it; views/classify.py counts the rounds)."""
+    n = state["upload_round"] if "upload_round" in state else 0
+    return "uploads" if n == 0 else f"uploads_{n}"
+
+
 def job_banner(case) -> dict | None:
     """While the case is being classified: progress, refreshed every second; the page reruns when it ends.
 

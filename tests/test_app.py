@@ -6,6 +6,7 @@ import os
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from appkit import upload_key
 from bmcore.bundle import load_bundle
 from bmcore.cases import CaseError, CaseStore
 from tests.conftest import DEV_CLASSES, REPO
@@ -43,7 +44,7 @@ def app(env, bundle="eight", user=("drpath", "pathologist"), **state) -> AppTest
 def upload(at: AppTest, case: str, files, extra=()) -> AppTest:
     at.switch_page("views/classify.py").run()
     at.text_input(key="new_case_code").set_value(case)
-    at.file_uploader(key="uploads").set_value([(f.name, f.read_bytes(), "image/jpeg") for f in files] + list(extra))
+    at.file_uploader(key=upload_key(at.session_state)).set_value([(f.name, f.read_bytes(), "image/jpeg") for f in files] + list(extra))
     at.run()
     at.button[0].click().run()
     assert not at.exception, at.exception
@@ -115,6 +116,8 @@ def test_classify_table_uncertain_bin_and_unreadable(env, crops):
     assert table.confidence.between(0, 1).all() and table.uncertain.all()
     case = CaseStore(env["db"]).get_case(at.session_state["case_id"])
     assert [c.name for c in case.cells if c.ok] == [f.name for f in files]
+    # the classified upload is emptied: its files are in the case (500 file chips left on the page cost the browser)
+    assert upload_key(at.session_state) == "uploads_1" and not at.file_uploader(key="uploads_1").value
 
 
 def test_threshold_zero_means_no_uncertain_and_duplicate_case_refused(env, crops):

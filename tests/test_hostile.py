@@ -30,7 +30,7 @@ from PIL import Image
 
 from bmcore.inputs import ARCHIVE_EXPANSION_FLOOR, MAX_FILES, enforce_limit, from_paths, from_upload, from_zip
 from bmcore.preprocess import DEFAULT_MAX_BYTES, MIN_SIDE, ImageDecodeError, decode_image
-from tests.test_app import wait_classified
+from tests.test_app import upload_key, wait_classified
 from tests.conftest import DEV_CLASSES, REPO, actor, make_bundle
 
 SIZE_LIMIT_MSG = f"over the {DEFAULT_MAX_BYTES / 1e6:.0f} MB limit"
@@ -560,7 +560,7 @@ def test_classify_page_lists_unreadable_files_and_classifies_the_good_ones(corpu
     assert not at.exception, at.exception
     at.switch_page("views/classify.py").run()
     at.text_input(key="new_case_code").set_value("HOSTILE-1")
-    at.file_uploader(key="uploads").set_value([(n, data, "application/octet-stream") for n, data in uploads])
+    at.file_uploader(key=upload_key(at.session_state)).set_value([(n, data, "application/octet-stream") for n, data in uploads])
     at.run()
     at.button[0].click().run()
     assert not at.exception, at.exception

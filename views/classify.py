@@ -70,9 +70,11 @@ if can_classify:
     with st.container(border=True):
         code = st.text_input("Case id", key="new_case_code", placeholder="e.g. BM-2026-0142",
                              help="Your lab's id for this smear. No patient names.")
+        # a classified upload is emptied (a new key each round): its files are in the case, and 500 file chips left
+        # on the page cost the browser about half a core while the case is classified (bench/app_flow.py)
         files = st.file_uploader("Cell crops (JPEG, PNG, TIFF, BMP, GIF, WebP) or ZIP archives of them; smear-field "
                                  "photographs too (the cells are found in them)",
-                                 type=UPLOAD_TYPES, accept_multiple_files=True, key="uploads")
+                                 type=UPLOAD_TYPES, accept_multiple_files=True, key=appkit.upload_key(st.session_state))
         st.number_input("Scale of field photographs (µm per pixel; 0 = estimate from the red cells)", min_value=0.0,
                         max_value=5.0, value=0.0, step=0.005, format="%.4f", key="field_um_per_px",
                         help="Only for field images: every whole nucleated cell is cut out at the training crops' "
@@ -116,6 +118,7 @@ if go:
             else:
                 appkit.set_active_case(cid)
                 keep_originals(cid, work)
+                st.session_state["upload_round"] = st.session_state.get("upload_round", 0) + 1
                 st.rerun()
 
 case = appkit.active_case()
