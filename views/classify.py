@@ -71,7 +71,7 @@ if can_classify:
         code = st.text_input("Case id", key="new_case_code", placeholder="e.g. BM-2026-0142",
                              help="Your lab's id for this smear. No patient names.")
         # a classified upload is emptied (a new key each round): its files are in the case, and 500 file chips left
-        # on the page cost the browser about half a core while the case is classified (bench/app_flow.py)
+        # on the page took the browser ~1.4 CPU-s more while the case was classified (2026-11-27, 6 cases each)
         files = st.file_uploader("Cell crops (JPEG, PNG, TIFF, BMP, GIF, WebP) or ZIP archives of them; smear-field "
                                  "photographs too (the cells are found in them)",
                                  type=UPLOAD_TYPES, accept_multiple_files=True, key=appkit.upload_key(st.session_state))
