@@ -212,7 +212,11 @@ def test_cell_view_shows_a_colleagues_review_of_the_cell_it_opens(dev_root, tmp_
         a = appdriver.new_page(browser, TIMEOUT_S)
         appdriver.open_classify(a, srv.url, "CV-1")
         appdriver.upload(a, files)
+        expect(a.get_by_test_id("stFileChip")).to_have_count(len(files))
         appdriver.classify(a, "CV-1")
+        # the upload is in the case: the uploader starts empty again (appkit.empty_uploader), Classify waits for files
+        expect(a.get_by_test_id("stFileChip")).to_have_count(0)
+        expect(a.get_by_role("button", name="Classify", exact=True)).to_be_disabled()
         # the case names its model by bundle name and the start of its weights' digest (names can repeat)
         from bmcore.bundle import load_bundle
         from bmcore.cli import default_bundle

@@ -70,8 +70,7 @@ if can_classify:
     with st.container(border=True):
         code = st.text_input("Case id", key="new_case_code", placeholder="e.g. BM-2026-0142",
                              help="Your lab's id for this smear. No patient names.")
-        # a classified upload is emptied (a new key each round): its files are in the case, and 500 file chips left
-        # on the page took the browser ~1.4 CPU-s more while the case was classified (2026-11-27, 6 cases each)
+        # emptied once its files are in a case (appkit.empty_uploader)
         files = st.file_uploader("Cell crops (JPEG, PNG, TIFF, BMP, GIF, WebP) or ZIP archives of them; smear-field "
                                  "photographs too (the cells are found in them)",
                                  type=UPLOAD_TYPES, accept_multiple_files=True, key=appkit.upload_key(st.session_state))
@@ -118,7 +117,7 @@ if go:
             else:
                 appkit.set_active_case(cid)
                 keep_originals(cid, work)
-                st.session_state["upload_round"] = st.session_state.get("upload_round", 0) + 1
+                appkit.empty_uploader(st.session_state)
                 st.rerun()
 
 case = appkit.active_case()
