@@ -481,6 +481,8 @@ def job_banner(case) -> dict | None:
 
         @st.fragment(run_every=3.0 if others else 1.0)
         def progress() -> None:
+            # in the job's last chunk, wait for its end (under a second) rather than learn of it at the next check
+            get_runner().wait_near_end(job["id"], timeout=0.8)
             j = get_store().latest_job(case.id)
             if j is None or j["status"] not in JOB_LIVE:
                 st.rerun()  # the whole page, now complete

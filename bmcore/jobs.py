@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -145,6 +146,21 @@ class JobRunner:
         with self._cv:
             return self._thread.is_alive() and any(j.id == job_id for j in self._active)
 
+    def wait_near_end(self, job_id: int, timeout: float) -> bool:
+        """If ``job_id`` has at most one chunk left to start, wait (up to ``timeout`` s) until it leaves the queue,
+        its end recorded; True if it has left. A page that checks once a second learns of the end when it comes
+        instead of up to a second later, and waits only at the very end of a job."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while True:
+                job = next((j for j in self._active if j.id == job_id), None)
+                if job is None:
+                    return True
+                left = deadline - time.monotonic()
+                if len(job.work) > self.chunk or left <= 0:
+                    return False
+                self._cv.wait(left)
+
     # -- the worker ------------------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
@@ -165,6 +181,7 @@ class JobRunner:
                 with self._cv:  # a job leaves the queue only once its end is recorded
                     if job in self._active:
                         self._active.remove(job)
+                    self._cv.notify_all()  # pages waiting for its end (wait_near_end)
 
     def _run_chunk(self, job: _Job, batch: list) -> bool:
         try:

@@ -238,3 +238,49 @@ def test_ids_of_a_deleted_case_are_never_reused(store):
     first = store.get_case(a).cells[0]
     with pytest.raises(CaseError, match="no longer exists"):  # an action for case C naming a cell of case A
         store.review_cell(first.id, actor(store, "amy"), "BLA", expected_version=first.version, case_id=c)
+
+
+def test_a_page_waiting_at_a_jobs_end_learns_of_it_when_it_comes_and_never_waits_earlier(store):
+    """``JobRunner.wait_near_end`` (the Classify page's progress check): with more than one chunk still to start it
+    answers at once; in the last chunk it returns as soon as the job's end is recorded, not at its timeout."""
+    import threading
+    import time
+
+    from bmcore.jobs import JobRunner
+
+    class Gate:  # a classifier that holds every chunk until released, and then classifies nothing
+        def __init__(self):
+            self.go, self.chunks = threading.Event(), 0
+
+        def predict_items(self, items, **_):
+            self.chunks += 1
+            self.go.wait(60)
+            raise RuntimeError("held")
+
+    cid = store.create_case("JOB-1", _cells(), actor=actor(store))
+    runner, gate = JobRunner(store, chunk=2), Gate()
+    job = runner.submit(cid, gate, None, [(i, object()) for i in range(6)])  # 3 chunks: the end is not near
+    t = time.monotonic()
+    assert runner.wait_near_end(job, timeout=30) is False
+    assert time.monotonic() - t < 10  # answered without waiting out its 30 s
+    gate.go.set()  # the first chunk fails: the job ends (failed), recorded before it leaves the queue
+    for _ in range(300):
+        if not runner.running(job):
+            break
+        time.sleep(0.1)
+    assert runner.wait_near_end(job, timeout=30) is True  # no longer queued
+    assert store.latest_job(cid)["status"] == "failed"
+
+    gate2 = Gate()
+    job2 = runner.submit(cid, gate2, None, [(0, object())])  # one chunk: its end is near
+    ended = {}
+    waiter = threading.Thread(target=lambda: ended.update(ok=runner.wait_near_end(job2, timeout=30),
+                                                          at=time.monotonic()))
+    waiter.start()
+    time.sleep(0.5)
+    assert waiter.is_alive()  # waiting for the end, which has not come
+    released = time.monotonic()
+    gate2.go.set()
+    waiter.join(30)
+    assert ended["ok"] is True and ended["at"] - released < 10  # woken by the end, not by the 30 s timeout
+    assert store.latest_job(cid)["status"] == "failed" and store.latest_job(cid)["id"] == job2
