@@ -22,7 +22,9 @@ neighbour or cut), over a seeded sample per class; the median is ``bmcore.fields
 generalises across batches of fields. All 292 fields are cut into K contiguous blocks by file name; each block is
 measured with a scorer fitted on the other K-1 (the shipped scorer is not used), at the threshold that fit chose
 and at fixed thresholds (a precision/recall curve), pooled over the blocks. No block is scored by a scorer that
-saw it, unlike the tune half in the two-half figures.
+saw it, unlike the tune half in the two-half figures. ``--windows 0.5,0.6,...`` adds the choice of
+``EXTENT_WINDOW`` to the procedure (nested: each held-out block gets the window whose fit on the other blocks
+reached the best out-of-fold F1) and reports each window's pooled figures beside.
 """
 
 from __future__ import annotations
@@ -116,15 +118,16 @@ def train_ratio(root: Path, per_class: int) -> dict:
             "measure": "nucleus box side / crop side", "note": "training crops carry no scale; the finder ran with its own scale estimate or its default"}
 
 
-def block_cv(root: Path, k: int, thresholds=(0.05, 0.2, 0.4, 0.6, 0.8, 0.9)) -> dict:
-    """Contiguous-block cross-validation of the scorer's fitting procedure (see the module's docstring)."""
+def block_cv(root: Path, k: int, thresholds=(0.05, 0.2, 0.4, 0.6, 0.8, 0.9), windows=()) -> dict:
+    """Contiguous-block cross-validation of the scorer's fitting procedure (see the module's docstring). With
+    ``windows``, the procedure also chooses ``bmcore.fields.EXTENT_WINDOW`` among them, for each held-out block by
+    the out-of-fold F1 that fitting on the other blocks reaches (nested: no block chooses its own window)."""
     from train.fields_scorer import field_rows, fit
 
     stems = sorted(p.stem for p in (root / "Annotations").glob("*.xml"))
-    rows = field_rows(root, stems)
-    blocks, curve = [], {t: [0, 0, 0] for t in thresholds}
+    split = np.array_split(np.arange(len(stems)), k)
 
-    def score(scorer, idx) -> list[int]:
+    def score(scorer, rows, idx) -> list[int]:
         tp = nf = nt = 0
         for i in idx:
             _, (w, h), cands, X, truth = rows[i]
@@ -132,20 +135,45 @@ def block_cv(root: Path, k: int, thresholds=(0.05, 0.2, 0.4, 0.6, 0.8, 0.9)) -> 
             tp, nf, nt = tp + F.match_boxes(found, truth), nf + len(found), nt + len(truth)
         return [tp, nf, nt]
 
-    for idx in np.array_split(np.arange(len(rows)), k):
-        held = set(idx.tolist())
-        model, _ = fit([r for i, r in enumerate(rows) if i not in held])
-        tp, nf, nt = score(F.FieldScorer(model["classifier"], model["box"], model["threshold"], model["nms_iou"]), idx)
-        blocks.append({"fields": f"{stems[idx[0]]} .. {stems[idx[-1]]} ({len(idx)})", "threshold": model["threshold"],
-                       "recall": tp / max(1, nt), "precision": tp / max(1, nf), "found": nf, "matched": tp,
-                       "annotated": nt})
-        for t in thresholds:
-            c = score(F.FieldScorer(model["classifier"], model["box"], t, model["nms_iou"]), idx)
-            curve[t] = [a + b for a, b in zip(curve[t], c)]
+    def run(window: float) -> dict:
+        shipped, F.EXTENT_WINDOW = F.EXTENT_WINDOW, window
+        try:
+            rows = field_rows(root, stems)
+        finally:
+            F.EXTENT_WINDOW = shipped
+        blocks, curve = [], {t: [0, 0, 0] for t in thresholds}
+        for idx in split:
+            held = set(idx.tolist())
+            model, info = fit([r for i, r in enumerate(rows) if i not in held])
+            tp, nf, nt = score(F.FieldScorer(model["classifier"], model["box"], model["threshold"], model["nms_iou"]),
+                               rows, idx)
+            blocks.append({"fields": f"{stems[idx[0]]} .. {stems[idx[-1]]} ({len(idx)})",
+                           "threshold": model["threshold"], "inner_out_of_fold_f1": info["out_of_fold_on_tune"]["f1"],
+                           "recall": tp / max(1, nt), "precision": tp / max(1, nf), "found": nf, "matched": tp,
+                           "annotated": nt})
+            for t in thresholds:
+                c = score(F.FieldScorer(model["classifier"], model["box"], t, model["nms_iou"]), rows, idx)
+                curve[t] = [a + b for a, b in zip(curve[t], c)]
+        return {"extent_window": window, "blocks": blocks, "pooled": _pooled(blocks),
+                "fixed_thresholds": [{"threshold": t, "recall": c[0] / c[2], "precision": c[0] / max(1, c[1])}
+                                     for t, c in curve.items()]}
+
+    out = {"k": k, **run(F.EXTENT_WINDOW)}
+    if windows:
+        runs = {F.EXTENT_WINDOW: out, **{w: run(w) for w in windows if w != F.EXTENT_WINDOW}}
+        nested = []
+        for b in range(k):
+            w = max(runs, key=lambda w: runs[w]["blocks"][b]["inner_out_of_fold_f1"])
+            nested.append({**runs[w]["blocks"][b], "extent_window": w})
+        out["windows"] = [{"extent_window": w, "pooled": r["pooled"], "thresholds": [b["threshold"] for b in r["blocks"]]}
+                          for w, r in sorted(runs.items())]
+        out["nested"] = {"blocks": nested, "pooled": _pooled(nested)}
+    return out
+
+
+def _pooled(blocks: list[dict]) -> dict:
     tp, nf, nt = (sum(b[key] for b in blocks) for key in ("matched", "found", "annotated"))
-    return {"k": k, "blocks": blocks, "pooled": {"recall": tp / nt, "precision": tp / nf},
-            "fixed_thresholds": [{"threshold": t, "recall": c[0] / c[2], "precision": c[0] / max(1, c[1])}
-                                 for t, c in curve.items()]}
+    return {"recall": tp / nt, "precision": tp / nf, "matched": tp, "found": nf, "annotated": nt}
 
 
 def main(argv=None) -> int:
@@ -158,6 +186,8 @@ def main(argv=None) -> int:
     ap.add_argument("--per-class", type=int, default=60)
     ap.add_argument("--block-cv", type=int, default=0, metavar="K", help="cross-validate the scorer's fitting over K "
                     "contiguous blocks of all fields (instead of the two halves)")
+    ap.add_argument("--windows", default="", help="with --block-cv: comma-separated EXTENT_WINDOW values the "
+                    "procedure chooses among (nested)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     import cv2
@@ -166,7 +196,8 @@ def main(argv=None) -> int:
     meta = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.processor() or
             platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
             "opencv": cv2.__version__, "command": " ".join(["bench/fields.py", *(argv or sys.argv[1:])]),
-            "constants": {k: getattr(F, k) for k in dir(F) if k.isupper() and isinstance(getattr(F, k), (int, float))}}
+            "constants": {k: getattr(F, k) for k in dir(F)
+                          if k.isupper() and isinstance(getattr(F, k), (int, float, tuple))}}
     if a.train_ratio:
         root = Path(a.train_root)
         if not root.is_dir():
@@ -179,12 +210,19 @@ def main(argv=None) -> int:
         if not (root / "Annotations").is_dir():
             print(f"annotated fields not found at {root}", file=sys.stderr)
             return 1
-        result = {**meta, "fields_root": str(root), "iou": 0.5, "block_cv": block_cv(root, a.block_cv)}
-        for b in result["block_cv"]["blocks"]:
+        result = {**meta, "fields_root": str(root), "iou": 0.5, "block_cv": block_cv(
+            root, a.block_cv, windows=[float(w) for w in a.windows.split(",") if w])}
+        cv = result["block_cv"]
+        for b in cv["blocks"]:
             print(f"{b['fields']}: recall {b['recall']:.3f} precision {b['precision']:.3f} (threshold {b['threshold']})")
-        print("pooled:", result["block_cv"]["pooled"])
-        for r in result["block_cv"]["fixed_thresholds"]:
+        print("pooled:", cv["pooled"])
+        for r in cv["fixed_thresholds"]:
             print(f"threshold {r['threshold']}: recall {r['recall']:.3f} precision {r['precision']:.3f}")
+        for r in cv.get("windows", []):
+            print(f"extent window {r['extent_window']}: {r['pooled']}")
+        if "nested" in cv:
+            print("nested (window chosen per block):", cv["nested"]["pooled"],
+                  [b["extent_window"] for b in cv["nested"]["blocks"]])
     else:
         root = Path(a.fields)
         if not (root / "Annotations").is_dir():

@@ -21,10 +21,11 @@ Wright, Giemsa). The finder works on that stain contrast:
    serve both an eosinophil whose two lobes lie apart and two lymphocytes that touch; the readings are all kept.
 3. **Which readings are cells, and their boxes** (``FieldScorer``). For each reading, ``candidate_features``
    measures its size and shape in µm, its stain, the colour of a cytoplasm-wide rim around it, its distance to
-   the border, how it was read and how it nests among the other readings. Gradient-boosted trees fitted on the
-   tuning half of the annotated BCCD fields (``python -m train.fields_scorer``; ``assets/fields/scorer.json``)
-   give the cell box from the nucleus box (a granulocyte's cytoplasm reaches further than a lymphocyte's) and
-   the probability that the reading is one white cell; the best readings are kept, none overlapping a kept one.
+   the border, how it was read, how it nests among the other readings and how far the fainter stain of its
+   cytoplasm reaches on each side (``cytoplasm_extents``). Gradient-boosted trees fitted on the tuning half of the
+   annotated BCCD fields (``python -m train.fields_scorer``; ``assets/fields/scorer.json``) give the cell box
+   (a granulocyte's cytoplasm reaches further than a lymphocyte's) and the probability that the reading is one
+   white cell; the best readings are kept, none overlapping a kept one.
    A cell whose box reaches past the image border is marked ``border``: it is cut, and is not classified as a
    whole cell.
 
@@ -60,6 +61,8 @@ TRAIN_NUCLEUS_FRACTION = 0.58  # nucleus side / crop side in the training crops 
 CANDIDATE_LEVELS = (35.0, 45.0, 60.0)          # stain thresholds the nucleus candidates are read at
 CANDIDATE_GROUPS_UM = (0.0, 2.5, 4.0, 6.0)      # lobe-grouping distances they are read at
 WORK_SIDE = 1280               # a larger field is searched at this longer side (boxes mapped back to its pixels)
+CYTOPLASM_LEVELS = (10.0, 20.0)  # lower stain levels a cell's cytoplasm reaches (the box regressors' extent features)
+EXTENT_WINDOW = 0.75           # ... measured up to this many nucleus sides beyond the nucleus box (chosen: README)
 
 
 @dataclass
@@ -292,14 +295,21 @@ def _label_boxes(lab: np.ndarray, n: int) -> dict[int, tuple[int, int, int, int]
 FEATURE_NAMES = ["nucleus_area_um2", "nucleus_w_um", "nucleus_h_um", "elongation", "fill", "lobes",
                  "stain_mean", "stain_p90", "stain_sd", "rim_stain", "rim_r", "rim_g", "rim_b", "nuc_r", "nuc_g",
                  "nuc_b", "rim_pale", "border_um", "level", "group_um", "split", "inside_others", "contains_others"]
+# the box regressors also read where the cytoplasm ends; the classifier (one white cell or not) does without: with
+# 360 readings to learn from, the extents helped the boxes and only added noise to the classifier (README)
+CLASSIFIER_FEATURES = list(FEATURE_NAMES)
+FEATURE_NAMES += [f"extent_{side}_{level:g}" for level in CYTOPLASM_LEVELS
+                  for side in ("left", "top", "right", "bottom", "area")]
 
 
 def candidate_features(rgb: np.ndarray, cands: list[Candidate], px: float, chan: np.ndarray | None = None) -> np.ndarray:
     """One row of ``FEATURE_NAMES`` per candidate: its size and shape in µm, its stain, the colour of a rim as wide
     as a cell's cytoplasm around it, its distance to the border, how it was read, and how it nests among the
-    other readings. Lengths are in µm so that the scorer does not depend on the camera's pixels."""
+    other readings, and how far the fainter stain of its cytoplasm reaches (``cytoplasm_extents``). Lengths are in
+    µm (or nucleus sides) so that the scorer does not depend on the camera's pixels."""
     h, w = rgb.shape[:2]
     chan = nuclear_channel(rgb) if chan is None else chan
+    extents = cytoplasm_extents(cands, chan)
     f = rgb.astype(np.float32)
     boxes = np.array([c.nucleus_box for c in cands], np.float32)
     rows = []
@@ -325,8 +335,35 @@ def candidate_features(rgb: np.ndarray, cands: list[Candidate], px: float, chan:
                      c.lobes, float(vals.mean()), float(np.percentile(vals, 90)), float(vals.std()),
                      float(rs.mean()) if len(rs) else 0.0, *rcm, *nuc, pale,
                      min(x0, y0, w - x1, h - y1) / px, c.level, c.group_um, float(c.split), inside_others,
-                     contains_others])
+                     contains_others, *extents[i]])
     return np.asarray(rows, np.float32)
+
+
+def cytoplasm_extents(cands: list[Candidate], chan: np.ndarray) -> np.ndarray:
+    """Per candidate and per ``CYTOPLASM_LEVELS`` level: how far the stain above that (cytoplasm-low) level,
+    connected to the nucleus, reaches beyond the nucleus box to the left, top, right and bottom, in nucleus sides
+    and capped at ``EXTENT_WINDOW``, and its area over the nucleus's. The nucleus box alone gives the cell box only
+    on average (a granulocyte's cytoplasm reaches further than a lymphocyte's); this is the image's own evidence
+    of where this cell ends. Measured only within the window, so that the red cells it touches leak in little."""
+    h, w = chan.shape
+    masks = [cv2.morphologyEx((chan > level).astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+             for level in CYTOPLASM_LEVELS]
+    out = np.zeros((len(cands), 5 * len(CYTOPLASM_LEVELS)), np.float32)
+    for i, c in enumerate(cands):
+        x0, y0, x1, y1 = c.nucleus_box
+        s = max(x1 - x0, y1 - y0)
+        m = int(round(EXTENT_WINDOW * s))
+        wx0, wy0, wx1, wy1 = max(0, x0 - m), max(0, y0 - m), min(w, x1 + m), min(h, y1 + m)
+        seed = np.zeros((wy1 - wy0, wx1 - wx0), np.uint8)
+        seed[y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0] = c.mask
+        for k, mask in enumerate(masks):
+            _, lab = cv2.connectedComponents(np.maximum(mask[wy0:wy1, wx0:wx1], seed))
+            ids = np.unique(lab[seed > 0])
+            comp = np.isin(lab, ids[ids > 0])
+            ex0, ey0, ex1, ey1 = _bbox(comp)
+            out[i, 5 * k:5 * k + 5] = ((x0 - wx0 - ex0) / s, (y0 - wy0 - ey0) / s, (wx0 + ex1 - x1) / s,
+                                       (wy0 + ey1 - y1) / s, comp.sum() / max(1, c.area))
+    return out
 
 
 def _bbox(m: np.ndarray) -> tuple[int, int, int, int]:
@@ -342,8 +379,9 @@ class FieldScorer:
     """Which nucleus readings are white cells, and each one's cell box: fitted by ``python -m train.fields_scorer``
     on the tuning half of the annotated BCCD fields (``assets/fields/scorer.json`` says what and how).
 
-    ``classifier`` gives P(the reading's cell box matches one annotated white cell at IoU >= 0.5); ``box`` (four
-    regressors) gives the cell box from the nucleus box: centre offsets and log sides, in nucleus sides."""
+    ``classifier`` gives P(the reading's cell box matches one annotated white cell at IoU >= 0.5) from the
+    ``CLASSIFIER_FEATURES``; ``box`` (four regressors) gives the cell box from the nucleus box and all
+    ``FEATURE_NAMES`` (the cytoplasm's extents included): centre offsets and log sides, in nucleus sides."""
     classifier: object
     box: list
     threshold: float
@@ -362,16 +400,20 @@ class FieldScorer:
 
     def scores(self, X: np.ndarray) -> np.ndarray:
         with _one_thread():
-            return self.classifier.predict_proba(X)[:, 1]
+            return self.classifier.predict_proba(X[:, :len(CLASSIFIER_FEATURES)])[:, 1]
 
     def select(self, cands: list[Candidate], X: np.ndarray, w: int, h: int,
                scores: np.ndarray | None = None, boxes: np.ndarray | None = None) -> list[FoundCell]:
         """The readings kept: best first, at or over ``threshold``, none overlapping a kept one by more than
-        ``nms_iou`` (cell boxes) and none whose nucleus lies mostly within a kept one's (or holds one)."""
+        ``nms_iou`` (cell boxes) and none whose nucleus lies mostly within a kept one's (or holds one).
+
+        Scores within 0.001 are ties, broken by the order the readings were made (lowest stain level first, then
+        the closest lobe grouping): several readings of one clear cell all score ~1.0, and float noise must not
+        pick among them (the same field photographed larger kept another reading of the same cell)."""
         p = self.scores(X) if scores is None else scores
         bx = self.cell_boxes(cands, X) if boxes is None else boxes
         kept: list[int] = []
-        for i in np.argsort(-p, kind="stable"):
+        for i in np.lexsort((np.arange(len(p)), -np.round(p, 3))):
             if p[i] < self.threshold:
                 break
             if any(iou(bx[i], bx[k]) > self.nms_iou or _nested(cands[i].nucleus_box, cands[k].nucleus_box)
@@ -423,6 +465,9 @@ def field_scorer() -> FieldScorer:
         if digest != meta["sha256"]:
             raise RuntimeError(f"{SCORER_PATH}: sha256 {digest[:12]} is not the one scorer.json records "
                                f"({meta['sha256'][:12]}); refit it with python -m train.fields_scorer")
+        if meta.get("features") != FEATURE_NAMES or meta.get("classifier_features") != CLASSIFIER_FEATURES:
+            raise RuntimeError(f"{SCORER_PATH} was fitted on other features than this finder measures; refit it with "
+                               "python -m train.fields_scorer")
         d = joblib.load(io.BytesIO(blob))
         _SCORER = FieldScorer(d["classifier"], d["box"], float(d["threshold"]), float(d["nms_iou"]))
     return _SCORER

@@ -107,8 +107,9 @@ def test_real_fields_recall_precision_and_scale(bccd):
 
 def test_held_out_half_recall_precision_and_the_scorer_never_saw_it(bccd):
     """The report half of the BCCD fields, never read by train.fields_scorer: recall meets the goal (0.97),
-    precision stays where it was measured (0.867 on 2026-11-27; the goal, 0.90, is not met). The shipped scorer
-    says it was fitted on the tune half only, and its file is the one scorer.json's sha256 names."""
+    precision stays where it was measured (0.867 on 2026-11-27, with the cytoplasm extents as before them; the goal,
+    0.90, is not met on this half). The shipped scorer says it was fitted on the tune half only, and its file is the
+    one scorer.json's sha256 names."""
     import hashlib
     import json
 
@@ -121,8 +122,45 @@ def test_held_out_half_recall_precision_and_the_scorer_never_saw_it(bccd):
     assert hashlib.sha256(F.SCORER_PATH.read_bytes()).hexdigest() == meta["sha256"]
     r = evaluate(bccd, halves["report"])
     assert r["wbc_boxes"] == 147
-    assert r["recall"] >= 0.97, r        # measured 144 / 147
-    assert r["precision"] >= 0.85, r     # measured 144 / 166
+    assert r["recall"] >= 0.97, r        # measured 143 / 147
+    assert r["precision"] >= 0.85, r     # measured 143 / 165
+
+
+def test_block_cross_validation_of_the_fitting_meets_both_goals(bccd):
+    """The scorer's fitting procedure (train.fields_scorer.fit) over all 292 fields in 4 contiguous blocks, each
+    scored by a scorer fitted on the other three: pooled recall and precision meet the goals (0.97, 0.90;
+    measured 293 / 301 = 0.973 and 293 / 319 = 0.918 by bench/fields.py --block-cv 4, one thread), and no block
+    falls far below them (measured 0.947 at worst). One thread, as measured: the trees are then reproducible."""
+    from threadpoolctl import threadpool_limits
+
+    from bench.fields import block_cv
+
+    with threadpool_limits(limits=1):
+        cv = block_cv(bccd, 4)
+    assert cv["pooled"]["annotated"] == 301
+    assert cv["pooled"]["recall"] >= 0.97, cv["pooled"]
+    assert cv["pooled"]["precision"] >= 0.90, cv["pooled"]
+    assert min(b["recall"] for b in cv["blocks"]) >= 0.93, cv["blocks"]
+
+
+def test_cytoplasm_extents_measure_how_far_the_fainter_stain_reaches_from_the_nucleus():
+    """A nucleus (stain 80) with cytoplasm (stain 15) reaching 6 px left and 20 px right of it, and a red cell's
+    faint stain (15) below it beyond a gap: at level 10 the extents are the cytoplasm's (in nucleus sides), capped at
+    the window, at level 20 only the nucleus; the red cell beyond the gap is not counted."""
+    chan = np.zeros((120, 160), np.float32)
+    chan[40:60, 54:100] = 15       # cytoplasm: x 54..99
+    chan[40:60, 60:80] = 80        # nucleus: x 60..79, y 40..59 (20 px side)
+    chan[64:72, 56:84] = 15        # a red cell's faint stain below, 4 px away: inside the window, not connected
+    mask = np.ones((20, 20), bool)
+    cand = F.Candidate((60, 40, 80, 60), 400, mask, 45.0, 0.0, False, 1)
+    ex = F.cytoplasm_extents([cand], chan)[0]
+    by = dict(zip([n for n in F.FEATURE_NAMES if n.startswith("extent_")], ex))
+    assert F.CYTOPLASM_LEVELS == (10.0, 20.0)
+    assert by["extent_left_10"] == pytest.approx(6 / 20) and by["extent_right_10"] == pytest.approx(
+        min(20 / 20, F.EXTENT_WINDOW))
+    assert by["extent_top_10"] == 0 and by["extent_bottom_10"] == 0
+    assert by["extent_area_10"] == pytest.approx(min(46, 20 + 20 * F.EXTENT_WINDOW + 6) * 20 / 400)
+    assert by["extent_left_20"] == 0 and by["extent_right_20"] == 0 and by["extent_area_20"] == 1
 
 
 def test_a_tampered_scorer_is_refused(tmp_path, monkeypatch):
