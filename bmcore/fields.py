@@ -407,15 +407,15 @@ class FieldScorer:
         """The readings kept: best first, at or over ``threshold``, none overlapping a kept one by more than
         ``nms_iou`` (cell boxes) and none whose nucleus lies mostly within a kept one's (or holds one).
 
-        Scores within 0.001 are ties, broken by the order the readings were made (lowest stain level first, then
-        the closest lobe grouping): several readings of one clear cell all score ~1.0, and float noise must not
-        pick among them (the same field photographed larger kept another reading of the same cell)."""
+        Scores equal to three decimals are ties, broken by the order the readings were made (lowest stain level
+        first, then the closest lobe grouping): several readings of one clear cell all score ~1.0, and float noise
+        must not pick among them (the same field photographed larger kept another reading of the same cell)."""
         p = self.scores(X) if scores is None else scores
         bx = self.cell_boxes(cands, X) if boxes is None else boxes
         kept: list[int] = []
         for i in np.lexsort((np.arange(len(p)), -np.round(p, 3))):
             if p[i] < self.threshold:
-                break
+                continue  # (not break: a tie's later members may still reach the threshold)
             if any(iou(bx[i], bx[k]) > self.nms_iou or _nested(cands[i].nucleus_box, cands[k].nucleus_box)
                    for k in kept):
                 continue
