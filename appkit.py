@@ -481,10 +481,8 @@ def job_banner(case) -> dict | None:
 
         @st.fragment(run_every=3.0 if others else 1.0)
         def progress() -> None:
-            # in the job's last chunk, wait for its end (under a second) rather than learn of it at the next check;
-            # only while the classifier is this job's alone (8 sessions at once were slower with it: README)
-            if not get_runner().load(job["id"])[0]:
-                get_runner().wait_near_end(job["id"], timeout=0.8)
+            # in the job's last chunk, wait for its end (under a second) rather than learn of it at the next check
+            get_runner().wait_near_end(job["id"], timeout=0.8)
             j = get_store().latest_job(case.id)
             if j is None or j["status"] not in JOB_LIVE:
                 st.rerun()  # the whole page, now complete

@@ -296,7 +296,8 @@ FEATURE_NAMES = ["nucleus_area_um2", "nucleus_w_um", "nucleus_h_um", "elongation
                  "stain_mean", "stain_p90", "stain_sd", "rim_stain", "rim_r", "rim_g", "rim_b", "nuc_r", "nuc_g",
                  "nuc_b", "rim_pale", "border_um", "level", "group_um", "split", "inside_others", "contains_others"]
 # the box regressors also read where the cytoplasm ends; the classifier (one white cell or not) does without: with
-# 360 readings to learn from, the extents helped the boxes and only added noise to the classifier (README)
+# 360 readings to learn from, the extents helped the boxes and only added noise to the classifier (README). The
+# classifier's features are the first len(CLASSIFIER_FEATURES) columns of a FEATURE_NAMES row (FieldScorer.scores)
 CLASSIFIER_FEATURES = list(FEATURE_NAMES)
 FEATURE_NAMES += [f"extent_{side}_{level:g}" for level in CYTOPLASM_LEVELS
                   for side in ("left", "top", "right", "bottom", "area")]

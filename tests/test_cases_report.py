@@ -242,7 +242,8 @@ def test_ids_of_a_deleted_case_are_never_reused(store):
 
 def test_a_page_waiting_at_a_jobs_end_learns_of_it_when_it_comes_and_never_waits_earlier(store):
     """``JobRunner.wait_near_end`` (the Classify page's progress check): with more than one chunk still to start it
-    answers at once; in the last chunk it returns as soon as the job's end is recorded, not at its timeout."""
+    answers at once; in the last chunk it returns as soon as the job's end is recorded, not at its timeout; while
+    another job shares the classifier it answers at once even in the last chunk."""
     import threading
     import time
 
@@ -284,3 +285,15 @@ def test_a_page_waiting_at_a_jobs_end_learns_of_it_when_it_comes_and_never_waits
     waiter.join(30)
     assert ended["ok"] is True and ended["at"] - released < 10  # woken by the end, not by the 30 s timeout
     assert store.latest_job(cid)["status"] == "failed" and store.latest_job(cid)["id"] == job2
+
+    gate3 = Gate()
+    job3 = runner.submit(cid, gate3, None, [(0, object())])  # near its end, but sharing the classifier with job4
+    job4 = runner.submit(cid, gate3, None, [(0, object())])
+    t = time.monotonic()
+    assert runner.wait_near_end(job3, timeout=30) is False
+    assert time.monotonic() - t < 10  # answered at once: no wait while jobs share the classifier
+    gate3.go.set()
+    for _ in range(300):
+        if not runner.running(job3) and not runner.running(job4):
+            break
+        time.sleep(0.1)
