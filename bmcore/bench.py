@@ -5,8 +5,9 @@ each with and without 4-view TTA): ms per cell at batch 1 and the wall time of a
 end from JPEG bytes (decode, resize, model, gate, calibrated verdicts; model load excluded), the same with a
 competing CPU-bound process pinned to one core, cold start to the first prediction and the peak memory of a
 fresh process that loads that setting and classifies the 500 cells, and the val / test macro-F1 that
-``train.export`` measured for that setting. Then, for the bundle's default setting: inference threads 1 vs 2
-and spin-waiting on vs off with the competing process, and Grad-CAM per method. Ratios between rows of one
+``train.export`` measured for that setting. Then, for the bundle's default setting, idle and with the competing
+process: the cores side by side on parts of the batch (the default), one session on both cores (its threads
+spin-waiting or not) and one core; and Grad-CAM per method. Ratios between rows of one
 run are what to compare; machines here are shared and noisy.
 """
 
@@ -152,20 +153,21 @@ def run_bench(bundle, data, cells: int = 500, cams: int = 20, device=None, out=N
         result["rows"].append(row)
         print(json.dumps(row), flush=True)
         del p
-    # threads and spin-waiting of the default setting, under load
+    # how the default setting uses the cores, idle and under load: the cores side by side on parts of the batch
+    # (one-thread sessions: the default), one session on all cores (threads spin-waiting or not), one core
     if default.engine == "onnx":
         grid = []
-        for threads in (1, 2):
-            for spin in ("0", "1"):
-                with _env(BM_INFERENCE_THREADS=threads, BM_INFERENCE_SPIN=spin):
-                    p = Predictor(b, device=device)
-                    p.predict(blobs[:64])
-                    idle = _timeit(lambda: p.predict(blobs), 1)
-                    with competing_process():
-                        loaded = _timeit(lambda: p.predict(blobs), 1)
-                grid.append({"threads": threads, "spin_wait": spin == "1", f"differential_{cells}_cells_s": idle,
-                             f"differential_{cells}_cells_s_with_competing_process": loaded})
-                print(json.dumps(grid[-1]), flush=True)
+        for threads, parallel, spin in ((2, True, "0"), (2, False, "0"), (2, False, "1"), (1, False, "0")):
+            with _env(BM_INFERENCE_THREADS=threads, BM_INFERENCE_SPIN=spin):
+                p = Predictor(b, device=device, parallel=parallel)
+                p.predict(blobs[:64])
+                idle = _timeit(lambda: p.predict(blobs), 1)
+                with competing_process():
+                    loaded = _timeit(lambda: p.predict(blobs), 1)
+            grid.append({"threads": threads, "cores_side_by_side": parallel and threads > 1,
+                         "spin_wait": spin == "1", f"differential_{cells}_cells_s": idle,
+                         f"differential_{cells}_cells_s_with_competing_process": loaded})
+            print(json.dumps(grid[-1]), flush=True)
         result["threads_under_load"] = grid
     cam_ms = {}
     for method in ("gradcam", "gradcam++", "layercam", "eigencam"):

@@ -51,6 +51,25 @@ def inference_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+_blas_limited = False
+
+
+def one_blas_thread() -> None:
+    """NumPy's BLAS runs in one thread in this process from now on (idempotent; the inference path calls it).
+
+    The gate's small matrix products (a chunk's features against 64 directions) were threaded by OpenBLAS, whose
+    idle threads spin-wait: beside ONNX Runtime on two cores that cost 25 ms per chunk, a quarter of a 500-cell
+    differential (measured 2026-11-27: 3.1 s -> 2.3-2.4 s with one BLAS thread, this 2-core machine). Products this
+    small gain nothing from a second thread."""
+    global _blas_limited
+    if _blas_limited:
+        return
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+    _blas_limited = True
+
+
 def session(path: str | Path, sha256: str, threads: int | None = None):
     """The process's one ONNX Runtime session for ``path`` (checked against ``sha256`` when first opened)."""
     import onnxruntime as ort

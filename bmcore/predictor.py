@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .bundle import Bundle, load_bundle
-from .engine import OnnxModel, onnxruntime_available
+from .engine import OnnxModel, inference_threads, one_blas_thread, onnxruntime_available
 from .metrics import softmax
 from .ood import quality_stats, size_refusal
 from .preprocess import (ImageDecodeError, decode_image, normalize, resize_rgb, stack_crops, thumbnail_of,
@@ -119,11 +119,14 @@ class CellPrediction:
 
 class Predictor:
     DECODE_CHUNK = 64  # crops decoded at a time (bounded memory): the next chunk while the model runs on this one
+    # the data-parallel path (ONNX on a CPU, ``_predict_parallel``): crops per part, the fewest worth a part of their
+    # own, and the forward micro-batch of a one-thread session (2-4 measured fastest, 16 ~5 % slower)
+    PARALLEL_CHUNK, PARALLEL_MIN_PART, PARALLEL_BATCH = 32, 4, 4
 
     def __init__(self, bundle: Bundle | str | Path, *, device: str | None = None, threshold: float | None = None,
                  hairy_threshold: float | None = None, precision: str = "auto", batch_size: int | None = None,
                  tta: bool | None = None, decode_workers: int = 2, gate: bool = True, engine: str | None = None,
-                 tta_below: float | None = None):
+                 tta_below: float | None = None, parallel: bool = True):
         """``engine``: "onnx" (ONNX Runtime on a CPU, precision "fp32" or "int8") or "torch" (precision "fp32",
         "fp16", "bf16"); None and precision "auto" take what the bundle chose on validation
         (``bundle.json["inference"]``), falling back to torch fp32 where ONNX cannot run (a GPU, no onnxruntime, a
@@ -131,7 +134,10 @@ class Predictor:
 
         ``tta_below`` (with TTA off): selective TTA, a candidate setting measured by ``bench/selective_tta.py`` and
         not yet chosen by any bundle: a cell whose calibrated single-view confidence is under it gets the mean of the
-        4 dihedral views, the others keep the single view."""
+        4 dihedral views, the others keep the single view.
+
+        ``parallel`` (ONNX on a CPU): the cores take parts of a batch side by side, each with a one-thread session
+        (``_predict_parallel``); False runs one session on all cores instead (``bmcore bench`` compares the two)."""
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.device = pick_device(device)
         self.cfg = self.bundle.data_config
@@ -163,6 +169,10 @@ class Predictor:
         self._model = None  # the torch model, built when first needed (torch engine, Grad-CAM)
         self._model_lock = threading.Lock()
         self.onnx = OnnxModel(self.bundle, precision) if engine == "onnx" else None
+        self.parallel = parallel
+        self._onnx_one = None  # the one-thread session of the data-parallel path, opened when first needed
+        if self.device.type == "cpu":
+            one_blas_thread()
         if engine == "torch":
             _ = self.model
         self._cam_lock = threading.Lock()
@@ -226,23 +236,25 @@ class Predictor:
             return np.zeros((0, len(self.classes)), np.float32), np.zeros((0, 0), np.float32)
         return self._forward(x, features=True)
 
-    def _forward(self, x: torch.Tensor, features: bool):
+    def _forward(self, x: torch.Tensor, features: bool, onnx=None):
         if not self.tta_below:
-            return self._run(x, features, self.tta)
-        out = self._run(x, features, False)
+            return self._run(x, features, self.tta, onnx)
+        out = self._run(x, features, False, onnx)
         logits = out[0] if features else out
         unsure = np.nonzero(softmax(logits, self.temperature).max(1) < self.tta_below)[0]
         if len(unsure):  # the unsure cells again, with all 4 views (the identity view is recomputed: simpler)
-            more = self._run(x[torch.from_numpy(unsure)], features, True)
+            more = self._run(x[torch.from_numpy(unsure)], features, True, onnx)
             if features:
                 out[0][unsure], out[1][unsure] = more
             else:
                 out[unsure] = more
         return out
 
-    def _run(self, x: torch.Tensor, features: bool, tta: bool):
+    def _run(self, x: torch.Tensor, features: bool, tta: bool, onnx=None):
         if self.onnx is not None:
-            logits, feats = self.onnx(x.numpy(), tta=tta, batch_size=self.batch_size)
+            one = onnx is not None and onnx is not self.onnx
+            logits, feats = (onnx or self.onnx)(x.numpy(), tta=tta,
+                                                batch_size=self.PARALLEL_BATCH if one else self.batch_size)
             return (logits, feats) if features else logits
         return forward_logits(self.model, x, self.device, dtype=self._dtype, tta=tta, batch_size=self.batch_size,
                               channels_last=self.device.type in ("cuda", "cpu"), features=features)
@@ -295,48 +307,91 @@ class Predictor:
         (the app shares one Predictor between sessions, each case with its own rules). ``thumbnails``: each
         readable crop's stored thumbnail comes with its prediction, from the same decode.
 
-        Decoding overlaps inference: the next chunk is decoded (one thread) while the model runs on this one.
+        With ONNX on a CPU of several cores the crops are cut into parts (up to 32 crops) that the cores take from
+        bytes to verdicts side by side, each with a one-thread session (``_predict_parallel``); otherwise (torch, one
+        core, a handful of crops) decoding overlaps inference: the next chunk is decoded (one thread) while the model
+        runs on this one, on all cores.
         """
         if rules is None:
             rules = self.rules if threshold is None and hairy_threshold is None else \
                 self.review_rules(threshold, hairy_threshold)
         names = names or [Path(s).name if isinstance(s, (str, Path)) else f"image {i + 1}" for i, s in
                           enumerate(sources)]
+        n, workers = len(sources), self._parallel_workers()
+        part = max(self.PARALLEL_MIN_PART, min(self.PARALLEL_CHUNK, -(-n // workers))) if workers > 1 else n
+        if workers > 1 and n > part:
+            return self._predict_parallel(sources, names, rules, thumbnails, progress, workers, part)
         results: list[CellPrediction] = []
         chunk = self.DECODE_CHUNK
-        starts = list(range(0, len(sources), chunk))
+        starts = list(range(0, n, chunk))
         with ThreadPoolExecutor(1) as prefetch:
             nxt = prefetch.submit(self.load_many, sources[:chunk], thumbnails, 1) if starts else None
             for start in starts:
-                tensors, errors, thumbs = nxt.result()  # decoded on the prefetch thread
-                if start + chunk < len(sources):
+                loaded = nxt.result()  # decoded on the prefetch thread
+                if start + chunk < n:
                     nxt = prefetch.submit(self.load_many, sources[start + chunk:start + 2 * chunk], thumbnails, 1)
-                good = [i for i, t in enumerate(tensors) if t is not None]
-                probs, reasons, scores = self._judge([tensors[i] for i in good])
-                row = {i: (p, r, sc) for i, p, r, sc in zip(good, probs, reasons, scores)}
-                for i, err in enumerate(errors):
-                    name = names[start + i]
-                    if i not in row:
-                        results.append(CellPrediction(name=name, ok=False, error=err))
-                        continue
-                    p, reason, score = row[i]
-                    verdict = self._verdict(name, p, rules)
-                    verdict.rejected, verdict.reject_reason, verdict.ood_score = bool(reason), reason, float(score)
-                    verdict.thumbnail = thumbs[i]
-                    results.append(verdict)
+                results += self._chunk_predictions(loaded, names[start:start + chunk], rules)
                 if progress:
-                    progress(min(start + chunk, len(sources)), len(sources))
+                    progress(min(start + chunk, n), n)
         return results
 
-    def _judge(self, tensors: list[torch.Tensor]) -> tuple[np.ndarray, list[str], np.ndarray]:
-        """Calibrated probabilities, gate reasons ("" = accepted) and gate scores for resized uint8 CHW crops."""
+    def _parallel_workers(self) -> int:
+        """Workers of the data-parallel path (``_predict_parallel``): the inference threads on a CPU with ONNX, else 1."""
+        return inference_threads() if self.onnx is not None and self.parallel else 1
+
+    def _predict_parallel(self, sources, names, rules, thumbnails, progress, workers: int, part: int):
+        """``predict`` on ``workers`` threads, each taking a part of the crops from its bytes to its verdicts with a
+        one-thread ONNX Runtime session: no thread ever waits for another inside a layer, so a core that another
+        process holds slows only the part on it (``bmcore bench`` compares this with one session on all cores)."""
+        one = self._onnx_single()
+
+        def run(start: int):
+            loaded = self.load_many(sources[start:start + part], thumbnails, 1)
+            return self._chunk_predictions(loaded, names[start:start + part], rules, one)
+
+        results: list[CellPrediction] = []
+        with ThreadPoolExecutor(workers) as pool:
+            futures = [pool.submit(run, start) for start in range(0, len(sources), part)]
+            for f in futures:
+                results += f.result()
+                if progress:
+                    progress(len(results), len(sources))
+        return results
+
+    def _onnx_single(self) -> OnnxModel:
+        """The bundle's ONNX model in a one-thread session (created once per process, like every session)."""
+        if self._onnx_one is None:
+            self._onnx_one = OnnxModel(self.bundle, self.precision, threads=1)
+        return self._onnx_one
+
+    def _chunk_predictions(self, loaded, names: list[str], rules: ReviewRules, onnx=None) -> list[CellPrediction]:
+        """Predictions of one decoded chunk (``load_many``'s result), in order; unreadable crops keep their error."""
+        tensors, errors, thumbs = loaded
+        good = [i for i, t in enumerate(tensors) if t is not None]
+        probs, reasons, scores = self._judge([tensors[i] for i in good], onnx)
+        row = {i: (p, r, sc) for i, p, r, sc in zip(good, probs, reasons, scores)}
+        out = []
+        for i, err in enumerate(errors):
+            if i not in row:
+                out.append(CellPrediction(name=names[i], ok=False, error=err))
+                continue
+            p, reason, score = row[i]
+            verdict = self._verdict(names[i], p, rules)
+            verdict.rejected, verdict.reject_reason, verdict.ood_score = bool(reason), reason, float(score)
+            verdict.thumbnail = thumbs[i]
+            out.append(verdict)
+        return out
+
+    def _judge(self, tensors: list[torch.Tensor], onnx=None) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """Calibrated probabilities, gate reasons ("" = accepted) and gate scores for resized uint8 CHW crops
+        (``onnx``: the ONNX model to run instead of the predictor's own, e.g. its one-thread session)."""
         n = len(tensors)
         if n == 0:
             return np.zeros((0, len(self.classes))), [], np.zeros(0)
         x = normalize(stack_crops(tensors), self.cfg)
         if self.gate is None:
-            return softmax(self.logits(x), self.temperature), [""] * n, np.full(n, np.nan)
-        logits, feats = self.outputs(x)
+            return softmax(self._forward(x, False, onnx), self.temperature), [""] * n, np.full(n, np.nan)
+        logits, feats = self._forward(x, True, onnx)
         quality = np.array([quality_stats(t.permute(1, 2, 0).numpy()) for t in tensors])
         reasons, scores = self.gate.reasons(feats, logits, quality)
         return softmax(logits, self.temperature), reasons, scores

@@ -149,3 +149,40 @@ def test_one_decode_per_crop_and_small_jpegs_kept_as_their_thumbnail(crops, tmp_
     thumb = Image.open(io.BytesIO(rows[1].thumbnail))
     assert thumb.format == "JPEG" and max(thumb.size) == 256
     assert not rows[2].ok and rows[2].thumbnail is None
+
+
+def test_cores_side_by_side_give_the_one_session_results_in_order(crops, monkeypatch):
+    """The data-parallel path (parts of the crops on each core, one-thread sessions) returns what one session on
+    one core returns: the same verdicts in the same order, unreadable files kept in place by name, progress to the end;
+    and the gate's matrix products run in one BLAS thread (threaded ones spin-wait against the model's threads)."""
+    from threadpoolctl import threadpool_info
+
+    import bmcore.predictor
+
+    _need_onnx(DEFAULT_BUNDLE)
+    srcs = _real(crops, 5)
+    srcs[7:7] = [b"not an image"]
+    srcs[29:29] = [b""]
+    names = [f"crop {i}" for i in range(len(srcs))]
+    parts = []
+    real = bmcore.predictor.Predictor._predict_parallel
+
+    def spy(self, sources, *a):
+        parts.append(a[-1])
+        return real(self, sources, *a)
+
+    monkeypatch.setattr(bmcore.predictor.Predictor, "_predict_parallel", spy)
+    monkeypatch.setenv("BM_INFERENCE_THREADS", "1")
+    one = Predictor(DEFAULT_BUNDLE).predict(srcs, names)
+    assert not parts, "one core: the one-session path"
+    monkeypatch.setenv("BM_INFERENCE_THREADS", "2")
+    steps = []
+    two = Predictor(DEFAULT_BUNDLE).predict(srcs, names, progress=lambda d, n: steps.append((d, n)))
+    assert parts and parts[0] < len(srcs), "two cores: parts side by side"
+    assert [r.name for r in two] == names and [r.ok for r in two] == [r.ok for r in one]
+    assert not two[7].ok and not two[29].ok and "crop 7" == two[7].name and two[7].error == one[7].error
+    assert [r.code for r in two] == [r.code for r in one] and [r.rejected for r in two] == [r.rejected for r in one]
+    assert max(abs(a.probabilities[c] - b.probabilities[c]) for a, b in zip(one, two) if a.ok
+               for c in a.probabilities) < 1e-5
+    assert steps[-1] == (len(srcs), len(srcs)) and [d for d, _ in steps] == sorted(d for d, _ in steps)
+    assert all(lib["num_threads"] == 1 for lib in threadpool_info() if lib["user_api"] == "blas")
