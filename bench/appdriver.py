@@ -174,12 +174,20 @@ def open_classify(page, url: str, case_code: str, user: str = "tech") -> None:
     settle(page)  # the rerun Enter starts: an upload chosen while it redraws the page could be lost
 
 
+# The long waits (an upload, a background classification) poll the page with a light script: Playwright's role and
+# text engines walk the whole page on each poll (75 ms a poll with a 100-cell case on screen, measured by a CPU
+# profile of the browser), and eight browsers polling for half a minute took the two cores the server needed.
+POLL_MS = 100
+_CLASSIFY_LIVE = """() => [...document.querySelectorAll('button[data-testid="stBaseButton-primary"]')]
+    .some(b => b.textContent.trim() === 'Classify' && !b.disabled)"""
+_TEXT_SHOWN = """(text) => [...document.querySelectorAll('[data-testid="stCaptionContainer"]')]
+    .some(e => e.textContent.includes(text) && e.checkVisibility())"""
+
+
 def upload(page, files: list) -> None:
     """Choose the crops in the uploader; returns once they are on the server and the Classify button is live."""
-    from playwright.sync_api import expect
-
     page.locator('input[type="file"]').set_input_files([str(f) for f in files])
-    expect(page.get_by_role("button", name="Classify", exact=True)).to_be_enabled()  # set by the upload's own rerun
+    page.wait_for_function(_CLASSIFY_LIVE, polling=POLL_MS)  # set by the upload's own rerun
     wait_idle(page)
 
 
@@ -195,9 +203,8 @@ def classify(page, case_code: str) -> dict[str, str]:
 
 def wait_classified(page) -> None:
     """Until the case's background classification has finished and the page has redrawn the complete case."""
-    from playwright.sync_api import expect
-
-    expect(page.get_by_text("Classification complete: all")).to_be_visible()  # drawn by the run after the job
+    # the caption drawn by the run after the job
+    page.wait_for_function(_TEXT_SHOWN, arg="Classification complete: all", polling=POLL_MS)
     wait_idle(page)
 
 
