@@ -117,6 +117,40 @@ def tree_rss(pid: int) -> int:
     return total
 
 
+def cpu_by_group(server_pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by live processes, grouped: the server (with its children), the
+    browsers (chromium) and the rest (this script, Playwright's drivers, anything else on the machine); plus the
+    machine's idle seconds (/proc/stat). Differences between two calls say who took the cores in between."""
+    hz = os.sysconf("SC_CLK_TCK")
+    procs: dict[int, tuple[int, float, str]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text()
+            cmd = Path(f"/proc/{d}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        f = stat[stat.rfind(")") + 2:].split()
+        procs[int(d)] = (int(f[1]), (int(f[11]) + int(f[12])) / hz, cmd)
+    server = {server_pid}
+    grew = True
+    while grew:
+        grew = False
+        for pid, (ppid, _, _) in procs.items():
+            if ppid in server and pid not in server:
+                server.add(pid)
+                grew = True
+    out = {"server": 0.0, "browsers": 0.0, "other": 0.0}
+    for pid, (_, cpu, cmd) in procs.items():
+        out["server" if pid in server else "browsers" if "chrom" in cmd else "other"] += cpu
+    try:
+        out["machine_idle"] = int(Path("/proc/stat").read_text().split("\n")[0].split()[4]) / hz
+    except (OSError, IndexError, ValueError):
+        pass
+    return out
+
+
 class RssSampler(threading.Thread):
     def __init__(self, pid: int, every: float = SAMPLE_EVERY_S):
         super().__init__(daemon=True)
@@ -137,7 +171,7 @@ class RssSampler(threading.Thread):
 
 # -- one user -------------------------------------------------------------------------------------
 def session(n: int, url: str, files: list[Path], heat: list[str], n_heat: int, timeout: float,
-            barrier: threading.Barrier, art: Path) -> dict:
+            barrier: threading.Barrier, art: Path, have_results=lambda: None) -> dict:
     from playwright.sync_api import sync_playwright
 
     code = f"LOAD-{n:02d}"
@@ -171,6 +205,7 @@ def session(n: int, url: str, files: list[Path], heat: list[str], n_heat: int, t
                 rec["metrics"] = appdriver.classify(page, code)
                 rec["classify_s"] = time.perf_counter() - t1
                 rec["results_s"] = time.perf_counter() - t
+                have_results()
                 rec["cells"] = cell_counts(rec["metrics"])
                 missing = _unaccounted(rec["metrics"], len(files))
                 if missing:
@@ -227,6 +262,21 @@ def _describe(exc: BaseException) -> str:
 
 
 # -- report ---------------------------------------------------------------------------------------
+def cpu_account(mark: dict) -> dict | None:
+    """Who took the cores from the start line until the last session had its results (CPU seconds, and shares of
+    the cores' time); None when not every session got there."""
+    if "cpu_end" not in mark:
+        return None
+    wall = mark["t_end"] - mark["t"]
+    used = {k: round(mark["cpu_end"][k] - mark["cpu"][k], 1) for k in ("server", "browsers", "other")}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    out = {"wall_s": round(wall, 2), "cores": cores, "cpu_s": used,
+           "share_of_cores": {k: round(v / (wall * cores), 3) for k, v in used.items()}}
+    if "machine_idle" in mark["cpu"] and "machine_idle" in mark["cpu_end"]:
+        out["idle_share"] = round((mark["cpu_end"]["machine_idle"] - mark["cpu"]["machine_idle"]) / (wall * cores), 3)
+    return out
+
+
 def pct(xs: list[float], q: float) -> float | None:
     """Percentile with linear interpolation (numpy's default); None for no data."""
     if not xs:
@@ -284,6 +334,10 @@ def table(res: dict) -> str:
              f"upload -> results: median {g(t['median'])} s, p95 {g(t['p95'])} s, max {g(t['max'])} s",
              f"heatmap:           median {g(h['median'])} s, p95 {g(h['p95'])} s, max {g(h['max'])} s (n={h['n']})",
              f"server RSS peak {res['peak_server_rss_mb']} MB (before the uploads: {res['server_rss_before_mb']} MB)"]
+    if c := res.get("cpu_until_all_results"):
+        sh = c["share_of_cores"]
+        rows.append(f"the {c['cores']} cores, start line to the last results ({c['wall_s']:.1f} s): server {sh['server']:.0%}, "
+                    f"browsers {sh['browsers']:.0%}, other {sh['other']:.0%}, idle {c.get('idle_share', float('nan')):.0%}")
     for e in res["errors"]:
         lines = e["error"].splitlines()
         step = next((ln.strip(" -") for ln in lines if ln.strip().startswith("- ")), "")  # Playwright's call log
@@ -332,11 +386,21 @@ def main() -> int:
             def at_start():  # runs once, when every session has its Classify page open
                 mark["t"] = time.perf_counter()
                 mark["rss"] = tree_rss(srv.proc.pid)
+                mark["cpu"] = cpu_by_group(srv.proc.pid)
+
+            done_lock = threading.Lock()
+
+            def have_results():  # each session, once its results are drawn: the last one closes the CPU account
+                with done_lock:
+                    mark["results"] = mark.get("results", 0) + 1
+                    if mark["results"] == a.sessions and "cpu" in mark:
+                        mark["cpu_end"], mark["t_end"] = cpu_by_group(srv.proc.pid), time.perf_counter()
 
             barrier = threading.Barrier(a.sessions, action=at_start)
 
             def worker(i):
-                records[i] = session(i + 1, srv.url, samples[i], heat[i], a.heatmaps, a.timeout, barrier, tmp)
+                records[i] = session(i + 1, srv.url, samples[i], heat[i], a.heatmaps, a.timeout, barrier, tmp,
+                                     have_results)
 
             threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(a.sessions)]
             t0 = time.perf_counter()
@@ -372,6 +436,7 @@ def main() -> int:
             "server_rss_end_mb": mb(rss_end), "rss_samples": sampler.samples, "rss_sample_every_s": SAMPLE_EVERY_S,
             "wall_s": round(wall, 2), "load_wall_s": None if load_wall is None else round(load_wall, 2),
             "data": Path(a.data).name, "samples_disjoint": disjoint,
+            "cpu_until_all_results": cpu_account(mark),
             "per_session": [{**r, **{k: round(r[k], 3) for k in ("ready_s", "upload_s", "classify_s", "results_s")
                                      if r.get(k) is not None},
                              "heatmaps": [{"cell": h["cell"], "seconds": round(h["seconds"], 3)}
