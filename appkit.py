@@ -23,6 +23,9 @@ from bmcore.tasks import HAIRY_CELL_CODE
 ROOT = Path(__file__).resolve().parent
 ASSETS = ROOT / "assets"
 MODELS = ASSETS / "models"
+# the Classify page's case view: its tabs, and the session-state key of the open one (only its content is drawn)
+CASE_TABS = ("Results table", "Gallery", "Review bin", "Rejected bin", "Cell view")
+CASE_TAB_KEY = "classify_tab"
 
 
 def _secret(name: str) -> str | None:

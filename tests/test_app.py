@@ -51,6 +51,17 @@ def upload(at: AppTest, case: str, files, extra=()) -> AppTest:
     return wait_classified(at)
 
 
+def open_tab(at: AppTest, name: str) -> AppTest:
+    """Open a tab of the Classify page's case view, as a click on it does (only the open tab's content is drawn)."""
+    from appkit import CASE_TAB_KEY, CASE_TABS
+
+    assert name in CASE_TABS
+    at.session_state[CASE_TAB_KEY] = name
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
 def wait_classified(at: AppTest, timeout: float = 120) -> AppTest:
     """Classification runs in the server's background worker: rerun the page until the case has no pending cell."""
     import time
@@ -129,7 +140,9 @@ def test_threshold_zero_means_no_uncertain_and_duplicate_case_refused(env, crops
 
 def test_cell_view_heatmap(env, crops):
     at = upload(app(env, threshold=0.0), "C-3", real(crops, 1))
-    imgs = at.get("image")
+    assert not [e for e in at.get("image") if "as the model sees it" in str(e.proto)], \
+        "no heatmap is computed or sent while the Cell view is closed"
+    imgs = open_tab(at, "Cell view").get("image")
     assert len(imgs) >= 2, "the cell view shows the crop and its heatmap"
     at.selectbox(key="cam_method").set_value("layercam").run()
     at.slider(key="cam_opacity").set_value(0.8).run()
@@ -138,7 +151,7 @@ def test_cell_view_heatmap(env, crops):
 
 def test_cell_view_follows_the_active_case(env, crops):
     """After a second case is classified, the cell view shows a cell of that case, never the first case's."""
-    at = upload(app(env, threshold=0.0), "C-V1", real(crops, 1))
+    at = open_tab(upload(app(env, threshold=0.0), "C-V1", real(crops, 1)), "Cell view")
     first = at.session_state["case_id"]
     last = CaseStore(env["db"]).get_case(first).cells[-1]
     at.selectbox(key=f"_w_cell_pick_{first}").set_value(last.id).run()
@@ -155,7 +168,7 @@ def test_cell_view_follows_the_active_case(env, crops):
 def test_cell_view_stays_on_its_cell_when_a_colleague_reviews_it(env, crops):
     """A has cell X open in the Cell view; B relabels X; A's stale picker text still names X (and a text that names no
     cell leaves A on X); the view then says who reviewed it."""
-    at = upload(app(env, threshold=0.0), "C-CV", real(crops, 1))
+    at = open_tab(upload(app(env, threshold=0.0), "C-CV", real(crops, 1)), "Cell view")
     cid = at.session_state["case_id"]
     store = CaseStore(env["db"])
     x = store.get_case(cid).cells[2]
@@ -229,7 +242,7 @@ def test_a_case_is_judged_by_its_own_model_not_the_sidebars(env, crops, monkeypa
     assert not at.exception
     assert any("Hairy-cell screening unavailable for this case" in i.value and "eight" in i.value for i in at.info)
     assert not at.success, "no reassurance that no cell reached the flag threshold"
-    at.switch_page("views/classify.py").run()
+    open_tab(at.switch_page("views/classify.py"), "Cell view")
     assert metric(at, "Hairy-cell flags") == "unavailable"
     # the heatmap is computed by M, over M's classes
     cap = next(c.value for c in at.caption if "Classified by" in c.value)
@@ -405,7 +418,8 @@ def test_rejected_bin_is_left_out_of_the_differential(env, crops):
     assert all(c.reject_reason and c.label is None for c in rejected)
     assert metric(at, "Rejected: not a cell crop") == str(len(rejected))
     assert metric(at, "Cells classified") == str(len(case.cells) - len(rejected))
-    shown = next(d.value for d in at.dataframe if "reason" in d.value.columns)
+    assert not [d for d in at.dataframe if "reason" in d.value.columns], "the closed bin is not drawn"
+    shown = next(d.value for d in open_tab(at, "Rejected bin").dataframe if "reason" in d.value.columns)
     assert set(shown.file) == {c.name for c in rejected}
     at.switch_page("views/differential.py").run()
     assert not at.exception

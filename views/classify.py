@@ -270,8 +270,11 @@ if len(bad):
     with st.expander(f"{len(bad)} file(s) could not be used", expanded=True):
         st.dataframe(bad[["file", "error"]], hide_index=True, width="stretch")
 
+# only the open tab's content is drawn (the table's always, so its filters keep): the others held up to 140 thumbnails
+# and a Grad-CAM that every draw of the page computed and every browser loaded, seen or not. Labels stay the same
+# while counts change, so the open tab stays open; the counts are in the metrics above and in each bin.
 tab_table, tab_gallery, tab_review, tab_rejected, tab_cell = st.tabs(
-    ["Results table", "Gallery", f"Review bin ({summ.needs_review})", f"Rejected bin ({len(rejected)})", "Cell view"])
+    list(appkit.CASE_TABS), key=appkit.CASE_TAB_KEY, on_change="rerun")
 
 with tab_table:
     f1, f2 = st.columns([3, 1])
@@ -302,7 +305,7 @@ def grid(rows: pd.DataFrame, caption_fn) -> None:
 
 with tab_gallery:
     counts = ok.final.value_counts()
-    if len(counts):
+    if tab_gallery.open is not False and len(counts):
         g1, g2 = st.columns([3, 1])
         cls = g1.selectbox("Class", list(counts.index), key=f"gallery_class_{case.id}",
                            format_func=lambda c: f"{c} {cell_name(c)} ({counts[c]})")
@@ -313,7 +316,9 @@ with tab_gallery:
 
 with tab_review:
     unc = ok[ok.review != ""].sort_values("confidence")
-    if unc.empty:
+    if tab_review.open is False:
+        pass
+    elif unc.empty:
         st.success("No cell of this case needs a person's review before it counts.")
     else:
         st.write(f"{len(unc)} cell(s) are uncertain or may be a critical cell type. They are left out of the "
@@ -321,7 +326,9 @@ with tab_review:
         grid(unc.head(GALLERY_PAGE * 2), lambda r: f"#{r['#']} {r.predicted}? {r.confidence:.2f} · {r.review}")
 
 with tab_rejected:
-    if rejected.empty:
+    if tab_rejected.open is False:
+        pass
+    elif rejected.empty:
         st.success("Every readable image passed the model's quality and out-of-distribution checks.")
     else:
         st.write(f"{len(rejected)} image(s) are not a recognisable bone marrow single-cell crop for this model "
@@ -388,4 +395,5 @@ def cell_view() -> None:
 
 
 with tab_cell:
-    cell_view()
+    if tab_cell.open is not False:
+        cell_view()
