@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import IMPORT_LOCK
 from .backbones import get_backbone, target_layer
 
 CAM_METHODS = {  # method -> pytorch_grad_cam class
@@ -37,8 +38,9 @@ def compute_cam(model: nn.Module, backbone: str, x: torch.Tensor, class_index: i
     """A (H, W) map in [0, 1] for one normalised CHW image; gradients are enabled here on purpose."""
     if method not in CAM_METHODS:
         raise ValueError(f"unknown CAM method {method!r}; choose from {', '.join(CAM_METHODS)}")
-    import pytorch_grad_cam
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    with IMPORT_LOCK:
+        import pytorch_grad_cam
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     b = get_backbone(backbone)
     reshape = token_reshape(getattr(model, "num_prefix_tokens", 1)) if b.transformer else None
@@ -56,7 +58,9 @@ def compute_cam(model: nn.Module, backbone: str, x: torch.Tensor, class_index: i
 def overlay(rgb: np.ndarray, cam: np.ndarray, opacity: float = 0.5) -> np.ndarray:
     """Heatmap over the RGB crop (uint8 HxWx3, CAM resized to it)."""
     import cv2
-    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    with IMPORT_LOCK:
+        from pytorch_grad_cam.utils.image import show_cam_on_image
 
     h, w = rgb.shape[:2]
     if cam.shape != (h, w):

@@ -48,6 +48,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from . import IMPORT_LOCK
+
 RBC_DIAMETER_UM = 7.5          # a normal red cell's diameter
 RBC_SPAN_PER_CIRCLE = 1.19     # a red cell's span (as boxed) / its inscribed circle's diameter (fitted: tune half)
 DEFAULT_UM_PER_PX = 0.08       # only if neither the user nor the red cells give a scale (100x oil, 640 px camera)
@@ -469,7 +471,8 @@ def field_scorer() -> FieldScorer:
         if meta.get("features") != FEATURE_NAMES or meta.get("classifier_features") != CLASSIFIER_FEATURES:
             raise RuntimeError(f"{SCORER_PATH} was fitted on other features than this finder measures; refit it with "
                                "python -m train.fields_scorer")
-        d = joblib.load(io.BytesIO(blob))
+        with IMPORT_LOCK:  # unpickling imports scikit-learn (see bmcore.IMPORT_LOCK)
+            d = joblib.load(io.BytesIO(blob))
         _SCORER = FieldScorer(d["classifier"], d["box"], float(d["threshold"]), float(d["nms_iou"]))
     return _SCORER
 

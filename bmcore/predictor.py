@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import IMPORT_LOCK
 from .bundle import Bundle, load_bundle
 from .engine import OnnxModel, inference_threads, one_blas_thread, onnxruntime_available
 from .metrics import softmax
@@ -448,7 +449,8 @@ class Predictor:
     def warm_explanations(self) -> None:
         """Build Grad-CAM's torch model now (imports timm and pytorch-grad-cam: seconds), so a reviewer's first heatmap
         does not wait."""
-        import pytorch_grad_cam  # noqa: F401
+        with IMPORT_LOCK:
+            import pytorch_grad_cam  # noqa: F401
 
         with self._cam_lock:
             self._cam_net()
