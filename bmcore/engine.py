@@ -10,9 +10,11 @@ exactly ``split_forward`` (penultimate features for the out-of-distribution gate
 Both are sha256-checked against ``bundle.json["onnx"]`` like the weights, and an ONNX Runtime session is
 created once per file per process (``session``): every Predictor and every app session shares it.
 
-Threads: ONNX Runtime's intra-op pool gets the cores this process may run on (``inference_threads``;
-``BM_INFERENCE_THREADS`` overrides), without spin-waiting, so a core that another process holds is
-given back instead of burnt waiting (``bench`` measures both with a competing process on one core).
+Threads: a batch is cut into parts that the cores this process may run on (``inference_threads``;
+``BM_INFERENCE_THREADS`` overrides) take side by side, each part in a one-thread session
+(``Predictor._predict_parallel``); a few crops run in one session whose intra-op pool has all those cores,
+without spin-waiting, so a core that another process holds is given back instead of burnt waiting
+(``bench`` measures these with a competing process on one core).
 """
 
 from __future__ import annotations
