@@ -78,74 +78,55 @@ def heatmap_cells(files: list[Path], n: int) -> list[str]:
 
 
 # -- server memory --------------------------------------------------------------------------------
-def tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants (psutil if installed, else /proc)."""
-    try:
-        import psutil
-    except ImportError:
-        psutil = None
-    if psutil is not None:
-        try:
-            root = psutil.Process(pid)
-            procs = [root] + root.children(recursive=True)
-        except psutil.Error:
-            return 0
-        total = 0
-        for p in procs:
-            try:
-                total += p.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
-    children: dict[int, list[int]] = {}
+def proc_table() -> dict[int, tuple[int, float, int, str]]:
+    """Every live process from /proc: pid -> (parent pid, CPU seconds used (user + system), resident bytes, command)."""
+    hz, page = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
+    out = {}
     for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                stat = Path(f"/proc/{d}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat[stat.rfind(")") + 2:].split()[1])
-            children.setdefault(ppid, []).append(int(d))
-    total, todo, page = 0, [pid], os.sysconf("SC_PAGE_SIZE")
-    while todo:
-        p = todo.pop()
+        if not d.isdigit():
+            continue
         try:
-            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * page
+            stat = Path(f"/proc/{d}/stat").read_text()
+            rss = int(Path(f"/proc/{d}/statm").read_text().split()[1]) * page
+            cmd = Path(f"/proc/{d}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except (OSError, IndexError, ValueError):
             continue
-        todo += children.get(p, [])
-    return total
+        f = stat[stat.rfind(")") + 2:].split()
+        out[int(d)] = (int(f[1]), (int(f[11]) + int(f[12])) / hz, rss, cmd)
+    return out
+
+
+def process_tree(pid: int, table: dict) -> set[int]:
+    """``pid`` and all its descendants in a ``proc_table``."""
+    children: dict[int, list[int]] = {}
+    for p, row in table.items():
+        children.setdefault(row[0], []).append(p)
+    tree, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        if p in table and p not in tree:
+            tree.add(p)
+            todo += children.get(p, [])
+    return tree
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants."""
+    table = proc_table()
+    return sum(table[p][2] for p in process_tree(pid, table))
 
 
 def cpu_by_group(server_pid: int) -> dict[str, float]:
     """CPU seconds (user + system) used so far by live processes, grouped: the server (with its children), the
     browsers (chromium) and the rest (this script, Playwright's drivers, anything else on the machine); plus the
     machine's idle seconds (/proc/stat). Differences between two calls say who took the cores in between."""
-    hz = os.sysconf("SC_CLK_TCK")
-    procs: dict[int, tuple[int, float, str]] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{d}/stat").read_text()
-            cmd = Path(f"/proc/{d}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        f = stat[stat.rfind(")") + 2:].split()
-        procs[int(d)] = (int(f[1]), (int(f[11]) + int(f[12])) / hz, cmd)
-    server = {server_pid}
-    grew = True
-    while grew:
-        grew = False
-        for pid, (ppid, _, _) in procs.items():
-            if ppid in server and pid not in server:
-                server.add(pid)
-                grew = True
+    table = proc_table()
+    server = process_tree(server_pid, table)
     out = {"server": 0.0, "browsers": 0.0, "other": 0.0}
-    for pid, (_, cpu, cmd) in procs.items():
+    for pid, (_, cpu, _, cmd) in table.items():
         out["server" if pid in server else "browsers" if "chrom" in cmd else "other"] += cpu
     try:
-        out["machine_idle"] = int(Path("/proc/stat").read_text().split("\n")[0].split()[4]) / hz
+        out["machine_idle"] = int(Path("/proc/stat").read_text().split("\n")[0].split()[4]) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         pass
     return out

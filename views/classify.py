@@ -317,7 +317,7 @@ with tab_gallery:
 with tab_review:
     unc = ok[ok.review != ""].sort_values("confidence")
     if tab_review.open is False:
-        pass
+        pass  # closed: nothing drawn
     elif unc.empty:
         st.success("No cell of this case needs a person's review before it counts.")
     else:
@@ -327,7 +327,7 @@ with tab_review:
 
 with tab_rejected:
     if tab_rejected.open is False:
-        pass
+        pass  # closed: nothing drawn
     elif rejected.empty:
         st.success("Every readable image passed the model's quality and out-of-distribution checks.")
     else:
