@@ -269,6 +269,19 @@ def _persist(key: str, default):
     st.session_state[f"_w_{key}"] = st.session_state[key]
 
 
+def kept(key: str, default, valid=None) -> dict:
+    """Keyword arguments for a widget whose value outlives it: kept in ``key``, the widget being ``_w_{key}``.
+
+    Streamlit forgets a widget's value once a run does not draw it (a closed tab, another page). The value kept here
+    is handed back to the widget each time it is drawn; one outside ``valid`` (a class no longer in the case, a page
+    past the end) falls back to ``default``. The widget itself must not be given a default value as well."""
+    value = st.session_state.get(key, default)
+    if valid is not None and value not in valid:
+        value = default
+    st.session_state[key] = st.session_state[f"_w_{key}"] = value
+    return {"key": f"_w_{key}", "on_change": _store_back, "args": (key, valid)}
+
+
 def _store_back(key: str, valid=None):
     """A picker's on_change: copy widget ``_w_{key}`` into ``key``, the truth the page reads. With ``valid`` (the
     values the picker showed), a value outside them is dropped: a select box whose option text changed under a

@@ -144,9 +144,44 @@ def test_cell_view_heatmap(env, crops):
         "no heatmap is computed or sent while the Cell view is closed"
     imgs = open_tab(at, "Cell view").get("image")
     assert len(imgs) >= 2, "the cell view shows the crop and its heatmap"
-    at.selectbox(key="cam_method").set_value("layercam").run()
-    at.slider(key="cam_opacity").set_value(0.8).run()
+    at.selectbox(key="_w_cam_method").set_value("layercam").run()
+    at.slider(key="_w_cam_opacity").set_value(0.8).run()
     assert not at.exception
+
+
+def test_a_reviewers_choices_in_a_tab_are_kept_while_another_tab_is_open(env, crops):
+    """Only the open tab is drawn, and Streamlit forgets a widget it does not draw: the gallery's class and page and
+    the Cell view's cell, method, class to explain and opacity must still be as the reviewer left them."""
+    at = upload(app(env, threshold=0.0), "C-KEEP", real(crops, 6))
+    cid = at.session_state["case_id"]
+    open_tab(at, "Gallery")
+    klass = at.selectbox(key=f"_w_gallery_class_{cid}")
+    big = klass.options[0].split(" ")[0]  # the largest class first
+    other = klass.options[-1].split(" ")[0]
+    page = f"_w_gallery_page_{cid}_{big}"
+    assert at.number_input(key=page).max == 2, "the test needs a class of more than one gallery page"
+    at.number_input(key=page).set_value(2).run()
+    at.selectbox(key=f"_w_gallery_class_{cid}").set_value(other).run()
+    open_tab(at, "Cell view")
+    last = CaseStore(env["db"]).get_case(cid).cells[-1]
+    at.selectbox(key=f"_w_cell_pick_{cid}").set_value(last.id).run()
+    at.selectbox(key="_w_cam_method").set_value("layercam").run()
+    explain = f"_w_cam_class_{cid}_{last.id}"
+    second = at.selectbox(key=explain).options[1].split(" ")[0]
+    at.selectbox(key=explain).set_value(second).run()
+    at.slider(key="_w_cam_opacity").set_value(0.8).run()
+    open_tab(at, "Results table")
+    assert not at.get("selectbox") or all(s.key != "_w_cam_method" for s in at.selectbox), "the Cell view is closed"
+    open_tab(at, "Cell view")
+    assert at.selectbox(key=f"_w_cell_pick_{cid}").value == last.id
+    assert at.selectbox(key="_w_cam_method").value == "layercam"
+    assert at.selectbox(key=explain).value == second
+    assert at.slider(key="_w_cam_opacity").value == 0.8
+    assert any(f'"layercam for {second}' in str(e.proto) for e in at.get("image")), "the heatmap drawn is the one chosen"
+    open_tab(at, "Gallery")
+    assert at.selectbox(key=f"_w_gallery_class_{cid}").value == other != big
+    at.selectbox(key=f"_w_gallery_class_{cid}").set_value(big).run()
+    assert at.number_input(key=page).value == 2, "each class's gallery page is kept"
 
 
 def test_cell_view_follows_the_active_case(env, crops):
@@ -252,7 +287,7 @@ def test_a_case_is_judged_by_its_own_model_not_the_sidebars(env, crops, monkeypa
     assert set(explain.options_values if hasattr(explain, "options_values") else
                [o.split(" ")[0] for o in explain.options]) == set(DEV_CLASSES)
     assert any("by eight" in str(e.proto) for e in at.get("image")), "the heatmap says which model computed it"
-    at.selectbox(key="cam_method").set_value("layercam").run()  # a heatmap computed after the sidebar changed
+    at.selectbox(key="_w_cam_method").set_value("layercam").run()  # a heatmap computed after the sidebar changed
     assert explained_by and set(explained_by) == {"eight"}, explained_by
     at.switch_page("views/differential.py").run()
     assert metric(at, "Hairy cells (HAC)") == "unavailable"

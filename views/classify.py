@@ -307,11 +307,13 @@ with tab_gallery:
     counts = ok.final.value_counts()
     if tab_gallery.open is not False and len(counts):
         g1, g2 = st.columns([3, 1])
-        cls = g1.selectbox("Class", list(counts.index), key=f"gallery_class_{case.id}",
-                           format_func=lambda c: f"{c} {cell_name(c)} ({counts[c]})")
+        # class and page are kept while another tab is open (a closed tab's widgets are not drawn, and so forgotten)
+        cls = g1.selectbox("Class", list(counts.index), format_func=lambda c: f"{c} {cell_name(c)} ({counts[c]})",
+                           **appkit.kept(f"gallery_class_{case.id}", counts.index[0], list(counts.index)))
         sub = ok[ok.final == cls].sort_values("confidence")
         pages = max(1, -(-len(sub) // GALLERY_PAGE))
-        page = g2.number_input("Page", 1, pages, 1, key="gallery_page") if pages > 1 else 1
+        page = g2.number_input("Page", 1, pages, **appkit.kept(f"gallery_page_{case.id}_{cls}", 1,
+                                                               range(1, pages + 1))) if pages > 1 else 1
         grid(sub.iloc[(page - 1) * GALLERY_PAGE: page * GALLERY_PAGE], lambda r: f"#{r['#']} · {r.confidence:.2f}")
 
 with tab_review:
@@ -356,26 +358,22 @@ def cell_view() -> None:
                                                            if r.status == "ok" else f"rejected: {r.error}")
               for _, r in shown.iterrows()}
     ids = [int(i) for i in shown.sort_values("#").cell_id]
-    key = f"cell_pick_{case.id}"
-    chosen = st.session_state.get(key)
-    if chosen not in ids:
-        chosen = ids[0]
-    st.session_state[key] = st.session_state[f"_w_{key}"] = chosen
-    st.selectbox("Cell", ids, format_func=labels.get, key=f"_w_{key}", on_change=appkit._store_back,
-                 args=(key, ids))
+    chosen = st.selectbox("Cell", ids, format_func=labels.get, **appkit.kept(f"cell_pick_{case.id}", ids[0], ids))
     # the cell as stored now: this fragment reruns alone, and a colleague may have reviewed it since the page was drawn
     cell = next(c for c in store.get_case(case.id).cells if c.id == chosen)
     if cell.final_label is not None:
         st.caption(f"Reviewed: {cell.final_label} ({cell_name(cell.final_label)}) by {reviewer_text(cell)}")
     h1, h2, h3 = st.columns(3)
-    method = h1.selectbox("Method", list(CAM_METHODS)[:4], key="cam_method",
+    # method and opacity are kept while another tab is open, like the cell
+    methods = list(CAM_METHODS)[:4]
+    method = h1.selectbox("Method", methods, **appkit.kept("cam_method", methods[0], methods),
                           format_func={"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "eigencam": "EigenCAM",
                                        "layercam": "LayerCAM"}.get)
     order = sorted(cpred.classes, key=lambda c: -(cell.probabilities or {}).get(c, 0))
     # keyed per cell: the class to explain starts at this cell's own top class, never a previous cell's choice
-    target = h2.selectbox("Explain class", order, key=f"cam_class_{case.id}_{cell.id}",
+    target = h2.selectbox("Explain class", order, **appkit.kept(f"cam_class_{case.id}_{cell.id}", order[0], order),
                           format_func=lambda c: f"{c} {cell_name(c)} (p={cell.probabilities.get(c, 0):.2f})")
-    alpha = h3.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="cam_opacity")
+    alpha = h3.slider("Heatmap opacity", 0.0, 1.0, step=0.05, **appkit.kept("cam_opacity", 0.5))
     if cell.rejected:
         st.warning(f"The model's gate rejected this image ({cell.reject_reason}); the heatmap shows what the model "
                    "looked at, but its class is not used.")
