@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -42,6 +41,7 @@ def main() -> int:
     from bench import appdriver
     from bmcore.bench import competing_process
     from bmcore.cli import default_bundle
+    from bmcore.bench import cpu_model
     from bmcore.predictor import Predictor
 
     files = sorted(Path(a.data).rglob("*.jpg"))
@@ -49,7 +49,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp())
     setting = Predictor(default_bundle()).setting
     res: dict = {"cells": len(files), "data": Path(a.data).name, "default_setting": setting,
-                 "machine": {"processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                 "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
                              "browser": "chromium (Playwright) on the same machine"}}
     t_launch = time.perf_counter()
     with appdriver.app_server(tmp / "bench.db", tmp / "server.log") as srv, sync_playwright() as pw:

@@ -193,8 +193,9 @@ def main(argv=None) -> int:
     import cv2
 
     cv2.setNumThreads(1)
-    meta = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.processor() or
-            platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
+    from bmcore.bench import cpu_model
+
+    meta = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version(),
             "opencv": cv2.__version__, "command": " ".join(["bench/fields.py", *(argv or sys.argv[1:])]),
             "constants": {k: getattr(F, k) for k in dir(F)
                           if k.isupper() and isinstance(getattr(F, k), (int, float, tuple))}}

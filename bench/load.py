@@ -152,7 +152,7 @@ class RssSampler(threading.Thread):
 
 # -- one user -------------------------------------------------------------------------------------
 def session(n: int, url: str, files: list[Path], heat: list[str], n_heat: int, timeout: float,
-            barrier: threading.Barrier, art: Path, have_results=lambda: None) -> dict:
+            barrier: threading.Barrier, art: Path, have_results=lambda: None, have_uploaded=lambda: None) -> dict:
     from playwright.sync_api import sync_playwright
 
     code = f"LOAD-{n:02d}"
@@ -182,6 +182,7 @@ def session(n: int, url: str, files: list[Path], heat: list[str], n_heat: int, t
                 t = time.perf_counter()
                 appdriver.upload(page, files)
                 rec["upload_s"] = time.perf_counter() - t
+                have_uploaded()
                 t1 = time.perf_counter()
                 rec["metrics"] = appdriver.classify(page, code)
                 rec["classify_s"] = time.perf_counter() - t1
@@ -243,18 +244,19 @@ def _describe(exc: BaseException) -> str:
 
 
 # -- report ---------------------------------------------------------------------------------------
-def cpu_account(mark: dict) -> dict | None:
-    """Who took the cores from the start line until the last session had its results (CPU seconds, and shares of
-    the cores' time); None when not every session got there."""
-    if "cpu_end" not in mark:
+def cpu_account(mark: dict, start: str = "", end: str = "_end") -> dict | None:
+    """Who took the cores between two marks (default: from the start line until the last session had its results):
+    CPU seconds, and shares of the cores' time; None when not every session got there."""
+    if f"cpu{start}" not in mark or f"cpu{end}" not in mark:
         return None
-    wall = mark["t_end"] - mark["t"]
-    used = {k: round(mark["cpu_end"][k] - mark["cpu"][k], 1) for k in ("server", "browsers", "other")}
+    a, b = mark[f"cpu{start}"], mark[f"cpu{end}"]
+    wall = mark[f"t{end}"] - mark[f"t{start}"]
+    used = {k: round(b[k] - a[k], 1) for k in ("server", "browsers", "other")}
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     out = {"wall_s": round(wall, 2), "cores": cores, "cpu_s": used,
            "share_of_cores": {k: round(v / (wall * cores), 3) for k, v in used.items()}}
-    if "machine_idle" in mark["cpu"] and "machine_idle" in mark["cpu_end"]:
-        out["idle_share"] = round((mark["cpu_end"]["machine_idle"] - mark["cpu"]["machine_idle"]) / (wall * cores), 3)
+    if "machine_idle" in a and "machine_idle" in b:
+        out["idle_share"] = round((b["machine_idle"] - a["machine_idle"]) / (wall * cores), 3)
     return out
 
 
@@ -276,8 +278,6 @@ def summary(xs: list[float]) -> dict:
 
 
 def machine(env: dict) -> dict:
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
     mem = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
     total = re.search(r"^MemTotal:\s*(\d+) kB", mem, re.M)
     try:  # the server's torch threads: a fresh interpreter with the server's environment
@@ -285,7 +285,9 @@ def machine(env: dict) -> dict:
                                      env=env, capture_output=True, text=True, timeout=120).stdout.strip())
     except (subprocess.SubprocessError, ValueError):
         threads = None
-    return {"cpu_model": model[1].strip() if model else platform.processor() or platform.machine(),
+    from bmcore.bench import cpu_model
+
+    return {"cpu_model": cpu_model(),
             "cpu_count": os.cpu_count(), "memory_gb": round(int(total[1]) / 2**20, 1) if total else None,
             "torch_threads": threads, "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
             "platform": platform.platform(), "python": platform.python_version()}
@@ -315,10 +317,14 @@ def table(res: dict) -> str:
              f"upload -> results: median {g(t['median'])} s, p95 {g(t['p95'])} s, max {g(t['max'])} s",
              f"heatmap:           median {g(h['median'])} s, p95 {g(h['p95'])} s, max {g(h['max'])} s (n={h['n']})",
              f"server RSS peak {res['peak_server_rss_mb']} MB (before the uploads: {res['server_rss_before_mb']} MB)"]
-    if c := res.get("cpu_until_all_results"):
-        sh = c["share_of_cores"]
-        rows.append(f"the {c['cores']} cores, start line to the last results ({c['wall_s']:.1f} s): server {sh['server']:.0%}, "
-                    f"browsers {sh['browsers']:.0%}, other {sh['other']:.0%}, idle {c.get('idle_share', float('nan')):.0%}")
+    for key, what in (("cpu_until_all_results", "start line to the last results"),
+                      ("cpu_until_all_uploaded", "  of which: to the last upload"),
+                      ("cpu_uploaded_to_all_results", "  then: to the last results")):
+        if c := res.get(key):
+            sh, s_ = c["share_of_cores"], c["cpu_s"]
+            rows.append(f"the {c['cores']} cores, {what} ({c['wall_s']:.1f} s): server {sh['server']:.0%} "
+                        f"({s_['server']:.1f} CPU-s), browsers {sh['browsers']:.0%} ({s_['browsers']:.1f} CPU-s), "
+                        f"other {sh['other']:.0%}, idle {c.get('idle_share', float('nan')):.0%}")
     for e in res["errors"]:
         lines = e["error"].splitlines()
         step = next((ln.strip(" -") for ln in lines if ln.strip().startswith("- ")), "")  # Playwright's call log
@@ -371,6 +377,12 @@ def main() -> int:
 
             done_lock = threading.Lock()
 
+            def have_uploaded():  # each session, once its upload is on the server: the last one ends the upload phase
+                with done_lock:
+                    mark["uploads"] = mark.get("uploads", 0) + 1
+                    if mark["uploads"] == a.sessions and "cpu" in mark:
+                        mark["cpu_up"], mark["t_up"] = cpu_by_group(srv.proc.pid), time.perf_counter()
+
             def have_results():  # each session, once its results are drawn: the last one closes the CPU account
                 with done_lock:
                     mark["results"] = mark.get("results", 0) + 1
@@ -381,7 +393,7 @@ def main() -> int:
 
             def worker(i):
                 records[i] = session(i + 1, srv.url, samples[i], heat[i], a.heatmaps, a.timeout, barrier, tmp,
-                                     have_results)
+                                     have_results, have_uploaded)
 
             threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(a.sessions)]
             t0 = time.perf_counter()
@@ -418,6 +430,9 @@ def main() -> int:
             "wall_s": round(wall, 2), "load_wall_s": None if load_wall is None else round(load_wall, 2),
             "data": Path(a.data).name, "samples_disjoint": disjoint,
             "cpu_until_all_results": cpu_account(mark),
+            # the same window in two: until every upload is on the server, then until every session has its results
+            "cpu_until_all_uploaded": cpu_account(mark, end="_up"),
+            "cpu_uploaded_to_all_results": cpu_account(mark, start="_up"),
             "per_session": [{**r, **{k: round(r[k], 3) for k in ("ready_s", "upload_s", "classify_s", "results_s")
                                      if r.get(k) is not None},
                              "heatmaps": [{"cell": h["cell"], "seconds": round(h["seconds"], 3)}

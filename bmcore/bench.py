@@ -44,6 +44,18 @@ print(json.dumps({"import_load_first_prediction_s": cold,
 """
 
 
+def cpu_model() -> str:
+    """The processor's name as /proc/cpuinfo gives it ("AMD EPYC ...", "Intel(R) Xeon(R) ..."): benchmark figures from
+    two machines of the same core count differ by up to 2x, and results files must say which one measured them."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _cells(data: str | Path, n: int) -> list[Path]:
     files = sorted(p for p in Path(data).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
@@ -124,7 +136,7 @@ def run_bench(bundle, data, cells: int = 500, cams: int = 20, device=None, out=N
     inf = b.meta.get("inference", {})
     figures = {(r["engine"], r["precision"], r["tta"]): r for r in inf.get("settings", [])}
     default = Predictor(b, device=device)
-    result: dict = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+    result: dict = {"machine": {"platform": platform.platform(), "cpu_model": cpu_model(),
                                 "cpu_count": os.cpu_count(), "inference_threads": inference_threads(),
                                 "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                                 "bmcore": __version__, "competing_process": "taskset -c 0 python busy loop"
