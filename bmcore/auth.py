@@ -25,7 +25,7 @@ from sqlalchemy import Boolean, DateTime, Integer, String, Text, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from .db import NO_REUSE, AuthError, Base, CaseError, PermissionDenied, utcnow
+from .db import NO_REUSE, AuthError, Base, CaseError, ConflictError, PermissionDenied, utcnow
 
 log = logging.getLogger("bmcore.auth")
 
@@ -238,8 +238,12 @@ class AccountsMixin:
                     for u in s.scalars(select(User).order_by(User.username))]
 
     def update_user(self, username: str, *, role: str | None = None, disabled: bool | None = None,
-                    password: str | None = None, by: Actor | None = None) -> None:
-        """Change role, enable/disable, or reset the password (which also clears a lock)."""
+                    password: str | None = None, by: Actor | None = None, expected: dict | None = None) -> None:
+        """Change role, enable/disable, or reset the password (which also clears a lock).
+
+        ``expected``: the account's {"role", "disabled"} as the caller's form showed them. If another admin changed
+        them since, nothing is saved and a ConflictError says what the account is now: a stale form must not put
+        back a role or status a colleague had just changed."""
         pw_hash = hash_password(password) if password is not None else None
         with self.session() as s:
             if by is not None:
@@ -249,6 +253,14 @@ class AccountsMixin:
             u = s.scalar(select(User).where(User.username == (username or "").strip()))
             if u is None:
                 raise CaseError(f"no user {username!r}")
+            if expected is not None and (expected.get("role"), bool(expected.get("disabled"))) != (u.role, u.disabled):
+                last = s.scalars(select(LoginEvent).where(LoginEvent.user_id == u.id,
+                                                          LoginEvent.event == "account-changed")
+                                 .order_by(LoginEvent.id.desc()).limit(1)).first()
+                raise ConflictError(
+                    f"{u.username} was changed after your page showed it ({last.detail if last else 'changed'}): it is "
+                    f"now {u.role}, {'disabled' if u.disabled else 'active'}. Nothing was saved; look again and "
+                    "save again if your change still stands.")
             changes = []
             if role is not None and role != u.role:
                 changes.append(f"role {u.role} -> {_check_role(role)}")

@@ -698,7 +698,8 @@ class CaseStore(AccountsMixin):
                     changed = [c for c in case.cells if expected_versions.get(c.id) != c.version]
                     if changed:
                         raise ConflictError(f"not signed: {len(changed)} cell(s) changed since your page showed the "
-                                            f"case: {_cells_named(changed)}; reload and check them")
+                                            f"case: {_cells_named(changed)}; check them, then sign again",
+                                            changed={c.id: c.version for c in changed})
                 blockers = sign_off_blockers(case)
                 if blockers:
                     raise CaseError("; ".join(blockers))
@@ -746,9 +747,13 @@ class CaseStore(AccountsMixin):
                                 "reload and try again") from None
 
     def set_case_details(self, case_id: int, actor: Actor, *, specimen: dict | None = None,
-                         target_count: int | None = None) -> None:
+                         target_count: int | None = None, expected: dict | None = None) -> None:
         """Store the case's specimen details (SPECIMEN_FIELDS; empty strings clear a field) and/or its target count;
-        audited. Refused for a signed-off case and for a role that may not classify."""
+        audited. Refused for a signed-off case and for a role that may not classify.
+
+        ``expected``: the details as the caller's form showed them (``case_details(case)``). If they were changed
+        since (a colleague saved the same form), nothing is saved and a ConflictError names who changed what: a
+        stale form must not overwrite a colleague's entry, nor be told it was saved."""
         clean = None
         if specimen is not None:
             known = dict(SPECIMEN_FIELDS)
@@ -777,6 +782,8 @@ class CaseStore(AccountsMixin):
                 case = self._case(s, case_id)
                 if case.status == STATUS_SIGNED:
                     raise CaseError(f"case {case.case_code!r} is signed off; reopen it to change its details")
+                if expected is not None and case_details(case) != _details(expected):
+                    raise ConflictError(_details_changed(s, case, _details(expected)))
                 if clean is not None and clean != (case.specimen or {}):
                     case.specimen = clean or None
                     s.add(_audit_row(case.id, u, action="specimen", note="; ".join(f"{k}={v}" for k, v in clean.items())
@@ -878,6 +885,33 @@ def _field_row(case_id: int, f: dict) -> FieldImage:
     """The stored smear field a case's cells were found in (``bmcore.fields.field_record``)."""
     return FieldImage(case_id=case_id, name=_short_name(f["name"]), width=f["width"], height=f["height"],
                       image=f["image"], scale=f.get("scale"))
+
+
+def case_details(case) -> dict:
+    """A case's specimen details and target count as stored (what a details form shows and sends back as
+    ``expected``)."""
+    return {"specimen": dict(case.specimen or {}), "target_count": case.target_count}
+
+
+def _details(d: dict) -> dict:
+    return {"specimen": {k: v for k, v in (d.get("specimen") or {}).items() if v}, "target_count": d.get("target_count")}
+
+
+def _details_changed(s: Session, case: "Case", shown: dict) -> str:
+    """Why a stale details form is refused: who changed what since it was drawn, and what is stored now."""
+    now = case_details(case)
+    labels = dict(SPECIMEN_FIELDS)
+    what = [f"{labels[k]} now {now['specimen'].get(k, '')!r} (your page showed {shown['specimen'].get(k, '')!r})"
+            for k, _ in SPECIMEN_FIELDS if now["specimen"].get(k, "") != shown["specimen"].get(k, "")]
+    if now["target_count"] != shown["target_count"]:
+        what.append(f"target count now {now['target_count'] or 'not set'} (your page showed "
+                    f"{shown['target_count'] or 'not set'})")
+    last = s.scalars(select(AuditEvent).where(AuditEvent.case_id == case.id,
+                                              AuditEvent.action.in_(("specimen", "target-count")))
+                     .order_by(AuditEvent.id.desc()).limit(1)).first()
+    who = who_text(last.who, last.who_kind) if last is not None else "someone"
+    return (f"{who} changed the specimen details after your page showed them: " + "; ".join(what)
+            + ". Nothing was saved.")
 
 
 def _audit_row(case_id: int, u, *, cell: "Cell | None" = None, **kw) -> AuditEvent:

@@ -12,7 +12,12 @@ class CaseError(ValueError):
 
 
 class ConflictError(CaseError):
-    """Someone else changed the same record first."""
+    """Someone else changed the same record first. ``changed``: {cell id: its version now} of the cells that changed
+    under the caller's page, where the refusal is about cells (a sign-off); empty otherwise."""
+
+    def __init__(self, message: str, changed: dict[int, int] | None = None):
+        super().__init__(message)
+        self.changed = dict(changed or {})
 
 
 class StoreError(CaseError):

@@ -410,6 +410,51 @@ def test_stale_screen_never_overwrites_a_colleague(env, crops):
     assert [e["who"] for e in store.audit(cid) if e["cell"] == got.name] == ["drpath", "drb"]
 
 
+def test_a_sign_off_refused_for_a_colleagues_change_says_how_to_go_on(env, crops):
+    """A pathologist opened every cell; a colleague then relabels one. A's sign-off is refused naming that cell and
+    what it is now; signing again is refused again until A says the change was checked (a button naming how many
+    cells); then A's signature goes through and signs the colleague's label. Before, the refusal said "reload", and
+    no reload or page visit cleared it."""
+    a = upload(app(env, threshold=0.99), "C-ACK", real(crops, 1)[:3])
+    cid = a.session_state["case_id"]
+    store = CaseStore(env["db"])
+    a.switch_page("views/review.py").run()
+    a.button_group(key=f"review_mode_{cid}").set_value("One cell").run()
+    pick = f"_w_review_cell_{cid}"
+    for _ in range(3):  # A confirms every cell, one at a time (each opened first)
+        a.button(key="confirm_btn").click().run()
+        assert any("confirmed as" in x.value for x in a.success), [e.value for e in a.error]
+    b = app(env, case_id=cid, user=("drb", "pathologist"))
+    b.switch_page("views/review.py").run()
+    b.button_group(key=f"review_mode_{cid}").set_value("One cell").run()
+    cell = store.get_case(cid).cells[1]
+    b.selectbox(key=pick).set_value(cell.id).run()
+    b.selectbox(key=f"label_{cid}_{cell.id}").set_value("PMO").run()
+    b.button(key="save_btn").click().run()
+    assert any("set to PMO" in x.value for x in b.success), [w.value for w in b.warning]
+
+    def sign(at):
+        at.text_input(key=f"sign_pw_{cid}").set_value(PASSWORDS["pathologist"])
+        at.button(key="sign_off").click().run()
+        assert not at.exception, at.exception
+
+    for attempt in range(2):  # a page visit in between changes nothing: the change is still unchecked
+        sign(a)
+        refusal = " ".join(w.value for w in a.warning)
+        assert "Not signed" in refusal and f"#{cell.position + 1} {cell.name} (now PMO by drb)" in refusal, refusal
+        assert store.get_case(cid).status != "signed"
+        assert a.button(key="sign_ack").label == "I have checked the 1 changed cell(s)"
+        a.switch_page("views/differential.py").run()
+        a.switch_page("views/review.py").run()
+    sign(a)
+    a.button(key="sign_ack").click().run()
+    assert any("taken as checked" in i.value for i in a.info)
+    sign(a)
+    assert any("signed off" in x.value for x in a.success), [w.value for w in a.warning]
+    signed = store.get_case(cid)
+    assert signed.status == "signed" and next(c for c in signed.cells if c.id == cell.id).final_label == "PMO"
+
+
 def test_export_page_and_model_pages(env, crops):
     at = upload(app(env, threshold=0.0), "C-9", real(crops, 1))
     at.switch_page("views/export.py").run()

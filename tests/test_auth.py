@@ -381,3 +381,40 @@ def test_what_each_role_sees(app_env):
     # the Users page exists only for admins (the store refuses account changes by anyone else too)
     with pytest.raises(ValueError, match="Could not find a navigation page"):
         _app(env, tech, "views/users.py")
+
+
+def test_a_stale_account_form_is_refused_and_does_not_undo_another_admins_change(app_env):
+    """Two admins with the same account open on the Users page: B disables it; A, whose form still shows it active,
+    gives it another role and saves. A is refused (nothing saved: the account stays disabled, its role unchanged)
+    and told what it is now; A's choice stays in A's form; after loading the account as it is, A's change saves."""
+    env = app_env
+    store = env["store"]
+    actor(store, "tess", "technologist")
+    admins = {n: actor(store, n, "admin") for n in ("ada", "abe")}
+    pages = {}
+    for n, who in admins.items():
+        at = _app(env, who, "views/users.py")
+        at.selectbox(key="users_pick").set_value("tess").run()
+        assert not at.exception, at.exception
+        pages[n] = at
+    a, b = pages["ada"], pages["abe"]
+    b.radio(key="account_state").set_value("disabled")
+    next(x for x in b.button if x.label == "Save changes").click().run()
+    tess = next(u for u in store.list_users() if u["username"] == "tess")
+    assert tess["disabled"] and not b.error
+    a.selectbox(key="account_role").set_value("pathologist")
+    next(x for x in a.button if x.label == "Save changes").click().run()
+    assert not a.exception, a.exception
+    refusal = " ".join(e.value for e in a.error)
+    assert "Not saved" in refusal and "now technologist, disabled" in refusal and "by abe" in refusal, refusal
+    tess = next(u for u in store.list_users() if u["username"] == "tess")
+    assert tess["disabled"] and tess["role"] == "technologist", "the stale form neither re-enabled nor re-roled it"
+    assert a.selectbox(key="account_role").value == "pathologist", "A's choice is kept in A's form"
+    assert any("Another admin changed tess" in w.value for w in a.warning)
+    next(x for x in a.button if x.label.startswith("Load the account as it is now")).click().run()
+    assert a.radio(key="account_state").value == "disabled" and a.selectbox(key="account_role").value == "technologist"
+    a.selectbox(key="account_role").set_value("pathologist")
+    next(x for x in a.button if x.label == "Save changes").click().run()
+    tess = next(u for u in store.list_users() if u["username"] == "tess")
+    assert tess["role"] == "pathologist" and tess["disabled"], "A's deliberate change, on top of B's"
+    assert any("Saved the changes to tess" in s.value for s in a.success)

@@ -78,7 +78,7 @@ def test_upload_heatmap_review_signoff_download(server, crops, tmp_path):
         pw_box = page.get_by_label(re.compile("Your password, to sign as"))
         pw_box.fill("not-my-password")
         page.get_by_role("button", name="Sign off case").click()
-        expect(page.get_by_text("Not saved: wrong user name or password")).to_be_visible()
+        expect(page.get_by_text("Not signed: wrong user name or password")).to_be_visible()
         expect(pw_box).to_have_value("")  # the password is not kept
         page.screenshot(path=str(ART / "3_sign_wrong_password.png"), full_page=True)
         pw_box.fill(appdriver.USERS["path"][1])

@@ -302,3 +302,72 @@ def test_a_case_from_before_accounts_names_its_creator_honestly(tmp_path):
     html = render_html_report(old2, {}, store.audit(old2.id))
     assert "by a user whose name was not recorded (the case predates sign-in accounts)" in html
     assert "by unknown" not in html
+
+
+def test_a_stale_details_form_is_refused_and_keeps_what_was_typed(env):
+    """Two technologists with the Export page's details form open: B saves an accession number; A, whose form was
+    filled before, types another and saves. A is refused (B named, both values said), B's value stays, A's typed
+    value stays in A's form (it used to be replaced by B's while A was told "Saved"); once A loads the current
+    details, A's next save goes through."""
+    from tests.conftest import actor
+    from tests.test_app import app
+
+    store = CaseStore(env["db"])
+    cid = make_case(store, sign=False)
+    users = {}
+    for name in ("tina", "tom"):
+        users[name] = actor(store, name, "technologist")
+    pages = {}
+    for name in users:
+        at = app(env, "hac", user=None)
+        at.session_state["actor"] = users[name]
+        at.session_state["case_id"] = cid
+        at.switch_page("views/export.py").run()
+        assert not at.exception, at.exception
+        pages[name] = at
+
+    def box(at, label):
+        return next(t for t in at.text_input if t.label.startswith(label))
+
+    def save(at):
+        next(b for b in at.button if b.label == "Save details").click().run()
+        assert not at.exception, at.exception
+
+    a, b = pages["tina"], pages["tom"]
+    before = store.get_case(cid).specimen["specimen_id"]
+    box(b, "Specimen / accession").set_value("ACC-B-999")
+    save(b)
+    assert store.get_case(cid).specimen["specimen_id"] == "ACC-B-999" and not b.error
+    box(a, "Specimen / accession").set_value("ACC-A-777")
+    next(n for n in a.number_input if n.label == "Target count (cells)").set_value(300)
+    save(a)
+    refusal = " ".join(e.value for e in a.error)
+    assert "Not saved" in refusal and "tom" in refusal.lower() and "ACC-B-999" in refusal and before in refusal, refusal
+    assert not [s for s in a.success if "Saved" in s.value]
+    stored = store.get_case(cid)
+    assert stored.specimen["specimen_id"] == "ACC-B-999" and stored.target_count != 300, "nothing of A's was saved"
+    assert box(a, "Specimen / accession").value == "ACC-A-777", "A's typed value is kept in A's form"
+    assert any("changed these details" in w.value for w in a.warning)
+    # A looks at the stored details, then saves a deliberate change on top of them
+    next(x for x in a.button if x.label.startswith("Load the current details")).click().run()
+    assert box(a, "Specimen / accession").value == "ACC-B-999"
+    assert not any("changed these details" in w.value for w in a.warning)
+    box(a, "Stain").set_value("May-Grunwald-Giemsa")
+    save(a)
+    stored = store.get_case(cid)
+    assert stored.specimen["specimen_id"] == "ACC-B-999" and stored.specimen["stain"] == "May-Grunwald-Giemsa"
+    assert any("Saved" in s.value for s in a.success)
+
+
+def test_case_details_compare_and_set_in_the_store(store):
+    from bmcore.cases import ConflictError, case_details
+
+    cid = make_case(store, sign=False)
+    tess = store.authenticate("tess", TEST_PASSWORD)
+    shown = case_details(store.get_case(cid))
+    store.set_case_details(cid, tess, target_count=300, expected=shown)  # nobody changed it: saved
+    with pytest.raises(ConflictError, match=r"tess changed the specimen details.*target count now 300"):
+        store.set_case_details(cid, tess, specimen={"site": "sternum"}, expected=shown)
+    assert store.get_case(cid).specimen.get("site") != "sternum"
+    store.set_case_details(cid, tess, specimen={"site": "sternum"}, expected=case_details(store.get_case(cid)))
+    assert store.get_case(cid).specimen == {"site": "sternum"}

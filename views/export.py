@@ -1,7 +1,7 @@
 import streamlit as st
 
 import appkit
-from bmcore.cases import SPECIMEN_FIELDS, SPECIMEN_MAX, TARGET_MAX, TARGET_MIN, CaseError, signer_text
+from bmcore.cases import SPECIMEN_FIELDS, SPECIMEN_MAX, TARGET_MAX, TARGET_MIN, CaseError, case_details, signer_text
 from bmcore.fhirexport import LOCAL_SYSTEM, fhir_json
 from bmcore.pdfreport import render_pdf_report
 from bmcore.report import DEFAULT_TARGET, case_rows, render_html_report, rows_to_csv
@@ -21,22 +21,45 @@ if not meta:
 who = appkit.actor()
 signed = case.status == "signed"
 # specimen details and the target count are stored with the case and printed in every report
+SHOWN = f"details_shown_{case.id}"  # the details as this reviewer's form was filled from (sent back as ``expected``)
+
+
+def details_from_store(case_id: int) -> None:
+    """Fill the form from the details stored now (a button's callback: before the widgets are drawn)."""
+    st.session_state.pop(f"details_shown_{case_id}", None)
+    for k in [k for k in st.session_state if str(k).startswith(f"details_{case_id}_")]:
+        del st.session_state[k]
+
+
 if who.can("classify") and not signed:
+    if SHOWN not in st.session_state or f"details_{case.id}_target" not in st.session_state:
+        st.session_state[SHOWN] = case_details(case)  # the form is drawn afresh (Streamlit dropped its widgets)
+    shown = st.session_state[SHOWN]
     with st.expander("Specimen details and target count", expanded=not case.specimen):
+        if case_details(case) != shown:  # a colleague saved this form after this one was filled: say so, keep ours
+            st.warning("Someone changed these details after this form was filled in (the report below shows what is "
+                       "stored now). Saving this form is refused until you load the current details.")
+            st.button("Load the current details (replaces what this form holds)", key=f"details_reload_{case.id}",
+                      on_click=details_from_store, args=(case.id,))
+        # keyed and filled once from ``shown``: a colleague's save does not replace what this reviewer typed
+        for k, _ in SPECIMEN_FIELDS:
+            st.session_state.setdefault(f"details_{case.id}_{k}", shown["specimen"].get(k, ""))
+        st.session_state.setdefault(f"details_{case.id}_target", shown["target_count"] or DEFAULT_TARGET)
         with st.form(f"details_{case.id}"):
-            spec = {k: st.text_input(label, value=(case.specimen or {}).get(k, ""), max_chars=SPECIMEN_MAX)
+            spec = {k: st.text_input(label, max_chars=SPECIMEN_MAX, key=f"details_{case.id}_{k}")
                     for k, label in SPECIMEN_FIELDS}
             target = st.number_input("Target count (cells)", min_value=TARGET_MIN, max_value=TARGET_MAX, step=100,
-                                     value=case.target_count or DEFAULT_TARGET,
+                                     key=f"details_{case.id}_target",
                                      help="The differential your lab counts to, e.g. 200 or 500 cells")
             if st.form_submit_button("Save details"):
                 try:
-                    store.set_case_details(case.id, who, specimen=spec, target_count=int(target))
-                except CaseError as exc:
+                    store.set_case_details(case.id, who, specimen=spec, target_count=int(target), expected=shown)
+                except CaseError as exc:  # a conflict included: nothing saved, the entries stay in the form
                     st.error(f"Not saved: {exc}")
                 else:
-                    st.success("Saved. The reports below include them.")
                     case = store.get_case(case.id)
+                    st.session_state[SHOWN] = case_details(case)
+                    st.success("Saved. The reports below include them.")
 users = store.list_users()
 audit = store.audit(case.id)
 rows = case_rows(case)

@@ -137,10 +137,28 @@ def undo_last() -> None:
 def sign(expected: dict[int, int]) -> None:
     password = st.session_state.get(f"sign_pw_{case.id}")
     st.session_state[f"sign_pw_{case.id}"] = ""  # used once: not kept in the session, the box is emptied
-    if _run(lambda: store.sign_off(case.id, appkit.actor(), password=password, expected_versions=expected),
-            f"Case {case.case_code} signed off by {appkit.actor().label}."):
+    st.session_state.pop(f"sign_changed_{case.id}", None)
+    try:
+        store.sign_off(case.id, appkit.actor(), password=password, expected_versions=expected)
+    except ConflictError as exc:
+        _say("warning", f"Not signed: {str(exc).removeprefix('not signed: ')}")
+        if exc.changed:  # the cells a colleague changed: this reviewer may acknowledge them (below), then sign again
+            st.session_state[f"sign_changed_{case.id}"] = exc.changed
+    except CaseError as exc:
+        _say("error", f"Not signed: {exc}")
+    else:
+        _say("success", f"Case {case.case_code} signed off by {appkit.actor().label}.")
         seen.clear()  # sign-off bumps every cell's version
         st.session_state.pop(f"last_action_{case.id}", None)  # nothing before a signature is undone
+
+
+def acknowledge(changed: dict[int, int]) -> None:
+    """The reviewer has read which cells a colleague changed (named in the refusal, now drawn with their new
+    labels): take them as seen at the versions the refusal named. Changed again since, the next sign-off refuses
+    again."""
+    seen.update(changed)
+    st.session_state.pop(f"sign_changed_{case.id}", None)
+    _say("info", f"{len(changed)} changed cell(s) taken as checked. Sign again when the case is as it should be.")
 
 
 def reopen() -> None:
@@ -177,6 +195,13 @@ def sign_off_box(shown: dict[int, int]) -> None:
     else:
         st.text_input(f"Your password, to sign as {who.label}", type="password", key=f"sign_pw_{case.id}",
                       autocomplete="current-password")
+    changed = st.session_state.get(f"sign_changed_{case.id}")
+    if changed:
+        st.caption(f"{len(changed)} cell(s) changed after you opened them (named in the message above; the gallery "
+                   "and **One cell** show them as they are now). Check them, or press the button once you have, "
+                   "then sign.")
+        st.button(f"I have checked the {len(changed)} changed cell(s)", key="sign_ack", on_click=acknowledge,
+                  args=(changed,))
     st.button("Sign off case", type="primary", key="sign_off", on_click=sign, args=(shown,))
 
 

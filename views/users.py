@@ -43,24 +43,47 @@ with left, st.form("add_user", clear_on_submit=True):
             st.session_state["users_msg"] = ("success", f"Added {name.strip()} ({role}).")
             st.rerun()
 
+def account_form_afresh() -> None:
+    """Forget what the change form was filled from and what it holds (another account picked, a successful save,
+    or the admin asked to see the account as it is now); a callback, so it runs before the widgets are drawn."""
+    for k in [k for k in st.session_state if str(k).startswith("account_")]:
+        del st.session_state[k]
+
+
 with right:
     st.markdown("**Change an account**")
     names = [u["username"] for u in users]
-    pick = st.selectbox("Account", names, index=None, placeholder="Choose an account…", key="users_pick")
+    pick = st.selectbox("Account", names, index=None, placeholder="Choose an account…", key="users_pick",
+                        on_change=account_form_afresh)
     if pick:
         u = next(x for x in users if x["username"] == pick)
-        with st.form("change_user", clear_on_submit=True):
-            new_role = st.selectbox("Role", ROLES, index=ROLES.index(u["role"]))
-            state = st.radio("Status", ["active", "disabled"], index=int(u["disabled"]), horizontal=True)
+        now = {"role": u["role"], "disabled": bool(u["disabled"])}
+        if "account_shown" not in st.session_state or "account_role" not in st.session_state:
+            st.session_state["account_shown"] = now  # the form drawn afresh: filled from the account as it is
+        shown = st.session_state["account_shown"]
+        # keyed and filled once from ``shown``: another admin's change does not replace what this admin chose
+        st.session_state.setdefault("account_role", shown["role"])
+        st.session_state.setdefault("account_state", "disabled" if shown["disabled"] else "active")
+        if now != shown:
+            st.warning(f"Another admin changed {pick} after this form was filled in: it is now {now['role']}, "
+                       f"{'disabled' if now['disabled'] else 'active'}. Saving this form is refused until you load "
+                       "the account as it is now.")
+            st.button("Load the account as it is now (replaces what this form holds)", key="account_reload",
+                      on_click=account_form_afresh)
+        with st.form("change_user"):
+            new_role = st.selectbox("Role", ROLES, key="account_role")
+            state = st.radio("Status", ["active", "disabled"], horizontal=True, key="account_state")
             pw = st.text_input("New password (leave empty to keep; resetting also clears a lock)", type="password",
-                               disabled=u["source"] != "local")
+                               disabled=u["source"] != "local", key="account_password")
             if st.form_submit_button("Save changes"):
                 try:
-                    store.update_user(pick, role=new_role, disabled=state == "disabled", password=pw or None, by=who)
-                except CaseError as exc:
+                    store.update_user(pick, role=new_role, disabled=state == "disabled", password=pw or None, by=who,
+                                      expected=shown)
+                except CaseError as exc:  # a conflict included: nothing saved, the form keeps what it holds
                     st.error(f"Not saved: {exc}")
                 else:
                     st.session_state["users_msg"] = ("success", f"Saved the changes to {pick}.")
+                    account_form_afresh()
                     st.rerun()
 
 st.markdown("#### Sign-ins and account changes (newest first)")
