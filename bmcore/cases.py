@@ -782,7 +782,7 @@ class CaseStore(AccountsMixin):
                 case = self._case(s, case_id)
                 if case.status == STATUS_SIGNED:
                     raise CaseError(f"case {case.case_code!r} is signed off; reopen it to change its details")
-                if expected is not None and case_details(case) != _details(expected):
+                if expected is not None and any(case_details(case)[k] != v for k, v in _details(expected).items()):
                     raise ConflictError(_details_changed(s, case, _details(expected)))
                 if clean is not None and clean != (case.specimen or {}):
                     case.specimen = clean or None
@@ -894,7 +894,14 @@ def case_details(case) -> dict:
 
 
 def _details(d: dict) -> dict:
-    return {"specimen": {k: v for k, v in (d.get("specimen") or {}).items() if v}, "target_count": d.get("target_count")}
+    """``expected`` as stored values, only the parts it gives (a page that shows only the target count sends only
+    that)."""
+    out = {}
+    if "specimen" in d:
+        out["specimen"] = {k: v for k, v in (d["specimen"] or {}).items() if v}
+    if "target_count" in d:
+        out["target_count"] = d["target_count"]
+    return out
 
 
 def _details_changed(s: Session, case: "Case", shown: dict) -> str:
@@ -902,8 +909,9 @@ def _details_changed(s: Session, case: "Case", shown: dict) -> str:
     now = case_details(case)
     labels = dict(SPECIMEN_FIELDS)
     what = [f"{labels[k]} now {now['specimen'].get(k, '')!r} (your page showed {shown['specimen'].get(k, '')!r})"
-            for k, _ in SPECIMEN_FIELDS if now["specimen"].get(k, "") != shown["specimen"].get(k, "")]
-    if now["target_count"] != shown["target_count"]:
+            for k, _ in SPECIMEN_FIELDS
+            if "specimen" in shown and now["specimen"].get(k, "") != shown["specimen"].get(k, "")]
+    if "target_count" in shown and now["target_count"] != shown["target_count"]:
         what.append(f"target count now {now['target_count'] or 'not set'} (your page showed "
                     f"{shown['target_count'] or 'not set'})")
     last = s.scalars(select(AuditEvent).where(AuditEvent.case_id == case.id,

@@ -371,3 +371,8 @@ def test_case_details_compare_and_set_in_the_store(store):
     assert store.get_case(cid).specimen.get("site") != "sternum"
     store.set_case_details(cid, tess, specimen={"site": "sternum"}, expected=case_details(store.get_case(cid)))
     assert store.get_case(cid).specimen == {"site": "sternum"}
+    # the Review page shows only the target count and sends only that: a specimen change since is not its conflict
+    store.set_case_details(cid, tess, target_count=400, expected={"target_count": 300})
+    with pytest.raises(ConflictError, match=r"target count now 400 \(your page showed 300\)"):
+        store.set_case_details(cid, tess, target_count=200, expected={"target_count": 300})
+    assert store.get_case(cid).target_count == 400

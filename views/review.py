@@ -216,10 +216,12 @@ def running_differential(case) -> None:
     wkey = f"_w_target_count_{case.id}"
     target = case.target_count or DEFAULT_TARGET
     st.session_state[wkey] = target
+    shown = case.target_count  # sent back with a change: a colleague's change since this draw is a conflict
     left, right = st.columns([3, 1])
     right.number_input("Target count (cells)", min_value=1, max_value=10000, step=100, key=wkey,
                        on_change=lambda: _run(lambda: store.set_case_details(
-                           case.id, appkit.actor(), target_count=int(st.session_state[wkey])),
+                           case.id, appkit.actor(), target_count=int(st.session_state[wkey]),
+                           expected={"target_count": shown}),
                            f"Target count set to {st.session_state[wkey]} cells for this case."),
                        help="The differential your lab counts to, e.g. 200 or 500 cells; stored with the case")
     right.progress(min(1.0, d.denominator / target), text=f"{d.denominator} of {target} cells counted")
