@@ -681,11 +681,20 @@ class CaseStore(AccountsMixin):
         a wrong one counts towards the lock like a failed sign-in), or an identity-provider sign-in must be recent
         (``AuthPolicy.reauth_minutes``). ``expected_versions``: {cell id: version} of every cell as the signer's
         page showed it; if any cell changed since, nothing is signed and the changed cells are named."""
-        from .caserules import sign_off_blockers
-
         with self.session() as s:  # the role first: a technologist is refused, not asked for a password
             self._authorize(s, actor, "sign")
         proof = self._signature_proof(actor, password)
+        try:
+            return self._sign_off(case_id, actor, proof, expected_version, expected_versions)
+        except CaseError as exc:  # the password was right ("ok-signature" in the sign-in log), but nothing was signed
+            with self.session() as s:
+                self._event(s, actor.username, "signature-not-made", actor.user_id, str(exc)[:500])
+            raise
+
+    def _sign_off(self, case_id: int, actor: Actor, proof: str, expected_version: int | None,
+                  expected_versions: dict[int, int] | None) -> dict:
+        from .caserules import sign_off_blockers
+
         try:
             with self.session() as s:
                 u = self._authorize(s, actor, "sign")
@@ -738,7 +747,12 @@ class CaseStore(AccountsMixin):
                 u = self._authorize(s, actor, "reopen")
                 case = self._case(s, case_id)
                 if case.status != STATUS_SIGNED:
-                    raise CaseError(f"case {case.case_code!r} is not signed off")
+                    last = s.scalars(select(AuditEvent).where(AuditEvent.case_id == case.id,
+                                                              AuditEvent.action == "reopen")
+                                     .order_by(AuditEvent.id.desc()).limit(1)).first()
+                    raise CaseError(f"case {case.case_code!r} is not signed off" + (
+                        f": {who_text(last.who, last.who_kind)} reopened it at {last.at:%H:%M:%S} UTC "
+                        f"({last.note})" if last is not None else ""))
                 case.status = STATUS_OPEN
                 case.signed_by = case.signed_by_id = case.signed_at = case.signature = None
                 s.add(_audit_row(case.id, u, action="reopen", from_value=STATUS_SIGNED, to_value=STATUS_OPEN, note=reason))
@@ -918,8 +932,8 @@ def _details_changed(s: Session, case: "Case", shown: dict) -> str:
                                               AuditEvent.action.in_(("specimen", "target-count")))
                      .order_by(AuditEvent.id.desc()).limit(1)).first()
     who = who_text(last.who, last.who_kind) if last is not None else "someone"
-    return (f"{who} changed the specimen details after your page showed them: " + "; ".join(what)
-            + ". Nothing was saved.")
+    noun = "the target count" if set(shown) == {"target_count"} else "the specimen details"
+    return f"{who} changed {noun} after your page showed it: " + "; ".join(what) + ". Nothing was saved."
 
 
 def _audit_row(case_id: int, u, *, cell: "Cell | None" = None, **kw) -> AuditEvent:

@@ -369,6 +369,9 @@ def test_review_signoff_reopen_audit(env, crops):
     actions = [a["action"] for a in store.audit(case.id)]
     assert actions[0] == "create" and actions.count("reclassify") == 2 and actions.count("confirm") == 4
     assert actions[-2:] == ["sign-off", "reopen"]
+    # a stale Reopen (the case was reopened meanwhile) says who reopened it, when and why
+    with pytest.raises(CaseError, match=r"is not signed off: drpath reopened it at \d\d:\d\d:\d\d UTC \(wrong smear\)"):
+        store.reopen(case.id, at.session_state["actor"], "another reason")
 
 
 def test_stale_screen_never_overwrites_a_colleague(env, crops):
@@ -444,6 +447,8 @@ def test_a_sign_off_refused_for_a_colleagues_change_says_how_to_go_on(env, crops
         assert "Not signed" in refusal and f"#{cell.position + 1} {cell.name} (now PMO by drb)" in refusal, refusal
         assert store.get_case(cid).status != "signed"
         assert a.button(key="sign_ack").label == "I have checked the 1 changed cell(s)"
+        last = store.login_events(1)[0]  # the password was right, and the log says no signature was made
+        assert last["event"] == "signature-not-made" and "now PMO by drb" in last["detail"], last
         a.switch_page("views/differential.py").run()
         a.switch_page("views/review.py").run()
     sign(a)

@@ -418,3 +418,25 @@ def test_a_stale_account_form_is_refused_and_does_not_undo_another_admins_change
     tess = next(u for u in store.list_users() if u["username"] == "tess")
     assert tess["role"] == "pathologist" and tess["disabled"], "A's deliberate change, on top of B's"
     assert any("Saved the changes to tess" in s.value for s in a.success)
+
+
+def test_a_refused_new_account_keeps_what_the_admin_entered(app_env):
+    """"Add a local account" refused (passwords differ) keeps the name and the role chosen: a form that emptied
+    itself put the role back to technologist, and an admin retyping only the name and passwords would add a
+    pathologist as a technologist. Added, the form is empty again."""
+    env = app_env
+    store = env["store"]
+    at = _app(env, actor(store, "ada", "admin"), "views/users.py")
+    at.text_input(key="new_user_name").set_value("drnew")
+    at.selectbox(key="new_user_role").set_value("pathologist")
+    at.text_input(key="new_user_pw1").set_value("a long password 1")
+    at.text_input(key="new_user_pw2").set_value("a long password 2")
+    next(b for b in at.button if b.label == "Add account").click().run()
+    assert any("Not added: the two passwords differ" in e.value for e in at.error)
+    assert at.text_input(key="new_user_name").value == "drnew"
+    assert at.selectbox(key="new_user_role").value == "pathologist", "the chosen role is kept"
+    at.text_input(key="new_user_pw2").set_value("a long password 1")
+    next(b for b in at.button if b.label == "Add account").click().run()
+    assert any("Added drnew (pathologist)" in x.value for x in at.success), [e.value for e in at.error]
+    assert next(u for u in store.list_users() if u["username"] == "drnew")["role"] == "pathologist"
+    assert at.text_input(key="new_user_name").value == "" and at.selectbox(key="new_user_role").value == "technologist"

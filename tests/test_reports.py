@@ -376,3 +376,36 @@ def test_case_details_compare_and_set_in_the_store(store):
     with pytest.raises(ConflictError, match=r"target count now 400 \(your page showed 300\)"):
         store.set_case_details(cid, tess, target_count=200, expected={"target_count": 300})
     assert store.get_case(cid).target_count == 400
+
+
+def test_a_refusal_on_a_first_entry_of_details_is_not_folded_away(env):
+    """The details section is open while no details are stored; a colleague's first save must not fold A's section
+    (and the refusal in it) away when A's stale save is refused."""
+    from tests.conftest import actor
+    from tests.test_app import app
+
+    store = CaseStore(env["db"])
+    cid = make_case(store, sign=False)
+    tess = store.authenticate("tess", TEST_PASSWORD)
+    store.set_case_details(cid, tess, specimen={})  # no details stored yet
+    pages = []
+    for name in ("tina", "tom"):
+        at = app(env, "hac", user=None)
+        at.session_state["actor"] = actor(store, name, "technologist")
+        at.session_state["case_id"] = cid
+        at.switch_page("views/export.py").run()
+        pages.append(at)
+
+    def section(at):
+        return next(e for e in at.expander if e.label == "Specimen details and target count")
+
+    a, b = pages
+    assert section(a).proto.expanded and section(b).proto.expanded
+    for at, acc in ((b, "ACC-B-1"), (a, "ACC-A-1")):
+        next(t for t in at.text_input if t.label.startswith("Specimen / accession")).set_value(acc)
+        next(x for x in at.button if x.label == "Save details").click().run()
+        assert not at.exception, at.exception
+    assert any("Not saved" in e.value for e in a.error) and store.get_case(cid).specimen["specimen_id"] == "ACC-B-1"
+    assert section(a).proto.expanded, "the refused form stays open"
+    a.run()
+    assert section(a).proto.expanded, "and stays open on the next run"

@@ -27,6 +27,7 @@ SHOWN = f"details_shown_{case.id}"  # the details as this reviewer's form was fi
 def details_from_store(case_id: int) -> None:
     """Fill the form from the details stored now (a button's callback: before the widgets are drawn)."""
     st.session_state.pop(f"details_shown_{case_id}", None)
+    st.session_state[f"details_used_{case_id}"] = True
     for k in [k for k in st.session_state if str(k).startswith(f"details_{case_id}_")]:
         del st.session_state[k]
 
@@ -35,7 +36,10 @@ if who.can("classify") and not signed:
     if SHOWN not in st.session_state or f"details_{case.id}_target" not in st.session_state:
         st.session_state[SHOWN] = case_details(case)  # the form is drawn afresh (Streamlit dropped its widgets)
     shown = st.session_state[SHOWN]
-    with st.expander("Specimen details and target count", expanded=not case.specimen):
+    # open while nothing was entered, and once this reviewer has used the form: a colleague's save must not fold it
+    # (and the refusal in it) away
+    used = st.session_state.get(f"details_used_{case.id}", False)
+    with st.expander("Specimen details and target count", expanded=used or not shown["specimen"]):
         if case_details(case) != shown:  # a colleague saved this form after this one was filled: say so, keep ours
             st.warning("Someone changed these details after this form was filled in (the report below shows what is "
                        "stored now). Saving this form is refused until you load the current details.")
@@ -52,6 +56,7 @@ if who.can("classify") and not signed:
                                      key=f"details_{case.id}_target",
                                      help="The differential your lab counts to, e.g. 200 or 500 cells")
             if st.form_submit_button("Save details"):
+                st.session_state[f"details_used_{case.id}"] = True
                 try:
                     store.set_case_details(case.id, who, specimen=spec, target_count=int(target), expected=shown)
                 except CaseError as exc:  # a conflict included: nothing saved, the entries stay in the form

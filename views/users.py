@@ -25,13 +25,16 @@ if msg := st.session_state.pop("users_msg", None):
     getattr(st, msg[0])(msg[1])
 
 left, right = st.columns(2)
-with left, st.form("add_user", clear_on_submit=True):
+# emptied only once the account is added: a refused form keeps what the admin entered (the role above all: an admin
+# who retyped only the name would otherwise add a pathologist as a technologist)
+st.session_state.setdefault("new_user_role", ROLES[1])
+with left, st.form("add_user"):
     st.markdown("**Add a local account**")
-    name = st.text_input("User name (no spaces)")
-    display = st.text_input("Name shown on signatures and reports")
-    role = st.selectbox("Role", ROLES, index=1)
-    pw1 = st.text_input("Password (at least 10 characters)", type="password")
-    pw2 = st.text_input("Password again", type="password")
+    name = st.text_input("User name (no spaces)", key="new_user_name")
+    display = st.text_input("Name shown on signatures and reports", key="new_user_display")
+    role = st.selectbox("Role", ROLES, key="new_user_role")
+    pw1 = st.text_input("Password (at least 10 characters)", type="password", key="new_user_pw1")
+    pw2 = st.text_input("Password again", type="password", key="new_user_pw2")
     if st.form_submit_button("Add account"):
         try:
             if pw1 != pw2:
@@ -41,6 +44,8 @@ with left, st.form("add_user", clear_on_submit=True):
             st.error(f"Not added: {exc}")
         else:
             st.session_state["users_msg"] = ("success", f"Added {name.strip()} ({role}).")
+            for k in [k for k in st.session_state if str(k).startswith("new_user_")]:
+                del st.session_state[k]
             st.rerun()
 
 def account_form_afresh() -> None:
