@@ -243,3 +243,48 @@ def test_cell_view_shows_a_colleagues_review_of_the_cell_it_opens(dev_root, tmp_
         browser.close()
     log = (tmp_path / "server.log").read_text()
     assert "Traceback" not in log, log[-2000:]
+
+
+def test_a_stale_details_form_in_the_browser_is_refused_and_keeps_what_was_typed(dev_root, tmp_path):
+    """Export page, two browser contexts on one case with no details yet: B saves an accession number; A, whose
+    form was drawn before, types another and saves. A is told B changed it (nothing saved, the section stays open),
+    A's typed text is still in A's box, and "Load the current details" fills A's form with B's. Before, Streamlit
+    put B's value in A's box and the page said "Saved" (found by a second reviewer driving two browsers)."""
+    need_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    acc = "Specimen / accession no."
+    crops = [f for c in ("LYT", "MON") for f in sorted((dev_root / c).glob("*.jpg"))[:2]]
+    db = tmp_path / "details.db"
+    with appdriver.app_server(db, tmp_path / "server.log") as srv, sync_playwright() as pw:
+        cid = appdriver.classified_case(db, "DET-1", crops)
+        store = CaseStore(f"sqlite:///{db}")
+        browser = appdriver.launch(pw)
+        pages = []
+        for user in ("tech", "path"):
+            p = appdriver.new_page(browser, TIMEOUT_S)
+            appdriver.open_case(p, srv.url, "DET-1", user=user)
+            p.get_by_role("link", name="Export").first.click()
+            appdriver.settle(p)
+            expect(p.get_by_role("textbox", name=acc)).to_be_visible()  # open: no details yet
+            pages.append(p)
+        a, b = pages
+        b.get_by_role("textbox", name=acc).fill("ACC-B-999")
+        b.get_by_role("button", name="Save details").click()
+        expect(b.get_by_text("Saved. The reports below include them.")).to_be_visible()
+        assert store.get_case(cid).specimen == {"specimen_id": "ACC-B-999"}
+        a.get_by_role("textbox", name=acc).fill("ACC-A-777")
+        a.get_by_role("button", name="Save details").click()
+        appdriver.settle(a)
+        expect(a.get_by_text(re.compile(r"^Not saved: path changed the specimen details after your page showed it: "
+                                        r"Specimen / accession no\. now 'ACC-B-999' \(your page showed ''\)"))).to_be_visible()
+        expect(a.get_by_text("Saved. The reports below include them.")).to_have_count(0)
+        expect(a.get_by_role("textbox", name=acc)).to_have_value("ACC-A-777")
+        a.screenshot(path=str(ART / "details_stale_refused.png"), full_page=True)
+        assert store.get_case(cid).specimen == {"specimen_id": "ACC-B-999"}, "nothing of A's was saved"
+        a.get_by_role("button", name=re.compile(r"^Load the current details")).click()
+        appdriver.settle(a)
+        expect(a.get_by_role("textbox", name=acc)).to_have_value("ACC-B-999")
+        browser.close()
+    log = (tmp_path / "server.log").read_text()
+    assert "Traceback" not in log, log[-2000:]
