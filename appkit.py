@@ -263,10 +263,9 @@ def _sign_out() -> None:
 
 
 def _persist(key: str, default):
-    """Widget state that survives page switches: the widget writes to ``_w_<key>``, we keep ``key``."""
-    if key not in st.session_state:
-        st.session_state[key] = default
-    st.session_state[f"_w_{key}"] = st.session_state[key]
+    """Widget state that survives page switches: the widget writes to ``_w_<key>``, we keep ``key`` (``kept``, for a
+    widget drawn with its own key and callback)."""
+    kept(key, default)
 
 
 def kept(key: str, default, valid=None) -> dict:
