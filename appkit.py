@@ -281,6 +281,24 @@ def kept(key: str, default, valid=None) -> dict:
     return {"key": f"_w_{key}", "on_change": _store_back, "args": (key, valid)}
 
 
+def form_source(prefix: str, now, widget_key: str):
+    """What a keyed form (its widgets keyed ``{prefix}...``) was filled from, to send back to the store as
+    ``expected``: ``now`` (the record as stored) when the form is drawn afresh, i.e. its widget ``widget_key`` is not
+    in the session (Streamlit dropped it after another page, or ``forget_form`` cleared it); else what it was filled
+    from then. A result other than ``now`` means a colleague changed the record since: say so, keep what was typed."""
+    key = f"{prefix}shown"
+    if key not in st.session_state or widget_key not in st.session_state:
+        st.session_state[key] = now
+    return st.session_state[key]
+
+
+def forget_form(prefix: str) -> None:
+    """Drop a keyed form's values and what it was filled from (keys ``{prefix}...``): it is drawn afresh. Call it
+    from a callback, or before a rerun: a drawn widget's value cannot be changed in the same run."""
+    for k in [k for k in st.session_state if str(k).startswith(prefix)]:
+        del st.session_state[k]
+
+
 def _store_back(key: str, valid=None):
     """A picker's on_change: copy widget ``_w_{key}`` into ``key``, the truth the page reads. With ``valid`` (the
     values the picker showed), a value outside them is dropped: a select box whose option text changed under a

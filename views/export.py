@@ -21,21 +21,17 @@ if not meta:
 who = appkit.actor()
 signed = case.status == "signed"
 # specimen details and the target count are stored with the case and printed in every report
-SHOWN = f"details_shown_{case.id}"  # the details as this reviewer's form was filled from (sent back as ``expected``)
+FORM = f"details_{case.id}_"  # the form's keys: its widgets and what it was filled from (appkit.form_source)
 
 
 def details_from_store(case_id: int) -> None:
     """Fill the form from the details stored now (a button's callback: before the widgets are drawn)."""
-    st.session_state.pop(f"details_shown_{case_id}", None)
+    appkit.forget_form(f"details_{case_id}_")
     st.session_state[f"details_used_{case_id}"] = True
-    for k in [k for k in st.session_state if str(k).startswith(f"details_{case_id}_")]:
-        del st.session_state[k]
 
 
 if who.can("classify") and not signed:
-    if SHOWN not in st.session_state or f"details_{case.id}_target" not in st.session_state:
-        st.session_state[SHOWN] = case_details(case)  # the form is drawn afresh (Streamlit dropped its widgets)
-    shown = st.session_state[SHOWN]
+    shown = appkit.form_source(FORM, case_details(case), f"{FORM}target")
     # open while nothing was entered, and once this reviewer has used the form: a colleague's save must not fold it
     # (and the refusal in it) away
     used = st.session_state.get(f"details_used_{case.id}", False)
@@ -47,13 +43,13 @@ if who.can("classify") and not signed:
                       on_click=details_from_store, args=(case.id,))
         # keyed and filled once from ``shown``: a colleague's save does not replace what this reviewer typed
         for k, _ in SPECIMEN_FIELDS:
-            st.session_state.setdefault(f"details_{case.id}_{k}", shown["specimen"].get(k, ""))
-        st.session_state.setdefault(f"details_{case.id}_target", shown["target_count"] or DEFAULT_TARGET)
+            st.session_state.setdefault(f"{FORM}{k}", shown["specimen"].get(k, ""))
+        st.session_state.setdefault(f"{FORM}target", shown["target_count"] or DEFAULT_TARGET)
         with st.form(f"details_{case.id}"):
-            spec = {k: st.text_input(label, max_chars=SPECIMEN_MAX, key=f"details_{case.id}_{k}")
+            spec = {k: st.text_input(label, max_chars=SPECIMEN_MAX, key=f"{FORM}{k}")
                     for k, label in SPECIMEN_FIELDS}
             target = st.number_input("Target count (cells)", min_value=TARGET_MIN, max_value=TARGET_MAX, step=100,
-                                     key=f"details_{case.id}_target",
+                                     key=f"{FORM}target",
                                      help="The differential your lab counts to, e.g. 200 or 500 cells")
             if st.form_submit_button("Save details"):
                 st.session_state[f"details_used_{case.id}"] = True
@@ -63,7 +59,7 @@ if who.can("classify") and not signed:
                     st.error(f"Not saved: {exc}")
                 else:
                     case = store.get_case(case.id)
-                    st.session_state[SHOWN] = case_details(case)
+                    st.session_state[f"{FORM}shown"] = case_details(case)
                     st.success("Saved. The reports below include them.")
 users = store.list_users()
 audit = store.audit(case.id)

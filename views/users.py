@@ -44,28 +44,18 @@ with left, st.form("add_user"):
             st.error(f"Not added: {exc}")
         else:
             st.session_state["users_msg"] = ("success", f"Added {name.strip()} ({role}).")
-            for k in [k for k in st.session_state if str(k).startswith("new_user_")]:
-                del st.session_state[k]
+            appkit.forget_form("new_user_")
             st.rerun()
-
-def account_form_afresh() -> None:
-    """Forget what the change form was filled from and what it holds (another account picked, a successful save,
-    or the admin asked to see the account as it is now); a callback, so it runs before the widgets are drawn."""
-    for k in [k for k in st.session_state if str(k).startswith("account_")]:
-        del st.session_state[k]
-
 
 with right:
     st.markdown("**Change an account**")
     names = [u["username"] for u in users]
     pick = st.selectbox("Account", names, index=None, placeholder="Choose an account…", key="users_pick",
-                        on_change=account_form_afresh)
+                        on_change=appkit.forget_form, args=("account_",))  # another account: a fresh form
     if pick:
         u = next(x for x in users if x["username"] == pick)
         now = {"role": u["role"], "disabled": bool(u["disabled"])}
-        if "account_shown" not in st.session_state or "account_role" not in st.session_state:
-            st.session_state["account_shown"] = now  # the form drawn afresh: filled from the account as it is
-        shown = st.session_state["account_shown"]
+        shown = appkit.form_source("account_", now, "account_role")
         # keyed and filled once from ``shown``: another admin's change does not replace what this admin chose
         st.session_state.setdefault("account_role", shown["role"])
         st.session_state.setdefault("account_state", "disabled" if shown["disabled"] else "active")
@@ -74,7 +64,7 @@ with right:
                        f"{'disabled' if now['disabled'] else 'active'}. Saving this form is refused until you load "
                        "the account as it is now.")
             st.button("Load the account as it is now (replaces what this form holds)", key="account_reload",
-                      on_click=account_form_afresh)
+                      on_click=appkit.forget_form, args=("account_",))
         with st.form("change_user"):
             new_role = st.selectbox("Role", ROLES, key="account_role")
             state = st.radio("Status", ["active", "disabled"], horizontal=True, key="account_state")
@@ -88,7 +78,7 @@ with right:
                     st.error(f"Not saved: {exc}")
                 else:
                     st.session_state["users_msg"] = ("success", f"Saved the changes to {pick}.")
-                    account_form_afresh()
+                    appkit.forget_form("account_")
                     st.rerun()
 
 st.markdown("#### Sign-ins and account changes (newest first)")
