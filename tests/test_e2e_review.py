@@ -288,3 +288,60 @@ def test_a_stale_details_form_in_the_browser_is_refused_and_keeps_what_was_typed
         browser.close()
     log = (tmp_path / "server.log").read_text()
     assert "Traceback" not in log, log[-2000:]
+
+
+def test_a_sign_off_refused_for_a_colleagues_relabel_is_acknowledged_then_signed(dev_root, tmp_path):
+    """Two pathologists in two browser contexts. A confirms every cell one at a time; B then relabels one. A's
+    sign-off is refused, naming that cell and B's label; A presses "I have checked the 1 changed cell(s)" and signs
+    with the password: the signed case holds B's label. Before, the refusal said "reload" and nothing cleared it."""
+    need_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    crops = [f for c in ("LYT", "MON", "EOS") for f in sorted((dev_root / c).glob("*.jpg"))[:1]]
+    db = tmp_path / "ack.db"
+    with appdriver.app_server(db, tmp_path / "server.log") as srv, sync_playwright() as pw:
+        cid = appdriver.classified_case(db, "ACK-1", crops)
+        store = CaseStore(f"sqlite:///{db}")
+        browser = appdriver.launch(pw)
+        a = appdriver.new_page(browser, TIMEOUT_S)
+        appdriver.open_case(a, srv.url, "ACK-1", user="path")
+        a.get_by_role("link", name="Review").first.click()
+        appdriver.settle(a)
+        appdriver.review_mode(a, "One cell")
+        first = appdriver.selectbox_text(a, PICKER).split(" — ")[0]
+        for _ in crops:  # each cell opened on A's screen, then confirmed
+            a.get_by_role("button", name="Confirm model's label").click()
+            appdriver.settle(a)
+        assert all(c.final_label for c in store.get_case(cid).cells)
+        b = appdriver.new_page(browser, TIMEOUT_S)
+        appdriver.open_case(b, srv.url, "ACK-1", user="path2")
+        b.get_by_role("link", name="Review").first.click()
+        appdriver.settle(b)
+        appdriver.review_mode(b, "One cell")
+        appdriver.choose(b, PICKER, first)
+        new = "MON" if appdriver.selectbox_text(b, "Label").startswith("PMO") else "PMO"
+        appdriver.choose(b, "Label", new)
+        b.get_by_role("button", name="Save label").click()
+        expect(b.get_by_text(f"{first.split(' ')[0]} set to {new}")).to_be_visible()
+
+        def sign():
+            a.get_by_label(re.compile("Your password, to sign as")).fill(appdriver.USERS["path"][1])
+            a.get_by_role("button", name="Sign off case").click()
+            appdriver.settle(a)
+
+        sign()
+        expect(a.get_by_text(re.compile(rf"^Not signed: 1 cell\(s\) changed since your page showed the case: "
+                                        rf"{re.escape(first)} \(now {new} by path2\)"))).to_be_visible()
+        assert store.get_case(cid).status != "signed"
+        a.screenshot(path=str(ART / "sign_off_refused_for_a_colleague.png"), full_page=True)
+        a.get_by_role("button", name="I have checked the 1 changed cell(s)").click()
+        appdriver.settle(a)
+        expect(a.get_by_text("1 changed cell(s) taken as checked")).to_be_visible()
+        sign()
+        expect(a.get_by_text(re.compile(r"^Case ACK-1 signed off by"))).to_be_visible()
+        signed = store.get_case(cid)
+        assert signed.status == "signed" and signed.signed_by == "path"
+        assert next(c for c in signed.cells if f"#{c.position + 1} {c.name}" == first).final_label == new
+        browser.close()
+    log = (tmp_path / "server.log").read_text()
+    assert "Traceback" not in log, log[-2000:]

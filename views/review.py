@@ -141,9 +141,12 @@ def sign(expected: dict[int, int]) -> None:
     try:
         store.sign_off(case.id, appkit.actor(), password=password, expected_versions=expected)
     except ConflictError as exc:
-        _say("warning", f"Not signed: {str(exc).removeprefix('not signed: ')}")
-        if exc.changed:  # the cells a colleague changed: this reviewer may acknowledge them (below), then sign again
-            st.session_state[f"sign_changed_{case.id}"] = exc.changed
+        text = f"Not signed: {str(exc).removeprefix('not signed: ')}"
+        if exc.changed:  # cells a colleague changed: said beside the sign-off button (the page's messages are at its
+            # top, the sign-off at its foot), where this reviewer may acknowledge them, then sign again
+            st.session_state[f"sign_changed_{case.id}"] = (exc.changed, text)
+        else:
+            _say("warning", text)
     except CaseError as exc:
         _say("error", f"Not signed: {exc}")
     else:
@@ -195,11 +198,10 @@ def sign_off_box(shown: dict[int, int]) -> None:
     else:
         st.text_input(f"Your password, to sign as {who.label}", type="password", key=f"sign_pw_{case.id}",
                       autocomplete="current-password")
-    changed = st.session_state.get(f"sign_changed_{case.id}")
-    if changed:
-        st.caption(f"{len(changed)} cell(s) changed after you opened them (named in the message above; the gallery "
-                   "and **One cell** show them as they are now). Check them, or press the button once you have, "
-                   "then sign.")
+    if pending := st.session_state.get(f"sign_changed_{case.id}"):
+        changed, text = pending
+        st.warning(text + ". The gallery and **One cell** show them as they are now; press the button below once "
+                   "you have checked them.")
         st.button(f"I have checked the {len(changed)} changed cell(s)", key="sign_ack", on_click=acknowledge,
                   args=(changed,))
     st.button("Sign off case", type="primary", key="sign_off", on_click=sign, args=(shown,))
