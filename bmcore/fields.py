@@ -25,9 +25,13 @@ Wright, Giemsa). The finder works on that stain contrast:
    cytoplasm reaches on each side (``cytoplasm_extents``). Gradient-boosted trees fitted on the tuning half of the
    annotated BCCD fields (``python -m train.fields_scorer``; ``assets/fields/scorer.json``) give the cell box
    (a granulocyte's cytoplasm reaches further than a lymphocyte's) and the probability that the reading is one
-   white cell; the best readings are kept, none overlapping a kept one.
-   A cell whose box reaches past the image border is marked ``border``: it is cut, and is not classified as a
-   whole cell.
+   white cell; the best readings are kept, none overlapping a kept one and none whose nucleus centre lies within
+   a kept cell's box (a white cell holds one nucleus: such a reading is another reading of that cell, a lobe of
+   it, or a platelet on it). The classifier also learned from the annotated platelets of those fields, read down
+   to ``PLATELET_MIN_AREA_UM2`` (``train.fields_scorer``): a clump of platelets is the blob most often taken for a
+   small nucleus.
+   A cell whose box reaches past the image border, or whose nucleus touches it, is marked ``border``: it is cut,
+   and is not classified as a whole cell.
 
 ``crop_cell`` cuts a square around a found cell, centred on its nucleus, so that the nucleus fills the same
 fraction of the crop as the nuclei of the training crops fill theirs (``TRAIN_NUCLEUS_FRACTION``: the median
@@ -57,6 +61,7 @@ NUCLEUS_LEVEL = 45.0           # blue minus red (0-255) above which a pixel is n
 LOBE_GAP_UM = 1.2              # nuclear stain closer than this is one blob
 MAX_NUCLEUS_UM = 16.0          # lobes are grouped only while the group is no wider than any nucleus
 MIN_NUCLEUS_AREA_UM2 = 8.0     # smaller blobs are platelets or debris
+PLATELET_MIN_AREA_UM2 = 2.0    # the scorer's platelet negatives are read down to this (one platelet: 2-3 µm across)
 SPLIT_AREA_UM2 = 160.0         # a blob larger than this may be several touching nuclei
 SPLIT_MIN_DIST_UM = 5.0        # watershed seeds at least this far apart
 TRAIN_NUCLEUS_FRACTION = 0.58  # nucleus side / crop side in the training crops (bench/fields.py --train-ratio)
@@ -233,13 +238,15 @@ def _nucleus_mask(chan: np.ndarray, level: float, px: float) -> np.ndarray:
     return _fill_holes(mask > 0).astype(np.uint8)
 
 
-def nucleus_candidates(rgb: np.ndarray, px: float, chan: np.ndarray | None = None) -> list[Candidate]:
+def nucleus_candidates(rgb: np.ndarray, px: float, chan: np.ndarray | None = None,
+                       min_area_um2: float = MIN_NUCLEUS_AREA_UM2) -> list[Candidate]:
     """Every plausible nucleus in a field, under several readings: stain thresholds ``CANDIDATE_LEVELS``, lobes
     grouped within each of ``CANDIDATE_GROUPS_UM`` (0: every blob alone) while the group stays under
     ``MAX_NUCLEUS_UM``, and blobs too large for one nucleus both whole and split by watershed. Near-duplicates are
-    dropped. ``FieldScorer.select`` then keeps the readings that look like one white cell each."""
+    dropped. ``FieldScorer.select`` then keeps the readings that look like one white cell each. A smaller
+    ``min_area_um2`` than the finder's is for training only (``train.fields_scorer``: platelet readings)."""
     chan = nuclear_channel(rgb) if chan is None else chan
-    min_area = MIN_NUCLEUS_AREA_UM2 * px * px
+    min_area = min_area_um2 * px * px
     max_span = MAX_NUCLEUS_UM * px
     out: list[Candidate] = []
     seen: list[tuple[int, int, int, int]] = []
@@ -408,7 +415,11 @@ class FieldScorer:
     def select(self, cands: list[Candidate], X: np.ndarray, w: int, h: int,
                scores: np.ndarray | None = None, boxes: np.ndarray | None = None) -> list[FoundCell]:
         """The readings kept: best first, at or over ``threshold``, none overlapping a kept one by more than
-        ``nms_iou`` (cell boxes) and none whose nucleus lies mostly within a kept one's (or holds one).
+        ``nms_iou`` (cell boxes), none whose nucleus lies mostly within a kept one's (or holds one), and none whose
+        nucleus centre lies within a kept cell's box: a white cell holds one nucleus, so such a reading is a
+        second reading of that cell (a lobe read alone, with a box of its own that overlaps the first too little
+        for ``nms_iou``) or a platelet lying on it. A cell is ``border`` (cut) if its box reaches past the image or
+        its nucleus touches the image's edge.
 
         Scores equal to three decimals are ties, broken by the order the readings were made (lowest stain level
         first, then the closest lobe grouping): several readings of one clear cell all score ~1.0, and float noise
@@ -419,14 +430,17 @@ class FieldScorer:
         for i in np.lexsort((np.arange(len(p)), -np.round(p, 3))):
             if p[i] < self.threshold:
                 continue  # (not break: a tie's later members may still reach the threshold)
-            if any(iou(bx[i], bx[k]) > self.nms_iou or _nested(cands[i].nucleus_box, cands[k].nucleus_box)
-                   for k in kept):
+            nb = cands[i].nucleus_box
+            cx, cy = (nb[0] + nb[2]) / 2, (nb[1] + nb[3]) / 2
+            if any(iou(bx[i], bx[k]) > self.nms_iou or _nested(nb, cands[k].nucleus_box)
+                   or (bx[k][0] <= cx <= bx[k][2] and bx[k][1] <= cy <= bx[k][3]) for k in kept):
                 continue
             kept.append(int(i))
         out = []
         for i in kept:
             x0, y0, x1, y1 = bx[i]
-            border = x0 < 0 or y0 < 0 or x1 > w or y1 > h
+            nb = cands[i].nucleus_box
+            border = x0 < 0 or y0 < 0 or x1 > w or y1 > h or nb[0] <= 0 or nb[1] <= 0 or nb[2] >= w or nb[3] >= h
             box = (max(0, int(round(x0))), max(0, int(round(y0))), min(w, int(round(x1))), min(h, int(round(y1))))
             out.append(FoundCell(box, tuple(int(v) for v in cands[i].nucleus_box), cands[i].area, bool(border),
                                  float(p[i])))

@@ -10,7 +10,11 @@ here):
 1. ``box``: the cell box from a reading's nucleus box and features, the cytoplasm's extents included (centre
    offset and log sides, in nucleus sides), learned on the readings whose nucleus centre lies in an annotated box;
 2. ``classifier``: whether a reading's cell box, as ``box`` predicts it out of fold, matches an annotated white cell
-   at IoU >= 0.5, from the features without the extents (``bmcore.fields.CLASSIFIER_FEATURES``).
+   at IoU >= 0.5, from the features without the extents (``bmcore.fields.CLASSIFIER_FEATURES``). The finder's
+   readings are nearly all of white cells (15 of the tune half's 360 are not), so the classifier also learns from
+   the fields' annotated platelets: the readings down to ``PLATELET_MIN_AREA_UM2`` whose centre lies in a
+   ``Platelets`` box and in no white cell's, as negatives (a clump of platelets is what the finder most often
+   took for a small nucleus on fields the scorer had not seen).
 
 The keep threshold comes from the F1 of whole-field selection (non-maximum suppression included) on the tune half
 with out-of-fold predictions (5 folds grouped by field): the lowest threshold whose F1 is within ``F1_PLATEAU``
@@ -37,10 +41,17 @@ SHARED = Path(os.environ.get("BM_SHARED", REPO.parent / "shared")) / "data"
 
 
 def field_rows(root: Path, stems: list[str]):
-    """Per field: (stem, rgb size, candidates, features, WBC boxes)."""
+    """Per field: (stem, rgb size, candidates, features, WBC boxes, platelet features). The platelet features are
+    rows of ``FEATURE_NAMES`` for the readings at ``PLATELET_MIN_AREA_UM2`` whose centre lies in an annotated
+    platelet box and in no white cell's, and that are not (IoU > 0.9) one of the finder's own readings; each is
+    measured among all the field's readings, as the finder would measure it."""
     from PIL import Image
 
     from bmcore import fields as F
+
+    def centre_in(c, boxes):
+        x0, y0, x1, y1 = c.nucleus_box
+        return any(g[0] <= (x0 + x1) / 2 <= g[2] and g[1] <= (y0 + y1) / 2 <= g[3] for g in boxes)
 
     out = []
     for s in stems:
@@ -49,8 +60,15 @@ def field_rows(root: Path, stems: list[str]):
         px = 1.0 / F.field_scale(rgb).um_per_px
         chan = F.nuclear_channel(rgb)
         cands = F.nucleus_candidates(rgb, px, chan)
-        X = F.candidate_features(rgb, cands, px, chan) if cands else np.zeros((0, len(F.FEATURE_NAMES)), np.float32)
-        out.append((s, (w, h), cands, X, F.read_voc(root / "Annotations" / f"{s}.xml").get("WBC", [])))
+        ann = F.read_voc(root / "Annotations" / f"{s}.xml")
+        wbc = ann.get("WBC", [])
+        plt = [c for c in F.nucleus_candidates(rgb, px, chan, F.PLATELET_MIN_AREA_UM2)
+               if centre_in(c, ann.get("Platelets", [])) and not centre_in(c, wbc)
+               and not any(F.iou(c.nucleus_box, o.nucleus_box) > 0.9 for o in cands)]
+        none = np.zeros((0, len(F.FEATURE_NAMES)), np.float32)
+        X = F.candidate_features(rgb, cands, px, chan) if cands else none  # as the finder measures them
+        Xp = F.candidate_features(rgb, cands + plt, px, chan)[len(cands):] if plt else none
+        out.append((s, (w, h), cands, X, wbc, Xp))
     return out
 
 
@@ -88,6 +106,8 @@ def fit(rows, seed: int = 0, folds: int = 5):
 
     X = np.concatenate([r[3] for r in rows])
     groups = np.concatenate([[i] * len(r[2]) for i, r in enumerate(rows)])
+    platelets = np.concatenate([r[5] for r in rows])[:, :len(F.CLASSIFIER_FEATURES)]
+    platelet_groups = np.concatenate([[i] * len(r[5]) for i, r in enumerate(rows)])
     cands = [c for r in rows for c in r[2]]
     tg = [t for r in rows for t in box_targets(r[2], r[4])]
     has = np.array([t is not None for t in tg])
@@ -117,7 +137,9 @@ def fit(rows, seed: int = 0, folds: int = 5):
     Xc = X[:, :len(F.CLASSIFIER_FEATURES)]  # the classifier's columns: FieldScorer.scores
     oof_p = np.zeros(len(X))
     for tr, te in gkf.split(X, groups=groups):
-        oof_p[te] = clf().fit(Xc[tr], y[tr]).predict_proba(Xc[te])[:, 1]
+        neg = np.isin(platelet_groups, groups[tr])  # the platelets of the training folds' fields only
+        oof_p[te] = clf().fit(np.concatenate([Xc[tr], platelets[neg]]), np.concatenate([y[tr], np.zeros(neg.sum(), int)])
+                              ).predict_proba(Xc[te])[:, 1]
     # the threshold: from the whole-field F1 of selection on out-of-fold figures (pick_threshold)
     curve = []
     for thr in np.round(np.arange(0.05, 0.96, 0.025), 3):
@@ -133,9 +155,10 @@ def fit(rows, seed: int = 0, folds: int = 5):
         f1 = 2 * rec * prec / max(1e-9, rec + prec)
         curve.append({"threshold": float(thr), "recall": rec, "precision": prec, "f1": f1})
     best = pick_threshold(curve)
-    final = {"classifier": clf().fit(Xc, y), "box": regs(np.nonzero(has)[0]), "threshold": best["threshold"],
-             "nms_iou": 0.3}
+    final = {"classifier": clf().fit(np.concatenate([Xc, platelets]), np.concatenate([y, np.zeros(len(platelets), int)])),
+             "box": regs(np.nonzero(has)[0]), "threshold": best["threshold"], "nms_iou": 0.3}
     info = {"candidates": int(len(X)), "positives": int(y.sum()), "with_box_target": int(has.sum()),
+            "platelet_negatives": int(len(platelets)),
             "out_of_fold_on_tune": best, "folds": folds, "curve": curve}
     return final, info
 
@@ -168,7 +191,7 @@ def main(argv=None) -> int:
         f"{stems[-1]} ({len(stems)} fields)", "scikit_learn": sklearn.__version__, "features": F.FEATURE_NAMES,
         "classifier_features": F.CLASSIFIER_FEATURES, "cytoplasm_levels": list(F.CYTOPLASM_LEVELS),
         "extent_window": F.EXTENT_WINDOW,
-        "candidate_levels": list(F.CANDIDATE_LEVELS), "candidate_groups_um": list(F.CANDIDATE_GROUPS_UM),
+        "platelet_min_area_um2": F.PLATELET_MIN_AREA_UM2, "candidate_levels": list(F.CANDIDATE_LEVELS), "candidate_groups_um": list(F.CANDIDATE_GROUPS_UM),
         "threshold": model["threshold"], "nms_iou": model["nms_iou"], **info,
         "seconds": round(time.perf_counter() - t0, 1)}
     out.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
