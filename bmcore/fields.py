@@ -431,9 +431,8 @@ class FieldScorer:
             if p[i] < self.threshold:
                 continue  # (not break: a tie's later members may still reach the threshold)
             nb = cands[i].nucleus_box
-            cx, cy = (nb[0] + nb[2]) / 2, (nb[1] + nb[3]) / 2
-            if any(iou(bx[i], bx[k]) > self.nms_iou or _nested(nb, cands[k].nucleus_box)
-                   or (bx[k][0] <= cx <= bx[k][2] and bx[k][1] <= cy <= bx[k][3]) for k in kept):
+            if any(iou(bx[i], bx[k]) > self.nms_iou or _nested(nb, cands[k].nucleus_box) or centre_in(nb, bx[k])
+                   for k in kept):
                 continue
             kept.append(int(i))
         out = []
@@ -445,6 +444,12 @@ class FieldScorer:
             out.append(FoundCell(box, tuple(int(v) for v in cands[i].nucleus_box), cands[i].area, bool(border),
                                  float(p[i])))
         return out
+
+
+def centre_in(box, outer) -> bool:
+    """Does ``box``'s centre lie within ``outer`` (both x0, y0, x1, y1)?"""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return outer[0] <= cx <= outer[2] and outer[1] <= cy <= outer[3]
 
 
 def _one_thread():

@@ -49,10 +49,6 @@ def field_rows(root: Path, stems: list[str]):
 
     from bmcore import fields as F
 
-    def centre_in(c, boxes):
-        x0, y0, x1, y1 = c.nucleus_box
-        return any(g[0] <= (x0 + x1) / 2 <= g[2] and g[1] <= (y0 + y1) / 2 <= g[3] for g in boxes)
-
     out = []
     for s in stems:
         rgb = np.asarray(Image.open(root / "JPEGImages" / f"{s}.jpg").convert("RGB"))
@@ -63,7 +59,8 @@ def field_rows(root: Path, stems: list[str]):
         ann = F.read_voc(root / "Annotations" / f"{s}.xml")
         wbc = ann.get("WBC", [])
         plt = [c for c in F.nucleus_candidates(rgb, px, chan, F.PLATELET_MIN_AREA_UM2)
-               if centre_in(c, ann.get("Platelets", [])) and not centre_in(c, wbc)
+               if any(F.centre_in(c.nucleus_box, g) for g in ann.get("Platelets", []))
+               and not any(F.centre_in(c.nucleus_box, g) for g in wbc)
                and not any(F.iou(c.nucleus_box, o.nucleus_box) > 0.9 for o in cands)]
         none = np.zeros((0, len(F.FEATURE_NAMES)), np.float32)
         X = F.candidate_features(rgb, cands, px, chan) if cands else none  # as the finder measures them
@@ -74,11 +71,13 @@ def field_rows(root: Path, stems: list[str]):
 
 def box_targets(cands, truth):
     """Per candidate: the annotated box its nucleus centre falls in (the tightest), as regression targets, or None."""
+    from bmcore import fields as F
+
     t = []
     for c in cands:
         x0, y0, x1, y1 = c.nucleus_box
         cx, cy, s = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0)
-        hits = [g for g in truth if g[0] <= cx <= g[2] and g[1] <= cy <= g[3]]
+        hits = [g for g in truth if F.centre_in(c.nucleus_box, g)]
         if not hits:
             t.append(None)
             continue
