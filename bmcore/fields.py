@@ -663,15 +663,21 @@ def ink_on(colour: tuple[int, int, int]) -> tuple[int, int, int]:
     return (0, 0, 0) if 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2] > 150 else (255, 255, 255)
 
 
-def draw_field(image: bytes, width: int, height: int, boxes: list[tuple[int, tuple, tuple]]) -> np.ndarray:
+def draw_field(image: bytes, width: int, height: int, boxes: list[tuple[int, tuple, tuple]],
+               um_per_px: float | None = None) -> np.ndarray:
     """The stored field image (JPEG bytes of a field ``width`` x ``height`` px) as RGB with numbered boxes drawn:
-    ``boxes`` are (number, (x0, y0, x1, y1) in the original field's px, RGB colour)."""
+    ``boxes`` are (number, (x0, y0, x1, y1) in the original field's px, RGB colour). With ``um_per_px`` (the scale
+    the finder used), a red cell's size at that scale is drawn too (``red_cell_gauge``)."""
     bgr = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         raise ValueError("the stored field image cannot be decoded")
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     f = rgb.shape[1] / max(1, width)
     thick = max(2, round(max(rgb.shape[:2]) / 400))
+    if um_per_px:
+        (cx, cy), r = red_cell_gauge(width, height, um_per_px, [b for _, b, _ in boxes])
+        for colour, t in (((255, 255, 255), thick + 2), ((0, 0, 0), max(1, thick - 1))):  # reads on any background
+            cv2.circle(rgb, (round(cx * f), round(cy * f)), max(1, round(r * f)), colour, t, cv2.LINE_AA)
     for number, box, colour in boxes:
         x0, y0, x1, y1 = (round(v * f) for v in box)
         cv2.rectangle(rgb, (x0, y0), (x1 - 1, y1 - 1), colour, thick)
@@ -682,3 +688,19 @@ def draw_field(image: bytes, width: int, height: int, boxes: list[tuple[int, tup
         cv2.putText(rgb, text, (x0 + 2, ty - base // 2), cv2.FONT_HERSHEY_SIMPLEX, scale, ink_on(colour), thick,
                     cv2.LINE_AA)
     return rgb
+
+
+def red_cell_gauge(width: int, height: int, um_per_px: float, boxes: list) -> tuple[tuple[float, float], float]:
+    """Where to draw a ``RBC_DIAMETER_UM`` red cell at the scale the finder used, and its radius, in the field's px:
+    beside the field's own red cells a reader sees at once whether the scale (typed, or estimated from the red
+    cells) is right; every length the finder measured follows from it. In the first corner (lower left, lower
+    right, upper left, upper right) whose square holds no cell box, else the lower left."""
+    r = RBC_DIAMETER_UM / um_per_px / 2
+    m = r + max(4.0, 0.02 * max(width, height))
+    corners = [(m, height - m), (width - m, height - m), (m, m), (width - m, m)]
+
+    def clear(c):
+        sq = (c[0] - m, c[1] - m, c[0] + m, c[1] + m)
+        return not any(b[0] < sq[2] and sq[0] < b[2] and b[1] < sq[3] and sq[1] < b[3] for b in boxes)
+
+    return next((c for c in corners if clear(c)), corners[0]), r

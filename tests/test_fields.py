@@ -276,6 +276,27 @@ def test_cells_origin_column_and_field_images_are_added_to_an_older_database_and
     assert store.field_images(cid) == []
 
 
+def test_the_field_is_drawn_with_a_red_cell_at_the_scale_used_where_no_cell_is():
+    """The drawn field carries a 7.5 µm red cell at the scale the finder used: on the synthetic field (red cells
+    100 px across) the estimated scale draws it about 100 px across (117), in the first corner clear of the cells' boxes;
+    a scale 4x too coarse (as the red-cell estimate gave one real field) draws it 4x too small, which a reader sees
+    beside the field's red cells."""
+    rgb = synthetic_field()
+    res = F.find_cells(rgb)
+    ok, jpg = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    boxes = [(k, c.box, (0, 0, 255)) for k, c in enumerate(res.cells, 1)]
+    (cx, cy), r = F.red_cell_gauge(640, 480, res.scale.um_per_px, [b for _, b, _ in boxes])
+    assert 2 * r == pytest.approx(100, rel=0.2)  # 117: the span factor is fitted on real red cells, not discs
+    assert all(not (b[0] < cx + r and cx - r < b[2] and b[1] < cy + r and cy - r < b[3]) for _, b, _ in boxes)
+    plain = F.draw_field(jpg.tobytes(), 640, 480, boxes)
+    drawn = F.draw_field(jpg.tobytes(), 640, 480, boxes, res.scale.um_per_px)
+    edge = drawn[round(cy), round(cx + r)]
+    assert (edge.max() < 60 or edge.min() > 200) and not np.array_equal(edge, plain[round(cy), round(cx + r)])
+    assert np.array_equal(drawn[round(cy), round(cx)], plain[round(cy), round(cx)])  # an outline: the inside shows
+    _, small = F.red_cell_gauge(640, 480, 4 * res.scale.um_per_px, [])
+    assert small == pytest.approx(r / 4)
+
+
 def test_a_camera_sized_field_is_searched_reduced_and_boxed_in_its_own_pixels(bccd):
     """A real field enlarged to a 12-megapixel photo (4000x3000) gives the same cells as the original, boxes and
     scale in the large image's pixels (nuclei within 2 original px, x6.25; cell boxes within 10), whether the scale is estimated or given."""

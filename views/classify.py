@@ -5,7 +5,7 @@ import appkit
 from bmcore import caserules
 from bmcore.cases import STATUS_SIGNED, CaseError, inference_text, reviewer_text
 from bmcore.explain import CAM_METHODS, overlay
-from bmcore.fields import class_colour, draw_field, expand_fields, field_record, ink_on
+from bmcore.fields import RBC_DIAMETER_UM, class_colour, draw_field, expand_fields, field_record, ink_on
 from bmcore.inputs import MAX_FILES, enforce_limit, from_upload
 from bmcore.jobs import match_pending, pending_inputs
 from bmcore.tasks import BLAST_CODES, cell_name
@@ -259,9 +259,16 @@ def field_section() -> None:
             cells = by_field.get(shot["name"], [])
             boxes = [(c.position + 1, tuple(c.origin["box"]), class_colour(c.label, classes)) for c in cells]
             n = f"{len(cells)} cell" + ("" if len(cells) == 1 else "s")
-            cols[i % 2].image(drawn_field(shot["image"], shot["width"], shot["height"], tuple(boxes)),
+            scale = shot.get("scale") or {}
+            um = scale.get("um_per_px")
+            gauge = (f" The black-and-white circle is a {RBC_DIAMETER_UM:g} µm red cell at the scale used "
+                     f"({um:.4f} µm/px, {scale.get('source', '?')}): if it is not the size of this field's red cells, "
+                     "the scale is wrong, and with it the finder's sizes; classify the field again in a new case with "
+                     "its scale typed in (Scale of field photographs)."
+                     if um else "")
+            cols[i % 2].image(drawn_field(shot["image"], shot["width"], shot["height"], tuple(boxes), um),
                               width="stretch", caption=f"{shot['name']} ({shot['width']}x{shot['height']} px): {n}, "
-                                                       "numbered as in the results table")
+                                                       f"numbered as in the results table.{gauge}")
 
 
 field_section()
