@@ -45,6 +45,8 @@ def test_fields_become_cells_drawn_with_boxes_and_open_in_the_cell_view(server, 
             for f in FIELDS:
                 expect(shots.get_by_text(f"{f} (640x480 px)")).to_be_visible()
             assert shots.locator("img").count() == 2
+            # each field says the scale it was read at, beside a red cell drawn at that scale
+            assert shots.get_by_text("is a 7.5 µm red cell at the scale used").count() == 2
             shots.screenshot(path=str(ART / "fields_drawn.png"))
             appdriver.open_cell_view(page)
             # a whole cell of a field: offered in the cell view (unless the gate refused it, then in the rejected
