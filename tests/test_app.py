@@ -596,7 +596,7 @@ def test_smear_fields_become_cells_of_one_case_with_source_box_and_drawn_field(e
     assert [n for n in BCCD_FIELDS if any(n in str(e.proto) for e in drawn)] == BCCD_FIELDS  # both fields drawn
     for s in shots:  # each says the scale it was read at, beside the red cell drawn at that scale
         um = s["scale"]["um_per_px"]
-        assert any(s["name"] in str(e.proto) and f"7.5 µm red cell at the scale used ({um:.4f} µm/px, red cells)"
+        assert any(s["name"] in str(e.proto) and f"7.5 µm red cell at the scale used, {um:.4f} µm/px (estimated from the red cells)"
                    in str(e.proto) for e in drawn), s["name"]
     assert any("BloodImage_00193.jpg #" in f for d in at.dataframe if "file" in d.value.columns
                for f in d.value.file)  # the border-cut cell listed by name

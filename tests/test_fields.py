@@ -185,22 +185,32 @@ def test_one_nucleus_per_cell_a_second_reading_inside_a_kept_cell_is_dropped():
     assert len(edge) == 1 and edge[0].border
 
 
-def test_the_scorer_tells_platelets_from_nuclei_on_fields_it_never_saw(bccd):
-    """The classifier learned from the tune half's annotated platelets as negatives (train.fields_scorer). On the
-    report half, the platelet readings (every reading at PLATELET_MIN_AREA_UM2 whose centre lies in an annotated
-    platelet box and in no white cell's) score under the keep threshold (measured 97 of 102, 0.95; the scorer
-    fitted without them let 15% through), while the finder's own readings of those fields mostly do not
-    (measured 1.8% under it)."""
-    from train.fields_scorer import field_rows
-
+def test_fewer_platelet_clumps_are_taken_for_cells_on_fields_the_scorer_never_saw(bccd):
+    """The classifier learned from the tune half's annotated platelets as negatives (train.fields_scorer; they are
+    mostly specks under the finder's smallest nucleus, which teach it where platelets lie in its features). On the
+    report half, the finder keeps 5 boxes whose nucleus centre lies on an annotated platelet and in no white cell
+    (measured 2026-11-27; 8 with the scorer fitted without them), and its own readings on platelets score lower:
+    of those 11 readings, 3 fall under the keep threshold (none before; median score 0.47, was 0.76), while its
+    readings of the report half as a whole mostly stay over it (1.8% under)."""
     halves = F.bccd_split(bccd)
-    rows = field_rows(bccd, halves["report"])
     sc = F.field_scorer()
-    platelets = np.concatenate([r[5] for r in rows])
-    readings = np.concatenate([r[3] for r in rows])
-    assert len(platelets) >= 50 and len(readings) >= 300
-    assert (sc.scores(platelets) < sc.threshold).mean() >= 0.9
-    assert (sc.scores(readings) < sc.threshold).mean() <= 0.05
+    kept_on_platelets, reading_scores = 0, []
+    for s in halves["report"]:
+        ann = F.read_voc(bccd / "Annotations" / f"{s}.xml")
+        rgb = np.asarray(Image.open(bccd / "JPEGImages" / f"{s}.jpg").convert("RGB"))
+
+        def on_platelet(box):
+            return (any(F.centre_in(box, g) for g in ann.get("Platelets", []))
+                    and not any(F.centre_in(box, g) for g in ann.get("WBC", [])))
+
+        kept_on_platelets += sum(on_platelet(c.nucleus_box) for c in F.find_cells(rgb).cells)
+        px = 1.0 / F.field_scale(rgb).um_per_px
+        cands = F.nucleus_candidates(rgb, px)
+        if cands:
+            p = sc.scores(F.candidate_features(rgb, cands, px))
+            reading_scores += [float(q) for c, q in zip(cands, p) if on_platelet(c.nucleus_box)]
+    assert kept_on_platelets <= 6  # measured 5; 8 before
+    assert len(reading_scores) >= 8 and sum(q < sc.threshold for q in reading_scores) >= 2  # measured 11, 3; 0 before
 
 
 def test_a_tampered_scorer_is_refused(tmp_path, monkeypatch):

@@ -41,10 +41,14 @@ SHARED = Path(os.environ.get("BM_SHARED", REPO.parent / "shared")) / "data"
 
 
 def field_rows(root: Path, stems: list[str]):
-    """Per field: (stem, rgb size, candidates, features, WBC boxes, platelet features). The platelet features are
-    rows of ``FEATURE_NAMES`` for the readings at ``PLATELET_MIN_AREA_UM2`` whose centre lies in an annotated
-    platelet box and in no white cell's, and that are not (IoU > 0.9) one of the finder's own readings; each is
-    measured among all the field's readings, as the finder would measure it."""
+    """Per field: (stem, rgb size, candidates, features, WBC boxes, platelet features). The candidates' features
+    are exactly the finder's. The platelet features are rows of ``FEATURE_NAMES`` for the readings made with the
+    smallest blob at ``PLATELET_MIN_AREA_UM2`` whose centre lies in an annotated platelet box and in no white
+    cell's, and that are not (IoU > 0.9) one of the finder's own readings. They are close to, not exactly, what
+    the finder would measure: almost all are smaller than any reading it makes (on the report half, 101 of 102
+    under ``MIN_NUCLEUS_AREA_UM2``), their lobe groupings may take in specks it drops, and their nesting features
+    count the other platelet readings too. They teach the classifier where platelets lie in its features; what
+    they changed was measured on the finder itself (README, "Smear-field images")."""
     from PIL import Image
 
     from bmcore import fields as F

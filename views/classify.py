@@ -260,12 +260,14 @@ def field_section() -> None:
             boxes = [(c.position + 1, tuple(c.origin["box"]), class_colour(c.label, classes)) for c in cells]
             n = f"{len(cells)} cell" + ("" if len(cells) == 1 else "s")
             scale = shot.get("scale") or {}
-            um = scale.get("um_per_px")
-            gauge = (f" The black-and-white circle is a {RBC_DIAMETER_UM:g} µm red cell at the scale used "
-                     f"({um:.4f} µm/px, {scale.get('source', '?')}): if it is not the size of this field's red cells, "
-                     "the scale is wrong, and with it the finder's sizes; classify the field again in a new case with "
-                     "its scale typed in (Scale of field photographs)."
-                     if um else "")
+            um, source = scale.get("um_per_px"), str(scale.get("source", ""))
+            how = ("typed in" if source == "user" else "estimated from the red cells" if source == "red cells"
+                   else "a default: no red cells were found")
+            gauge = (f" The black-and-white circle is a {RBC_DIAMETER_UM:g} µm red cell at the scale used, "
+                     f"{um:.4f} µm/px ({how}): if it is not the size of this field's red cells, that scale is wrong, "
+                     "and so are the cell boxes and crops; classify the field again in a new case with "
+                     + ("the right scale" if source == "user" else "its scale") + " typed in (Scale of field "
+                     "photographs)." if um else "")
             cols[i % 2].image(drawn_field(shot["image"], shot["width"], shot["height"], tuple(boxes), um),
                               width="stretch", caption=f"{shot['name']} ({shot['width']}x{shot['height']} px): {n}, "
                                                        f"numbered as in the results table.{gauge}")
