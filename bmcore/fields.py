@@ -85,6 +85,12 @@ class FieldScale:
         return s + ")"
 
 
+def scale_words(source: str) -> str:
+    """How a field's scale was got (``FieldScale.source``), in words for a reader."""
+    return {"user": "typed in", "red cells": "estimated from the red cells"}.get(
+        source, "a default: no red cells were found")
+
+
 @dataclass
 class FoundCell:
     box: tuple[int, int, int, int]          # x0, y0, x1, y1 (exclusive) of the cell, clipped to the image
@@ -699,8 +705,5 @@ def red_cell_gauge(width: int, height: int, um_per_px: float, boxes: list) -> tu
     m = r + max(4.0, 0.02 * max(width, height))
     corners = [(m, height - m), (width - m, height - m), (m, m), (width - m, m)]
 
-    def clear(c):
-        sq = (c[0] - m, c[1] - m, c[0] + m, c[1] + m)
-        return not any(b[0] < sq[2] and sq[0] < b[2] and b[1] < sq[3] and sq[1] < b[3] for b in boxes)
-
-    return next((c for c in corners if clear(c)), corners[0]), r
+    clear = [c for c in corners if not any(iou((c[0] - m, c[1] - m, c[0] + m, c[1] + m), b) > 0 for b in boxes)]
+    return (clear or corners)[0], r

@@ -5,7 +5,8 @@ import appkit
 from bmcore import caserules
 from bmcore.cases import STATUS_SIGNED, CaseError, inference_text, reviewer_text
 from bmcore.explain import CAM_METHODS, overlay
-from bmcore.fields import RBC_DIAMETER_UM, class_colour, draw_field, expand_fields, field_record, ink_on
+from bmcore.fields import (RBC_DIAMETER_UM, class_colour, draw_field, expand_fields, field_record, ink_on,
+                           scale_words)
 from bmcore.inputs import MAX_FILES, enforce_limit, from_upload
 from bmcore.jobs import match_pending, pending_inputs
 from bmcore.tasks import BLAST_CODES, cell_name
@@ -233,7 +234,7 @@ def field_section() -> None:
     shots = store.field_images(case.id)
     whole = [c for c in from_fields if c.ok]
     refused = [c for c in whole if c.rejected]
-    scales = sorted({f"{(c.origin or {}).get('um_per_px', 0):.4f} µm/px ({c.origin.get('scale_source', '?')})"
+    scales = sorted({f"{c.origin.get('um_per_px', 0):.4f} µm/px ({scale_words(c.origin.get('scale_source'))})"
                      for c in from_fields})
     st.info(f"**{len(from_fields)} nucleated cells found in {len(shots)} field image(s)**: {len(whole)} whole cells "
             f"classified like uploaded crops, {len(from_fields) - len(whole)} cut by the field's border (listed "
@@ -261,10 +262,8 @@ def field_section() -> None:
             n = f"{len(cells)} cell" + ("" if len(cells) == 1 else "s")
             scale = shot.get("scale") or {}
             um, source = scale.get("um_per_px"), str(scale.get("source", ""))
-            how = ("typed in" if source == "user" else "estimated from the red cells" if source == "red cells"
-                   else "a default: no red cells were found")
             gauge = (f" The black-and-white circle is a {RBC_DIAMETER_UM:g} µm red cell at the scale used, "
-                     f"{um:.4f} µm/px ({how}): if it is not the size of this field's red cells, that scale is wrong, "
+                     f"{um:.4f} µm/px ({scale_words(source)}): if it is not the size of this field's red cells, that scale is wrong, "
                      "and so are the cell boxes and crops; classify the field again in a new case with "
                      + ("the right scale" if source == "user" else "its scale") + " typed in (Scale of field "
                      "photographs)." if um else "")
