@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .tasks import HAIRY_CELL_CODE, cell_name
+from .tasks import DISMISSED_CODE, HAIRY_CELL_CODE, cell_name
 from .triage import ReviewRules
 
 # status words, the same in every table, CSV and report
@@ -54,8 +54,43 @@ def needs_review(cell) -> bool:
 
 
 def unresolved(cell) -> bool:
-    """A classified cell without a reviewer's label (rejected images need none: they count only if labelled)."""
+    """A classified cell without a reviewer's label (gate-rejected images are counted apart: ``rejected_open``)."""
     return status(cell) == OK and cell.final_label is None
+
+
+def rejected_open(cell) -> bool:
+    """An image the gate would not judge that no reviewer has yet given a class or dismissed: it blocks sign-off
+    (it may be a genuine cell, a blast among them, that the gate found unlike its training crops)."""
+    return status(cell) == REJECTED and cell.final_label is None
+
+
+def dismissed(cell) -> bool:
+    """An image a reviewer dismissed as not a cell (only gate-rejected images can be)."""
+    return cell.final_label == DISMISSED_CODE
+
+
+REJECTED_WORDS = ("the model would not judge this image: it looks unlike its training crops (a whole field, another "
+                  "magnification, a blurred or blank image, a photo, or a genuine cell unlike those it learnt from)")
+
+
+def said_text(cell) -> str:
+    """Who said what of a cell, as every caption and table prints it: the model's label with the model's own
+    confidence, then the reviewer's label if there is one. The model's confidence is never printed beside a label
+    the model did not give. E.g. "model: NIF 0.88 -> reviewer: EBO", "gate: not judged -> reviewer: dismissed"."""
+    st = status(cell)
+    if st == REJECTED:
+        model = "gate: not judged"
+    elif st == OK:
+        model = f"model: {cell.predicted}" + (f" {cell.confidence:.2f}" if cell.confidence is not None else "")
+    else:
+        model = "not classified" if st == PENDING else "unreadable"
+    if cell.final_label is None:
+        return model
+    if cell.final_label == DISMISSED_CODE:
+        return f"{model} -> reviewer: dismissed, not a cell"
+    if st == OK and cell.final_label == cell.predicted:
+        return f"{model} -> reviewer: confirmed {cell.final_label}"
+    return f"{model} -> reviewer: {cell.final_label}"
 
 
 def top3(cell) -> list[tuple[str, float]]:
@@ -166,6 +201,9 @@ class CaseSummary:
     needs_review: int   # unreviewed cells that only a person may resolve
     unresolved: int     # classified cells without a reviewer's label
     reviewed: int       # classified cells with a reviewer's label
+    rejected_open: int = 0       # gate-rejected images nobody has given a class or dismissed yet
+    rejected_labelled: int = 0   # ... given a class by a reviewer (they count)
+    rejected_dismissed: int = 0  # ... dismissed by a reviewer as not a cell
 
 
 def summary(case) -> CaseSummary:
@@ -179,7 +217,18 @@ def summary(case) -> CaseSummary:
         critical=sum(bool(critical_codes(c)) for c in ok),
         hairy_flags=sum(bool(c.hairy_flag) for c in ok) if has_hac else None,
         needs_review=sum(needs_review(c) for c in ok), unresolved=sum(unresolved(c) for c in ok),
-        reviewed=sum(c.final_label is not None for c in ok))
+        reviewed=sum(c.final_label is not None for c in ok),
+        rejected_open=sum(map(rejected_open, cells)),
+        rejected_labelled=sum(s == REJECTED and c.final_label not in (None, DISMISSED_CODE) for c, s in zip(cells, st)),
+        rejected_dismissed=sum(s == REJECTED and dismissed(c) for c, s in zip(cells, st)))
+
+
+def rejected_text(s: CaseSummary) -> str:
+    """What became of the images the gate would not judge, as pages and reports say it."""
+    if not s.rejected:
+        return "The gate refused no image."
+    return (f"The gate would not judge {s.rejected} image(s): {s.rejected_labelled} given a class by a reviewer "
+            f"(counted), {s.rejected_dismissed} dismissed as not a cell, {s.rejected_open} not reviewed yet.")
 
 
 def sign_off_blockers(case) -> list[str]:
@@ -196,4 +245,8 @@ def sign_off_blockers(case) -> list[str]:
     rest = [c for c in case.cells if unresolved(c) and not needs_review(c)]
     if rest:
         out.append(f"{len(rest)} cell(s) are not reviewed yet (e.g. #{rest[0].position + 1} {rest[0].name})")
+    rej = [c for c in case.cells if rejected_open(c)]
+    if rej:
+        out.append(f"{len(rej)} image(s) the model's gate would not judge are unresolved (e.g. #{rej[0].position + 1} "
+                   f"{rej[0].name}): give each a class, or dismiss it as not a cell")
     return out

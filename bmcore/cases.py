@@ -32,6 +32,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from .db import NO_REUSE as _NO_REUSE
 from .auth import AccountsMixin, Actor, AuthPolicy
 from .db import AuthError, Base, CaseError, ConflictError, PermissionDenied, StoreError, utcnow
+from .tasks import DISMISSED_CODE, reviewer_labels
 
 STATUS_OPEN = "open"
 STATUS_SIGNED = "signed"
@@ -549,6 +550,8 @@ class CaseStore(AccountsMixin):
                     raise CaseError(f"case {cell.case.case_code!r} is signed off; reopen it to change cells")
                 if expected_version is not None and cell.version != expected_version:
                     raise ConflictError(_changed_by_other(cell))
+                if why := label_refusal(cell, label):
+                    raise CaseError(f"{cell.name}: {why}")
                 self._review(s, cell, u, label, note)
                 s.flush()  # UPDATE cells ... WHERE version = <the version read above>
                 return cell.version
@@ -569,7 +572,8 @@ class CaseStore(AccountsMixin):
         before = cell.label or ""
         prior = {"final_label": cell.final_label, "reviewed_by": cell.reviewed_by, "reviewed_by_id": cell.reviewed_by_id,
                  "reviewed_at": cell.reviewed_at.isoformat() if cell.reviewed_at else None, "via": via}
-        action = action or ("confirm" if label == cell.label and cell.final_label in (None, label) else "reclassify")
+        action = action or ("dismiss" if label == DISMISSED_CODE else
+                            "confirm" if label == cell.label and cell.final_label in (None, label) else "reclassify")
         cell.final_label = label
         cell.reviewed_by, cell.reviewed_by_id = u.username, u.id
         cell.reviewed_at = utcnow()
@@ -600,6 +604,8 @@ class CaseStore(AccountsMixin):
         from .caserules import OK, REJECTED, status
 
         action_id = _new_action_id()
+        if label is not None and label not in reviewer_labels():
+            raise CaseError(f"{label!r} is not a class a cell can be given")
         try:
             with self.session() as s:
                 u, case = self._open_for_review(s, actor, case_id)
@@ -617,7 +623,10 @@ class CaseStore(AccountsMixin):
                     elif st not in (OK, REJECTED):
                         skipped.append((c, "not classified yet" if st == "pending" else "unreadable"))
                     elif label is None and c.label is None:
-                        skipped.append((c, "rejected by the model's gate: move it to a class to count it"))
+                        skipped.append((c, "not judged by the model's gate: give it a class, or dismiss it as not a "
+                                           "cell"))
+                    elif label is not None and (why := label_refusal(c, label)):
+                        skipped.append((c, why))
                     elif c.final_label is not None and c.final_label == (label or c.label):
                         same += 1
                     else:
@@ -674,26 +683,31 @@ class CaseStore(AccountsMixin):
                                 "reload and try again") from None
 
     def sign_off(self, case_id: int, actor: Actor, *, password: str | None = None,
-                 expected_version: int | None = None, expected_versions: dict[int, int] | None = None) -> dict:
+                 expected_version: int | None = None, expected_versions: dict[int, int] | None = None,
+                 no_specimen_id: bool = False, under_target: bool = False) -> dict:
         """Sign a case off; returns the signature stored with it.
 
         Only a pathologist (or admin) may, and only deliberately: ``password`` is checked again (local accounts;
         a wrong one counts towards the lock like a failed sign-in), or an identity-provider sign-in must be recent
         (``AuthPolicy.reauth_minutes``). ``expected_versions``: {cell id: version} of every cell as the signer's
-        page showed it; if any cell changed since, nothing is signed and the changed cells are named."""
+        page showed it; if any cell changed since, nothing is signed and the changed cells are named. A case with no
+        specimen / accession number is signed only with ``no_specimen_id`` (the signer's explicit "no specimen id"),
+        and one counted under its target count only with ``under_target``; both are recorded in the signature."""
         with self.session() as s:  # the role first: a technologist is refused, not asked for a password
             self._authorize(s, actor, "sign")
         proof = self._signature_proof(actor, password)
         try:
-            return self._sign_off(case_id, actor, proof, expected_version, expected_versions)
+            return self._sign_off(case_id, actor, proof, expected_version, expected_versions,
+                                  no_specimen_id=no_specimen_id, under_target=under_target)
         except CaseError as exc:  # the password was right ("ok-signature" in the sign-in log), but nothing was signed
             with self.session() as s:
                 self._event(s, actor.username, "signature-not-made", actor.user_id, str(exc)[:500])
             raise
 
     def _sign_off(self, case_id: int, actor: Actor, proof: str, expected_version: int | None,
-                  expected_versions: dict[int, int] | None) -> dict:
+                  expected_versions: dict[int, int] | None, *, no_specimen_id: bool, under_target: bool) -> dict:
         from .caserules import sign_off_blockers
+        from .differential import sign_off_checks
 
         try:
             with self.session() as s:
@@ -710,6 +724,8 @@ class CaseStore(AccountsMixin):
                                             f"case: {_cells_named(changed)}; check them, then sign again",
                                             changed={c.id: c.version for c in changed})
                 blockers = sign_off_blockers(case)
+                checks = sign_off_checks(case)
+                blockers += checks.refusals(no_specimen_id=no_specimen_id, under_target=under_target)
                 if blockers:
                     raise CaseError("; ".join(blockers))
                 for c in case.cells:  # bump every cell's version: what is signed is what was checked above,
@@ -720,7 +736,11 @@ class CaseStore(AccountsMixin):
                 case.signature = {"user_id": u.id, "username": u.username, "name": u.display_name or u.username,
                                   "role": u.role, "at": case.signed_at.isoformat(timespec="seconds") + "Z",
                                   "case_version": case.version + 1, "model_sha256": case.model_sha256,
-                                  "cells": len(case.cells), "proof": proof}
+                                  "cells": len(case.cells), "proof": proof,
+                                  "specimen_id": checks.specimen_id or None,
+                                  "no_specimen_id": checks.no_specimen_id,  # signed without one, on purpose
+                                  "counted": checks.counted, "target": checks.target,
+                                  "under_target": checks.under_target}
                 s.add(_audit_row(case.id, u, action="sign-off", from_value=STATUS_OPEN, to_value=STATUS_SIGNED,
                              note=signature_text(case.signature)))
                 s.flush()
@@ -886,6 +906,18 @@ __all__ = ["CaseStore", "CellInput", "CaseError", "ConflictError", "StoreError",
            "Actor", "Case", "Cell", "AuditEvent", "Job", "case_store_from_env", "STATUS_OPEN", "STATUS_SIGNED"]
 
 
+def label_refusal(cell: "Cell", label: str) -> str:
+    """Why ``cell`` cannot take ``label`` ("" if it can): only the classes a reviewer may give (``reviewer_labels``),
+    and the dismissed mark only for an image the gate would not judge (a classified cell that is no cell is an
+    artefact, ART, or not identifiable, NIF)."""
+    if label not in reviewer_labels():
+        return f"{label!r} is not a class a cell can be given"
+    if label == DISMISSED_CODE and not cell.rejected:
+        return ("only an image the gate would not judge can be dismissed as not a cell; give a classified cell "
+                "a class (ART artefact, NIF not identifiable)")
+    return ""
+
+
 def _cell_row(position: int, c: CellInput, case_id: int | None = None) -> Cell:
     """The row of one cell of a case (``case_id`` None: appended to a new case's ``cells``)."""
     return Cell(case_id=case_id, position=position, name=_short_name(c.name), ok=c.ok, error=c.error,
@@ -984,7 +1016,19 @@ def signature_text(sig: dict | None) -> str:
         return ""
     return (f"signed by {sig['name']} (user {sig['username']}, id {sig['user_id']}, {sig['role']}) at {sig['at']}; "
             f"case version {sig['case_version']}, {sig['cells']} cells; model sha256 {sig['model_sha256'][:16]}…; "
-            f"{sig['proof']}")
+            f"{sig['proof']}" + _attested_text(sig))
+
+
+def _attested_text(sig: dict) -> str:
+    """What the signer confirmed on purpose (signatures from before it was asked for say nothing)."""
+    out = []
+    if "no_specimen_id" in sig:
+        out.append("signed without a specimen / accession number (confirmed by the signer)" if sig["no_specimen_id"]
+                   else f"specimen / accession no. {sig.get('specimen_id')}")
+    if "counted" in sig:
+        out.append(f"{sig['counted']} of the target {sig['target']} cells counted"
+                   + (" (under the target count, confirmed by the signer)" if sig.get("under_target") else ""))
+    return ("; " + "; ".join(out)) if out else ""
 
 
 def _short_name(name: str) -> str:

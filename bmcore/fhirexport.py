@@ -31,6 +31,10 @@ def _instant(t: dt.datetime) -> str:
     return (t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)).isoformat(timespec="seconds")
 
 
+def _pct(v: float) -> dict:
+    return {"value": round(v, 1), "unit": "%", "system": UCUM, "code": "%"}
+
+
 def fhir_report(case, model_meta: dict | None = None, audit: list[dict] | None = None,
                 users: list[dict] | None = None) -> dict:
     """The DiagnosticReport (a dict, FHIR R4 JSON) of one case."""
@@ -47,15 +51,20 @@ def fhir_report(case, model_meta: dict | None = None, audit: list[dict] | None =
     obs = []
     for t in d.table():
         o = dict(base, id=f"pct-{t['class']}", code=_local(f"{t['class']}-pct", f"{t['name']} / 100 counted cells"),
-                 valueQuantity={"value": round(t["percent"], 1), "unit": "%", "system": UCUM, "code": "%"},
                  note=[{"text": f"{t['count']} of {d.denominator} counted cells"}])
+        if (rng := d.percent_range(t["class"])) is not None:  # cells are pending: the range it can still take
+            o["valueRange"] = {"low": _pct(rng[0]), "high": _pct(rng[1])}
+            o["note"].append({"text": r.pending_text})
+        else:
+            o["valueQuantity"] = _pct(t["percent"])
         if t["class"] == "BLA":
             o["note"].append({"text": "Blasts: " + r.blast_text})
         obs.append(o)
     obs.append(dict(base, id="counted", code=_local("cells-counted", "Cells counted in the differential"),
                     valueQuantity={"value": d.denominator, "unit": "cells", "system": UCUM, "code": "{cells}"},
                     note=[{"text": "Left out of the denominator: " + (
-                        ", ".join(f"{k}: {v}" for k, v in d.excluded.items()) or "none") + ". " + r.progress_text}]))
+                        ", ".join(f"{k}: {v}" for k, v in d.excluded.items()) or "none") + ". " + r.progress_text
+                        + (". " + r.pending_text if r.pending_text else "") + ". " + r.rejected_text}]))
     me = dict(base, id="me-ratio", code=_local("ME-ratio", "Myeloid:erythroid ratio"), note=[{"text": r.me_text}])
     if d.me_ratio is not None:
         me["valueQuantity"] = {"value": round(d.me_ratio, 2), "unit": "{ratio}", "system": UCUM, "code": "{ratio}"}

@@ -12,7 +12,7 @@ from fpdf.fonts import FontFace
 
 from . import RUO_STATEMENT
 from .cases import VIA_GALLERY, signature_text
-from .report import PRELIMINARY, CaseReport, build_report, classes_text, model_text
+from .report import PRELIMINARY, CaseReport, build_report, cell_caption, classes_text, model_text
 
 # a Unicode font where the system has one (names such as "Dr Ødegård", "≥"); else the PDF core font, whose text is
 # limited to Latin-1 (other characters are written as "?")
@@ -129,8 +129,7 @@ class _ReportPDF(FPDF):
                         self.cell(size, 3, "(no image)")
                 self.set_xy(x, y + size + 0.5)
                 self.set_font(self.family, "", 6)
-                self.multi_cell(size + 2, 2.6, self.t(f"#{c.position + 1} {c.label or '-'} "
-                                                      f"({(c.confidence or 0):.2f})\n{why}"),
+                self.multi_cell(size + 2, 2.6, self.t(f"{cell_caption(c)}\n{why}"),
                                 max_line_height=2.6, align="L", new_x="RIGHT", new_y="TOP")
             self.set_xy(self.l_margin, y + size + 13)
 
@@ -157,13 +156,15 @@ def render_pdf_report(case, model_meta: dict | None = None, audit: list[dict] | 
     pdf.para(f"{d.denominator} cells counted. Progress: {r.progress_text}.")
     if d.denominator:
         pdf.grid(["Code", "Cell type", "Count", "% of counted cells"],
-                 [[t["class"], t["name"], t["count"], f"{t['percent']:.1f}%"] for t in d.table()], (20, 80, 30, 50))
+                 [[t["class"], t["name"], t["count"], t["percent_text"]] for t in d.table()], (20, 70, 25, 65))
+    if r.pending_text:
+        pdf.para(r.pending_text + ".", style="B")
     else:
         pdf.para("No cells count towards the differential yet.")
     pdf.para("Left out of the denominator: " + (", ".join(f"{k}: {v}" for k, v in d.excluded.items()) or "none")
              + ". Artefacts, smudge and not-identifiable cells are not part of a differential; cells awaiting review "
-               "count once a reviewer resolves them; gate-rejected images count only if a reviewer gives them a "
-               "class.", size=8.5)
+               "count once a reviewer resolves them; images the gate would not judge count only once a reviewer gives "
+               "them a class.", size=8.5)
     pdf.para(f"M:E ratio: {r.me_text}. Myeloid: promyelocytes to segmented neutrophils, eosinophils, basophils; "
              "erythroid: proerythroblasts and erythroblasts; blasts and monocytes are in neither.", size=8.5)
     pdf.para(f"Blasts: {r.blast_text}.", size=8.5)
@@ -178,9 +179,10 @@ def render_pdf_report(case, model_meta: dict | None = None, audit: list[dict] | 
             pdf.para(f"... and {len(r.flagged) - max_thumbs} more; the cell table lists every cell.")
     else:
         pdf.para("None.")
-    pdf.h2(f"Rejected by the gate ({len(r.rejected)})")
-    pdf.para("Images the model's gate judged not a recognisable bone marrow cell crop: no class, not counted"
-             + (": " + ", ".join(f"#{c.position + 1} {c.name}" for c in r.rejected) if r.rejected else ". None."),
+    pdf.h2(f"Not judged by the gate ({len(r.rejected)})")
+    pdf.para(r.rejected_text + " The model would not judge these images: they look unlike its training crops. Each "
+             "counts only once a reviewer gives it a class"
+             + (": " + "; ".join(f"{cell_caption(c)} ({c.name})" for c in r.rejected) if r.rejected else "."),
              size=8.5)
 
     pdf.h2("Sign-off")

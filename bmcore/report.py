@@ -7,16 +7,14 @@ import io
 from dataclasses import dataclass, field
 
 from . import RUO_STATEMENT
-from .caserules import (HAIRY_UNAVAILABLE, PENDING, critical_codes, hairy_screening, model_flags, needs_review,
-                        review_reasons, status)
-from .tasks import BLAST_CODES, CELL_NAMES, ERYTHROID_CODES, HAIRY_CELL_CODE, MYELOID_CODES, NON_CELL_CODES, cell_name
+from .caserules import (HAIRY_UNAVAILABLE, critical_codes, hairy_screening, model_flags, rejected_text,
+                        review_reasons, said_text, status, summary)
+from .differential import (DEFAULT_TARGET, DISMISSED, NOT_CLASSIFIED, REJECTED, UNCERTAIN, UNREADABLE,  # noqa: F401
+                           Differential, blast_text, case_differential, differential, pending_text)
+from .tasks import CELL_NAMES, HAIRY_CELL_CODE, cell_name
 from .cases import (SPECIMEN_FIELDS, VIA_GALLERY, VIA_ONE, WHO_TYPED, inference_text, reviewer_text,
                     signature_text, signer_text, who_text)
 
-UNCERTAIN = "uncertain or flagged, awaiting review"
-REJECTED = "not a recognisable cell crop (rejected by the gate)"
-UNREADABLE = "unreadable"
-NOT_CLASSIFIED = "not classified yet"
 
 
 def prediction_rows(preds, classes: list[str]) -> list[dict]:
@@ -48,86 +46,6 @@ def rows_to_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-@dataclass
-class Differential:
-    counts: dict[str, int]  # cells counted in the differential, per class
-    percent: dict[str, float]
-    denominator: int
-    excluded: dict[str, int]  # artefacts / not identifiable / uncertain / unreadable, not in the denominator
-    me_ratio: float | None
-    me_note: str
-    blast_percent: float | None
-    hairy_flagged: int = 0
-    hairy_percent: float | None = None
-    notes: list[str] = field(default_factory=list)
-
-    def table(self) -> list[dict]:
-        return [{"class": c, "name": cell_name(c), "count": n, "percent": round(self.percent[c], 1)}
-                for c, n in sorted(self.counts.items(), key=lambda kv: -kv[1])]
-
-
-def differential(labels: list[str | None], model_classes: list[str], *, uncertain: list[bool] | None = None,
-                 hairy: list[bool] | None = None, rejected: list[bool] | None = None,
-                 pending: list[bool] | None = None) -> Differential:
-    """Count a differential from final labels (``None`` = unreadable, or rejected when ``rejected`` says so).
-
-    Cells marked uncertain (and not yet resolved by a reviewer), cells the gate rejected as not a
-    recognisable cell crop (unless a reviewer labelled them), artefacts, smudge and not-identifiable
-    cells are left out of the denominator and reported as excluded.
-    """
-    uncertain = uncertain or [False] * len(labels)
-    hairy = hairy or [False] * len(labels)
-    rejected = rejected or [False] * len(labels)
-    pending = pending or [False] * len(labels)
-    counts: dict[str, int] = {}
-    excluded: dict[str, int] = {}
-    for lab, unc, rej, pend in zip(labels, uncertain, rejected, pending):
-        if lab is None:
-            key = NOT_CLASSIFIED if pend else REJECTED if rej else UNREADABLE
-            excluded[key] = excluded.get(key, 0) + 1
-        elif unc:
-            excluded[UNCERTAIN] = excluded.get(UNCERTAIN, 0) + 1
-        elif lab in NON_CELL_CODES:
-            key = f"{lab} ({cell_name(lab)})"
-            excluded[key] = excluded.get(key, 0) + 1
-        else:
-            counts[lab] = counts.get(lab, 0) + 1
-    den = sum(counts.values())
-    pct = {c: 100.0 * n / den for c, n in counts.items()} if den else {}
-    notes = []
-    covered = set(model_classes)
-    my = sum(n for c, n in counts.items() if c in MYELOID_CODES)
-    er = sum(n for c, n in counts.items() if c in ERYTHROID_CODES)
-    if not covered & ERYTHROID_CODES:
-        me, me_note = None, "not available: the model does not recognise erythroid precursors (EBO, PEB)"
-    elif er == 0:
-        me, me_note = None, "not defined: no erythroid precursors counted"
-    else:
-        me = my / er
-        me_note = f"{my} myeloid : {er} erythroid cells"
-    blast = (100.0 * counts.get("BLA", 0) / den) if (den and covered & BLAST_CODES) else None
-    n_flag = sum(bool(h) for h, lab in zip(hairy, labels) if lab is not None)
-    n_cells = sum(1 for lab in labels if lab is not None)
-    if "HAC" not in covered:
-        notes.append(f"{HAIRY_UNAVAILABLE}: the model was not trained on hairy cells (HAC).")
-    missing = sorted(set(counts) - covered)
-    if missing:
-        notes.append("Reviewer-assigned classes outside the model: " + ", ".join(missing))
-    return Differential(counts, pct, den, excluded, me, me_note, blast, n_flag,
-                        (100.0 * n_flag / n_cells) if n_cells and "HAC" in covered else None, notes)
-
-
-def case_differential(case) -> Differential:
-    """The differential of a stored case, with reviewers' labels where they exist: the one rule every page, the
-    CLI and the report count by. Cells awaiting review (uncertain, critical, hairy-flagged) count once resolved."""
-    cells = list(case.cells)
-    return differential([c.label for c in cells], list(case.model_classes or []),
-                        uncertain=[needs_review(c) for c in cells],
-                        hairy=[bool(c.hairy_flag) and status(c) == "ok" for c in cells],
-                        rejected=[status(c) == "rejected" and c.final_label is None for c in cells],
-                        pending=[status(c) == PENDING for c in cells])
-
-
 def box_text(cell) -> str:
     """Where a cell found by the cell finder lies: "<field> x0 y0 x1 y1" (px of the original field, as the CLI's
     CSV writes the box); empty for uploaded single-cell crops."""
@@ -154,7 +72,6 @@ def case_rows(case) -> list[dict]:
 
 
 PRELIMINARY = "PRELIMINARY - not signed off"
-DEFAULT_TARGET = 200  # cells, when the case has no target count of its own
 
 
 @dataclass
@@ -185,26 +102,6 @@ def case_hairy(case, d: Differential | None = None) -> HairyCount:
             + f". The model flagged {len(flagged)} cell(s) when classifying: {n_open} awaiting review, {n_rel} given "
               "another class by a reviewer.")
     return HairyCount(True, n, d.denominator, len(flagged), n_open, n_rel, text)
-
-
-def blast_text(case, d: Differential) -> str:
-    """The blast percentage with its denominator, what it excludes, and what the model cannot see."""
-    covered = set(case.model_classes or [])
-    if not covered & BLAST_CODES:
-        return "not available: the model does not recognise blasts"
-    if not d.denominator:
-        return "not available: no cells counted yet"
-    out = (f"{d.blast_percent:.1f}% ({d.counts.get('BLA', 0)} of {d.denominator} counted cells; artefacts, smudge and "
-           "not-identifiable cells, cells awaiting review and gate-rejected images are not in the denominator)")
-    missing = sorted(set(CELL_NAMES) - NON_CELL_CODES - covered)
-    if missing:
-        ery = sorted(ERYTHROID_CODES - covered)
-        out += (". The model does not recognise " + (("erythroid precursors (" + ", ".join(ery) + ") and ") if ery
-                                                     else "")
-                + f"{len(missing) - len(ery)} other cell type(s) ({', '.join(sorted(set(missing) - set(ery)))}); "
-                "such cells are missing from the count or counted as another class, so this is a percentage of the "
-                "cells this model can name, not of all nucleated marrow cells")
-    return out
 
 
 def audit_summary(audit: list[dict], names: dict[int, str] | None = None) -> list[dict]:
@@ -266,7 +163,7 @@ class CaseReport:
     hairy: HairyCount
     me_text: str
     blast_text: str
-    rejected: list            # gate-rejected images nobody gave a class (their own bin, never "uncertain")
+    rejected: list            # every image the gate would not judge, with what reviewers made of it (said_text)
     flagged: list             # (cell, why) classified cells the model flagged, reviewed or not
     reviewers: list[str]
     specimen: list[tuple[str, str]]
@@ -274,6 +171,8 @@ class CaseReport:
     target_is_default: bool
     people: list[dict]
     notes: list[str]
+    rejected_text: str = ""   # how many were refused, labelled, dismissed, still open
+    pending_text: str = ""    # what is still open in the count ("" when nothing is)
 
     @property
     def progress_text(self) -> str:
@@ -302,17 +201,22 @@ def build_report(case, model_meta: dict | None = None, audit: list[dict] | None 
     for c in case.cells:  # what the model flagged when classifying; then what a reviewer made of it
         flags = model_flags(c)
         if flags:
-            flagged.append((c, ", ".join(flags) + (f"; reviewed: {c.final_label}" if c.final_label else
-                                                   "; awaiting review")))
+            flagged.append((c, ", ".join(flags) + ("" if c.final_label else "; awaiting review")))
     me = (f"{d.me_ratio:.2f} ({d.me_note})" if d.me_ratio is not None else d.me_note)
     spec = [(label, (case.specimen or {}).get(k, "")) for k, label in SPECIMEN_FIELDS]
     target = getattr(case, "target_count", None)
     notes = [n for n in d.notes if not n.startswith(HAIRY_UNAVAILABLE)]  # the hairy line says it once
     return CaseReport(case, model_meta, audit, creator, signed, status_line, d, case_hairy(case, d), me,
-                      blast_text(case, d), [c for c in case.cells if status(c) == "rejected" and c.final_label is None],
+                      blast_text(case, d), [c for c in case.cells if status(c) == "rejected"],
                       flagged, sorted({person_text(c.reviewed_by_id, reviewer_text(c), names)
                                        for c in case.cells if c.reviewed_by}), spec,
-                      target or DEFAULT_TARGET, target is None, audit_summary(audit, names), notes)
+                      target or DEFAULT_TARGET, target is None, audit_summary(audit, names), notes,
+                      rejected_text(summary(case)), pending_text(d))
+
+
+def cell_caption(c) -> str:
+    """A cell's caption in every report: its number and who said what ("#45 model: NIF 0.88 -> reviewer: EBO")."""
+    return f"#{c.position + 1} {said_text(c)}"
 
 
 def model_text(r: CaseReport) -> str:
@@ -345,19 +249,18 @@ def render_html_report(case, model_meta: dict, audit: list[dict] | None = None, 
     r = build_report(case, model_meta, audit, users)
     d = r.d
     rows = "".join(f"<tr><td>{e(t['class'])}</td><td>{e(t['name'])}</td><td>{t['count']}</td>"
-                   f"<td>{t['percent']:.1f}%</td></tr>" for t in d.table())
+                   f"<td>{e(t['percent_text'])}</td></tr>" for t in d.table())
     excl = ", ".join(f"{e(k)}: {v}" for k, v in d.excluded.items()) or "none"
 
     def fig(c, why):
         img = (f"<img src='data:image/jpeg;base64,{base64.b64encode(c.thumbnail).decode()}' width='96'>"
                if c.thumbnail else "")
-        return (f"<figure>{img}<figcaption>#{c.position + 1} {e(c.label or '')} "
-                f"({(c.confidence or 0):.2f})<br>{e(why)}</figcaption></figure>")
+        return f"<figure>{img}<figcaption>{e(cell_caption(c))}<br>{e(why)}</figcaption></figure>"
 
     thumbs = "".join(fig(c, why) for c, why in r.flagged[:max_flagged])
     more = (f"<p>… and {len(r.flagged) - max_flagged} more (see the cell table).</p>"
             if len(r.flagged) > max_flagged else "")
-    rej = "".join(fig(c, c.reject_reason or "rejected by the gate") for c in r.rejected[:max_flagged])
+    rej = "".join(fig(c, c.reject_reason or "not judged by the gate") for c in r.rejected[:max_flagged])
     sig = case.signature or {}
     signature = f"<h2>Signature</h2><p>{e(signature_text(sig))}</p>" if sig else ""
     prelim = "" if r.signed else f'<p class="prelim">{e(PRELIMINARY)}</p>'
@@ -383,12 +286,14 @@ Reviewers: {e(', '.join(r.reviewers) or 'none')}</p>
 <h2>Specimen</h2><table>{spec}</table>
 <h2>Differential</h2>
 <p>{d.denominator} cells counted. {e(r.progress_text)}. Left out of the denominator: {excl}.</p>
-<table><tr><th>Code</th><th>Cell type</th><th>Count</th><th>%</th></tr>{rows}</table>
+<table><tr><th>Code</th><th>Cell type</th><th>Count</th><th>% of counted cells</th></tr>{rows}</table>
+{f'<p><b>{e(r.pending_text)}.</b></p>' if r.pending_text else ''}
 <p>M:E ratio: {e(r.me_text)}<br>Blasts: {e(r.blast_text)}<br>Hairy cells: {e(r.hairy.text)}</p>
 {''.join(f'<p><i>{e(n)}</i></p>' for n in r.notes)}
 <h2>Flagged and critical cells ({len(r.flagged)})</h2>{thumbs or '<p>None.</p>'}{more}
-<h2>Rejected by the gate ({len(r.rejected)})</h2>
-<p>Images the model's gate judged not a recognisable bone marrow cell crop: no class, not counted.</p>{rej}
+<h2>Not judged by the gate ({len(r.rejected)})</h2>
+<p>{e(r.rejected_text)} The model would not judge these images: they look unlike its training crops. Each counts
+only once a reviewer gives it a class; a dismissed image is not a cell.</p>{rej}
 <h2>Model</h2><p>{e(model_text(r))}<br>{e(classes_text(case))}</p>
 {signature}
 <h2>Who did what</h2><table><tr><th>Who</th><th>Confirmed one by one</th><th>Relabelled one by one</th>

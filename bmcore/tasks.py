@@ -44,6 +44,11 @@ ERYTHROID_CODES: frozenset[str] = frozenset({"PEB", "EBO"})
 BLAST_CODES: frozenset[str] = frozenset({"BLA"})
 HAIRY_CELL_CODE = "HAC"
 
+# A reviewer's mark, not a class: an image the model's gate would not judge, looked at by a person and dismissed as
+# not a cell (a field, debris, a blurred or blank image). Stored as the cell's final label; never counted.
+DISMISSED_CODE = "DIS"
+DISMISSED_NAME = "Dismissed by a reviewer: not a cell"
+
 
 @dataclass(frozen=True)
 class Task:
@@ -81,4 +86,20 @@ def get_task(key: str) -> Task:
 
 
 def cell_name(code: str) -> str:
-    return CELL_NAMES.get(code, code)
+    return DISMISSED_NAME if code == DISMISSED_CODE else CELL_NAMES.get(code, code)
+
+
+def reviewer_labels() -> tuple[str, ...]:
+    """Every label a reviewer may give a cell: each class of the full dataset (bm21: it holds every class of bm14 and
+    hcl7), and the dismissed mark (for images the gate would not judge)."""
+    return TASKS["bm21"].classes + (DISMISSED_CODE,)
+
+
+def glossary(codes) -> list[tuple[str, str]]:
+    """(code, name) of each code given, in the order given, without repeats: the key printed beside any list of
+    class codes."""
+    seen: dict[str, str] = {}
+    for c in codes:
+        if c and c not in seen:
+            seen[c] = cell_name(c)
+    return list(seen.items())

@@ -654,7 +654,7 @@ def test_more_fields_join_an_open_case_by_its_own_model_and_a_stale_screen_adds_
     path = a.session_state["actor"]
     case = store.get_case(cid)
     store.review_cells(cid, path, {c.id: c.version for c in case.cells if c.ok and not c.pending})
-    store.sign_off(cid, path, password=PASSWORDS["pathologist"])
+    store.sign_off(cid, path, password=PASSWORDS["pathologist"], no_specimen_id=True, under_target=True)
     b.run()
     assert not [e for e in b.get("expander") if "Add more smear fields" in str(e.proto)]
     from bmcore.jobs import pending_inputs

@@ -97,13 +97,13 @@ def test_the_store_enforces_roles_whatever_a_page_shows(store):
     store.review_cell(cells[0].id, tech, "BLA")
     store.review_cells(cid, tech, {c.id: c.version for c in store.get_case(cid).cells})
     with pytest.raises(PermissionDenied, match="signing a case off needs the pathologist role; tess is a technologist"):
-        store.sign_off(cid, tech, password=TEST_PASSWORD)  # the right password does not make a technologist sign
+        store.sign_off(cid, tech, password=TEST_PASSWORD, no_specimen_id=True, under_target=True)  # the right password does not make a technologist sign
     with pytest.raises(AuthError, match="enter your password"):
-        store.sign_off(cid, path)
+        store.sign_off(cid, path, no_specimen_id=True, under_target=True)
     with pytest.raises(AuthError, match="wrong user name or password"):
-        store.sign_off(cid, path, password="not the password")
+        store.sign_off(cid, path, password="not the password", no_specimen_id=True, under_target=True)
     assert store.get_case(cid).status == "open"
-    sig = store.sign_off(cid, path, password=TEST_PASSWORD)
+    sig = store.sign_off(cid, path, password=TEST_PASSWORD, no_specimen_id=True, under_target=True)
     case = store.get_case(cid)
     assert case.status == "signed" and case.signed_by_id == path.user_id and case.signature == sig
     assert sig["user_id"] == path.user_id and sig["role"] == "pathologist" and sig["case_version"] == case.version
@@ -119,7 +119,7 @@ def test_the_store_enforces_roles_whatever_a_page_shows(store):
     # the role is read from the users table at each change: a downgrade applies to an Actor already held
     store.update_user("pat", role="technologist", by=admin)
     with pytest.raises(PermissionDenied, match="pat is a technologist"):
-        store.sign_off(cid, path, password=TEST_PASSWORD)
+        store.sign_off(cid, path, password=TEST_PASSWORD, no_specimen_id=True, under_target=True)
     store.update_user("tess", disabled=True, by=admin)
     with pytest.raises(PermissionDenied, match="disabled"):
         store.review_cell(cells[1].id, tech, "EOS")
@@ -172,7 +172,7 @@ def test_an_old_database_keeps_its_history_with_typed_names_marked(tmp_path):
     path = actor(store, "pat", "pathologist")
     store.reopen(case.id, path, "re-signed under accounts")
     store.review_cell(case.cells[0].id, path, "LYT")
-    store.sign_off(case.id, path, password=TEST_PASSWORD)
+    store.sign_off(case.id, path, password=TEST_PASSWORD, no_specimen_id=True, under_target=True)
     new = store.audit(case.id)
     assert [e["who"] for e in new[-3:]] == ["pat"] * 3 and {e["user_id"] for e in new[-3:]} == {path.user_id}
     assert new[0]["who"] == "Dr Typed (typed name, not verified)"  # history kept as it was
@@ -227,8 +227,8 @@ def test_identity_provider_accounts_take_their_role_from_a_claim(store):
     store.review_cells(cid, a, {c.id: c.version for c in store.get_case(cid).cells})
     stale = store.oidc_sign_in(dict(claims, groups=["bm-path"], iat=now - 3600), role_map=roles)
     with pytest.raises(AuthError, match="sign in again with your identity provider"):
-        store.sign_off(cid, stale)
-    sig = store.sign_off(cid, store.oidc_sign_in(dict(claims, groups=["bm-path"]), role_map=roles))
+        store.sign_off(cid, stale, no_specimen_id=True, under_target=True)
+    sig = store.sign_off(cid, store.oidc_sign_in(dict(claims, groups=["bm-path"]), role_map=roles), no_specimen_id=True, under_target=True)
     assert sig["proof"].startswith("identity provider sign-in at") and sig["username"] == "alice"
     # an old identity cookie for an account idle as long is refused
     with store.engine.begin() as c:

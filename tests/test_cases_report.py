@@ -1,4 +1,5 @@
 import pytest
+from bmcore import caserules
 
 from bmcore.cases import CaseError, CaseStore, CellInput, ConflictError, PermissionDenied
 from tests.conftest import TEST_PASSWORD, actor
@@ -33,9 +34,9 @@ def test_case_lifecycle(store):
     shown = {a.id: a.version, c.id: c.version}  # the page showed the two confident cells, not the uncertain one
     assert len(store.review_cells(cid, actor(store, "amy"), shown).changed) == 2
     with pytest.raises(CaseError, match="uncertain"):
-        store.sign_off(cid, actor(store, "amy"), password=TEST_PASSWORD)
+        store.sign_off(cid, actor(store, "amy"), password=TEST_PASSWORD, no_specimen_id=True, under_target=True)
     store.review_cell(b.id, actor(store, "amy"), "PEB", note="large nucleus")
-    store.sign_off(cid, actor(store, "amy"), password=TEST_PASSWORD)
+    store.sign_off(cid, actor(store, "amy"), password=TEST_PASSWORD, no_specimen_id=True, under_target=True)
     with pytest.raises(CaseError, match="signed off"):
         store.review_cell(a.id, actor(store, "bob"), "LYT")
     with pytest.raises(CaseError, match="reason"):
@@ -67,11 +68,22 @@ def test_differential_rules():
     assert d.counts == {"BLA": 2, "EBO": 1, "NGS": 1} and d.denominator == 4
     assert d.excluded == {"ART (Artefact)": 1, "NIF (Not identifiable)": 1, UNREADABLE: 1, REJECTED: 1,
                           UNCERTAIN: 1}
-    assert d.percent["BLA"] == pytest.approx(50) and d.blast_percent == pytest.approx(50)
+    # two cells are pending (one awaiting review, one the gate would not judge): no blast % as a number, its range
+    assert d.pending == 2 and d.blast_percent is None
+    assert d.percent["BLA"] == pytest.approx(50) and d.blast_range == (pytest.approx(100 / 3), pytest.approx(200 / 3))
+    assert d.percent_text("BLA") == "pending: 33.3–66.7%"
+    settled = differential(["BLA", "BLA", "EBO", "NGS"], ["ART", "BLA", "EBO", "LYT", "NGS", "NIF"])
+    assert settled.blast_percent == pytest.approx(50) and settled.percent_text("BLA") == "50.0%"
     assert d.me_ratio == pytest.approx(1.0)  # NGS (myeloid) : EBO (erythroid)
     assert d.hairy_percent is None and "Hairy-cell screening unavailable" in d.notes[0]
     no_ery = differential(["NGS"], ["NGS", "BLA"])
-    assert no_ery.me_ratio is None and "does not recognise erythroid" in no_ery.me_note
+    assert no_ery.me_ratio is None and "the model cannot name erythroid" in no_ery.me_note
+    # a reviewer's labels give the ratio, whatever the model could name; no caveat once every counted cell is reviewed
+    reviewed = differential(["NGS", "NGS", "EBO", "PEB"], ["NGS", "BLA"], reviewed=[True] * 4)
+    assert reviewed.me_ratio == pytest.approx(1.0) and reviewed.me_note == "2 myeloid : 2 erythroid cells"
+    half = differential(["NGS", "NGS", "EBO", "PEB"], ["NGS", "BLA"], reviewed=[False, True, True, True])
+    assert half.me_ratio == pytest.approx(1.0) and "provisional: 1 counted cell(s) carry only the model's label" in \
+        half.me_note
 
 
 def test_exports(store):
@@ -82,7 +94,7 @@ def test_exports(store):
     html = render_html_report(case, {"name": "m"}, store.audit(cid))
     assert html.count("For research use only. Not for use in diagnostic procedures.") == 2
     assert "BM-&lt;3&gt;" in html and "BM-<3>" not in html  # user text is escaped
-    assert "Not signed off" in html and "#2 EBO (0.40)<br>uncertain" in html
+    assert "Not signed off" in html and "#2 model: EBO 0.40<br>uncertain" in html
 
 
 def test_cases_cli_lists_and_deletes(tmp_path):
@@ -134,7 +146,7 @@ def test_a_page_confirms_or_moves_exactly_the_cells_it_showed_at_the_versions_sh
     assert list(res.changed) == [ok1.id], "only the unchanged, labelled cell is confirmed"
     why = dict(res.skipped)
     assert "changed by amy since your page showed it (now PLM)" in why[ok2.id]
-    assert "rejected by the model's gate" in why[rej.id]
+    assert "not judged by the model's gate" in why[rej.id]
     assert "Not changed: 2 (#2 ok2.jpg: changed by amy" in res.message("confirmed")
     case = store.get_case(cid)
     assert [c.final_label for c in case.cells] == ["LYT", "PLM", None, None, None]
@@ -157,15 +169,28 @@ def test_a_page_confirms_or_moves_exactly_the_cells_it_showed_at_the_versions_sh
     assert list(undone.changed) == [unc.id] and "changed again since (now LYT)" in undone.skipped[0][1]
     # sign-off names what blocks it, and refuses a page that showed other versions
     with pytest.raises(CaseError, match=r"1 uncertain or flagged cell\(s\) are unresolved.*unc\.jpg"):
-        store.sign_off(cid, actor(store, "bob"), password=TEST_PASSWORD)
+        store.sign_off(cid, actor(store, "bob"), password=TEST_PASSWORD, no_specimen_id=True, under_target=True)
     store.review_cell(unc.id, actor(store, "bob"), "LYT")
+    # the image the gate would not judge blocks sign-off until a person gives it a class or dismisses it
+    with pytest.raises(CaseError, match=r"1 image\(s\) the model's gate would not judge are unresolved.*rej\.jpg"):
+        store.sign_off(cid, actor(store, "bob"), password=TEST_PASSWORD, no_specimen_id=True, under_target=True)
+    with pytest.raises(CaseError, match="only an image the gate would not judge can be dismissed"):
+        store.review_cell(ok1.id, actor(store, "bob"), "DIS")  # a classified cell is given a class, not dismissed
+    with pytest.raises(CaseError, match="is not a class a cell can be given"):
+        store.review_cell(rej.id, actor(store, "bob"), "<b>X</b>")
+    dis = store.review_cells(cid, actor(store, "bob"), {c.id: c.version for c in store.get_case(cid).cells
+                                                        if c.id in (ok1.id, rej.id)}, label="DIS")
+    assert list(dis.changed) == [rej.id] and "only an image the gate would not judge" in dict(dis.skipped)[ok1.id]
+    assert [e["action"] for e in store.audit(cid) if e["action_id"] == dis.action_id] == ["dismiss"]
     case = store.get_case(cid)
+    assert caserules.summary(case).rejected_dismissed == 1 and caserules.said_text(case.cells[4]) == \
+        "gate: not judged -> reviewer: dismissed, not a cell"
     shown = {c.id: c.version for c in case.cells}
     store.review_cell(ok1.id, actor(store, "amy"), "MON")
     with pytest.raises(ConflictError, match=r"not signed: 1 cell\(s\) changed.*ok1\.jpg \(now MON by amy\)"):
-        store.sign_off(cid, actor(store, "bob"), password=TEST_PASSWORD, expected_versions=shown)
+        store.sign_off(cid, actor(store, "bob"), password=TEST_PASSWORD, expected_versions=shown, no_specimen_id=True, under_target=True)
     store.sign_off(cid, actor(store, "bob"), password=TEST_PASSWORD,
-                   expected_versions={c.id: c.version for c in store.get_case(cid).cells})
+                   expected_versions={c.id: c.version for c in store.get_case(cid).cells}, no_specimen_id=True, under_target=True)
     assert store.get_case(cid).status == "signed"
 
 
@@ -192,7 +217,7 @@ def test_pending_cells_are_filled_once(store):
     with pytest.raises(CaseError, match="not classified yet"):
         store.review_cell(case.cells[0].id, actor(store, "amy"), "LYT")
     with pytest.raises(CaseError, match="4 cell\\(s\\) are not classified yet"):
-        store.sign_off(cid, actor(store, "amy"), password=TEST_PASSWORD)
+        store.sign_off(cid, actor(store, "amy"), password=TEST_PASSWORD, no_specimen_id=True, under_target=True)
     job = store.create_job(cid, 4, "test")
     done = CellInput("", True, predicted="LYT", confidence=0.9, probabilities={"LYT": 0.9, "BLA": 0.1})
     assert store.save_results(cid, {0: done, 1: done}, job_id=job) == 2

@@ -321,7 +321,7 @@ def test_review_racing_sign_off_is_a_conflict(stores):
     amy, bob = stores(), stores()
     actor(amy, "amy", "pathologist"), actor(bob, "bob", "pathologist")  # signed in before the race is set up
     cid, ids = _reviewed_case(amy)
-    _between_check_and_write(bob, lambda: amy.sign_off(cid, actor(amy, "amy"), password=TEST_PASSWORD))
+    _between_check_and_write(bob, lambda: amy.sign_off(cid, actor(amy, "amy"), password=TEST_PASSWORD, no_specimen_id=True, under_target=True))
     with pytest.raises(ConflictError, match="signed off"):  # saw an open case, writes after the sign-off
         bob.review_cell(ids[1], actor(bob, "bob"), "EBO")
     case = amy.get_case(cid)
@@ -336,10 +336,10 @@ def test_sign_off_racing_a_review_is_a_conflict(stores):
     version = amy.get_case(cid).version
     _between_check_and_write(bob, lambda: amy.review_cell(ids[2], actor(amy, "amy"), "EBO"))
     with pytest.raises(ConflictError, match="reload and try again"):  # would sign a state bob never saw
-        bob.sign_off(cid, actor(bob, "bob"), password=TEST_PASSWORD, expected_version=version)
+        bob.sign_off(cid, actor(bob, "bob"), password=TEST_PASSWORD, expected_version=version, no_specimen_id=True, under_target=True)
     case = amy.get_case(cid)
     assert case.status == STATUS_OPEN and case.cells[2].label == "EBO"
-    bob.sign_off(cid, actor(bob, "bob"), password=TEST_PASSWORD)  # after reloading it works
+    bob.sign_off(cid, actor(bob, "bob"), password=TEST_PASSWORD, no_specimen_id=True, under_target=True)  # after reloading it works
     assert amy.get_case(cid).status == STATUS_SIGNED
 
 
@@ -347,9 +347,9 @@ def test_sign_off_racing_a_sign_off_is_a_conflict(stores):
     amy, bob = stores(), stores()
     actor(amy, "amy", "pathologist"), actor(bob, "bob", "pathologist")  # signed in before the race is set up
     cid, _ = _reviewed_case(amy)
-    _between_check_and_write(bob, lambda: amy.sign_off(cid, actor(amy, "amy"), password=TEST_PASSWORD))
+    _between_check_and_write(bob, lambda: amy.sign_off(cid, actor(amy, "amy"), password=TEST_PASSWORD, no_specimen_id=True, under_target=True))
     with pytest.raises(ConflictError, match="signed off by amy"):
-        bob.sign_off(cid, actor(bob, "bob"), password=TEST_PASSWORD)
+        bob.sign_off(cid, actor(bob, "bob"), password=TEST_PASSWORD, no_specimen_id=True, under_target=True)
     assert amy.get_case(cid).signed_by == "amy"
     assert [e["action"] for e in amy.audit(cid)].count("sign-off") == 1
 

@@ -153,7 +153,7 @@ def test_an_idle_sessions_click_saves_nothing_and_an_undo_never_reaches_across_a
     shown = {c.id: c.version for c in store.get_case(cid).cells}
     moved = store.review_cells(cid, tess, shown, label="MON")
     pat = actor(store, "pat", "pathologist")
-    store.sign_off(cid, pat, password=TEST_PASSWORD)
+    store.sign_off(cid, pat, password=TEST_PASSWORD, no_specimen_id=True, under_target=True)
     store.reopen(cid, pat, "one more look")
     with pytest.raises(CaseError, match="signed off since that action"):
         store.undo(cid, tess, moved.action_id)

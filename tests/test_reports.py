@@ -32,7 +32,8 @@ def _p(top, conf, other="LYT"):
 
 def make_case(store: CaseStore, code="BM-2026-0142", *, sign=True):
     """12 cells: 6 confident lymphocytes, 3 hairy-cell flags (one confirmed HAC, two relabelled LYT by a reviewer),
-    1 uncertain monocyte, and 3 gate-rejected images (uncertain and hairy-flagged by the model, never counted).
+    1 uncertain monocyte, and 3 gate-rejected images (uncertain and hairy-flagged by the model), dismissed by the
+    pathologist as not cells (never counted).
     Reviewed by a technologist in the gallery (bulk) and by a pathologist one by one; signed off if ``sign``."""
     for name, role, disp in (("tess", "technologist", "Tess Tech"), ("pat", "pathologist", "Dr Pat Path")):
         if name not in {u["username"] for u in store.list_users()}:
@@ -61,8 +62,10 @@ def make_case(store: CaseStore, code="BM-2026-0142", *, sign=True):
     store.review_cell(by["hac1.jpg"].id, pat, "LYT")
     store.review_cell(by["hac2.jpg"].id, pat, "LYT")
     store.review_cell(by["mon.jpg"].id, pat, "MON")
+    # the three images the gate would not judge are looked at and dismissed as not cells (one gallery action)
+    store.review_cells(cid, pat, {by[f"rej{i}.jpg"].id: by[f"rej{i}.jpg"].version for i in range(3)}, label="DIS")
     if sign:
-        store.sign_off(cid, pat, password=TEST_PASSWORD)
+        store.sign_off(cid, pat, password=TEST_PASSWORD, no_specimen_id=True, under_target=True)
     return cid
 
 
@@ -76,10 +79,12 @@ def test_html_report_of_a_signed_case(store):
     case = store.get_case(cid)
     html = render_html_report(case, {"name": "hcl-test"}, store.audit(cid), users=store.list_users())
     assert html.count(RUO) == 2 and PRELIMINARY not in html
-    # gate-rejected images are their own bin, never "uncertain"
+    # gate-rejected images are their own bin, never "uncertain"; dismissed by a reviewer, they stay out of the count
     d = case_differential(case)
-    assert d.excluded == {"not a recognisable cell crop (rejected by the gate)": 3}
-    assert "Rejected by the gate (3)" in html and "uncertain or flagged" not in html
+    assert d.excluded == {"dismissed by a reviewer as not a cell": 3} and d.pending == 0
+    assert "Not judged by the gate (3)" in html and "uncertain or flagged" not in html
+    assert "0 given a class by a reviewer (counted), 3 dismissed as not a cell, 0 not reviewed yet" in html
+    assert html.count("gate: not judged -&gt; reviewer: dismissed, not a cell") == 3
     # one hairy-cell line, counted from the reviewers' labels: 1 HAC of 10 counted cells, not the model's 3 flags
     assert html.count("Hairy cells:") == 1 and html.count("Hairy-cell") == 0
     assert "1 cell(s) counted as hairy cells (HAC), 10.0% of 10 counted cells" in html
@@ -116,7 +121,7 @@ def test_unsigned_report_is_preliminary_and_blast_percent_is_qualified(store):
     r = build_report(case)
     assert r.blast_text.startswith("50.0% (1 of 2 counted cells;")
     assert "does not recognise erythroid precursors (EBO, PEB)" in r.blast_text
-    assert "not of all nucleated marrow cells" in r.blast_text
+    assert "2 of the counted cells carry only the model's label" in r.blast_text
     assert "(default; none set for this case)" in r.progress_text and " of 200 " in r.progress_text
 
 
