@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent
 ASSETS = ROOT / "assets"
 MODELS = ASSETS / "models"
 # the Classify page's case view: its tabs, and the session-state key of the open one (only its content is drawn)
-CASE_TABS = ("Results table", "Gallery", "Review bin", "Rejected bin", "Cell view")
+CASE_TABS = ("Results table", "Gallery", "Review bin", "Not judged by the gate", "Cell view")
 CASE_TAB_KEY = "classify_tab"
 
 
@@ -371,7 +371,7 @@ def _active_case_picker(sb) -> None:
     if st.session_state["case_id"] not in ids:
         st.session_state["case_id"] = st.session_state["_w_case_id"] = None
     if cases:
-        names = {c["id"]: f"{c['case']} ({c['status']}, {c['cells']} cells)" for c in cases}
+        names = {c["id"]: f"{c['case']} ({c['short']})" for c in cases}
         sb.selectbox("Active case", ids, format_func=names.get, key="_w_case_id", on_change=_store_back,
                      args=("case_id", ids), index=None, placeholder="Choose a case…")
     if st.session_state["case_id"] is not None:
@@ -387,15 +387,17 @@ def set_active_case(case_id: int | None) -> None:
 def active_case():
     """The active case from the store, or None (with a hint) if there is none yet."""
     cid = st.session_state.get("case_id")
+    who = st.session_state.get("actor")
+    # only a role that may classify is told to start a case; a viewer or pathologist-only role chooses one
+    start = "Start one on the **Classify** page, or choose" if who is not None and who.can("classify") else "Choose"
     if not cid:
-        st.info("No active case. Start one on the **Classify** page, or choose one under **Active case** in the "
-                "sidebar.")
+        st.info(f"No active case. {start} one under **Active case** in the sidebar.")
         return None
     try:
         return get_store().get_case(cid)
     except CaseError:
         st.session_state.pop("case_id", None)
-        st.info("That case no longer exists. Start one on the **Classify** page.")
+        st.info(f"That case no longer exists. {start} another under **Active case** in the sidebar.")
         return None
 
 

@@ -491,11 +491,15 @@ class CaseStore(AccountsMixin):
 
         with self.session() as s:
             rows = []
+            last = dict(s.execute(select(Job.case_id, Job.status).where(
+                Job.id.in_(select(func.max(Job.id)).group_by(Job.case_id)))).all())
             for case in s.scalars(select(Case).order_by(Case.created_at.desc())):
                 cells = list(case.cells)
                 pending = sum(c.pending for c in cells)
                 rows.append({"id": case.id, "case": case.case_code,
-                             "status": case.status if not pending else f"{case.status}, {pending} not classified",
+                             "status": case_status_text(case.status, pending, len(cells), last.get(case.id)),
+                             "short": case_status_text(case.status, pending, len(cells), last.get(case.id),
+                                                       short=True),
                              "created": case.created_at, "cells": sum(c.ok and not c.pending for c in cells),
                              "unreadable": sum(not c.ok for c in cells),
                              "reviewed": sum(c.reviewed for c in cells if c.ok),
@@ -904,6 +908,23 @@ def case_store_from_env() -> CaseStore:
 
 __all__ = ["CaseStore", "CellInput", "CaseError", "ConflictError", "StoreError", "PermissionDenied", "AuthError",
            "Actor", "Case", "Cell", "AuditEvent", "Job", "case_store_from_env", "STATUS_OPEN", "STATUS_SIGNED"]
+
+
+def case_status_text(status: str, pending: int, cells: int, job_status: str | None, *, short: bool = False) -> str:
+    """A case's status in the case lists: a case with cells not classified says how far it got and why it stopped
+    ("open; classification interrupted: 128 of 500 files classified; upload the same files again to finish");
+    ``short``: for a picker ("open, 128 of 500 classified, interrupted")."""
+    done = cells - pending
+    if not pending:
+        return f"{status}, {cells} files" if short else status
+    live = job_status in JOB_LIVE
+    why = "classifying" if live else {JOB_INTERRUPTED: "interrupted", JOB_FAILED: "failed"}.get(job_status, "stopped")
+    if short:
+        return f"{status}, {done} of {cells} classified, {why}"
+    if live:
+        return f"{status}; classifying: {done} of {cells} files done"
+    return (f"{status}; classification {why}{' (the server stopped)' if job_status == JOB_INTERRUPTED else ''}: "
+            f"{done} of {cells} files classified; upload the same files again to finish")
 
 
 def label_refusal(cell: "Cell", label: str) -> str:

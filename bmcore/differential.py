@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from .caserules import (HAIRY_UNAVAILABLE, PENDING, REJECTED as ST_REJECTED, critical_codes, needs_review,
                         rejected_open, status)
 from .tasks import (BLAST_CODES, CELL_NAMES, DISMISSED_CODE, ERYTHROID_CODES, HAIRY_CELL_CODE, MYELOID_CODES,
-                    NON_CELL_CODES, cell_name)
+                    NON_CELL_CODES, cell_name, codes_text)
 
 UNCERTAIN = "uncertain or flagged, awaiting review"
 REJECTED = "not judged by the model's gate, awaiting review"
@@ -190,7 +190,7 @@ def blast_text(case, d: Differential) -> str:
         ery = sorted(ERYTHROID_CODES - covered)
         out += (f". {d.unreviewed} of the counted cells carry only the model's label, and the model does not recognise "
                 + (("erythroid precursors (" + ", ".join(ery) + ") and ") if ery else "")
-                + f"{len(missing) - len(ery)} other cell type(s) ({', '.join(sorted(set(missing) - set(ery)))}); "
+                + f"{len(missing) - len(ery)} other cell type(s) ({codes_text(sorted(set(missing) - set(ery)))}); "
                 "such cells among them are counted as another class")
     elif missing:
         out += f". Every one of the {d.denominator} counted cells carries a reviewer's label"

@@ -22,6 +22,31 @@ CAM_METHODS = {  # method -> pytorch_grad_cam class
 }
 
 
+METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "eigencam": "EigenCAM", "layercam": "LayerCAM",
+                "xgradcam": "XGradCAM", "scorecam": "Score-CAM"}
+# methods whose map does not depend on the class asked for (EigenCAM: the first principal component of the target
+# layer's activations)
+CLASS_AGNOSTIC = frozenset({"eigencam"})
+
+
+def cam_caption(method: str, code: str, name: str, model: str) -> str:
+    """The caption under a heatmap: which class it explains, or that it explains none."""
+    m = METHOD_NAMES.get(method, method)
+    if method in CLASS_AGNOSTIC:
+        return f"{m} by {model}: class-agnostic, the same map whatever class is chosen"
+    return f"{m} for {code} ({name}) by {model}"
+
+
+def cam_sentence(method: str) -> str:
+    """How to read the heatmap, in one sentence a reviewer can act on."""
+    if method in CLASS_AGNOSTIC:
+        return ("EigenCAM is class-agnostic: red areas are where the model's last features vary most, whatever the "
+                "class; it does not say what raised any class's score. A heatmap shows where the model looked, not "
+                "that it is right.")
+    return ("Red areas raised the score of the explained class most (scale beside the heatmap). A heatmap shows where "
+            "the model looked, not that it is right.")
+
+
 def token_reshape(num_prefix_tokens: int):
     """(B, N, C) transformer tokens -> (B, C, h, w) map, dropping class/register tokens."""
 
@@ -55,8 +80,8 @@ def compute_cam(model: nn.Module, backbone: str, x: torch.Tensor, class_index: i
     return m
 
 
-def overlay(rgb: np.ndarray, cam: np.ndarray, opacity: float = 0.5) -> np.ndarray:
-    """Heatmap over the RGB crop (uint8 HxWx3, CAM resized to it)."""
+def overlay(rgb: np.ndarray, cam: np.ndarray, opacity: float = 0.5, *, scale: bool = True) -> np.ndarray:
+    """Heatmap over the RGB crop (uint8 HxWx3, CAM resized to it), with its colour scale at the right (``scale``)."""
     import cv2
 
     with IMPORT_LOCK:
@@ -65,5 +90,23 @@ def overlay(rgb: np.ndarray, cam: np.ndarray, opacity: float = 0.5) -> np.ndarra
     h, w = rgb.shape[:2]
     if cam.shape != (h, w):
         cam = cv2.resize(cam, (w, h), interpolation=cv2.INTER_LINEAR)
-    return show_cam_on_image(rgb.astype(np.float32) / 255.0, np.clip(cam, 0, 1), use_rgb=True,
-                             image_weight=1.0 - float(opacity))
+    out = show_cam_on_image(rgb.astype(np.float32) / 255.0, np.clip(cam, 0, 1), use_rgb=True,
+                            image_weight=1.0 - float(opacity))
+    return np.concatenate([out, colour_scale(h)], axis=1) if scale else out
+
+
+def colour_scale(h: int) -> np.ndarray:
+    """A vertical colour bar (HxWx3 uint8, white margin) of the heatmap's colour map (the JET map pytorch-grad-cam
+    draws with), from 0 (bottom: the class's score was raised least) to 1 (top: raised most), labelled."""
+    import cv2
+
+    w = max(28, h // 6)
+    bar_w, top, bottom = max(8, w // 3), max(10, h // 14), max(10, h // 14)
+    out = np.full((h, w, 3), 255, np.uint8)
+    ramp = np.linspace(255, 0, max(1, h - top - bottom)).astype(np.uint8)[:, None]
+    colours = cv2.cvtColor(cv2.applyColorMap(ramp, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)  # (n, 1, 3)
+    out[top:h - bottom, 2:2 + bar_w] = colours
+    font, fs = cv2.FONT_HERSHEY_SIMPLEX, max(0.25, h / 700)
+    cv2.putText(out, "1", (4 + bar_w, top + 8), font, fs, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(out, "0", (4 + bar_w, h - bottom), font, fs, (0, 0, 0), 1, cv2.LINE_AA)
+    return out

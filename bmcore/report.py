@@ -11,7 +11,7 @@ from .caserules import (HAIRY_UNAVAILABLE, critical_codes, hairy_screening, mode
                         review_reasons, said_text, status, summary)
 from .differential import (DEFAULT_TARGET, DISMISSED, NOT_CLASSIFIED, REJECTED, UNCERTAIN, UNREADABLE,  # noqa: F401
                            Differential, blast_text, case_differential, differential, pending_text)
-from .tasks import CELL_NAMES, HAIRY_CELL_CODE, cell_name
+from .tasks import CELL_NAMES, HAIRY_CELL_CODE, cell_name, codes_text
 from .cases import (SPECIMEN_FIELDS, VIA_GALLERY, VIA_ONE, WHO_TYPED, inference_text, reviewer_text,
                     signature_text, signer_text, who_text)
 
@@ -236,7 +236,7 @@ def classes_text(case) -> str:
     covered = list(case.model_classes or [])
     missing = sorted(set(CELL_NAMES) - set(covered))
     return ("Classes covered: " + ", ".join(f"{c} ({cell_name(c)})" for c in covered)
-            + (". Not covered: " + ", ".join(missing) if missing else "") + ".")
+            + (". Not covered: " + codes_text(missing) if missing else "") + ".")
 
 
 def render_html_report(case, model_meta: dict, audit: list[dict] | None = None, max_flagged: int = 48,

@@ -95,6 +95,11 @@ def reviewer_labels() -> tuple[str, ...]:
     return TASKS["bm21"].classes + (DISMISSED_CODE,)
 
 
+def codes_text(codes) -> str:
+    """Codes as a reader needs them: each with its name ("ABE abnormal eosinophil, FGC faggot cell")."""
+    return ", ".join(f"{c} {cell_name(c).lower()}" for c in codes)
+
+
 def glossary(codes) -> list[tuple[str, str]]:
     """(code, name) of each code given, in the order given, without repeats: the key printed beside any list of
     class codes."""

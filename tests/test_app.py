@@ -101,6 +101,11 @@ def metric(at, label):
     return next(m.value for m in at.metric if m.label == label)
 
 
+def label_box(at, cid, cell_id):
+    """The One cell view's label box for a cell (keyed per case, cell and the version the reviewer saw)."""
+    return next(s for s in at.selectbox if (s.key or "").startswith(f"label_{cid}_{cell_id}_"))
+
+
 def real(crops, per_class=2):
     return [f for c in DEV_CLASSES for f in crops[c][:per_class]]
 
@@ -115,10 +120,11 @@ def test_home_lists_classes_and_statement(env):
 def test_classify_table_uncertain_bin_and_unreadable(env, crops):
     files = real(crops)
     at = upload(app(env, threshold=0.99), "C-1", files, [("broken.jpg", b"\xff\xd8garbage", "image/jpeg")])
-    assert metric(at, "Cells classified") == str(len(files))
+    n = len(files)
+    assert metric(at, "Cells classified") == f"{n} of {n}"  # every tile says what it counts of
     assert metric(at, "Unreadable files") == "1"
     # an untrained model is never 99% sure: every cell lands in the uncertain bin
-    assert metric(at, "Uncertain") == str(len(files))
+    assert metric(at, "Uncertain") == f"{n} of {n}"
     bad = at.dataframe[0].value
     assert list(bad.file) == ["broken.jpg"]
     assert "not a recognised" in bad.error.iloc[0] or "corrupt" in bad.error.iloc[0]
@@ -133,7 +139,7 @@ def test_classify_table_uncertain_bin_and_unreadable(env, crops):
 
 def test_threshold_zero_means_no_uncertain_and_duplicate_case_refused(env, crops):
     at = upload(app(env, threshold=0.0), "C-2", real(crops, 1))
-    assert metric(at, "Uncertain") == "0"
+    assert metric(at, "Uncertain") == f"0 of {len(real(crops, 1))}"
     upload(at, "C-2", real(crops, 1))
     assert any("already exists" in e.value for e in at.error)
 
@@ -177,7 +183,7 @@ def test_a_reviewers_choices_in_a_tab_are_kept_while_another_tab_is_open(env, cr
     assert at.selectbox(key="_w_cam_method").value == "layercam"
     assert at.selectbox(key=explain).value == second
     assert at.slider(key="_w_cam_opacity").value == 0.8
-    assert any(f'"layercam for {second}' in str(e.proto) for e in at.get("image")), "the heatmap drawn is the one chosen"
+    assert any(f'"LayerCAM for {second}' in str(e.proto) for e in at.get("image")), "the heatmap drawn is the one chosen"
     open_tab(at, "Gallery")
     assert at.selectbox(key=f"_w_gallery_class_{cid}").value == other != big
     at.selectbox(key=f"_w_gallery_class_{cid}").set_value(big).run()
@@ -239,7 +245,11 @@ def test_differential_matches_stored_labels(env, crops):
     at.switch_page("views/differential.py").run()
     assert not at.exception
     counted = {r["class"]: r["count"] for _, r in at.dataframe[0].value.iterrows()} if at.dataframe else {}
+    assert counted.pop("BLA", 0) == expect.pop("BLA", 0), "the model's blast class has its row, at 0 too"
     assert counted == expect  # the waiting cells are out of the count
+    # cells wait for review: no percentage is a number, the blast figure says how many possible blasts are pending
+    assert all(t.startswith("pending: ") for t in at.dataframe[0].value["percent_text"])
+    assert metric(at, "Blasts") == "pending"
     for c in waiting:  # a reviewer confirms them: now they count, by their stored label
         store.review_cell(c.id, sign_in(env), c.predicted, expected_version=c.version, case_id=case.id)
         if c.predicted not in ("ART", "NIF"):
@@ -247,8 +257,9 @@ def test_differential_matches_stored_labels(env, crops):
     at.run()
     if expect:
         df = at.dataframe[0].value
-        assert dict(zip(df["class"], df["count"])) == expect
-        assert df.percent.sum() == pytest.approx(100, abs=0.5)
+        assert {k: v for k, v in zip(df["class"], df["count"]) if v} == {k: v for k, v in expect.items() if v}
+        assert sum(float(t.rstrip("%")) for t in df["percent_text"]) == pytest.approx(100, abs=0.5)
+        assert metric(at, "Blasts").endswith("%")  # nothing pending: the blast figure is a number
     assert metric(at, "M:E ratio") == "n/a"  # the 8-class model knows no erythroid precursors
 
 
@@ -317,7 +328,7 @@ def test_hairy_flag_and_alert_with_hac_model(env, crops):
     else:
         assert at.success
     assert metric(upload(app(env, "hac", threshold=0.0, hairy_threshold=0.05), "C-7", files),
-                  "Hairy-cell flags") == str(len(files))  # P(HAC) of 5 classes is never below 0.05 here
+                  "Hairy-cell flags") == f"{len(files)} of {len(files)}"  # P(HAC) of 5 classes is never below 0.05 here
 
 
 def test_review_signoff_reopen_audit(env, crops):
@@ -340,7 +351,7 @@ def test_review_signoff_reopen_audit(env, crops):
         sb = at.selectbox(key=pick)
         assert names[shown] in sb.options[sb.index], "the picker's text names the cell its value is"
         if step in (0, 3):
-            at.selectbox(key=f"label_{cid}_{shown}").set_value("PLM").run()
+            label_box(at, cid, shown).set_value("PLM").run()
             assert at.selectbox(key=pick).value == shown, "choosing a label never moves the picker"
             at.button(key="save_btn").click().run()
             assert any("set to PLM" in s.value for s in at.success)
@@ -356,8 +367,22 @@ def test_review_signoff_reopen_audit(env, crops):
     assert any("enter your password to sign" in e.value for e in at.error), "no password, no signature"
     at.text_input(key=f"sign_pw_{cid}").set_value(PASSWORDS["pathologist"])
     at.button(key="sign_off").click().run()
+    # no specimen id and under the target count: refused until the signer gives one and confirms the other
+    from bmcore.report import case_differential
+
+    refusal = " ".join(e.value for e in at.error)
+    counted = case_differential(store.get_case(cid)).denominator
+    assert "no specimen / accession number" in refusal and f"only {counted} of the target 200 cells" in refusal, refusal
+    assert store.get_case(cid).status == "open"
+    at.text_input(key=f"sign_pw_{cid}").set_value(PASSWORDS["pathologist"])
+    at.text_input(key=f"sign_specimen_{cid}").set_value("S-26-77")
+    at.checkbox(key=f"sign_under_{cid}").check()
+    at.button(key="sign_off").click().run()
     assert any("signed off" in s.value for s in at.success), [e.value for e in at.error]
     case = store.get_case(cid)
+    assert case.specimen == {"specimen_id": "S-26-77"}, "the id typed at sign-off is stored with the case"
+    assert case.signature["specimen_id"] == "S-26-77" and case.signature["no_specimen_id"] is False
+    assert case.signature["under_target"] is True and (case.signature["counted"], case.signature["target"]) == (counted, 200)
     assert case.status == "signed" and case.signed_by == "drpath"
     assert case.signed_by_id == at.session_state["actor"].user_id
     assert case.signature["case_version"] == case.version and case.signature["proof"] == "password re-entered"
@@ -388,10 +413,10 @@ def test_stale_screen_never_overwrites_a_colleague(env, crops):
     assert b.selectbox(key=pick).value == cell
     sb = b.selectbox(key=pick)
     b_text = sb.options[sb.index]  # what B's browser will send back for B's choice, however stale B's screen gets
-    a.selectbox(key=f"label_{cid}_{cell}").set_value("PMO").run()
+    label_box(a, cid, cell).set_value("PMO").run()
     a.button(key="save_btn").click().run()
     assert any("set to PMO" in s.value for s in a.success)
-    b.selectbox(key=f"label_{cid}_{cell}").set_value("MON").run()  # B's rerun re-reads the cell ...
+    label_box(b, cid, cell).set_value("MON").run()  # B's rerun re-reads the cell ...
     assert any("changed since you opened it" in w.value and "PMO" in w.value for w in b.warning)
     assert b_text in b.selectbox(key=pick).options, "a cell's text in the picker survives a colleague's review"
     b.button(key="save_btn").click().run()  # ... but acts on the version B opened
@@ -406,8 +431,8 @@ def test_stale_screen_never_overwrites_a_colleague(env, crops):
     assert got.final_label == "PMO" and got.reviewed_by == "drpath"
     # a deliberate reload lets B act on what B now sees
     b.button(key=f"reload_{cell}").click().run()
-    assert b.selectbox(key=f"label_{cid}_{cell}").value == "PMO", "after a reload the label box shows the stored label"
-    b.selectbox(key=f"label_{cid}_{cell}").set_value("MON").run()
+    assert label_box(b, cid, cell).value == "PMO", "after a reload the label box shows the stored label"
+    label_box(b, cid, cell).set_value("MON").run()
     b.button(key="save_btn").click().run()
     assert any("set to MON" in s.value for s in b.success)
     assert [e["who"] for e in store.audit(cid) if e["cell"] == got.name] == ["drpath", "drb"]
@@ -432,12 +457,14 @@ def test_a_sign_off_refused_for_a_colleagues_change_says_how_to_go_on(env, crops
     b.button_group(key=f"review_mode_{cid}").set_value("One cell").run()
     cell = store.get_case(cid).cells[1]
     b.selectbox(key=pick).set_value(cell.id).run()
-    b.selectbox(key=f"label_{cid}_{cell.id}").set_value("PMO").run()
+    label_box(b, cid, cell.id).set_value("PMO").run()
     b.button(key="save_btn").click().run()
     assert any("set to PMO" in x.value for x in b.success), [w.value for w in b.warning]
 
     def sign(at):
         at.text_input(key=f"sign_pw_{cid}").set_value(PASSWORDS["pathologist"])
+        at.checkbox(key=f"sign_nospec_{cid}").check()
+        at.checkbox(key=f"sign_under_{cid}").check()
         at.button(key="sign_off").click().run()
         assert not at.exception, at.exception
 
@@ -501,10 +528,10 @@ def test_rejected_bin_is_left_out_of_the_differential(env, crops):
     rejected = [c for c in case.cells if c.rejected]
     assert {"blank.png", "screen.png"} <= {c.name for c in rejected}
     assert all(c.reject_reason and c.label is None for c in rejected)
-    assert metric(at, "Rejected: not a cell crop") == str(len(rejected))
-    assert metric(at, "Cells classified") == str(len(case.cells) - len(rejected))
+    assert metric(at, "Not judged by the gate") == f"{len(rejected)} of {len(case.cells)}"
+    assert metric(at, "Cells classified") == f"{len(case.cells) - len(rejected)} of {len(case.cells)}"
     assert not [d for d in at.dataframe if "reason" in d.value.columns], "the closed bin is not drawn"
-    shown = next(d.value for d in open_tab(at, "Rejected bin").dataframe if "reason" in d.value.columns)
+    shown = next(d.value for d in open_tab(at, "Not judged by the gate").dataframe if "reason" in d.value.columns)
     assert set(shown.file) == {c.name for c in rejected}
     at.switch_page("views/differential.py").run()
     assert not at.exception
@@ -541,7 +568,7 @@ def test_a_large_image_without_nucleated_cells_is_refused_by_name_and_the_rest_c
     Image.fromarray(np.full((1200, 1600, 3), (222, 226, 224), np.uint8)).save(buf, "JPEG", quality=90)
     files = real(crops, 1)
     at = upload(app(env, threshold=0.0), "C-F", files, [("empty_field.jpg", buf.getvalue(), "image/jpeg")])
-    assert metric(at, "Cells classified") == str(len(files))
+    assert metric(at, "Cells classified") == f"{len(files)} of {len(files)}"
     shown = next(d.value for d in at.dataframe if list(d.value.columns) == ["file", "error"])
     assert list(shown.file) == ["empty_field.jpg"]
     assert shown.error.iloc[0].startswith("image is 1600x1200 px, too large for a single-cell crop")

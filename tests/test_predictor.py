@@ -54,9 +54,25 @@ def test_explain_overlay(tiny_bundle, crop_path):
     p = Predictor(tiny_bundle)
     cam, ov, code = p.explain(crop_path, method="gradcam++")
     s = tiny_bundle.data_config.input_size
-    assert cam.shape == (s, s) and ov.shape == (s, s, 3) and ov.dtype == np.uint8 and code in p.classes
+    assert cam.shape == (s, s) and ov.shape[0] == s and ov.shape[1] > s and ov.dtype == np.uint8 and code in p.classes
+    # the colour scale at the right: the JET map, red (1, raised the class most) at the top, blue (0) at the bottom
+    bar = ov[:, s:]
+    col = bar[:, 4].astype(int)
+    drawn = [r for r in col if not (r == 255).all()]
+    assert len(drawn) > s // 2
+    top, bottom = drawn[0], drawn[-1]
+    assert top[0] > top[2] + 60 and bottom[2] > bottom[0] + 60, (top, bottom)
     with pytest.raises(ValueError, match="not covered"):
         p.explain(crop_path, "HAC")
+
+
+def test_heatmap_captions_say_which_class_or_none():
+    from bmcore.explain import cam_caption, cam_sentence
+
+    assert cam_caption("gradcam", "PMO", "Promyelocyte", "m") == "Grad-CAM for PMO (Promyelocyte) by m"
+    eig = cam_caption("eigencam", "PMO", "Promyelocyte", "m")
+    assert "PMO" not in eig and "class-agnostic" in eig
+    assert "explained class" not in cam_sentence("eigencam") and "explained class" in cam_sentence("gradcam")
 
 
 def _assert_same_prediction(a, b, tol: float = 1e-6) -> None:

@@ -189,7 +189,7 @@ def test_pdf_report(store, tmp_path, signed):
     for want in ("case BM-2026-0142", "S-26-0142", "posterior iliac crest aspirate", "May-Grünwald-Giemsa",
                  "hcl-test", "bmcore 0.1.0", "ab" * 32, "HAC (Hairy cell)", "Not covered:",
                  "1 cell(s) counted as hairy cells (HAC), 10.0% of 10 counted cells",
-                 "10 of 500 cells counted", "Rejected by the gate (3)", "Flagged and critical cells (4)",
+                 "10 of 500 cells counted", "Not judged by the gate (3)", "Flagged and critical cells (4)",
                  "Tess Tech (tess)", "Appendix: audit trail"):
         assert want in text, want
     assert "LYT Lymphocyte 8 80.0%" in text and "HAC Hairy cell 1 10.0%" in text  # what the Differential counts

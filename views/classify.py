@@ -4,7 +4,7 @@ import streamlit as st
 import appkit
 from bmcore import caserules
 from bmcore.cases import STATUS_SIGNED, CaseError, inference_text, reviewer_text
-from bmcore.explain import CAM_METHODS, overlay
+from bmcore.explain import CAM_METHODS, METHOD_NAMES, cam_caption, cam_sentence, overlay
 from bmcore.fields import (RBC_DIAMETER_UM, class_colour, draw_field, expand_fields, field_record, ink_on,
                            scale_words)
 from bmcore.inputs import MAX_FILES, enforce_limit, from_upload
@@ -207,16 +207,21 @@ df = appkit.cells_frame(case)
 ok = df[df.status == caserules.OK]
 rejected = df[df.status == caserules.REJECTED]
 c1, c2, c3, c4, c5, c6 = st.columns(6)
-c1.metric("Cells classified", summ.classified)
-c2.metric("Uncertain", summ.uncertain, help="Confidence below the case's review threshold")
-c3.metric("Possible blasts", sum(1 for c in case.cells if caserules.status(c) == caserules.OK
-                                 and BLAST_CODES & set(caserules.critical_codes(c))),
-          help="Calibrated P(blast) at or above the case's critical threshold, whatever the top class: reviewed "
-               "one by one")
-c4.metric("Hairy-cell flags", summ.hairy_flags if summ.hairy_flags is not None else "unavailable",
-          help=caserules.hairy_screening(case)[1])
-c5.metric("Rejected: not a cell crop", summ.rejected,
-          help="Images the model's quality / out-of-distribution gate refused to classify; not in the differential")
+n_read = summ.classified + summ.rejected  # readable images the model looked at
+c1.metric("Cells classified", f"{summ.classified} of {n_read}" if n_read else 0,
+          help="Readable images the model gave a class, of all readable images it looked at")
+c2.metric("Uncertain", f"{summ.uncertain} of {summ.classified}",
+          help="Confidence below the case's review threshold, of the classified cells")
+n_blast = sum(1 for c in case.cells if caserules.status(c) == caserules.OK
+              and BLAST_CODES & set(caserules.critical_codes(c)))
+c3.metric("Possible blasts", f"{n_blast} of {summ.classified}",
+          help="Calibrated P(blast) at or above the case's critical threshold, whatever the top class, of the "
+               "classified cells: reviewed one by one")
+c4.metric("Hairy-cell flags", f"{summ.hairy_flags} of {summ.classified}" if summ.hairy_flags is not None
+          else "unavailable", help=caserules.hairy_screening(case)[1])
+c5.metric("Not judged by the gate", f"{summ.rejected} of {n_read}" if n_read else 0,
+          help="Images the model would not judge (they look unlike its training crops); a reviewer gives each a "
+               "class or dismisses it before sign-off")
 c6.metric("Unreadable files", summ.unreadable,
           help="Files that could not be used, listed below with the reason: not a readable image, unsafe, or too "
                "large to be a single-cell crop (a camera field or a mosaic of cells)")
@@ -240,7 +245,7 @@ def field_section() -> None:
             f"classified like uploaded crops, {len(from_fields) - len(whole)} cut by the field's border (listed "
             f"below, not classified). Scale: {'; '.join(scales)}. "
             + (f"The model's gate refused **{len(refused)} of {len(whole)}** whole cells: it was trained on bone marrow "
-               "crops and is expected to refuse many peripheral-blood cells (Rejected bin)." if whole else ""))
+               "crops and is expected to refuse many peripheral-blood cells (the 'Not judged by the gate' tab)." if whole else ""))
     by_field: dict[str, list] = {}
     for c in from_fields:
         by_field.setdefault(c.origin["field"], []).append(c)
@@ -341,9 +346,10 @@ with tab_rejected:
     elif rejected.empty:
         st.success("Every readable image passed the model's quality and out-of-distribution checks.")
     else:
-        st.write(f"{len(rejected)} image(s) are not a recognisable bone marrow single-cell crop for this model "
-                 "(e.g. a whole field, another magnification, a blurred or blank crop, a photo). They get no class "
-                 "and are left out of the differential; a reviewer can still label them on the **Review** page.")
+        st.write(f"The model would not judge {len(rejected)} image(s): {caserules.REJECTED_WORDS}. The gate refuses "
+                 "some genuine cells too (the Model card says how many of its held-out test crops). Each must be given "
+                 "a class or dismissed as not a cell on the **Review** page before the case can be signed off; until "
+                 "then the differential's percentages are ranges.")
         st.dataframe(rejected[["#", "file", "error"]].rename(columns={"error": "reason"}), hide_index=True,
                      width="stretch")
         grid(rejected.head(GALLERY_PAGE), lambda r: f"#{r['#']} {r.error}")
@@ -375,15 +381,14 @@ def cell_view() -> None:
     # method and opacity are kept while another tab is open, like the cell
     methods = list(CAM_METHODS)[:4]
     method = h1.selectbox("Method", methods, **appkit.kept("cam_method", methods[0], methods),
-                          format_func={"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "eigencam": "EigenCAM",
-                                       "layercam": "LayerCAM"}.get)
+                          format_func=METHOD_NAMES.get)
     order = sorted(cpred.classes, key=lambda c: -(cell.probabilities or {}).get(c, 0))
     # keyed per cell: the class to explain starts at this cell's own top class, never a previous cell's choice
     target = h2.selectbox("Explain class", order, **appkit.kept(f"cam_class_{case.id}_{cell.id}", order[0], order),
                           format_func=lambda c: f"{c} {cell_name(c)} (p={cell.probabilities.get(c, 0):.2f})")
     alpha = h3.slider("Heatmap opacity", 0.0, 1.0, step=0.05, **appkit.kept("cam_opacity", 0.5))
     if cell.rejected:
-        st.warning(f"The model's gate rejected this image ({cell.reject_reason}); the heatmap shows what the model "
+        st.warning(f"The model's gate would not judge this image ({cell.reject_reason}); the heatmap shows what the model "
                    "looked at, but its class is not used.")
     data = appkit.image_bytes(case.id, cell)
     if data is None:
@@ -392,12 +397,11 @@ def cell_view() -> None:
     cam, rgb, _ = appkit.heatmap(str(bundle_path), data, target, method)
     v1, v2 = st.columns(2)
     v1.image(rgb, caption=f"{cell.name} as the model sees it", width="stretch")
-    v2.image(overlay(rgb, cam, alpha), caption=f"{method} for {target} ({cell_name(target)}) by {appkit.case_model(case)}",
+    v2.image(overlay(rgb, cam, alpha), caption=cam_caption(method, target, cell_name(target), appkit.case_model(case)),
              width="stretch")
     if data is cell.thumbnail:
         st.caption("Heatmap computed from the stored thumbnail (the original upload is not in this session).")
-    st.caption("Red areas raised the score of the explained class most. A heatmap shows where the model "
-               "looked, not that it is right.")
+    st.caption(cam_sentence(method))
 
 
 with tab_cell:

@@ -18,9 +18,11 @@ import streamlit as st
 import appkit
 from bmcore.db import utcnow
 from bmcore import caserules
-from bmcore.cases import (STATUS_SIGNED, CaseError, ConflictError, inference_text, reviewer_text, signature_text,
-                          signer_text)
-from bmcore.tasks import TASKS, cell_name
+from bmcore.cases import (SPECIMEN_MAX, STATUS_SIGNED, CaseError, ConflictError, case_details, inference_text,
+                          reviewer_text, signature_text, signer_text)
+from bmcore.differential import sign_off_checks
+from bmcore.explain import cam_caption
+from bmcore.tasks import DISMISSED_CODE, TASKS, cell_name
 
 GALLERY_PAGE = 40     # thumbnails per gallery page
 GALLERY_COLUMNS = 8
@@ -32,7 +34,7 @@ store = appkit.get_store()
 cases = store.list_cases()
 with st.expander(f"All cases ({len(cases)})", expanded=False):
     if cases:
-        st.dataframe(pd.DataFrame(cases).drop(columns=["id"]), hide_index=True, width="stretch")
+        st.dataframe(pd.DataFrame(cases).drop(columns=["id", "short"]), hide_index=True, width="stretch")
 who = appkit.actor()  # every change below is recorded under this signed-in user, and the store checks the role
 case = appkit.active_case()
 if case is None:
@@ -43,35 +45,47 @@ WPICK = f"_w_review_cell_{case.id}"    # the picker widget mirroring it
 seen = appkit.seen_versions(case.id)
 
 
-def _say(kind: str, text: str) -> None:
+def _say(kind: str, text: str, where: str = "top") -> None:
+    """A message for the next draw: at the top of the page, or ("one") beside the One cell view's buttons, where the
+    reviewer who pressed them is looking."""
     st.session_state["review_msg"] = (kind, text)
     st.session_state["review_msg_case"] = case.id
+    st.session_state["review_msg_where"] = where
 
 
-def _run(fn, ok_msg: str) -> bool:
+def _run(fn, ok_msg: str, where: str = "top") -> bool:
     try:
         fn()
     except ConflictError as exc:
-        _say("warning", f"Not saved: {exc}")
+        _say("warning", f"Not saved: {exc}", where)
     except CaseError as exc:
-        _say("error", f"Not saved: {exc}")
+        _say("error", f"Not saved: {exc}", where)
     else:
-        _say("success", ok_msg)
+        _say("success", ok_msg, where)
         return True
     return False
 
 
+def label_key(cell_id: int, seen_version: int) -> str:
+    """The One cell label box's key: per cell and per version seen, so a reload shows the stored label, never the
+    label a stale screen held."""
+    return f"label_{case.id}_{cell_id}_{seen_version}"
+
+
 def review(cell_id: int, pos: int, seen_version: int, label: str | None, predicted: str, next_id: int | None) -> None:
-    """Confirm (label None) or relabel cell ``cell_id`` as seen at ``seen_version``; then show ``next_id``."""
-    new = predicted if label is None else st.session_state[f"label_{case.id}_{cell_id}"]
-    verb = f"confirmed as {new}" if label is None else f"set to {new} ({cell_name(new)})"
+    """Confirm (label None), relabel (label "chosen": the label box) or dismiss (label DISMISSED_CODE) cell
+    ``cell_id`` as seen at ``seen_version``; then show ``next_id``."""
+    new = predicted if label is None else label if label == DISMISSED_CODE else \
+        st.session_state[label_key(cell_id, seen_version)]
+    verb = (f"confirmed as {new}" if label is None else "dismissed as not a cell" if new == DISMISSED_CODE
+            else f"set to {new} ({cell_name(new)})")
     out = {}
 
     def do():
         out["v"] = store.review_cell(cell_id, appkit.actor(), new, expected_version=seen_version,
                                      case_id=case.id)
 
-    if _run(do, f"#{pos} {verb}."):
+    if _run(do, f"#{pos} {verb}.", "one"):
         seen[cell_id] = out["v"]
         if next_id is not None:
             st.session_state[PICK] = next_id
@@ -80,9 +94,8 @@ def review(cell_id: int, pos: int, seen_version: int, label: str | None, predict
 
 
 def reload_cell(cell_id: int, version: int) -> None:
-    seen[cell_id] = version
-    st.session_state.pop(f"label_{case.id}_{cell_id}", None)  # the label box shows the stored label again
-    _say("info", "Reloaded: you now see the cell as it is stored.")
+    seen[cell_id] = version  # the label box, keyed by the version seen, shows the stored label again
+    _say("info", "Reloaded: you now see the cell as it is stored.", "one")
 
 
 def gallery_action(shown: dict[int, int], group: str, page: int, move: str | None) -> None:
@@ -91,7 +104,13 @@ def gallery_action(shown: dict[int, int], group: str, page: int, move: str | Non
     {cell id: version} of exactly the cells this page drew."""
     ticked = {i: v for i, v in shown.items() if st.session_state.get(f"gsel_{case.id}_{i}_{v}")}
     where = f"gallery {group} page {page}"
-    if move:
+    if move == DISMISSED_CODE:
+        if not ticked:
+            _say("warning", "Tick the images that are not cells first.")
+            return
+        cells, label, verb = ticked, DISMISSED_CODE, "dismissed as not a cell"
+        note = f"dismissed on {where} ({len(ticked)} ticked)"
+    elif move:
         target = st.session_state.get(f"gal_target_{case.id}") if move == "other" else move
         if not ticked or not target:
             _say("warning", "Tick the cells to move first" + (", and choose their class." if not target else "."))
@@ -134,12 +153,19 @@ def undo_last() -> None:
     _say("warning" if res.skipped else "success", res.message("put back as they were"))
 
 
-def sign(expected: dict[int, int]) -> None:
+def sign(expected: dict[int, int], details: dict) -> None:
+    """``details``: the case's details as the sign-off box showed them (a typed specimen id is saved against them)."""
     password = st.session_state.get(f"sign_pw_{case.id}")
     st.session_state[f"sign_pw_{case.id}"] = ""  # used once: not kept in the session, the box is emptied
     st.session_state.pop(f"sign_changed_{case.id}", None)
+    typed = (st.session_state.get(f"sign_specimen_{case.id}") or "").strip()
     try:
-        store.sign_off(case.id, appkit.actor(), password=password, expected_versions=expected)
+        if typed and not details["specimen"].get("specimen_id"):  # typed at sign-off: stored first (audited)
+            store.set_case_details(case.id, appkit.actor(), specimen={**details["specimen"], "specimen_id": typed},
+                                   expected={"specimen": details["specimen"]})
+        store.sign_off(case.id, appkit.actor(), password=password, expected_versions=expected,
+                       no_specimen_id=bool(st.session_state.get(f"sign_nospec_{case.id}")) and not typed,
+                       under_target=bool(st.session_state.get(f"sign_under_{case.id}")))
     except ConflictError as exc:
         text = f"Not signed: {str(exc).removeprefix('not signed: ')}"
         if exc.changed:  # cells a colleague changed: said beside the sign-off button (the page's messages are at its
@@ -177,7 +203,8 @@ def _role(role: str) -> str:
 
 def sign_off_box(shown: dict[int, int]) -> None:
     """Sign-off is a deliberate act: only a pathologist (or admin) sees it, and signs with their password (or a
-    fresh identity-provider sign-in). The store checks both again."""
+    fresh identity-provider sign-in). The store checks both again, and what the signer confirms: a missing specimen
+    id, a count under the target."""
     if not who.can("sign"):
         st.button("Sign off case", key="sign_off", disabled=True,
                   help=f"Signing off needs a pathologist's account; you are {_role(who.role)}.")
@@ -204,7 +231,17 @@ def sign_off_box(shown: dict[int, int]) -> None:
                    "you have checked them.")
         st.button(f"I have checked the {len(changed)} changed cell(s)", key="sign_ack", on_click=acknowledge,
                   args=(changed,))
-    st.button("Sign off case", type="primary", key="sign_off", on_click=sign, args=(shown,))
+    checks = sign_off_checks(case)
+    if checks.no_specimen_id:
+        st.text_input("Specimen / accession no. (none entered for this case)", key=f"sign_specimen_{case.id}",
+                      max_chars=SPECIMEN_MAX, help="Saved with the case before it is signed (audited)")
+        st.checkbox("Sign without a specimen / accession number (recorded in the signature)",
+                    key=f"sign_nospec_{case.id}")
+    if checks.under_target:
+        st.warning(f"Only {checks.counted} of the target {checks.target} cells are counted.")
+        st.checkbox(f"Sign with {checks.counted} of {checks.target} cells counted, under the target count (recorded "
+                    "in the signature)", key=f"sign_under_{case.id}")
+    st.button("Sign off case", type="primary", key="sign_off", on_click=sign, args=(shown, case_details(case)))
 
 
 def running_differential(case) -> None:
@@ -242,11 +279,13 @@ def gallery(case) -> None:
     names = list(groups)
     gkey = f"gal_group_{case.id}"
     if st.session_state.get(gkey) not in names:
-        st.session_state[gkey] = next((g for g in names if any(map(caserules.unresolved, groups[g]))), names[0])
+        st.session_state[gkey] = next((g for g in names if any(map(_open, groups[g]))), names[0])
 
     def fmt(g: str) -> str:
         if g == caserules.REJECTED_GROUP:
-            return f"{g} {len(groups[g])} · not counted"
+            return f"Not judged by the gate {len(groups[g])} · to review"
+        if g == DISMISSED_CODE:
+            return f"Dismissed, not cells {len(groups[g])} ✓"
         left = sum(map(caserules.unresolved, groups[g]))
         return f"{g} {len(groups[g])}" + (f" · {left} to confirm" if left else " ✓")
 
@@ -279,6 +318,12 @@ def gallery(case) -> None:
                                                                  else "not reviewed yet")
                 col.checkbox(f"{mark}#{c.position + 1}{conf}", key=f"gsel_{case.id}_{c.id}_{c.version}",
                              help=f"{c.name} · model: {caserules.top3_text(c)} · {why}")
+        if group == caserules.REJECTED_GROUP:
+            st.markdown(f"The model would not judge these images: {caserules.REJECTED_WORDS}. Give each genuine cell "
+                        "its class, dismiss the others as not cells; the case is signed only when none is left.")
+            st.form_submit_button("Dismiss the ticked images: not cells", shortcut="D",
+                                  on_click=gallery_action, args=(shown, group, page, DISMISSED_CODE),
+                                  help="Each is kept, marked dismissed by you (audited), and never counted (key D)")
         st.markdown("Move the ticked cells to (keys 1–9):")
         quick = classes[:9]
         for col, (n, k) in zip(st.columns(len(quick) + 1), enumerate(quick, start=1)):
@@ -289,8 +334,10 @@ def gallery(case) -> None:
                      format_func=lambda k: f"{k} {cell_name(k)}" + ("" if k in classes else " (not a model class)"),
                      key=f"gal_target_{case.id}")
         o2.form_submit_button("→ that class", on_click=gallery_action, args=(shown, group, page, "other"))
-        b.form_submit_button(f"Confirm this page: the {len(drawn)} cells shown, less the ticked ones", type="primary",
-                             shortcut="Ctrl+Enter", on_click=gallery_action, args=(shown, group, page, None))
+        if group != caserules.REJECTED_GROUP:  # nothing there has a class to confirm
+            b.form_submit_button(f"Confirm this page: the {len(drawn)} cells shown, less the ticked ones",
+                                 type="primary", shortcut="Ctrl+Enter", on_click=gallery_action,
+                                 args=(shown, group, page, None))
     st.caption("⚑ needs a person (uncertain, possible blast, hairy-cell flag) · ✓ reviewed · hover ⓘ for a cell's "
                "file name and the model's top 3 · Tab / Space move between and tick cells, 1–9 move the ticked ones, "
                "Ctrl+Enter confirms the page, N opens the next class to confirm. Confirming takes exactly the cells drawn here, at the versions drawn: "
@@ -298,7 +345,7 @@ def gallery(case) -> None:
     u1, u0, u2 = st.columns([1, 1, 3])
     u1.button("Undo my last gallery action", key="gal_undo", on_click=undo_last,
               disabled=not st.session_state.get(f"last_action_{case.id}"))
-    todo = [g for g in names if g != group and any(map(caserules.unresolved, groups[g]))]
+    todo = [g for g in names if g != group and any(map(_open, groups[g]))]
     u0.button("Next class to confirm", key="gal_next", shortcut="N", disabled=not todo,
               on_click=lambda: st.session_state.update({gkey: todo[0], f"_w_{gkey}": todo[0]}) if todo else None)
     pick = u2.selectbox("Look closer at a cell of this page", [c.id for c in drawn], index=None,
@@ -307,6 +354,12 @@ def gallery(case) -> None:
                         key=f"gal_closer_{case.id}")
     if pick is not None:
         closer(case, next(c for c in drawn if c.id == pick))
+
+
+def _open(cell) -> bool:
+    """Left for a person: a classified cell without a reviewer's label, or an image the gate would not judge that
+    nobody has given a class or dismissed."""
+    return caserules.unresolved(cell) or caserules.rejected_open(cell)
 
 
 def closer(case, cell) -> None:
@@ -321,7 +374,8 @@ def closer(case, cell) -> None:
         from bmcore.explain import overlay
 
         cam, rgb, shown_code = appkit.heatmap(str(path), data, code, "gradcam")
-        mid.image(overlay(rgb, cam, 0.45), width="stretch", caption=f"Grad-CAM for {shown_code}")
+        mid.image(overlay(rgb, cam, 0.45), width="stretch",
+                  caption=cam_caption("gradcam", shown_code, cell_name(shown_code), appkit.case_model(case)))
     right.write("Model: " + " · ".join(f"**{k}** {cell_name(k)} {v:.2f}" for k, v in caserules.top3(cell)))
     why = caserules.review_reasons(cell)
     if why:
@@ -365,9 +419,10 @@ def one_cell(queue: list) -> None:
                       + (f", set by {reviewer_text(cell)}" if cell.reviewed_by else "")
                       + ". Your actions on it are refused until you reload it.")
         right.button("Reload this cell", key=f"reload_{cell.id}", on_click=reload_cell, args=(cell.id, cell.version))
-    if caserules.status(cell) == caserules.REJECTED and cell.final_label is None:
-        right.warning(f"The model's gate rejected this image: {cell.reject_reason}. It is left out of the "
-                      "differential; give it a label only if it is a single bone marrow cell you can classify.")
+    if caserules.rejected_open(cell):
+        right.warning(f"The model would not judge this image ({cell.reject_reason}): it looks unlike its training "
+                      "crops. If it is a cell, give it its class; if not, dismiss it. The case is signed only once "
+                      "every such image is resolved.")
     why = caserules.review_reasons(cell)
     if why:
         right.info("Needs your review: " + ", ".join(why) + ".")
@@ -378,19 +433,26 @@ def one_cell(queue: list) -> None:
     options = model_classes + [c for c in TASKS["bm21"].classes if c not in model_classes]
     right.selectbox("Label", options, index=options.index(cell.label) if cell.label in options else 0,
                     format_func=lambda c: f"{c} {cell_name(c)}" + ("" if c in model_classes else " (not a model class)"),
-                    key=f"label_{case.id}_{cell.id}")
-    b1, b2 = right.columns(2)
+                    key=label_key(cell.id, seen_v))
+    b1, b2, b3 = right.columns(3)
     b1.button("Confirm model's label", key="confirm_btn", on_click=review,
               args=(cell.id, cell.position + 1, seen_v, None, cell.predicted, nxt),
               disabled=caserules.status(cell) != caserules.OK or (cell.final_label == cell.predicted))
     b2.button("Save label", key="save_btn", type="primary", on_click=review,
               args=(cell.id, cell.position + 1, seen_v, "chosen", cell.predicted, nxt))
+    if caserules.status(cell) == caserules.REJECTED:
+        b3.button("Dismiss: not a cell", key="dismiss_btn", on_click=review,
+                  args=(cell.id, cell.position + 1, seen_v, DISMISSED_CODE, cell.predicted, nxt),
+                  disabled=caserules.dismissed(cell))
+    if msg_where == "one" and msg:  # the answer to these buttons, where the reviewer is looking
+        getattr(right, kind)(msg)
 
 
 kind, msg = st.session_state.pop("review_msg", (None, None)) if st.session_state.get("review_msg_case") == case.id \
     else (None, None)
 st.session_state.pop("review_msg", None)
-if msg:
+msg_where = st.session_state.pop("review_msg_where", "top")
+if msg and (msg_where != "one" or st.session_state.get(f"review_mode_{case.id}") != "One cell"):
     getattr(st, kind)(msg)
 
 appkit.job_banner(case)
@@ -407,10 +469,9 @@ m1, m2, m3, m4, m5 = st.columns(5)
 m1.metric("Reviewed", f"{summ.reviewed} / {summ.classified}")
 m2.metric("Need review, unresolved", summ.needs_review,
           help="Uncertain, possible blast or hairy-cell flag: only a person may resolve these")
-m3.metric("Rejected (not a cell crop)", sum(1 for c in case.cells if caserules.status(c) == caserules.REJECTED
-                                             and c.final_label is None),
-          help="Refused by the model's quality / out-of-distribution gate; left out of the differential unless you "
-               "give them a label here")
+m3.metric("Not judged by the gate, to review", f"{summ.rejected_open} of {summ.rejected}",
+          help="Images the model would not judge (they look unlike its training crops): give each a class or dismiss "
+               "it as not a cell; the case is signed only once none is left")
 m4.metric("Unreadable files", summ.unreadable)
 m5.metric("Not classified yet", summ.pending)
 
@@ -436,8 +497,7 @@ if not signed and queue and who.can("review"):
         sign_off_box(shown)
     blockers = caserules.sign_off_blockers(case)
     if blockers:
-        st.caption("Sign-off needs: " + "; ".join(blockers) + ". Rejected images need no review: they stay out of "
-                   "the differential.")
+        st.caption("Sign-off needs: " + "; ".join(blockers) + ".")
 elif signed:
     st.success(f"Signed off by {signer} on {case.signed_at:%Y-%m-%d %H:%M} UTC. "
                "Reopen it to change cells (the reopening is audited).")
