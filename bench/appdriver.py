@@ -270,6 +270,52 @@ def gallery_move(page, code: str) -> float:
     return time.perf_counter() - t
 
 
+NOT_JUDGED = re.compile(r"^Not judged by the gate \d+")
+
+
+def gallery_dismiss_rejected(page) -> int:
+    """In the review gallery, dismiss as not cells every image the gate would not judge (each page of its group:
+    tick all, "Dismiss the ticked images"); returns how many were dismissed."""
+    n = 0
+    while page.get_by_role("radio", name=NOT_JUDGED).count():
+        page.get_by_role("radio", name=NOT_JUDGED).click()
+        settle(page)
+        boxes = page.get_by_test_id("stCheckbox").filter(has_text=re.compile(r"^#\d+"))
+        k = boxes.count()
+        for i in range(k):
+            boxes.nth(i).locator("label").click()
+        page.get_by_role("button", name="Dismiss the ticked images: not cells").click()
+        settle(page)
+        n += k
+    return n
+
+
+def sign_off(page, password: str | None, *, specimen_id: str | None = None, under_target: bool = True) -> None:
+    """Fill the Review page's sign-off box and press Sign off case: the password (None: an identity-provider sign-in,
+    no box), a specimen id typed there (or, if None and the case has none, "sign without one" ticked), and "under
+    the target count" ticked when the page asks. Ticking is idempotent: a second call after a refusal keeps them."""
+    if password is not None:
+        page.get_by_label(re.compile("Your password, to sign as")).fill(password)
+    spec = page.get_by_label(re.compile(r"^Specimen / accession no\. \(none entered"))
+    if spec.count():
+        if specimen_id:
+            spec.fill(specimen_id)
+        else:
+            _tick(page, re.compile(r"^Sign without a specimen / accession number"))
+    if under_target:
+        _tick(page, re.compile(r"^Sign with \d+ of \d+ cells counted, under the target count"))
+    page.get_by_role("button", name="Sign off case").click()
+    settle(page)
+
+
+def _tick(page, label) -> None:
+    """Tick a Streamlit checkbox by its label, if the page shows it and it is not ticked yet."""
+    box = page.get_by_role("checkbox", name=label)
+    if box.count() and not box.is_checked():
+        page.get_by_test_id("stCheckbox").filter(has_text=label).locator("label").click()
+        settle(page)
+
+
 def review_mode(page, mode: str) -> None:
     """Switch the Review page between "Gallery by class" and "One cell"."""
     page.get_by_role("radio", name=mode, exact=True).click()  # a segmented control's options are radios

@@ -1083,7 +1083,6 @@ def _job_dict(job: "Job") -> dict:
 def cell_inputs(items, preds) -> list[CellInput]:
     """Pair collected inputs with their predictions into rows for the store (sha256 + thumbnail per crop)."""
     import hashlib
-    from pathlib import Path as _P
 
     from .preprocess import ImageDecodeError, decode_image, thumbnail_of
 
@@ -1092,7 +1091,7 @@ def cell_inputs(items, preds) -> list[CellInput]:
         if not p.ok:
             out.append(CellInput(name=p.name, ok=False, error=p.error))
             continue
-        data = it.source.read_bytes() if isinstance(it.source, _P) else bytes(it.source)
+        data = it.data()
         thumb = getattr(p, "thumbnail", None)  # made by the predictor from its own decode, when asked
         if thumb is None:
             try:

@@ -42,6 +42,11 @@ class InputItem:
     def ok(self) -> bool:
         return not self.error
 
+    def data(self) -> bytes:
+        """The file's bytes, whether it came as an upload (bytes) or a path (read now). ``bytes(path)`` would be the
+        path's own name, not the file."""
+        return self.source.read_bytes() if isinstance(self.source, Path) else bytes(self.source)
+
 
 def safe_display_name(name: str) -> str:
     """A name fit for a table and a file name: no directories, no control characters."""

@@ -64,7 +64,7 @@ def sha256(data: bytes) -> str:
 
 def pending_inputs(items) -> list[CellInput]:
     """The case rows of a batch before classification: readable crops pending, refused files unreadable at once."""
-    return [CellInput(name=it.name, ok=True, pending=True, sha256=sha256(bytes(it.source)), origin=it.origin)
+    return [CellInput(name=it.name, ok=True, pending=True, sha256=sha256(it.data()), origin=it.origin)
             if it.ok else CellInput(name=it.name, ok=False, error=it.error, origin=it.origin) for it in items]
 
 
@@ -82,7 +82,7 @@ def match_pending(case, items) -> tuple[list[tuple[int, object]], list[str]]:
         if not it.ok:
             extra.append(it.name)
             continue
-        slots = want.get(sha256(bytes(it.source)))
+        slots = want.get(sha256(it.data()))
         if slots:
             pairs.append((slots.pop(0), it))
         else:
@@ -135,6 +135,27 @@ class JobRunner:
             self._active.append(_Job(job_id, case_id, predictor, rules, deque(work)))
             self._cv.notify()
         return job_id
+
+    def start_case(self, code: str, items, predictor, rules, actor, *, field_images=()) -> int:
+        """Create case ``code`` of ``items`` (one pending cell per readable image; refused files unreadable at once)
+        and queue its classification by ``predictor`` under ``rules``; returns the case id. What a page, a script or a
+        benchmark calls: nothing is left behind on refusal (a full queue refuses before the case is created; a case
+        whose job could not be queued is taken back by its creator, as nothing was done to it)."""
+        work = [(i, it) for i, it in enumerate(items) if it.ok]
+        self.check_room(len(work))
+        cid = self.store.create_case(code, pending_inputs(items), actor=actor, model_name=predictor.bundle.name,
+                                     model_sha256=predictor.bundle.sha256, model_classes=predictor.classes,
+                                     rules=rules.to_dict(), inference=predictor.inference_record(),
+                                     field_images=list(field_images))
+        try:
+            self.submit(cid, predictor, rules, work)
+        except CaseError:
+            try:
+                self.store.delete_case(cid, actor)
+            except CaseError:
+                pass
+            raise
+        return cid
 
     def load(self, job_id: int | None = None) -> tuple[int, int]:
         """(other jobs sharing the classifier, crops of theirs still to classify) as seen by ``job_id``."""

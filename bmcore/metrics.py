@@ -17,6 +17,13 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def wilson_interval(k: int, n: int, z: float = 1.96) -> list[float]:
+    """95% Wilson score interval of the proportion k / n (the figure's uncertainty on n items)."""
+    p, d = k / n, 1 + z * z / n
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return [float((p + z * z / (2 * n)) / d - half), float((p + z * z / (2 * n)) / d + half)]
+
+
 def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = 15) -> float:
     """Top-label ECE with equal-width confidence bins (Guo et al. 2017)."""
     probs = np.asarray(probs)

@@ -2,7 +2,7 @@ import pytest
 from bmcore import caserules
 
 from bmcore.cases import CaseError, CaseStore, CellInput, ConflictError, PermissionDenied
-from tests.conftest import TEST_PASSWORD, actor
+from tests.conftest import REPO, TEST_PASSWORD, actor
 from bmcore.report import REJECTED, UNCERTAIN, UNREADABLE, case_rows, differential, render_html_report
 
 
@@ -322,3 +322,28 @@ def test_a_page_waiting_at_a_jobs_end_learns_of_it_when_it_comes_and_never_waits
         if not runner.running(job3) and not runner.running(job4):
             break
         time.sleep(0.1)
+
+
+def test_a_job_over_files_on_disk_fills_its_cells(store, tmp_path, crops):
+    """Items read from paths (a script, a benchmark, the CLI) are hashed by their content, as uploads are: before,
+    ``bytes(path)`` hashed the path's name, every result was taken for another crop, and the job ended "done" with
+    every cell still pending."""
+    import time
+
+    from bmcore.bundle import find_bundles, pick_default
+    from bmcore.inputs import from_paths
+    from bmcore.jobs import JobRunner, pending_inputs, sha256
+    from bmcore.predictor import Predictor
+
+    files = [crops["LYT"][0], crops["BLA"][0]]
+    items = from_paths(files)
+    assert [c.sha256 for c in pending_inputs(items)] == [sha256(f.read_bytes()) for f in files]
+    pred = Predictor(pick_default(find_bundles(REPO / "assets" / "models")))
+    runner = JobRunner(store)
+    cid = runner.start_case("DISK", items, pred, pred.rules, actor(store, "tina", "technologist"))
+    t0 = time.time()
+    while store.latest_job(cid)["status"] in ("queued", "running") and time.time() - t0 < 120:
+        time.sleep(0.1)
+    assert store.latest_job(cid)["done"] == 2
+    assert [caserules.status(c) for c in store.get_case(cid).cells] != ["pending", "pending"]
+    assert not any(c.pending for c in store.get_case(cid).cells)

@@ -54,7 +54,7 @@ def test_upload_heatmap_review_signoff_download(server, crops, tmp_path):
         page.screenshot(path=str(ART / "1_results.png"), full_page=True)
 
         appdriver.open_cell_view(page)
-        expect(page.get_by_text("gradcam for").first).to_be_visible()
+        expect(page.get_by_text("Grad-CAM for").first).to_be_visible()
         page.screenshot(path=str(ART / "2_heatmap.png"), full_page=True)
 
         page.get_by_role("link", name="Review").first.click()
@@ -68,12 +68,15 @@ def test_upload_heatmap_review_signoff_download(server, crops, tmp_path):
         expect(page.get_by_text("set to PLM")).to_be_visible()
         reviewed_metric = page.get_by_test_id("stMetric").filter(has_text="Reviewed")
         expect(reviewed_metric).to_contain_text("1 / ")
-        # images the gate rejected as not a cell crop need no review, so they are not in the denominator
+        # the denominator is the classified cells; images the gate would not judge are resolved apart (dismissed here)
         total = int(re.search(r"/ (\d+)", reviewed_metric.inner_text())[1])
         appdriver.review_mode(page, "Gallery by class")  # every other cell: class by class, as drawn
         page.screenshot(path=str(ART / "3_gallery.png"), full_page=True)
         appdriver.gallery_confirm_everything(page)
         expect(reviewed_metric).to_contain_text(f"{total} / {total}")
+        dismissed = appdriver.gallery_dismiss_rejected(page)
+        page.get_by_label(re.compile(r"^Specimen / accession no\. \(none entered")).fill("S-E2E-001")
+        page.get_by_text(re.compile(r"^Sign with \d+ of 200 cells counted, under the target count")).click()
         # sign-off is a deliberate act: the password again; a wrong one signs nothing
         pw_box = page.get_by_label(re.compile("Your password, to sign as"))
         pw_box.fill("not-my-password")
@@ -111,6 +114,8 @@ def test_upload_heatmap_review_signoff_download(server, crops, tmp_path):
     assert len(rows) == 20 and {r["file"] for r in rows} == {f.name for f in files}
     assert sum(r["status"] == "ok" for r in rows) == total and {r["status"] for r in rows} <= {"ok", "rejected"}
     assert all(r["reviewed_by"] == "path" for r in rows if r["status"] == "ok")
+    assert sum(r["final_label"] == "DIS" for r in rows) == dismissed == sum(r["status"] == "rejected" for r in rows)
+    assert fhir["contained"][0]["accessionIdentifier"]["value"] == "S-E2E-001"
     assert sum(r["final_label"] == "PLM" for r in rows) == 1
     # privacy: uploaded file names and the case id never reach the server's log output
     log = server.log.read_text()

@@ -97,7 +97,7 @@ bm-technologists = "technologist"
             page.get_by_role("link", name="Review").first.click()
             appdriver.settle(page)
             expect(page.get_by_text(re.compile("Your password, to sign"))).to_have_count(0)
-            page.get_by_role("button", name="Sign off case").click()
+            appdriver.sign_off(page, None, specimen_id="SSO-ACC-1")
             expect(page.get_by_text("signed off by").first).to_be_visible()
             case = store.get_case(cid)
             assert case.status == "signed" and case.signature["username"] == "alice"

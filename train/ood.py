@@ -36,6 +36,7 @@ from sklearn.metrics import roc_auc_score
 
 from bmcore.bundle import Bundle, load_bundle, save_gate
 from bmcore.metrics import softmax
+from bmcore.metrics import wilson_interval
 from bmcore.ood import MAX_CROP_SCALE, REASON_FIELD, REASON_OOD, energy, fit_gate, quality_stats
 from bmcore.predictor import Predictor
 from bmcore.preprocess import decode_image, normalize, resize_rgb, to_uint8_tensor
@@ -208,13 +209,6 @@ def _auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
     return float(roc_auc_score(y, np.r_[in_scores, out_scores]))
 
 
-def _wilson(k: int, n: int, z: float = 1.96) -> list[float]:
-    """95% Wilson score interval of the proportion k / n."""
-    p, d = k / n, 1 + z * z / n
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return [float((p + z * z / (2 * n)) / d - half), float((p + z * z / (2 * n)) / d + half)]
-
-
 def _counts(values) -> dict[str, int]:
     """How often each non-empty value occurs; the input-size rule's messages (they name the size) as one."""
     values = [REASON_FIELD if REASON_FIELD in v else v for v in values if v]
@@ -281,7 +275,7 @@ def measure(bundle: Bundle | str | Path, data_root, splits_csv, *, n_ood: int = 
     test = scored(lte, fte, reasons)
     k = sum(map(bool, reasons))
     as_run = {"split": split_name, "crops": len(files), "refused": k, "rate": k / len(files),
-              "ci95": _wilson(k, len(files)), "setting": pred.setting, "engine": pred.engine,
+              "ci95": wilson_interval(k, len(files)), "setting": pred.setting, "engine": pred.engine,
               "precision": pred.precision, "tta": pred.tta, "device": str(pred.device),
               "per_class": {c: float(np.mean([bool(r) for r, y in zip(reasons, labels) if y == c]))
                             for c in pred.classes if c in labels},

@@ -98,28 +98,14 @@ if go:
             st.error("Nothing to classify: the upload holds no image file.")
             st.stop()
         try:
-            runner.check_room(len(work))
-            cid = store.create_case(code, pending_inputs(items), actor=who,
-                                    model_name=pred.bundle.name, model_sha256=pred.bundle.sha256,
-                                    model_classes=pred.classes, rules=rules.to_dict(),
-                                    inference=pred.inference_record(),
-                                    field_images=[field_record(f) for f in fields])
-        except CaseError as exc:  # QueueFull included: nothing was created
+            cid = runner.start_case(code, items, pred, rules, who, field_images=[field_record(f) for f in fields])
+        except CaseError as exc:  # QueueFull included: nothing was left behind
             st.error(str(exc))
         else:
-            try:
-                runner.submit(cid, pred, rules, work)
-            except CaseError as exc:  # the queue filled up in between (or the store refused): take the case back
-                try:
-                    store.delete_case(cid, who)  # its creator may take back a case nothing was done to
-                except CaseError:
-                    pass
-                st.error(str(exc))
-            else:
-                appkit.set_active_case(cid)
-                keep_originals(cid, work)
-                appkit.empty_uploader(st.session_state)
-                st.rerun()
+            appkit.set_active_case(cid)
+            keep_originals(cid, work)
+            appkit.empty_uploader(st.session_state)
+            st.rerun()
 
 case = appkit.active_case()
 if case is None:
