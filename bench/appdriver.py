@@ -293,7 +293,8 @@ def gallery_dismiss_rejected(page) -> int:
 def sign_off(page, password: str | None, *, specimen_id: str | None = None, under_target: bool = True) -> None:
     """Fill the Review page's sign-off box and press Sign off case: the password (None: an identity-provider sign-in,
     no box), a specimen id typed there (or, if None and the case has none, "sign without one" ticked), and "under
-    the target count" ticked when the page asks. Ticking is idempotent: a second call after a refusal keeps them."""
+    the target count" ticked when the page asks (one form: all reach the server with the click). Ticking is
+    idempotent: a second call after a refusal keeps them."""
     if password is not None:
         page.get_by_label(re.compile("Your password, to sign as")).fill(password)
     spec = page.get_by_label(re.compile(r"^Specimen / accession no\. \(none entered"))
@@ -309,11 +310,10 @@ def sign_off(page, password: str | None, *, specimen_id: str | None = None, unde
 
 
 def _tick(page, label) -> None:
-    """Tick a Streamlit checkbox by its label, if the page shows it and it is not ticked yet."""
+    """Tick a Streamlit checkbox by its label, if the page shows it and it is not ticked yet (in a form: no rerun)."""
     box = page.get_by_role("checkbox", name=label)
     if box.count() and not box.is_checked():
         page.get_by_test_id("stCheckbox").filter(has_text=label).locator("label").click()
-        settle(page)
 
 
 def review_mode(page, mode: str) -> None:

@@ -69,8 +69,11 @@ def dismissed(cell) -> bool:
     return cell.final_label == DISMISSED_CODE
 
 
-REJECTED_WORDS = ("the model would not judge this image: it looks unlike its training crops (a whole field, another "
-                  "magnification, a blurred or blank image, a photo, or a genuine cell unlike those it learnt from)")
+# what the gate knows of an image it refused, as every page says it ("The model would not judge these images: they
+# look ...")
+REJECTED_WORDS = ("unlike its training crops (a whole field, another magnification, a blurred or blank image, a photo, "
+                  "or a genuine cell unlike those it learnt from)")
+REJECTED_GROUP_NAME = "Not judged by the gate"
 
 
 def said_text(cell) -> str:

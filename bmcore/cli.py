@@ -86,8 +86,8 @@ def cmd_classify(a) -> int:
     d = differential([r.code if r.ok and not r.rejected else None for r in results], pred.classes,
                      uncertain=[r.needs_review for r in results], hairy=[r.hairy_flag for r in results],
                      rejected=[r.ok and r.rejected for r in results])
-    print(f"{len(results) - len(bad) - len(refused)} cells classified, {len(refused)} rejected as not a recognisable "
-          f"cell crop, {len(bad)} skipped; wrote {a.out}")
+    print(f"{len(results) - len(bad) - len(refused)} cells classified, {len(refused)} not judged by the gate "
+          f"(unlike the model's training crops), {len(bad)} skipped; wrote {a.out}")
     print(f"{sum(r.needs_review for r in results)} cells need a person's review ({pred.rules.describe()})")
     if fields:
         from_fields = [r for r, it in zip(results, items) if it.origin and r.ok]

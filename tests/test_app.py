@@ -854,3 +854,13 @@ def test_committed_gpu_study_opens_first_with_the_epochs_each_run_really_got(env
     at.selectbox(key="cmp_study").select(str(REPO / "assets" / "comparison")).run()
     assert not at.exception, at.exception
     assert "(bundled default)" in at.selectbox(key="cmp_model").value
+
+
+def test_a_viewer_is_told_to_choose_a_case_not_to_start_one(env):
+    at = app(env, user=("vera", "viewer"))
+    at.switch_page("views/differential.py").run()
+    said = " ".join(i.value for i in at.info)
+    assert "Choose one under **Active case**" in said and "Start one" not in said
+    tech = app(env, user=("tina", "technologist"))
+    tech.switch_page("views/differential.py").run()
+    assert "Start one on the **Classify** page" in " ".join(i.value for i in tech.info)

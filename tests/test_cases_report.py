@@ -347,3 +347,15 @@ def test_a_job_over_files_on_disk_fills_its_cells(store, tmp_path, crops):
     assert store.latest_job(cid)["done"] == 2
     assert [caserules.status(c) for c in store.get_case(cid).cells] != ["pending", "pending"]
     assert not any(c.pending for c in store.get_case(cid).cells)
+
+
+def test_a_case_whose_classification_stopped_is_listed_with_its_progress(store):
+    cid = store.create_case("HALF", [CellInput(f"c{i}.jpg", True, pending=True) for i in range(4)], actor=actor(store))
+    job = store.create_job(cid, 4, "elsewhere:1:1")
+    assert store.list_cases()[0]["short"] == "open, 0 of 4 classified, classifying"
+    store.save_results(cid, {0: CellInput("c0.jpg", True, predicted="LYT", confidence=0.9)}, job_id=job)
+    store.set_job(job, "interrupted")
+    row = store.list_cases()[0]
+    assert row["short"] == "open, 1 of 4 classified, interrupted"
+    assert row["status"] == ("open; classification interrupted (the server stopped): 1 of 4 files classified; upload "
+                             "the same files again to finish")

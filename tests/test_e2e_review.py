@@ -182,6 +182,10 @@ def test_background_job_survives_widgets_reload_and_a_killed_server(dev_root, tm
             assert jobs["status"] == "interrupted" and jobs["done"] == done_before
             pending = caserules.summary(store.get_case(cid2)).pending
             assert pending == 300 - done_before > 0
+            # the case lists say how far it got and that it stopped, not "open, N cells"
+            listed = next(c for c in store.list_cases() if c["case"] == "JOB-2")
+            assert listed["short"] == f"open, {done_before} of 300 classified, interrupted", listed
+            assert f"classification interrupted (the server stopped): {done_before} of 300 files" in listed["status"]
             # resume: the same files again; only the missing cells are classified
             page.locator('[data-testid="stFileUploader"]').filter(has_text="The same files again") \
                 .locator('input[type="file"]').set_input_files([str(f) for f in files])

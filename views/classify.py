@@ -332,7 +332,7 @@ with tab_rejected:
     elif rejected.empty:
         st.success("Every readable image passed the model's quality and out-of-distribution checks.")
     else:
-        st.write(f"The model would not judge {len(rejected)} image(s): {caserules.REJECTED_WORDS}. The gate refuses "
+        st.write(f"The model would not judge {len(rejected)} image(s): they look {caserules.REJECTED_WORDS}. The gate refuses "
                  "some genuine cells too (the Model card says how many of its held-out test crops). Each must be given "
                  "a class or dismissed as not a cell on the **Review** page before the case can be signed off; until "
                  "then the differential's percentages are ranges.")

@@ -28,7 +28,7 @@ if flagged:
 else:
     st.success(f"No cell of case {case.case_code} reached the hairy-cell flag threshold.")
 if rejected_flagged:
-    st.warning(f"{len(rejected_flagged)} image(s) that the model's gate rejected as not a recognisable cell crop also "
+    st.warning(f"{len(rejected_flagged)} image(s) that the model's gate would not judge (unlike its training crops) also "
                "reached the threshold (not counted above): "
                + ", ".join(f"#{c.position + 1}" for c in rejected_flagged) + ". Check them on the **Review** page.")
 st.caption(f"{how} Model: {appkit.case_model(case)}.")

@@ -84,7 +84,8 @@ if ood:
     st.write(f"An image over {MAX_CROP_SCALE:g} times the side of the training crops ({b.crop_side} px: at most "
              f"{round(MAX_CROP_SCALE * b.crop_side)} px) is refused before the model sees it, as a camera field or a "
              "mosaic of cells. A gate in front of the classifier then refuses blank, out-of-focus and unfamiliar "
-             "images (not a recognisable bone marrow single-cell crop) instead of giving them a class. Fitted on the "
+             "images (unlike its training crops; some genuine cells among them, which a reviewer then classifies) "
+             "instead of giving them a class. Fitted on the "
              f"{ev['fitted_on']}; threshold set on the {ev['calibrated_on']} to refuse {ev['val_rejection']:.1%} of it. "
              f"On the test split (never used by the gate) it refuses **{rate:.1%}** of real crops ({how}).")
     g1, g2, g3 = st.columns(3)

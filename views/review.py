@@ -222,9 +222,6 @@ def sign_off_box(shown: dict[int, int]) -> None:
             return
         st.caption(f"Signing as {who.label}, signed in with {oidc.get('label', 'your identity provider')} "
                    f"{age:.0f} min ago.")
-    else:
-        st.text_input(f"Your password, to sign as {who.label}", type="password", key=f"sign_pw_{case.id}",
-                      autocomplete="current-password")
     if pending := st.session_state.get(f"sign_changed_{case.id}"):
         changed, text = pending
         st.warning(text + ". The gallery and **One cell** show them as they are now; press the button below once "
@@ -232,16 +229,23 @@ def sign_off_box(shown: dict[int, int]) -> None:
         st.button(f"I have checked the {len(changed)} changed cell(s)", key="sign_ack", on_click=acknowledge,
                   args=(changed,))
     checks = sign_off_checks(case)
-    if checks.no_specimen_id:
-        st.text_input("Specimen / accession no. (none entered for this case)", key=f"sign_specimen_{case.id}",
-                      max_chars=SPECIMEN_MAX, help="Saved with the case before it is signed (audited)")
-        st.checkbox("Sign without a specimen / accession number (recorded in the signature)",
-                    key=f"sign_nospec_{case.id}")
-    if checks.under_target:
-        st.warning(f"Only {checks.counted} of the target {checks.target} cells are counted.")
-        st.checkbox(f"Sign with {checks.counted} of {checks.target} cells counted, under the target count (recorded "
-                    "in the signature)", key=f"sign_under_{case.id}")
-    st.button("Sign off case", type="primary", key="sign_off", on_click=sign, args=(shown, case_details(case)))
+    # one form: the password, a specimen id and the confirmations reach the store together with the click (typed
+    # boxes and ticks outside a form each start a rerun, and a click that lands meanwhile could miss one)
+    with st.form(f"sign_form_{case.id}", border=False, enter_to_submit=False):
+        if who.method != "oidc":
+            st.text_input(f"Your password, to sign as {who.label}", type="password", key=f"sign_pw_{case.id}",
+                          autocomplete="current-password")
+        if checks.no_specimen_id:
+            st.text_input("Specimen / accession no. (none entered for this case)", key=f"sign_specimen_{case.id}",
+                          max_chars=SPECIMEN_MAX, help="Saved with the case before it is signed (audited)")
+            st.checkbox("Sign without a specimen / accession number (recorded in the signature)",
+                        key=f"sign_nospec_{case.id}")
+        if checks.under_target:
+            st.warning(f"Only {checks.counted} of the target {checks.target} cells are counted.")
+            st.checkbox(f"Sign with {checks.counted} of {checks.target} cells counted, under the target count "
+                        "(recorded in the signature)", key=f"sign_under_{case.id}")
+        st.form_submit_button("Sign off case", type="primary", key="sign_off", on_click=sign,
+                              args=(shown, case_details(case)))
 
 
 def running_differential(case) -> None:
@@ -264,13 +268,13 @@ def running_differential(case) -> None:
                            f"Target count set to {st.session_state[wkey]} cells for this case."),
                        help="The differential your lab counts to, e.g. 200 or 500 cells; stored with the case")
     right.progress(min(1.0, d.denominator / target), text=f"{d.denominator} of {target} cells counted")
-    table = {g: {"cells": len(cells), "to confirm": sum(map(caserules.unresolved, cells)),
-                 "flagged": sum(map(caserules.needs_review, cells)),
-                 "% of count": f"{d.percent[g]:.1f}" if g in d.counts and d.denominator else "–"}
+    table = {(caserules.REJECTED_GROUP_NAME if g == caserules.REJECTED_GROUP else g):
+             {"cells": len(cells), "to confirm": sum(map(_open, cells)), "flagged": sum(map(caserules.needs_review, cells)),
+              "% of count": d.percent_text(g) if g in d.counts else "–"}
              for g, cells in groups}
     left.dataframe(pd.DataFrame(table).astype(str), width="stretch")  # one column per class, in reading order
     left.caption("The count as it stands: reviewers' labels where they exist. Flagged cells count once resolved; "
-                 "rejected images only if someone gives them a class.")
+                 "images the gate would not judge once someone gives them a class (dismissed ones never).")
 
 
 def gallery(case) -> None:
@@ -283,7 +287,7 @@ def gallery(case) -> None:
 
     def fmt(g: str) -> str:
         if g == caserules.REJECTED_GROUP:
-            return f"Not judged by the gate {len(groups[g])} · to review"
+            return f"{caserules.REJECTED_GROUP_NAME} {len(groups[g])} · {sum(map(caserules.rejected_open, groups[g]))} to review"
         if g == DISMISSED_CODE:
             return f"Dismissed, not cells {len(groups[g])} ✓"
         left = sum(map(caserules.unresolved, groups[g]))
@@ -313,13 +317,14 @@ def gallery(case) -> None:
                 if data:
                     col.image(data, width="stretch")
                 mark = "⚑ " if caserules.needs_review(c) else "✓ " if c.final_label is not None else ""
-                conf = f" {c.confidence:.2f}" if c.confidence is not None else ""
+                # the model's confidence only beside a label it gave (an image the gate refused has none)
+                conf = f" {c.confidence:.2f}" if c.confidence is not None and caserules.status(c) == caserules.OK else ""
                 why = "; ".join(caserules.review_reasons(c)) or (f"reviewed by {reviewer_text(c)}" if c.final_label
                                                                  else "not reviewed yet")
                 col.checkbox(f"{mark}#{c.position + 1}{conf}", key=f"gsel_{case.id}_{c.id}_{c.version}",
                              help=f"{c.name} · model: {caserules.top3_text(c)} · {why}")
         if group == caserules.REJECTED_GROUP:
-            st.markdown(f"The model would not judge these images: {caserules.REJECTED_WORDS}. Give each genuine cell "
+            st.markdown(f"The model would not judge these images: they look {caserules.REJECTED_WORDS}. Give each genuine cell "
                         "its class, dismiss the others as not cells; the case is signed only when none is left.")
             st.form_submit_button("Dismiss the ticked images: not cells", shortcut="D",
                                   on_click=gallery_action, args=(shown, group, page, DISMISSED_CODE),
@@ -399,8 +404,9 @@ def one_cell(queue: list) -> None:
         # text that changed under a stale screen (someone reviewed the cell meanwhile) would no longer name its cell.
         c = by_id[cid]
         flags = caserules.model_flags(c)
-        tail = (f" · REJECTED: {c.reject_reason}" if caserules.status(c) == caserules.REJECTED
-                else f" · {', '.join(flags).upper()}" if flags else "")
+        if caserules.status(c) == caserules.REJECTED:  # no label of the model's: its confidence is not shown
+            return f"#{c.position + 1} {c.name} — NOT JUDGED BY THE GATE: {c.reject_reason}"
+        tail = f" · {', '.join(flags).upper()}" if flags else ""
         conf = f" ({c.confidence:.2f})" if c.confidence is not None else ""
         return f"#{c.position + 1} {c.name} — model: {c.predicted}{conf}{tail}"
 
@@ -469,7 +475,7 @@ m1, m2, m3, m4, m5 = st.columns(5)
 m1.metric("Reviewed", f"{summ.reviewed} / {summ.classified}")
 m2.metric("Need review, unresolved", summ.needs_review,
           help="Uncertain, possible blast or hairy-cell flag: only a person may resolve these")
-m3.metric("Not judged by the gate, to review", f"{summ.rejected_open} of {summ.rejected}",
+m3.metric("Not judged, to review", f"{summ.rejected_open} of {summ.rejected}",
           help="Images the model would not judge (they look unlike its training crops): give each a class or dismiss "
                "it as not a cell; the case is signed only once none is left")
 m4.metric("Unreadable files", summ.unreadable)
