@@ -414,3 +414,35 @@ def test_a_refusal_on_a_first_entry_of_details_is_not_folded_away(env):
     assert section(a).proto.expanded, "the refused form stays open"
     a.run()
     assert section(a).proto.expanded, "and stays open on the next run"
+
+
+def test_an_unsigned_case_with_pending_cells_gives_ranges_not_numbers_in_pdf_and_fhir(store, tmp_path):
+    """A possible blast awaits review and the gate refused one image: the PDF and the (valid) FHIR report give each
+    percentage as the range it can still take, never as a final number; the blast line says how many are pending."""
+    from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+
+    from bmcore.fhirexport import fhir_json
+    from bmcore.pdfreport import render_pdf_report
+    from tests.conftest import actor
+
+    _need_poppler()
+    cells = [CellInput(f"lyt{i}.jpg", True, predicted="LYT", confidence=0.97, probabilities={"LYT": 0.97, "BLA": 0.03})
+             for i in range(3)]
+    cells += [CellInput("bla.jpg", True, predicted="LYT", confidence=0.6, probabilities={"LYT": 0.6, "BLA": 0.4},
+                        uncertain=True, critical="BLA"),
+              CellInput("odd.jpg", True, predicted="LYT", confidence=0.5, probabilities={"LYT": 0.5, "BLA": 0.5},
+                        rejected=True, reject_reason="unlike the model's training crops")]
+    cid = store.create_case("BM-P", cells, actor=actor(store), model_classes=["LYT", "BLA"])
+    case = store.get_case(cid)
+    d = case_differential(case)
+    assert (d.pending, d.pending_blasts, d.blast_percent) == (2, 1, None)
+    rep = DiagnosticReport.model_validate(json.loads(fhir_json(case, {})))
+    obs = {o.id: o for o in rep.contained if o.get_resource_type() == "Observation"}
+    assert obs["pct-LYT"].valueQuantity is None and obs["pct-BLA"].valueQuantity is None
+    assert (obs["pct-LYT"].valueRange.low.value, obs["pct-LYT"].valueRange.high.value) == (60.0, 100.0)
+    assert (obs["pct-BLA"].valueRange.low.value, obs["pct-BLA"].valueRange.high.value) == (0.0, 40.0)
+    assert any("pending: 1 possible blast(s) and 1 other cell(s) await review" in n.text for n in obs["pct-BLA"].note)
+    text = " ".join("\n".join(_pdf_pages(render_pdf_report(case, {}), tmp_path)).split())
+    assert "LYT Lymphocyte 3 pending: 60.0–100.0%" in text and "BLA Blast 0 pending: 0.0–40.0%" in text
+    assert "Blasts: pending: 1 possible blast(s)" in text and "Not judged by the gate (1)" in text
+    assert "#4 model: LYT 0.60" in text and "0 not reviewed yet" not in text
