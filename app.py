@@ -3,6 +3,10 @@
     make run        # or: .venv/bin/streamlit run app.py   (binds to 127.0.0.1; see README to serve a lab network)
 """
 
+import logging
+import os
+import uuid
+
 import streamlit as st
 
 st.set_page_config(page_title="Bone marrow cell classifier", page_icon=":material/biotech:", layout="wide")
@@ -22,8 +26,19 @@ PAGES = [
 ADMIN_PAGES = [st.Page("views/users.py", title="Users", icon=":material/group:")]
 
 who = appkit.login_gate(PAGES + ADMIN_PAGES)  # stops here with the sign-in form until someone is signed in
+appkit.idle_watch()  # an idle session is signed out on a timer, not only at its next click
 page = st.navigation(PAGES + (ADMIN_PAGES if who.can("users") else []))
 st.session_state["predictor_ok"] = appkit.sidebar() is not None
-page.run()
+try:
+    page.run()
+except Exception:  # st.stop / st.rerun are BaseExceptions and pass through
+    if os.environ.get("BM_PAGE_ERRORS") == "raise":  # the test suite: a page error fails its test (AppTest.exception)
+        raise
+    # the user sees that something went wrong and an id to quote; the server's log has the traceback under that id
+    # (client.showErrorDetails = "none": no traceback, path or data reaches a browser)
+    error_id = uuid.uuid4().hex[:8]
+    logging.getLogger("bmcore.app").exception("page error %s", error_id)
+    st.error(f"Something went wrong on this page, and nothing more was done. Error id **{error_id}**: the server's "
+             "log has the details. Reload the page; if it happens again, tell your administrator the id.")
 st.divider()
 st.caption(appkit.RUO_STATEMENT + " Data: Matek et al. 2021 bone marrow cytomorphology dataset (TCIA).")

@@ -19,6 +19,7 @@ from bmcore.cases import JOB_LIVE, AuthError, CaseError, CaseStore, inference_te
 from bmcore.jobs import JobRunner
 from bmcore.predictor import Predictor
 from bmcore.tasks import HAIRY_CELL_CODE
+from bmcore.text import clean, md
 
 ROOT = Path(__file__).resolve().parent
 ASSETS = ROOT / "assets"
@@ -116,7 +117,7 @@ def case_predictor(case, *, stop: bool = False) -> Predictor | None:
     """
     path = case_bundle_path(case)
     if path is None:
-        st.warning(f"The model that classified case {case.case_code} ({case.model_name or 'unknown'}, weights sha256 "
+        st.warning(f"The model that classified case {md(case.case_code)} ({case.model_name or 'unknown'}, weights sha256 "
                    f"{(case.model_sha256 or '?')[:12]}…) is not installed on this server. Its stored results are "
                    "shown; heatmaps and new classifications of this case need that model, and no other model is "
                    "used in its place.")
@@ -128,8 +129,8 @@ def case_predictor(case, *, stop: bool = False) -> Predictor | None:
         try:
             return get_predictor(str(path), inf["engine"], inf.get("precision", "auto"), inf.get("tta"))
         except BundleError as exc:
-            st.warning(f"Case {case.case_code} was classified with {inference_text(case)}, which cannot run here "
-                       f"({exc}); its model's default setting is used.")
+            st.warning(f"Case {md(case.case_code)} was classified with {inference_text(case)}, which cannot run here "
+                       f"({md(exc)}); its model's default setting is used.")
     return get_predictor(str(path))
 
 
@@ -193,14 +194,14 @@ def login_gate(pages: list) -> Actor:
             try:
                 who = store.refresh_actor(who)
             except AuthError as exc:
-                _signed_out(f"Signed out: {exc}.", oidc=who.method == "oidc")
+                _signed_out(f"Signed out: {md(exc)}.", oidc=who.method == "oidc")
                 who = None
     elif oidc and st.user.is_logged_in:  # Streamlit's identity cookie, maybe from an earlier browser session
         try:
             who = store.oidc_sign_in(st.user.to_dict(), role_claim=oidc["role_claim"], role_map=oidc["role_map"],
                                      idle_minutes=idle)
         except CaseError as exc:  # no role, disabled, expired: said on the sign-in form (signing in again may help)
-            st.session_state["login_msg"] = f"Single sign-on refused: {exc}"
+            st.session_state["login_msg"] = f"Single sign-on refused: {md(exc)}"
             who = None
     if who is None:
         st.navigation(pages, position="hidden")
@@ -235,23 +236,54 @@ def _login_form(store: CaseStore, oidc: dict | None) -> None:
         st.button(f"Sign in with {oidc['label']}", key="oidc_login", on_click=st.login, args=(oidc["provider"],))
 
 
+def client_address() -> str:
+    """The browser's address, for throttling failed sign-ins per client. Behind the lab's proxy (``BM_TRUST_PROXY=1``,
+    set only where one is in front: clients could write the header themselves) it is the last address of
+    X-Forwarded-For, the one the proxy itself saw (nginx: ``$proxy_add_x_forwarded_for``); else the connection's
+    peer as Streamlit sees it; "" when neither is known."""
+    if os.environ.get("BM_TRUST_PROXY") == "1":
+        forwarded = (st.context.headers.get("X-Forwarded-For") or "").split(",")[-1].strip()
+        if forwarded:
+            return forwarded[:100]
+    return (st.context.ip_address or "")[:100]
+
+
 def _sign_in(store: CaseStore) -> None:
     """The sign-in form's callback: the password is checked and emptied from the session at once."""
     name, pw = st.session_state.get("login_user", ""), st.session_state.get("login_password", "")
     st.session_state["login_password"] = ""
     try:
-        who = store.authenticate(name, pw)
+        who = store.authenticate(name, pw, client=client_address())
     except AuthError as exc:
-        st.session_state["login_error"] = str(exc)
+        st.session_state["login_error"] = md(exc)
     else:
         st.session_state["actor"] = who
         st.session_state["active_at"] = utcnow()
 
 
+def idle_watch() -> None:
+    """Signs an idle session out on the server's own timer, not at its next click: a small fragment reruns every few
+    seconds (its runs are not activity: only full runs, through ``login_gate``, are) and, once the session has been
+    idle for ``BM_SESSION_IDLE_MINUTES``, reruns the whole app, whose gate then signs it out and draws only the
+    sign-in form: a tab left open shows no case data after the timeout."""
+    idle = get_store().policy.idle_minutes
+    every = max(1.0, min(30.0, idle * 60 / 6))
+
+    @st.fragment(run_every=every)
+    def watch() -> None:
+        last = st.session_state.get("active_at")
+        if st.session_state.get("actor") is not None and last is not None and \
+                (utcnow() - last).total_seconds() > idle * 60:
+            st.rerun(scope="app")
+
+    with st.sidebar:
+        watch()
+
+
 def user_box(sb) -> None:
     """Who is signed in, with their role, and the sign-out button."""
     who = actor()
-    sb.markdown(f"Signed in as **{who.label}** · {who.role}")
+    sb.markdown(f"Signed in as **{md(who.label)}** · {who.role}")
     sb.button("Sign out", key="sign_out", on_click=_sign_out)
 
 
@@ -371,7 +403,7 @@ def _active_case_picker(sb) -> None:
     if st.session_state["case_id"] not in ids:
         st.session_state["case_id"] = st.session_state["_w_case_id"] = None
     if cases:
-        names = {c["id"]: f"{c['case']} ({c['short']})" for c in cases}
+        names = {c["id"]: f"{clean(c['case'])} ({c['short']})" for c in cases}
         sb.selectbox("Active case", ids, format_func=names.get, key="_w_case_id", on_change=_store_back,
                      args=("case_id", ids), index=None, placeholder="Choose a case…")
     if st.session_state["case_id"] is not None:
@@ -444,13 +476,13 @@ def cells_frame(case):
 
     rows = []
     for c in case.cells:
-        rows.append({"#": c.position + 1, "file": c.name, "status": caserules.status(c),
+        rows.append({"#": c.position + 1, "file": clean(c.name), "status": caserules.status(c),
                      "predicted": c.predicted, "name": cell_name(c.predicted) if c.predicted else "",
                      "confidence": c.confidence, "top-3": caserules.top3_text(c),
                      "review": "; ".join(caserules.review_reasons(c)),
                      "uncertain": bool(c.uncertain), "critical": ",".join(caserules.critical_codes(c)),
                      "hairy flag": bool(c.hairy_flag),
-                     "final": c.label or "", "reviewed by": reviewer_text(c),
+                     "final": c.label or "", "reviewed by": clean(reviewer_text(c)),
                      "error": c.error or c.reject_reason,
                      "cell_id": c.id, "version": c.version})
     return pd.DataFrame(rows, columns=["#", "file", "status", "predicted", "name", "confidence", "top-3", "review",
@@ -528,7 +560,7 @@ def job_banner(case) -> dict | None:
                              "You can leave this page or reload; the results are saved as they come.")
         progress()
     else:
-        why = (job or {}).get("error") or "the classification did not finish"
+        why = md((job or {}).get("error") or "the classification did not finish")
         st.error(f"**Partial case:** {summ.pending} of {summ.cells} cells are not classified ({why}). They are not "
                  "counted and the case cannot be signed off. On the **Classify** page, upload the same files again "
                  "to finish it (only the missing cells are classified), or delete the case.")

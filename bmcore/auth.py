@@ -6,9 +6,12 @@
   ``pathologist`` (sign off, reopen), ``admin`` (delete cases, manage users). The store checks the role
   itself, read from the users table inside the same transaction as the change, so neither a page bug nor an
   out-of-date ``Actor`` can let a technologist sign off or a disabled account write anything.
-* Failed sign-ins are slowed (a growing pause) and, after ``BM_LOGIN_MAX_FAILURES`` in a row, the account is
-  locked for ``BM_LOGIN_LOCK_MINUTES``. Every attempt is logged (``login_events`` table and the ``bmcore.auth``
-  logger) with the user name and the outcome, never the password.
+* Failed sign-ins are slowed (a growing pause, the same for a real name and an unknown one) and throttled per
+  client: after ``BM_LOGIN_MAX_FAILURES`` failures of one name from one client (or ``BM_LOGIN_CLIENT_MAX_FAILURES``
+  of any names) in ``BM_LOGIN_LOCK_MINUTES``, that client is refused for the rest of the window; the account's
+  owner elsewhere is not (``CaseStore.authenticate``). Every refusal gets one message. Every attempt is logged
+  (``login_events`` table and the ``bmcore.auth`` logger) with the outcome and the client, a failure under a short
+  hash of the name typed (never the text, never the password).
 * Accounts from an identity provider (OIDC, through Streamlit's ``st.login``) are created on first sign-in,
   with the role mapped from a claim (e.g. ``groups``) on every sign-in; they have no password here.
 """
@@ -16,6 +19,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import os
 import time
@@ -55,11 +59,12 @@ def _article(word: str) -> str:
 class AuthPolicy:
     """Sign-in rules; each from an environment variable, with these defaults."""
 
-    max_failures: int = 5          # BM_LOGIN_MAX_FAILURES: failed sign-ins in a row before the account locks
-    lock_minutes: float = 15.0     # BM_LOGIN_LOCK_MINUTES
+    max_failures: int = 5          # BM_LOGIN_MAX_FAILURES: failures of one name from one client, then it is refused
+    lock_minutes: float = 15.0     # BM_LOGIN_LOCK_MINUTES: the window failures are counted in (and a refusal lasts)
     slow_seconds: float = 0.5      # BM_LOGIN_SLOW_SECONDS: pause after the 1st failure, doubled each time, max 4 s
     idle_minutes: float = 30.0     # BM_SESSION_IDLE_MINUTES: a session without activity this long is signed out
     reauth_minutes: float = 5.0    # BM_REAUTH_MINUTES: an identity-provider sign-in this fresh may sign a case
+    client_max_failures: int = 20  # BM_LOGIN_CLIENT_MAX_FAILURES: failures from one client (any names), then refused
 
     @classmethod
     def from_env(cls) -> "AuthPolicy":
@@ -71,7 +76,8 @@ class AuthPolicy:
         d = cls()
         return cls(num("BM_LOGIN_MAX_FAILURES", d.max_failures), num("BM_LOGIN_LOCK_MINUTES", d.lock_minutes),
                    num("BM_LOGIN_SLOW_SECONDS", d.slow_seconds), num("BM_SESSION_IDLE_MINUTES", d.idle_minutes),
-                   num("BM_REAUTH_MINUTES", d.reauth_minutes))
+                   num("BM_REAUTH_MINUTES", d.reauth_minutes),
+                   num("BM_LOGIN_CLIENT_MAX_FAILURES", d.client_max_failures))
 
     def pause(self, failures: int) -> float:
         return 0.0 if failures <= 0 else min(4.0, self.slow_seconds * 2 ** (failures - 1))
@@ -113,6 +119,15 @@ def verify_password(stored_hash: str | None, password: str) -> bool:
         return False
 
 
+def name_tag(username: str) -> str:
+    """What the sign-in log keeps of a name typed into a failed sign-in: a short hash ("name#3f2a9c01d4"), never the
+    text, so a password typed into the name box does not land in the log."""
+    return "name#" + hashlib.sha256((username or "").encode()).hexdigest()[:10]
+
+
+GENERIC_REFUSAL = ("wrong user name or password, or too many failed sign-ins from here; check both, or wait "
+                   "{minutes:g} minutes and try again")
+
 _DUMMY_HASH = None
 
 
@@ -153,6 +168,10 @@ class LoginEvent(Base):
     user_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     event: Mapped[str] = mapped_column(String(30))
     detail: Mapped[str] = mapped_column(Text, default="")
+    # a short hash of the name as typed (every sign-in attempt: failures are counted by it, whether or not the
+    # account exists) and the client's address as the proxy passed it; None on rows from before they were kept
+    name_hash: Mapped[str | None] = mapped_column(String(20), nullable=True, index=True)
+    client: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
 
 @dataclass(frozen=True)
@@ -200,10 +219,12 @@ class AccountsMixin:
 
     policy: AuthPolicy
 
-    def _event(self, s: Session, username: str, event: str, user_id: int | None = None, detail: str = "") -> None:
-        s.add(LoginEvent(username=(username or "")[:USERNAME_MAX], user_id=user_id, event=event, detail=detail))
+    def _event(self, s: Session, username: str, event: str, user_id: int | None = None, detail: str = "", *,
+               name_hash: str | None = None, client: str | None = None) -> None:
+        s.add(LoginEvent(username=(username or "")[:USERNAME_MAX], user_id=user_id, event=event, detail=detail,
+                         name_hash=name_hash, client=(client or None) and client[:100]))
         level = logging.WARNING if event.startswith(("failed", "locked", "refused")) else logging.INFO
-        log.log(level, "auth %s user=%r %s", event, username, detail)
+        log.log(level, "auth %s user=%r %s%s", event, username, detail, f" client={client}" if client else "")
 
     # -- accounts --------------------------------------------------------------------------------------
     def has_users(self) -> bool:
@@ -272,58 +293,81 @@ class AccountsMixin:
                 if u.source != LOCAL:
                     raise CaseError(f"{u.username} signs in through the identity provider and has no password here")
                 u.password_hash, u.failed_logins, u.locked_until = pw_hash, 0, None
-                changes.append("password reset, lock cleared")
+                changes.append("password reset")
+                # failures of this name are counted from here on (``_failures``)
+                self._event(s, username, "password-reset", u.id, _by(by).strip(), name_hash=name_tag(username))
             if changes:
                 self._event(s, u.username, "account-changed", u.id, "; ".join(changes) + _by(by))
 
     # -- sign-in ---------------------------------------------------------------------------------------
-    def authenticate(self, username: str, password: str, *, what: str = "sign-in") -> Actor:
-        """The Actor for a correct user name and password; else ``AuthError`` (after a growing pause).
+    def authenticate(self, username: str, password: str, *, what: str = "sign-in", client: str = "") -> Actor:
+        """The Actor for a correct user name and password; else ``AuthError``, one message for every refusal.
 
-        Refusals are committed (the failure count, the lock, the log row) before the error is raised."""
+        What an attacker learns is the same for a real name and an unknown one: the same message, the same password
+        hash's work (a dummy one for unknown names), the same pause (``AuthPolicy.pause`` of the failures of the name
+        as typed, counted by its hash, in the last ``lock_minutes``). Throttling is per client (``client``: the
+        source address as the proxy passes it): after ``max_failures`` failures of one name from one client, or
+        ``client_max_failures`` of any names, that client is refused for the rest of the window, even with the right
+        password; other clients, the account's owner among them, are not. So an attacker's failures slow the
+        attacker and cannot shut a named user out. A failure is logged with the name's hash, never the text typed.
+        Refusals are committed (the log rows they are counted from) before the error is raised."""
         username = (username or "").strip()[:USERNAME_MAX]
         now = utcnow()
-        refusal, failures = None, 0
+        tag = name_tag(username)
+        client = (client or "").strip()[:100]
+        since = now - dt.timedelta(minutes=self.policy.lock_minutes)
         with self.session() as s:
+            pair, by_name, by_client = self._failures(s, tag, client, since)
             u = s.scalar(select(User).where(User.username == username))
-            if u is None or u.source != LOCAL:
+            throttled = pair >= self.policy.max_failures or (client and by_client >= self.policy.client_max_failures)
+            logged = tag if what == "sign-in" else username  # a signature's name is the signed-in user's own
+            if throttled:
+                _burn(password)  # the work of a real check: a throttled answer takes as long as a wrong password
+                self._event(s, logged, f"refused-{what}", None, "too many failed sign-ins from this client",
+                            name_hash=tag, client=client)
+            elif u is None or u.source != LOCAL:
                 _burn(password)
-                failures = 1
-                self._event(s, username, f"failed-{what}", None,
-                            "unknown user" if u is None else "identity-provider account has no password here")
-            elif u.locked_until and u.locked_until > now:
-                self._event(s, username, f"refused-{what}", u.id, f"account locked until {u.locked_until:%H:%M} UTC")
-                refusal = (f"too many failed sign-ins: this account is locked until {u.locked_until:%H:%M} UTC (or "
-                           "until an admin resets its password)")
+                self._event(s, logged, f"failed-{what}", None, "no such local account", name_hash=tag,
+                            client=client)
             elif not verify_password(u.password_hash, password):
-                if u.locked_until:  # an expired lock: counting starts again
-                    u.failed_logins, u.locked_until = 0, None
-                    s.flush()
-                # incremented by the database, so that parallel wrong attempts each count
-                u.failed_logins = User.failed_logins + 1
-                s.flush()
-                s.refresh(u, ["failed_logins"])
-                failures = u.failed_logins
-                detail = f"wrong password ({failures} in a row)"
-                if failures >= self.policy.max_failures:
-                    u.locked_until = now + dt.timedelta(minutes=self.policy.lock_minutes)
-                    detail += f"; locked until {u.locked_until:%H:%M} UTC"
-                self._event(s, username, f"failed-{what}", u.id, detail)
-            elif u.disabled:
-                self._event(s, username, f"refused-{what}", u.id, "account disabled")
-                refusal = "this account is disabled; ask an admin"
+                self._event(s, logged, f"failed-{what}", None, "wrong password", name_hash=tag, client=client)
+            elif u.disabled:  # the right password: only its holder learns the account is disabled
+                self._event(s, username, f"refused-{what}", u.id, "account disabled", name_hash=tag, client=client)
+                raise AuthError("this account is disabled; ask an admin")
             else:
                 u.failed_logins, u.locked_until = 0, None
                 if what == "sign-in":
                     u.last_login_at = u.last_seen_at = now
                 if hasher().check_needs_rehash(u.password_hash):
                     u.password_hash = hasher().hash(password)
-                self._event(s, username, f"ok-{what}", u.id)
+                self._event(s, username, f"ok-{what}", u.id, name_hash=tag, client=client)
                 return _actor(u, "password", now)
-        if refusal:
-            raise AuthError(refusal)
-        time.sleep(self.policy.pause(failures))  # outside the transaction: a slow answer holds no lock
-        raise AuthError("wrong user name or password")
+        # outside the transaction (a slow answer holds no lock); the same schedule for every name
+        time.sleep(self.policy.pause(max(by_name, by_client if client else 0) + 1))
+        raise AuthError(GENERIC_REFUSAL.format(minutes=self.policy.lock_minutes))
+
+    @staticmethod
+    def _failures(s: Session, tag: str, client: str, since: dt.datetime) -> tuple[int, int, int]:
+        """Failed attempts in the window: (this name from this client, this name from anywhere, this client with any
+        name). A name's counts restart at a password reset, and at a successful sign-in (from anywhere for the name's
+        count, from this client for the pair's: the owner signing in elsewhere does not clear an attacker's count)."""
+        fail = LoginEvent.event.like("failed-%") | LoginEvent.event.like("refused-%")
+        ok = LoginEvent.event.in_(("ok-sign-in", "ok-signature"))
+        reset = s.scalar(select(func.max(LoginEvent.at)).where(LoginEvent.name_hash == tag,
+                                                                LoginEvent.event == "password-reset"))
+        ok_any = s.scalar(select(func.max(LoginEvent.at)).where(LoginEvent.name_hash == tag, ok))
+        ok_here = s.scalar(select(func.max(LoginEvent.at)).where(LoginEvent.name_hash == tag, ok,
+                                                                  LoginEvent.client == client)) if client else ok_any
+
+        def count(start, *where) -> int:
+            return s.scalar(select(func.count()).select_from(LoginEvent).where(fail, LoginEvent.at > start, *where)) or 0
+
+        name_start = max(t for t in (since, reset, ok_any) if t is not None)
+        pair_start = max(t for t in (since, reset, ok_here) if t is not None)
+        by_name = count(name_start, LoginEvent.name_hash == tag)
+        pair = count(pair_start, LoginEvent.name_hash == tag, *([LoginEvent.client == client] if client else []))
+        by_client = count(since, LoginEvent.client == client) if client else 0
+        return pair, by_name, by_client
 
     def oidc_sign_in(self, claims: dict, *, role_claim: str = "groups", role_map: dict | None = None,
                      idle_minutes: float | None = None) -> Actor:

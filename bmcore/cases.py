@@ -33,6 +33,7 @@ from .db import NO_REUSE as _NO_REUSE
 from .auth import AccountsMixin, Actor, AuthPolicy
 from .db import AuthError, Base, CaseError, ConflictError, PermissionDenied, StoreError, utcnow
 from .tasks import DISMISSED_CODE, reviewer_labels
+from .text import has_hidden_characters
 
 STATUS_OPEN = "open"
 STATUS_SIGNED = "signed"
@@ -329,6 +330,9 @@ class CaseStore(AccountsMixin):
         code = case_code.strip()
         if not code:
             raise CaseError("a case id is required")
+        if has_hidden_characters(code):
+            raise CaseError("a case id cannot hold control, tab, line-break or direction-changing characters (such as "
+                            "U+202E); retype it")
         if len(code) > CODE_MAX:
             raise CaseError(f"a case id has at most {CODE_MAX} characters (this one has {len(code)})")
         try:

@@ -669,6 +669,19 @@ def ink_on(colour: tuple[int, int, int]) -> tuple[int, int, int]:
     return (0, 0, 0) if 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2] > 150 else (255, 255, 255)
 
 
+def legend_chip(code: str | None, text: str, classes: list[str]) -> str:
+    """One entry of a drawn field's colour legend as HTML (the page draws it with ``unsafe_allow_html``): the class's
+    colour behind its text, the text HTML-escaped and cleaned (a stored label is a class code, never trusted)."""
+    import html
+
+    from .text import clean
+
+    bg = class_colour(code, classes)
+    ink = ink_on(bg)
+    return (f"<span style='background:rgb{bg};color:rgb{ink};padding:0 6px;border-radius:3px'>"
+            f"{html.escape(clean(text))}</span>")
+
+
 def draw_field(image: bytes, width: int, height: int, boxes: list[tuple[int, tuple, tuple]],
                um_per_px: float | None = None) -> np.ndarray:
     """The stored field image (JPEG bytes of a field ``width`` x ``height`` px) as RGB with numbered boxes drawn:

@@ -48,10 +48,22 @@ class InputItem:
         return self.source.read_bytes() if isinstance(self.source, Path) else bytes(self.source)
 
 
+def _safe_chars(part: str) -> str:
+    """Control, bidirectional-override and other non-printing characters (U+202E makes "gpj.exe" read "exe.jpg")
+    and the characters file systems refuse, each as "_"."""
+    return "".join(ch if ch.isprintable() and ch not in '<>:"|?*' else "_" for ch in part)
+
+
 def safe_display_name(name: str) -> str:
-    """A name fit for a table and a file name: no directories, no control characters."""
+    """A name fit for a table and a file name: no directories, no control or bidi characters."""
     base = PurePosixPath(name.replace("\\", "/")).name or "unnamed"
-    return "".join(ch if ch.isprintable() and ch not in '<>:"|?*' else "_" for ch in base)[:200]
+    return _safe_chars(base)[:200]
+
+
+def safe_member_name(name: str) -> str:
+    """A ZIP member's path as shown and stored ("folder/crop.jpg"): its control, bidirectional-override and other
+    non-printing characters each as "_", like an uploaded name's (nothing is written to disk under it)."""
+    return "".join(ch if ch.isprintable() else "_" for ch in name)[:300] or "unnamed"
 
 
 def _is_litter(name: str) -> bool:
@@ -80,7 +92,7 @@ def from_zip(data: bytes | Path, archive_name: str = "archive.zip", *, max_files
         infos = [i for i in zf.infolist() if not i.is_dir()]
         for info in infos:
             name = info.filename
-            shown = f"{archive_name}/{name}"
+            shown = f"{archive_name}/{safe_member_name(name)}"
             parts = PurePosixPath(name.replace("\\", "/")).parts
             if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
                 items.append(InputItem(shown, error="unsafe path in archive (absolute or '..'); skipped"))

@@ -12,6 +12,7 @@ from fpdf.fonts import FontFace
 
 from . import RUO_STATEMENT
 from .cases import VIA_GALLERY, signature_text
+from .text import clean
 from .report import PRELIMINARY, CaseReport, build_report, cell_caption, classes_text, model_text
 
 # a Unicode font where the system has one (names such as "Dr Ødegård", "≥"); else the PDF core font, whose text is
@@ -45,7 +46,7 @@ class _ReportPDF(FPDF):
         self.set_creator("bmcore")
 
     def t(self, s) -> str:
-        s = str(s)
+        s = "\n".join(clean(line) for line in str(s).split("\n"))  # no control or bidi characters; lines kept
         if self.unicode:
             return s
         s = s.replace("≥", ">=").replace("≤", "<=").replace("…", "...").replace("–", "-").replace("—", "-") \

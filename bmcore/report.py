@@ -12,6 +12,7 @@ from .caserules import (HAIRY_UNAVAILABLE, critical_codes, hairy_screening, mode
 from .differential import (DEFAULT_TARGET, DISMISSED, NOT_CLASSIFIED, REJECTED, UNCERTAIN, UNREADABLE,  # noqa: F401
                            Differential, blast_text, case_differential, differential, pending_text)
 from .tasks import CELL_NAMES, HAIRY_CELL_CODE, cell_name, codes_text
+from .text import clean, spreadsheet_cell
 from .cases import (SPECIMEN_FIELDS, VIA_GALLERY, VIA_ONE, WHO_TYPED, inference_text, reviewer_text,
                     signature_text, signer_text, who_text)
 
@@ -37,12 +38,14 @@ def prediction_rows(preds, classes: list[str]) -> list[dict]:
 
 
 def rows_to_csv(rows: list[dict]) -> str:
+    """The rows as CSV for a spreadsheet: every text cell that a spreadsheet would run as a formula (a case id or file
+    name starting with ``= + - @``, tab or CR) is neutralised with a leading ``'`` (``bmcore.text.spreadsheet_cell``)."""
     if not rows:
         return ""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
     w.writeheader()
-    w.writerows(rows)
+    w.writerows({k: spreadsheet_cell(v) for k, v in r.items()} for r in rows)
     return buf.getvalue()
 
 
@@ -245,7 +248,8 @@ def render_html_report(case, model_meta: dict, audit: list[dict] | None = None, 
     import base64
     import html
 
-    e = html.escape
+    def e(value) -> str:  # every string of the report: HTML-escaped, without control or bidi characters
+        return html.escape(clean(value))
     r = build_report(case, model_meta, audit, users)
     d = r.d
     rows = "".join(f"<tr><td>{e(t['class'])}</td><td>{e(t['name'])}</td><td>{t['count']}</td>"

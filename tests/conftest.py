@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,28 @@ DEV = SHARED / "data" / "bm-dev"
 DEV_CLASSES = ["ART", "BLA", "EOS", "LYT", "MON", "NGS", "NIF", "PMO"]
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# a page error fails its test (AppTest.exception) instead of becoming the "error id" message users see (app.py);
+# tests/test_security.py checks that message with this unset
+os.environ.setdefault("BM_PAGE_ERRORS", "raise")
+
+
+def as_read(markdown_source: str) -> str:
+    """Markdown source as its reader sees the text: CommonMark's backslash escapes and the invisible joiners that
+    break bare-URL starts (``bmcore.text.md`` writes both) taken away."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown_source).replace("\u2060", "")
+
+
+def _read_like_a_person() -> None:
+    """AppTest hands back an element's Markdown source, in which pages escape user text (``bmcore.text.md``): tests
+    read messages, captions and headings as a person reads them. The hostile-text tests read the source itself
+    (``element.proto.body``) through a Markdown renderer."""
+    from streamlit.testing.v1 import element_tree as et
+
+    for cls in (et.AlertBase, et.Markdown, et.HeadingBase, et.Toast):
+        cls.value = property(lambda self: as_read(self.proto.body))
+
+
+_read_like_a_person()
 
 
 def _need_data():

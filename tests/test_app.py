@@ -101,6 +101,13 @@ def metric(at, label):
     return next(m.value for m in at.metric if m.label == label)
 
 
+def captions(at) -> list[str]:
+    """Every image caption on the page, as a reader sees it (captions are Markdown: user text in them is escaped)."""
+    from tests.conftest import as_read
+
+    return [as_read(i.caption) for e in at.get("image") for i in e.proto.imgs]
+
+
 def label_box(at, cid, cell_id):
     """The One cell view's label box for a cell (keyed per case, cell and the version the reviewer saw)."""
     return next(s for s in at.selectbox if (s.key or "").startswith(f"label_{cid}_{cell_id}_"))
@@ -196,14 +203,14 @@ def test_cell_view_follows_the_active_case(env, crops):
     first = at.session_state["case_id"]
     last = CaseStore(env["db"]).get_case(first).cells[-1]
     at.selectbox(key=f"_w_cell_pick_{first}").set_value(last.id).run()
-    assert any(f'"{last.name} as the model sees it"' in str(e.proto) for e in at.get("image"))
+    assert f"{last.name} as the model sees it" in captions(at)
     upload(at, "C-V2", real(crops, 2)[8:12])
     second = CaseStore(env["db"]).get_case(at.session_state["case_id"])
     assert second.id != first
     pick = at.selectbox(key=f"_w_cell_pick_{second.id}")
     assert pick.value in {c.id for c in second.cells}
     assert pick.options[pick.index].startswith(f"#1 {second.cells[0].name}")
-    assert any(f'"{second.cells[0].name} as the model sees it"' in str(e.proto) for e in at.get("image"))
+    assert f"{second.cells[0].name} as the model sees it" in captions(at)
 
 
 def test_cell_view_stays_on_its_cell_when_a_colleague_reviews_it(env, crops):
@@ -224,7 +231,7 @@ def test_cell_view_stays_on_its_cell_when_a_colleague_reviews_it(env, crops):
     send_text(at.selectbox(key=key), text + " (a text the page no longer shows)")
     at.run()
     assert not at.exception and at.selectbox(key=key).value == x.id
-    assert any(f'"{x.name} as the model sees it"' in str(e.proto) for e in at.get("image"))
+    assert f"{x.name} as the model sees it" in captions(at)
 
 
 def test_differential_matches_stored_labels(env, crops):
@@ -619,12 +626,12 @@ def test_smear_fields_become_cells_of_one_case_with_source_box_and_drawn_field(e
     assert [s["name"] for s in shots] == [p.name for p in paths] and all(s["width"] == 640 for s in shots)
     assert any("nucleated cells found in 2 field image(s)" in i.value and "expected to refuse many peripheral-blood"
                in i.value for i in at.info)
-    drawn = [e for e in at.get("image") if "numbered as in the results table" in str(e.proto)]
-    assert [n for n in BCCD_FIELDS if any(n in str(e.proto) for e in drawn)] == BCCD_FIELDS  # both fields drawn
+    drawn = [c for c in captions(at) if "numbered as in the results table" in c]
+    assert [n for n in BCCD_FIELDS if any(n in c for c in drawn)] == BCCD_FIELDS  # both fields drawn
     for s in shots:  # each says the scale it was read at, beside the red cell drawn at that scale
         um = s["scale"]["um_per_px"]
-        assert any(s["name"] in str(e.proto) and f"7.5 µm red cell at the scale used, {um:.4f} µm/px (estimated from the red cells)"
-                   in str(e.proto) for e in drawn), s["name"]
+        assert any(s["name"] in c and f"7.5 µm red cell at the scale used, {um:.4f} µm/px (estimated from the red cells)"
+                   in c for c in drawn), s["name"]
     assert any("BloodImage_00193.jpg #" in f for d in at.dataframe if "file" in d.value.columns
                for f in d.value.file)  # the border-cut cell listed by name
     assert any("For research use only" in w.value for w in at.warning)

@@ -52,35 +52,54 @@ def test_passwords_are_argon2id_hashes_never_the_password(store):
         store.add_user("cat", "superuser", "a long password")
 
 
-def test_failed_sign_ins_are_slowed_then_locked_and_logged_without_the_password(store, sleeps, caplog):
+def test_failed_sign_ins_are_slowed_and_throttled_per_client_and_logged_without_what_was_typed(store, sleeps, caplog):
     policy = AuthPolicy(slow_seconds=0.5)
     assert [policy.pause(n) for n in range(6)] == [0.0, 0.5, 1.0, 2.0, 4.0, 4.0]  # doubling, at most 4 s
-    store.policy = AuthPolicy(max_failures=3, lock_minutes=10, slow_seconds=0.25)
+    store.policy = AuthPolicy(max_failures=3, lock_minutes=10, slow_seconds=0.25, client_max_failures=5)
     store.add_user("amy", "technologist", "the right password")
     caplog.set_level(logging.INFO, logger="bmcore.auth")
+    one_message = "wrong user name or password, or too many failed sign-ins from here"
+    attacker, owner = "203.0.113.66", "10.0.0.7"
     for i in range(3):
-        with pytest.raises(AuthError, match="wrong user name or password"):
-            store.authenticate("amy", f"guess number {i}")
+        with pytest.raises(AuthError, match=one_message):
+            store.authenticate("amy", f"guess number {i}", client=attacker)
     assert sleeps == [0.25, 0.5, 1.0]
-    with pytest.raises(AuthError, match="locked until"):  # now even the right password is refused
-        store.authenticate("amy", "the right password")
-    with pytest.raises(AuthError, match="wrong user name or password"):  # an unknown name answers the same
-        store.authenticate("nobody", "the right password")
-    assert store.list_users()[0]["locked_until"] is not None
+    # the attacker's client is refused now, even with the right password, and in the same words
+    with pytest.raises(AuthError, match=one_message):
+        store.authenticate("amy", "the right password", client=attacker)
+    # ... but the owner, from another client, is not shut out, and signing in does not clear the attacker's count
+    assert store.authenticate("amy", "the right password", client=owner).username == "amy"
+    with pytest.raises(AuthError, match=one_message):
+        store.authenticate("amy", "the right password", client=attacker)
+    # an unknown name: the same answer on the same schedule as a real one
+    sleeps.clear()
+    for i in range(3):
+        with pytest.raises(AuthError, match=one_message):
+            store.authenticate("nobody-here", f"guess number {i}", client="198.51.100.8")
+    with pytest.raises(AuthError, match=one_message):
+        store.authenticate("nobody-here", "anything at all", client="198.51.100.8")
+    assert sleeps == [0.25, 0.5, 1.0, 2.0]
+    # one client trying many names is refused after client_max_failures, whatever the name
+    for i in range(5):
+        with pytest.raises(AuthError):
+            store.authenticate(f"name{i}", "guess", client="198.51.100.9")
+    with pytest.raises(AuthError, match=one_message):
+        store.authenticate("amy", "the right password", client="198.51.100.9")
     events = store.login_events()
-    assert [e["event"] for e in events[:5]] == ["failed-sign-in", "refused-sign-in", "failed-sign-in",
-                                                "failed-sign-in", "failed-sign-in"]
-    assert "locked until" in events[2]["detail"]
     logged = caplog.text + repr(events)
-    assert "amy" in logged and not [p for p in ["guess number", "the right password"] if p in logged]
-    with store.engine.begin() as c:  # the lock runs out
-        c.exec_driver_sql("UPDATE users SET locked_until = :t", {"t": utcnow() - dt.timedelta(seconds=1)})
-    assert store.authenticate("amy", "the right password").username == "amy"
-    with pytest.raises(AuthError):  # the count started again: one failure does not lock
-        store.authenticate("amy", "wrong again")
-    assert store.list_users()[0]["locked_until"] is None
-    store.update_user("amy", password="a brand new password")  # a reset also clears a lock
-    assert store.authenticate("amy", "a brand new password")
+    assert not [t for t in ["guess number", "the right password", "nobody-here", "name3", "anything"] if t in logged]
+    assert "amy" in logged  # a successful sign-in names its account
+    assert {e["event"] for e in events} == {"failed-sign-in", "refused-sign-in", "ok-sign-in", "account-created"}
+    assert all(e["user"].startswith("name#") for e in events if e["event"] != "ok-sign-in"
+               and e["event"] != "account-created")
+    with store.engine.begin() as c:  # the window runs out
+        c.exec_driver_sql("UPDATE login_events SET at = :t", {"t": utcnow() - dt.timedelta(minutes=11)})
+    assert store.authenticate("amy", "the right password", client=attacker).username == "amy"
+    for i in range(3):
+        with pytest.raises(AuthError):
+            store.authenticate("amy", "wrong again", client=attacker)
+    store.update_user("amy", password="a brand new password")  # an admin's reset restarts the count
+    assert store.authenticate("amy", "a brand new password", client=attacker)
 
 
 def test_the_store_enforces_roles_whatever_a_page_shows(store):

@@ -5,11 +5,12 @@ import appkit
 from bmcore import caserules
 from bmcore.cases import STATUS_SIGNED, CaseError, inference_text, reviewer_text
 from bmcore.explain import CAM_METHODS, METHOD_NAMES, cam_caption, cam_sentence, overlay
-from bmcore.fields import (RBC_DIAMETER_UM, class_colour, draw_field, expand_fields, field_record, ink_on,
+from bmcore.fields import (RBC_DIAMETER_UM, class_colour, draw_field, expand_fields, field_record, legend_chip,
                            scale_words)
 from bmcore.inputs import MAX_FILES, enforce_limit, from_upload
 from bmcore.jobs import match_pending, pending_inputs
 from bmcore.tasks import BLAST_CODES, cell_name
+from bmcore.text import clean, md
 
 GALLERY_PAGE = 36
 ORIGINALS_BUDGET = 256 * 2**20  # bytes of original uploads one browser session keeps for heatmaps
@@ -39,7 +40,7 @@ def collect(files, fields: list | None = None, crop_side: int | None = None, sca
     try:
         items, found = expand_fields(items, crop_side or pred.bundle.crop_side, scale or None)
     except ValueError as exc:  # a scale out of range
-        st.error(str(exc))
+        st.error(md(exc))
         st.stop()
     if fields is not None:
         fields += found
@@ -100,7 +101,7 @@ if go:
         try:
             cid = runner.start_case(code, items, pred, rules, who, field_images=[field_record(f) for f in fields])
         except CaseError as exc:  # QueueFull included: nothing was left behind
-            st.error(str(exc))
+            st.error(md(exc))
         else:
             appkit.set_active_case(cid)
             keep_originals(cid, work)
@@ -110,7 +111,7 @@ if go:
 case = appkit.active_case()
 if case is None:
     st.stop()
-st.subheader(f"Case {case.case_code}")
+st.subheader(f"Case {md(case.case_code)}")
 st.caption(f"Classified by **{appkit.case_model(case)}**" + (f" ({inference_text(case)})" if inference_text(case) else "")
            + f" · {caserules.case_rules(case).describe()}")
 job = appkit.job_banner(case)
@@ -130,21 +131,21 @@ if summ.pending and not (job and job["status"] in ("queued", "running")) and can
                 try:
                     runner.submit(case.id, cpred, caserules.case_rules(case), pairs)
                 except CaseError as exc:  # queue full, or the case was deleted meanwhile
-                    st.error(str(exc))
+                    st.error(md(exc))
                 else:
                     keep_originals(case.id, pairs)
                     if extra:
                         st.session_state["classify_msg"] = (f"{len(extra)} file(s) are not missing cells of this case "
-                                                            "and were not used: " + ", ".join(extra[:10]))
+                                                            "and were not used: " + ", ".join(map(md, extra[:10])))
                     st.rerun()
         if who.can("delete"):
-            sure = r2.checkbox(f"Yes, delete case {case.case_code} with its {summ.cells} cells",
+            sure = r2.checkbox(f"Yes, delete case {md(case.case_code)} with its {summ.cells} cells",
                                key="delete_partial_ok")
             if r2.button("Delete this partial case", key="delete_partial", disabled=not sure):
                 try:
                     store.delete_case(case.id, who)
                 except CaseError as exc:
-                    st.error(str(exc))
+                    st.error(md(exc))
                 else:
                     appkit.set_active_case(None)
                     st.rerun()
@@ -174,13 +175,13 @@ elif can_classify and case.status != STATUS_SIGNED and not (job and job["status"
                 positions = store.add_cells(case.id, pending_inputs(items), actor=who, expected_cells=shown,
                                             field_images=[field_record(f) for f in new_fields])
             except CaseError as exc:  # a stale page, a signed-off case, a field already in it, a full queue
-                st.error(str(exc))
+                st.error(md(exc))
             else:
                 work = [(pos, it) for pos, it in zip(positions, items) if it.ok]
                 try:
                     runner.submit(case.id, cpred, caserules.case_rules(case), work)
                 except CaseError as exc:  # queue filled meanwhile: the cells stay pending, resumable above
-                    st.session_state["classify_msg"] = f"{exc} The added cells wait as a partial case."
+                    st.session_state["classify_msg"] = f"{md(exc)} The added cells wait as a partial case."
                 else:
                     keep_originals(case.id, work)
                 st.session_state.pop(f"add_shown_{case.id}", None)
@@ -239,13 +240,9 @@ def field_section() -> None:
     with st.expander(f"Smear fields ({len(shots)})", expanded=True):
         used = sorted({c.label for c in whole if c.label})
 
-        def chip(code, text):
-            bg, ink = class_colour(code, classes), ink_on(class_colour(code, classes))
-            return (f"<span style='background:rgb{bg};color:rgb{ink};padding:0 6px;border-radius:3px'>"
-                    f"{text}</span>")
-
-        st.markdown(" ".join([chip(k, f"{k} {cell_name(k)}") for k in used]
-                             + [chip(None, "no class (refused, cut, not yet classified)")]), unsafe_allow_html=True)
+        st.markdown(" ".join([legend_chip(k, f"{k} {cell_name(k)}", classes) for k in used]
+                             + [legend_chip(None, "no class (refused, cut, not yet classified)", classes)]),
+                    unsafe_allow_html=True)
         cols = st.columns(2)
         for i, shot in enumerate(shots):
             cells = by_field.get(shot["name"], [])
@@ -259,7 +256,7 @@ def field_section() -> None:
                      + ("the right scale" if source == "user" else "its scale") + " typed in (Scale of field "
                      "photographs)." if um else "")
             cols[i % 2].image(drawn_field(shot["image"], shot["width"], shot["height"], tuple(boxes), um),
-                              width="stretch", caption=f"{shot['name']} ({shot['width']}x{shot['height']} px): {n}, "
+                              width="stretch", caption=f"{md(shot['name'])} ({shot['width']}x{shot['height']} px): {n}, "
                                                        f"numbered as in the results table.{gauge}")
 
 
@@ -362,7 +359,7 @@ def cell_view() -> None:
     # the cell as stored now: this fragment reruns alone, and a colleague may have reviewed it since the page was drawn
     cell = next(c for c in store.get_case(case.id).cells if c.id == chosen)
     if cell.final_label is not None:
-        st.caption(f"Reviewed: {cell.final_label} ({cell_name(cell.final_label)}) by {reviewer_text(cell)}")
+        st.caption(f"Reviewed: {md(cell.final_label)} ({md(cell_name(cell.final_label))}) by {md(reviewer_text(cell))}")
     h1, h2, h3 = st.columns(3)
     # method and opacity are kept while another tab is open, like the cell
     methods = list(CAM_METHODS)[:4]
@@ -382,7 +379,7 @@ def cell_view() -> None:
         return
     cam, rgb, _ = appkit.heatmap(str(bundle_path), data, target, method)
     v1, v2 = st.columns(2)
-    v1.image(rgb, caption=f"{cell.name} as the model sees it", width="stretch")
+    v1.image(rgb, caption=f"{md(cell.name)} as the model sees it", width="stretch")
     v2.image(overlay(rgb, cam, alpha), caption=cam_caption(method, target, cell_name(target), appkit.case_model(case)),
              width="stretch")
     if data is cell.thumbnail:

@@ -6,6 +6,7 @@ import appkit
 from bmcore import caserules
 from bmcore.report import blast_text, case_differential, case_hairy
 from bmcore.tasks import glossary
+from bmcore.text import md
 
 st.title("Differential count")
 appkit.ruo_banner()
@@ -15,7 +16,7 @@ if case is None:
 appkit.job_banner(case)
 d = case_differential(case)
 summ = caserules.summary(case)
-st.write(f"Case **{case.case_code}** · {d.denominator} cells in the count · {summ.reviewed} of "
+st.write(f"Case **{md(case.case_code)}** · {d.denominator} cells in the count · {summ.reviewed} of "
          f"{summ.classified} classified cells reviewed. Reviewer corrections are included as they are saved. "
          f"Model: {appkit.case_model(case)}.")
 if d.pending:

@@ -5,6 +5,8 @@ from bmcore.cases import SPECIMEN_FIELDS, SPECIMEN_MAX, TARGET_MAX, TARGET_MIN, 
 from bmcore.fhirexport import LOCAL_SYSTEM, fhir_json
 from bmcore.pdfreport import render_pdf_report
 from bmcore.report import DEFAULT_TARGET, case_rows, render_html_report, rows_to_csv
+from bmcore.text import md
+from bmcore.inputs import safe_display_name
 
 st.title("Export")
 appkit.ruo_banner()
@@ -56,7 +58,7 @@ if who.can("classify") and not signed:
                 try:
                     store.set_case_details(case.id, who, specimen=spec, target_count=int(target), expected=shown)
                 except CaseError as exc:  # a conflict included: nothing saved, the entries stay in the form
-                    st.error(f"Not saved: {exc}")
+                    st.error(f"Not saved: {md(exc)}")
                 else:
                     case = store.get_case(case.id)
                     st.session_state[f"{FORM}shown"] = case_details(case)
@@ -66,17 +68,17 @@ audit = store.audit(case.id)
 rows = case_rows(case)
 html = render_html_report(case, meta, audit, users=users)
 if signed:
-    st.success(f"Signed off by {signer_text(case)}: the PDF, HTML and FHIR exports are final.")
+    st.success(f"Signed off by {md(signer_text(case))}: the PDF, HTML and FHIR exports are final.")
 else:
     st.warning("This case is not signed off. The PDF and HTML reports are marked \"PRELIMINARY - not signed off\" "
                "on every page and the FHIR report has status \"preliminary\": counts may still change while cells "
                "are reviewed.")
-code = case.case_code
+code = safe_display_name(case.case_code)  # a file name: no path, no control or bidi characters
 try:
     pdf = render_pdf_report(case, meta, audit, users)
 except Exception as exc:  # a report that cannot be drawn is said plainly; the other exports still work
     pdf = None
-    st.error(f"The PDF report could not be made ({type(exc).__name__}: {exc}); the HTML report has the same content.")
+    st.error(f"The PDF report could not be made ({type(exc).__name__}: {md(exc)}); the HTML report has the same content.")
 c1, c2, c3, c4 = st.columns(4)
 if pdf is not None:
     c1.download_button("Report (PDF)", pdf, file_name=f"{code}_report.pdf", mime="application/pdf", key="dl_pdf")

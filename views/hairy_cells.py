@@ -3,6 +3,7 @@ import streamlit as st
 import appkit
 from bmcore import caserules
 from bmcore.tasks import HAIRY_CELL_CODE
+from bmcore.text import md
 
 st.title("Hairy-cell screen")
 appkit.ruo_banner()
@@ -21,12 +22,12 @@ counted = [c for c in case.cells if caserules.status(c) == caserules.OK]
 flagged = [c for c in counted if c.hairy_flag]
 rejected_flagged = [c for c in case.cells if caserules.status(c) == caserules.REJECTED and c.hairy_flag]
 if flagged:
-    st.error(f"🚩 **{len(flagged)} suspected hairy cell(s)** in case {case.case_code}: "
+    st.error(f"🚩 **{len(flagged)} suspected hairy cell(s)** in case {md(case.case_code)}: "
              f"{100 * len(flagged) / max(1, len(counted)):.1f}% of {len(counted)} classified cells had calibrated "
              "P(HAC) at or above the flag threshold when classified. Review each one below and on the **Review** "
              "page.")
 else:
-    st.success(f"No cell of case {case.case_code} reached the hairy-cell flag threshold.")
+    st.success(f"No cell of case {md(case.case_code)} reached the hairy-cell flag threshold.")
 if rejected_flagged:
     st.warning(f"{len(rejected_flagged)} image(s) that the model's gate would not judge (unlike its training crops) also "
                "reached the threshold (not counted above): "

@@ -23,6 +23,7 @@ from bmcore.cases import (SPECIMEN_MAX, STATUS_SIGNED, CaseError, ConflictError,
 from bmcore.differential import sign_off_checks
 from bmcore.explain import cam_caption
 from bmcore.tasks import DISMISSED_CODE, TASKS, cell_name
+from bmcore.text import clean, md
 
 GALLERY_PAGE = 40     # thumbnails per gallery page
 GALLERY_COLUMNS = 8
@@ -57,9 +58,9 @@ def _run(fn, ok_msg: str, where: str = "top") -> bool:
     try:
         fn()
     except ConflictError as exc:
-        _say("warning", f"Not saved: {exc}", where)
+        _say("warning", f"Not saved: {md(exc)}", where)
     except CaseError as exc:
-        _say("error", f"Not saved: {exc}", where)
+        _say("error", f"Not saved: {md(exc)}", where)
     else:
         _say("success", ok_msg, where)
         return True
@@ -128,15 +129,15 @@ def gallery_action(shown: dict[int, int], group: str, page: int, move: str | Non
     try:
         res = store.review_cells(case.id, appkit.actor(), cells, label=label, note=note)
     except ConflictError as exc:
-        _say("warning", f"Not saved: {exc}")
+        _say("warning", f"Not saved: {md(exc)}")
         return
     except CaseError as exc:
-        _say("error", f"Not saved: {exc}")
+        _say("error", f"Not saved: {md(exc)}")
         return
     seen.update(res.changed)
     if res.action_id:
         st.session_state[f"last_action_{case.id}"] = res.action_id
-    _say("warning" if res.skipped else "success", res.message(verb))
+    _say("warning" if res.skipped else "success", md(res.message(verb)))
 
 
 def undo_last() -> None:
@@ -146,11 +147,11 @@ def undo_last() -> None:
     try:
         res = store.undo(case.id, appkit.actor(), action)
     except CaseError as exc:
-        _say("error", f"Not undone: {exc}")
+        _say("error", f"Not undone: {md(exc)}")
         return
     st.session_state.pop(f"last_action_{case.id}", None)
     seen.update(res.changed)
-    _say("warning" if res.skipped else "success", res.message("put back as they were"))
+    _say("warning" if res.skipped else "success", md(res.message("put back as they were")))
 
 
 def sign(expected: dict[int, int], details: dict) -> None:
@@ -167,16 +168,16 @@ def sign(expected: dict[int, int], details: dict) -> None:
                        no_specimen_id=bool(st.session_state.get(f"sign_nospec_{case.id}")) and not typed,
                        under_target=bool(st.session_state.get(f"sign_under_{case.id}")))
     except ConflictError as exc:
-        text = f"Not signed: {str(exc).removeprefix('not signed: ')}"
+        text = f"Not signed: {md(str(exc).removeprefix('not signed: '))}"
         if exc.changed:  # cells a colleague changed: said beside the sign-off button (the page's messages are at its
             # top, the sign-off at its foot), where this reviewer may acknowledge them, then sign again
             st.session_state[f"sign_changed_{case.id}"] = (exc.changed, text)
         else:
             _say("warning", text)
     except CaseError as exc:
-        _say("error", f"Not signed: {exc}")
+        _say("error", f"Not signed: {md(exc)}")
     else:
-        _say("success", f"Case {case.case_code} signed off by {appkit.actor().label}.")
+        _say("success", f"Case {md(case.case_code)} signed off by {md(appkit.actor().label)}.")
         seen.clear()  # sign-off bumps every cell's version
         st.session_state.pop(f"last_action_{case.id}", None)  # nothing before a signature is undone
 
@@ -192,7 +193,7 @@ def acknowledge(changed: dict[int, int]) -> None:
 
 def reopen() -> None:
     if _run(lambda: store.reopen(case.id, appkit.actor(), st.session_state.get(f"reopen_reason_{case.id}", "")),
-            f"Case {case.case_code} reopened."):
+            f"Case {md(case.case_code)} reopened."):
         seen.clear()
         st.session_state.pop(f"last_action_{case.id}", None)
 
@@ -220,7 +221,7 @@ def sign_off_box(shown: dict[int, int]) -> None:
                        f"You come back to the Home page: open case {case.case_code} again and sign.")
             st.button("Sign in again to sign", key="reauth", on_click=st.login, args=(oidc.get("provider"),))
             return
-        st.caption(f"Signing as {who.label}, signed in with {oidc.get('label', 'your identity provider')} "
+        st.caption(f"Signing as {md(who.label)}, signed in with {oidc.get('label', 'your identity provider')} "
                    f"{age:.0f} min ago.")
     if pending := st.session_state.get(f"sign_changed_{case.id}"):
         changed, text = pending
@@ -233,7 +234,7 @@ def sign_off_box(shown: dict[int, int]) -> None:
     # boxes and ticks outside a form each start a rerun, and a click that lands meanwhile could miss one)
     with st.form(f"sign_form_{case.id}", border=False, enter_to_submit=False):
         if who.method != "oidc":
-            st.text_input(f"Your password, to sign as {who.label}", type="password", key=f"sign_pw_{case.id}",
+            st.text_input(f"Your password, to sign as {md(who.label)}", type="password", key=f"sign_pw_{case.id}",
                           autocomplete="current-password")
         if checks.no_specimen_id:
             st.text_input("Specimen / accession no. (none entered for this case)", key=f"sign_specimen_{case.id}",
@@ -322,7 +323,7 @@ def gallery(case) -> None:
                 why = "; ".join(caserules.review_reasons(c)) or (f"reviewed by {reviewer_text(c)}" if c.final_label
                                                                  else "not reviewed yet")
                 col.checkbox(f"{mark}#{c.position + 1}{conf}", key=f"gsel_{case.id}_{c.id}_{c.version}",
-                             help=f"{c.name} · model: {caserules.top3_text(c)} · {why}")
+                             help=f"{md(c.name)} · model: {caserules.top3_text(c)} · {md(why)}")
         if group == caserules.REJECTED_GROUP:
             st.markdown(f"The model would not judge these images: they look {caserules.REJECTED_WORDS}. Give each genuine cell "
                         "its class, dismiss the others as not cells; the case is signed only when none is left.")
@@ -355,7 +356,7 @@ def gallery(case) -> None:
               on_click=lambda: st.session_state.update({gkey: todo[0], f"_w_{gkey}": todo[0]}) if todo else None)
     pick = u2.selectbox("Look closer at a cell of this page", [c.id for c in drawn], index=None,
                         placeholder="Choose a cell for its heatmap and probabilities…",
-                        format_func=lambda i: next(f"#{c.position + 1} {c.name}" for c in drawn if c.id == i),
+                        format_func=lambda i: next(f"#{c.position + 1} {clean(c.name)}" for c in drawn if c.id == i),
                         key=f"gal_closer_{case.id}")
     if pick is not None:
         closer(case, next(c for c in drawn if c.id == pick))
@@ -372,7 +373,7 @@ def closer(case, cell) -> None:
     data = appkit.image_bytes(case.id, cell)
     left, mid, right = st.columns([1, 1, 2])
     if data:
-        left.image(data, width="stretch", caption=f"#{cell.position + 1} {cell.name}")
+        left.image(data, width="stretch", caption=f"#{cell.position + 1} {md(cell.name)}")
     path = appkit.case_bundle_path(case)
     code = cell.label or cell.predicted
     if data and path is not None and code in (case.model_classes or []):
@@ -386,7 +387,7 @@ def closer(case, cell) -> None:
     if why:
         right.info("Needs your review: " + ", ".join(why) + ".")
     if cell.final_label is not None:
-        right.caption(f"Reviewed: {cell.final_label} by {reviewer_text(cell)}")
+        right.caption(f"Reviewed: {md(cell.final_label)} by {md(reviewer_text(cell))}")
 
 
 def one_cell(queue: list) -> None:
@@ -405,10 +406,10 @@ def one_cell(queue: list) -> None:
         c = by_id[cid]
         flags = caserules.model_flags(c)
         if caserules.status(c) == caserules.REJECTED:  # no label of the model's: its confidence is not shown
-            return f"#{c.position + 1} {c.name} — NOT JUDGED BY THE GATE: {c.reject_reason}"
+            return f"#{c.position + 1} {clean(c.name)} — NOT JUDGED BY THE GATE: {c.reject_reason}"
         tail = f" · {', '.join(flags).upper()}" if flags else ""
         conf = f" ({c.confidence:.2f})" if c.confidence is not None else ""
-        return f"#{c.position + 1} {c.name} — model: {c.predicted}{conf}{tail}"
+        return f"#{c.position + 1} {clean(c.name)} — model: {c.predicted}{conf}{tail}"
 
     st.selectbox("Cell (flagged and uncertain first, then unreviewed)", ids, format_func=label_of, key=WPICK,
                  on_change=appkit._store_back, args=(PICK, ids))
@@ -419,10 +420,10 @@ def one_cell(queue: list) -> None:
     left, right = st.columns([1, 2])
     data = appkit.image_bytes(case.id, cell)
     if data:
-        left.image(data, width="stretch", caption=f"#{cell.position + 1} {cell.name}")
+        left.image(data, width="stretch", caption=f"#{cell.position + 1} {md(cell.name)}")
     if cell.version != seen_v:
-        right.warning(f"#{cell.position + 1} changed since you opened it: now **{cell.label or 'unlabelled'}**"
-                      + (f", set by {reviewer_text(cell)}" if cell.reviewed_by else "")
+        right.warning(f"#{cell.position + 1} changed since you opened it: now **{md(cell.label or 'unlabelled')}**"
+                      + (f", set by {md(reviewer_text(cell))}" if cell.reviewed_by else "")
                       + ". Your actions on it are refused until you reload it.")
         right.button("Reload this cell", key=f"reload_{cell.id}", on_click=reload_cell, args=(cell.id, cell.version))
     if caserules.rejected_open(cell):
@@ -434,7 +435,7 @@ def one_cell(queue: list) -> None:
         right.info("Needs your review: " + ", ".join(why) + ".")
     right.write("Model: " + " · ".join(f"**{k}** {cell_name(k)} {v:.2f}" for k, v in caserules.top3(cell)))
     if cell.final_label is not None:
-        right.caption(f"Reviewed: {cell.final_label} by {reviewer_text(cell)}")
+        right.caption(f"Reviewed: {md(cell.final_label)} by {md(reviewer_text(cell))}")
     model_classes = list(case.model_classes or [])
     options = model_classes + [c for c in TASKS["bm21"].classes if c not in model_classes]
     right.selectbox("Label", options, index=options.index(cell.label) if cell.label in options else 0,
@@ -465,7 +466,7 @@ appkit.job_banner(case)
 summ = caserules.summary(case)
 signed = case.status == STATUS_SIGNED
 signer = signer_text(case) if signed else ""
-st.subheader(f"Case {case.case_code}: " + (f"signed off by {signer}" if signed else "open"))
+st.subheader(f"Case {md(case.case_code)}: " + (f"signed off by {md(signer)}" if signed else "open"))
 if not who.can("review"):
     st.info(f"You are signed in as {_role(who.role)}: you can read this case, its cells and its audit trail. "
             "Reviewing needs a technologist's account; signing off a pathologist's.")
@@ -503,12 +504,12 @@ if not signed and queue and who.can("review"):
         sign_off_box(shown)
     blockers = caserules.sign_off_blockers(case)
     if blockers:
-        st.caption("Sign-off needs: " + "; ".join(blockers) + ".")
+        st.caption("Sign-off needs: " + md("; ".join(blockers)) + ".")
 elif signed:
-    st.success(f"Signed off by {signer} on {case.signed_at:%Y-%m-%d %H:%M} UTC. "
+    st.success(f"Signed off by {md(signer)} on {case.signed_at:%Y-%m-%d %H:%M} UTC. "
                "Reopen it to change cells (the reopening is audited).")
     if case.signature:
-        st.caption("Signature: " + signature_text(case.signature))
+        st.caption("Signature: " + md(signature_text(case.signature)))
     if who.can("reopen"):
         st.text_input("Reason for reopening", key=f"reopen_reason_{case.id}")
         st.button("Reopen case", key="reopen", on_click=reopen)

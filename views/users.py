@@ -6,6 +6,7 @@ import streamlit as st
 import appkit
 from bmcore.auth import ROLES
 from bmcore.cases import CaseError
+from bmcore.text import md
 
 st.title("Users")
 appkit.ruo_banner()
@@ -41,9 +42,9 @@ with left, st.form("add_user"):
                 raise CaseError("the two passwords differ")
             store.add_user(name, role, pw1, display_name=display, by=who)
         except CaseError as exc:
-            st.error(f"Not added: {exc}")
+            st.error(f"Not added: {md(exc)}")
         else:
-            st.session_state["users_msg"] = ("success", f"Added {name.strip()} ({role}).")
+            st.session_state["users_msg"] = ("success", f"Added {md(name.strip())} ({role}).")
             appkit.forget_form("new_user_")
             st.rerun()
 
@@ -60,7 +61,7 @@ with right:
         st.session_state.setdefault("account_role", shown["role"])
         st.session_state.setdefault("account_state", "disabled" if shown["disabled"] else "active")
         if now != shown:
-            st.warning(f"Another admin changed {pick} after this form was filled in: it is now {now['role']}, "
+            st.warning(f"Another admin changed {md(pick)} after this form was filled in: it is now {now['role']}, "
                        f"{'disabled' if now['disabled'] else 'active'}. Saving this form is refused until you load "
                        "the account as it is now.")
             st.button("Load the account as it is now (replaces what this form holds)", key="account_reload",
@@ -75,9 +76,9 @@ with right:
                     store.update_user(pick, role=new_role, disabled=state == "disabled", password=pw or None, by=who,
                                       expected=shown)
                 except CaseError as exc:  # a conflict included: nothing saved, the form keeps what it holds
-                    st.error(f"Not saved: {exc}")
+                    st.error(f"Not saved: {md(exc)}")
                 else:
-                    st.session_state["users_msg"] = ("success", f"Saved the changes to {pick}.")
+                    st.session_state["users_msg"] = ("success", f"Saved the changes to {md(pick)}.")
                     appkit.forget_form("account_")
                     st.rerun()
 

@@ -1,0 +1,204 @@
+"""Hostile text reaches no page, report or spreadsheet as markup.
+
+A corpus of user-typed and uploaded strings (Markdown images and links, HTML, emphasis, bare URLs, Streamlit
+directives, formula prefixes, control and bidirectional-override characters, 1,000-character names) is put where
+users put text: the case id, file names (direct and in a ZIP), specimen details, a reviewer's note, a reopening
+reason, display names. Every page is drawn (AppTest) and every string it hands Streamlit's Markdown renderer
+(messages, captions, headings, labels, help, image captions) is rendered with markdown-it (GFM-like, with bare-URL
+autolinks, as Streamlit renders): none makes a link, an image or markup. The CSV, HTML, PDF and FHIR exports carry the
+text as text. One browser pass checks the DOM and that the browser asked the hostile host for nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import re
+
+import pytest
+from markdown_it import MarkdownIt
+
+from bmcore.cases import CaseError, CaseStore, CellInput
+from bmcore.text import clean, md, spreadsheet_cell
+from tests.conftest import TEST_PASSWORD, as_read
+
+HOST = "evil.example"
+CORPUS = {
+    "image": f"![](http://{HOST}/x.png)",
+    "link": f"[click me](http://{HOST}/)",
+    "html": f"<img src=http://{HOST}/y.png onerror=alert(1)>",
+    "markup": "**bold** _it_ `code` ~~gone~~",
+    "autolink": f"see http://{HOST}/raw or www.{HOST} or mail@{HOST}",
+    "directive": ":red[red] :material/home: $x^2$",
+    "formula": f'=HYPERLINK("http://{HOST}","x")',
+}
+CONTROL = "bell\x07tab\tnul\x00rlo\u202egpj.exe\u2066iso\u2069zw\u200bj"
+CASE_ID = "=" + CORPUS["image"]  # a formula prefix and a Markdown image: the CSV's first column, every heading
+PAGES = ["views/home.py", "views/classify.py", "views/hairy_cells.py", "views/differential.py", "views/review.py",
+         "views/export.py", "views/model_card.py", "views/users.py"]
+RENDER = MarkdownIt("gfm-like", {"linkify": True}).enable("linkify")
+HIDDEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+MARKUP = re.compile(r"<(a|img|strong|em|code|s|del|h\d|span|script)\b", re.I)
+
+
+def _thumb() -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 48), (150, 120, 200)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _hostile_case(store: CaseStore) -> int:
+    from tests.test_app import PASSWORDS
+
+    store.add_user("ada", "admin", PASSWORDS["admin"], display_name=CORPUS["link"])
+    store.add_user("tess", "technologist", TEST_PASSWORD, display_name=CORPUS["markup"])
+    store.add_user("pat", "pathologist", TEST_PASSWORD, display_name=CORPUS["autolink"][:100])
+    tess, pat = (store.authenticate(n, TEST_PASSWORD) for n in ("tess", "pat"))
+    names = [CORPUS[k] + ".jpg" for k in CORPUS] + [CONTROL + ".jpg", "-1+1.jpg", "@cmd.jpg", "L" * 1000 + ".jpg"]
+    cells = [CellInput(n, True, predicted="LYT", confidence=0.97, probabilities={"LYT": 0.97, "BLA": 0.03},
+                       thumbnail=_thumb()) for n in names]
+    cells.append(CellInput(CORPUS["image"] + ".png", True, predicted="LYT", confidence=0.5, thumbnail=_thumb(),
+                           probabilities={"LYT": 0.5, "BLA": 0.5}, rejected=True, reject_reason="unlike"))
+    cid = store.create_case(CASE_ID, cells, actor=tess, model_name="eight", model_classes=["LYT", "BLA"])
+    store.set_case_details(cid, tess, specimen={"specimen_id": CORPUS["formula"], "site": CORPUS["image"],
+                                                "stain": CORPUS["html"][:100]})
+    case = store.get_case(cid)
+    store.review_cell(case.cells[0].id, tess, "BLA", note=CORPUS["link"])
+    store.review_cells(cid, tess, {c.id: c.version for c in store.get_case(cid).cells[1:-1]}, note=CORPUS["markup"])
+    store.review_cell(case.cells[-1].id, pat, "DIS")
+    store.sign_off(cid, pat, password=TEST_PASSWORD, under_target=True)
+    store.reopen(cid, pat, CORPUS["link"] + " " + CORPUS["image"])
+    return cid
+
+
+def _markdown_strings(at) -> list[str]:
+    """Every string of the drawn page that Streamlit renders as Markdown: element bodies (Markdown, captions,
+    messages, headings), widget and expander labels, help texts, image captions."""
+    out = []
+    for node in at._tree:  # every block and element of the page, depth first
+        proto = getattr(node, "proto", None)
+        if proto is None:
+            continue
+        for holder in (proto, getattr(proto, "expandable", None)):
+            for f in ("body", "label", "help", "caption"):
+                v = getattr(holder, f, None) if holder is not None else None
+                if isinstance(v, str) and v:
+                    out.append(v)
+        for img in getattr(proto, "imgs", None) or []:
+            if img.caption:
+                out.append(img.caption)
+    return out
+
+
+def _plain_strings(at) -> list[str]:
+    """Option texts (selectboxes, dataframes are not Markdown, but must hold no control or bidi characters)."""
+    return [o for s in at.selectbox for o in s.options]
+
+
+@pytest.fixture
+def hostile(env):
+    store = CaseStore(env["db"])
+    return store, _hostile_case(store)
+
+
+def test_every_page_shows_hostile_text_as_text(env, hostile):
+    from tests.test_app import app
+
+    store, cid = hostile
+    at = app(env, user=("ada", "admin"), case_id=cid)
+    seen: dict[str, int] = {}
+    for page in PAGES:
+        at.switch_page(page).run()
+        assert not at.exception, (page, at.exception)
+        if page == "views/review.py":  # the gallery's Not-judged bin and the One cell view draw names too
+            at.button_group(key=f"review_mode_{cid}").set_value("One cell").run()
+            assert not at.exception, at.exception
+        for src in _markdown_strings(at):
+            rendered = RENDER.render(src)
+            typed = [v for v in CORPUS.values() if v in as_read(src)]
+            if typed:  # the text as typed is what the reader sees: no link, image or emphasis formed from it
+                seen[page] = seen.get(page, 0) + 1
+                assert not re.search(r"<(a|img)\b", rendered), (page, src, rendered)
+                text = html.unescape(re.sub(r"<[^>]+>", "", rendered)).replace("\u2060", "")
+                assert all(v in text for v in typed), (page, src, rendered)
+            assert not re.search(rf"<(a|img)\b[^>]*{re.escape(HOST)}", rendered), (page, src)
+            assert not HIDDEN.search(as_read(src)), (page, "hidden characters", src)
+        for opt in _plain_strings(at):
+            assert not HIDDEN.search(opt), (page, "hidden characters in an option", opt)
+    # the pages that draw the case, its cells and its people drew the hostile strings (else this proves nothing)
+    assert {p for p, n in seen.items() if n} >= {"views/classify.py", "views/hairy_cells.py", "views/differential.py",
+                                                 "views/review.py", "views/export.py"}, seen
+    # what a reader sees is the text typed, literally
+    at.switch_page("views/review.py").run()
+    assert f"Case {CASE_ID}: open" in [h.value for h in at.subheader]
+
+
+def test_the_legend_chip_escapes_its_label():
+    from bmcore.fields import legend_chip
+
+    chip = legend_chip("LYT", "<b>x</b>\u202e", ["LYT"])
+    assert "&lt;b&gt;x&lt;/b&gt;" in chip and "<b>" not in chip and "\u202e" not in chip
+
+
+def test_exports_carry_hostile_text_as_text(env, hostile, tmp_path):
+    from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+
+    from bmcore.fhirexport import fhir_json
+    from bmcore.pdfreport import render_pdf_report
+    from bmcore.report import case_rows, render_html_report, rows_to_csv
+    from tests.test_reports import _need_poppler, _pdf_pages
+
+    store, cid = hostile
+    case = store.get_case(cid)
+    audit, users = store.audit(cid), store.list_users()
+    # CSV: no cell a spreadsheet would run (OWASP: a leading ' on = + - @ tab CR)
+    rows = list(csv.reader(io.StringIO(rows_to_csv(case_rows(case)))))
+    cells = [v for r in rows[1:] for v in r]
+    assert rows[1][0] == "'" + CASE_ID
+    assert not [v for v in cells if v.startswith(("=", "+", "-", "@", "\t", "\r"))]
+    assert "'-1+1.jpg" in cells and "'@cmd.jpg" in cells
+    assert spreadsheet_cell(-0.5) == -0.5 and spreadsheet_cell("plain") == "plain"  # numbers are left as numbers
+    # HTML: every string escaped, no hidden characters
+    page = render_html_report(case, {"name": "eight"}, audit, users=users)
+    assert "<img src=http" not in page and f"<a href=\"http://{HOST}" not in page
+    assert html.escape(CORPUS["html"][:100]) in page and "\u202e" not in page and "\x07" not in page
+    # PDF, read back: the text as typed (less hidden characters)
+    _need_poppler()
+    text = " ".join("\n".join(_pdf_pages(render_pdf_report(case, {"name": "eight"}, audit, users), tmp_path)).split())
+    assert CORPUS["formula"] in text and "\u202e" not in text
+    # FHIR: valid, the accession number as typed, no hidden characters anywhere
+    data = fhir_json(case, {"name": "eight"}, audit, users)
+    DiagnosticReport.model_validate(json.loads(data))
+    spec = next(r for r in json.loads(data)["contained"] if r["resourceType"] == "Specimen")
+    assert spec["accessionIdentifier"]["value"] == CORPUS["formula"]
+
+
+def test_hidden_characters_never_enter_a_case_id_or_a_zip_member_name(env, tmp_path):
+    import zipfile
+
+    from bmcore.inputs import from_upload
+    from tests.conftest import actor
+
+    store = CaseStore(env["db"])
+    with pytest.raises(CaseError, match="direction-changing"):
+        store.create_case("BM-\u202e1", [CellInput("a.jpg", True)], actor=actor(store))
+    with pytest.raises(CaseError, match="direction-changing"):
+        store.create_case("BM\t1", [CellInput("a.jpg", True)], actor=actor(store))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("dir/abc\u202egpj.exe.jpg", _thumb())
+        zf.writestr("ctl\x07.jpg", _thumb())
+    names = [it.name for it in from_upload("ev\u202eil.zip", buf.getvalue())]
+    assert names == ["ev_il.zip/dir/abc_gpj.exe.jpg", "ev_il.zip/ctl_.jpg"]
+    assert [it.name for it in from_upload("x\u202e.jpg", _thumb())] == ["x_.jpg"]
+
+
+def test_md_leaves_no_markup_and_reads_back_as_typed():
+    for s in [*CORPUS.values(), CONTROL, "a\\b", "plain text, (with) #5: it's fine."]:
+        rendered = RENDER.render(md(s))
+        assert not MARKUP.search(rendered), (s, rendered)
+        assert as_read(md(s)) == clean(s)
