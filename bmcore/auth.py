@@ -150,6 +150,8 @@ class User(Base):
     password_hash: Mapped[str | None] = mapped_column(String(200), nullable=True)
     oidc_subject: Mapped[str | None] = mapped_column(String(400), nullable=True, unique=True)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # no longer read: failures are counted from login_events per name and client (CaseStore.authenticate); kept so
+    # that databases from before keep their schema
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
@@ -254,8 +256,7 @@ class AccountsMixin:
     def list_users(self) -> list[dict]:
         with self.session() as s:
             return [{"id": u.id, "username": u.username, "name": u.display_name, "role": u.role, "source": u.source,
-                     "disabled": u.disabled, "locked_until": u.locked_until if u.locked_until and
-                     u.locked_until > utcnow() else None, "last_login": u.last_login_at, "created": u.created_at}
+                     "disabled": u.disabled, "last_login": u.last_login_at, "created": u.created_at}
                     for u in s.scalars(select(User).order_by(User.username))]
 
     def update_user(self, username: str, *, role: str | None = None, disabled: bool | None = None,

@@ -158,8 +158,7 @@ def cmd_users(a) -> int:
             if not rows:
                 print("no user accounts yet; create the first admin: python -m bmcore users add NAME --role admin")
             for u in rows:
-                state = "disabled" if u["disabled"] else (f"locked until {u['locked_until']:%H:%M} UTC"
-                                                          if u["locked_until"] else "active")
+                state = "disabled" if u["disabled"] else "active"
                 last = f"{u['last_login']:%Y-%m-%d %H:%M}" if u["last_login"] else "never"
                 print(f"{u['username']}\t{u['role']}\t{u['source']}\t{state}\tlast sign-in {last}\t{u['name']}")
             return 0

@@ -69,7 +69,7 @@ with right:
         with st.form("change_user"):
             new_role = st.selectbox("Role", ROLES, key="account_role")
             state = st.radio("Status", ["active", "disabled"], horizontal=True, key="account_state")
-            pw = st.text_input("New password (leave empty to keep; resetting also clears a lock)", type="password",
+            pw = st.text_input("New password (at least 10 characters; leave empty to keep; a reset restarts the count of failed sign-ins)", type="password",
                                disabled=u["source"] != "local", key="account_password")
             if st.form_submit_button("Save changes"):
                 try:
