@@ -1,6 +1,7 @@
 """The CPU inference engine: a bundle's model exported to ONNX (fp32, and int8) and run by ONNX Runtime.
 
-Torch stays for training and Grad-CAM; prediction on a CPU runs the bundle's ONNX file, which computes
+Torch is for training, Grad-CAM and the export itself (and for the TTA views, made once in ``bmcore.forward``);
+prediction on a CPU runs the bundle's ONNX file, which computes
 exactly ``split_forward`` (penultimate features for the out-of-distribution gate, then logits) in one graph:
 
 * ``model.onnx``: fp32, exported from the bundle's weights (batch axis dynamic);
@@ -101,10 +102,10 @@ def session(path: str | Path, sha256: str, threads: int | None = None):
 
 
 def tta_views(x: np.ndarray) -> list[np.ndarray]:
-    """The test-time views of ``bmcore.predictor.dihedral_views`` (the one definition) as contiguous numpy arrays."""
+    """The test-time views of ``bmcore.forward.dihedral_views`` (the one definition) as contiguous numpy arrays."""
     import torch
 
-    from .predictor import dihedral_views
+    from .forward import dihedral_views
 
     return [v.contiguous().numpy() for v in dihedral_views(torch.from_numpy(x))]
 
@@ -146,7 +147,7 @@ def export_onnx(bundle, calibration: np.ndarray, calibration_note: str) -> dict:
         quantize_static
 
     from .bundle import sha256_file, update_bundle_meta
-    from .predictor import split_forward
+    from .forward import split_forward
 
     class Features(torch.nn.Module):
         def __init__(self, model):

@@ -1,4 +1,5 @@
-"""Cell tables and the differential count: shared by the batch CLI, the app and the exported report."""
+"""Cell tables (CSV) and the case report (what every export says, ``CaseReport``; the HTML rendering here): shared by
+the batch CLI, the app and the exports. The differential itself is counted in ``bmcore.differential``."""
 
 from __future__ import annotations
 

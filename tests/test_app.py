@@ -428,6 +428,12 @@ def test_stale_screen_never_overwrites_a_colleague(env, crops):
     assert b_text in b.selectbox(key=pick).options, "a cell's text in the picker survives a colleague's review"
     b.button(key="save_btn").click().run()  # ... but acts on the version B opened
     assert any("Not saved" in w.value and "changed by drpath" in w.value and "PMO" in w.value for w in b.warning)
+    # the refusal is drawn beside the buttons that were pressed (One cell), not at the top of the page out of view
+    order = [n for n in b._tree if getattr(n, "type", "") in ("button", "alert")
+             or type(n).__name__ in ("Button", "Warning")]
+    save_at = next(i for i, n in enumerate(order) if getattr(n, "key", None) == "save_btn")
+    refusal_at = next(i for i, n in enumerate(order) if type(n).__name__ == "Warning" and "Not saved" in n.value)
+    assert refusal_at > save_at, "the refusal is drawn after the Save button, beside it"
     assert b.selectbox(key=pick).value == cell, "a refused action does not move on"
     send_text(b.selectbox(key=pick), b_text + " · an option text this page no longer shows")  # a browser's stale text
     b.button(key="confirm_btn").click().run()

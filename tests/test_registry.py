@@ -6,7 +6,7 @@ import torch
 
 from bmcore.backbones import BACKBONES, create, resolve_layer
 from bmcore.explain import CAM_METHODS, compute_cam
-from bmcore.predictor import split_forward
+from bmcore.forward import split_forward
 from bmcore.preprocess import DataConfig, load_image
 from bmcore.weights import build_pretrained, load_in_key_order, package_weights_file, read_state_dict
 

@@ -149,7 +149,7 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        from bmcore.predictor import cpu_bf16_supported
+        from bmcore.forward import cpu_bf16_supported
 
         return torch.bfloat16 if cpu_bf16_supported() else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
@@ -243,7 +243,7 @@ def teacher_probs(teachers: list, x01: torch.Tensor, temperature: float, dtype, 
     """
     import torch.nn.functional as F
 
-    from bmcore.predictor import dihedral_views
+    from bmcore.forward import dihedral_views
 
     probs = 0.0
     for b, m in teachers:
@@ -267,7 +267,7 @@ def distill_loss(logits: torch.Tensor, soft: torch.Tensor, temperature: float) -
 
 def predict_logits(model, ds, device, dtype, channels_last: bool, tta: bool = False) -> np.ndarray:
     """Validation logits through bmcore's one inference forward pass (the app's)."""
-    from bmcore.predictor import forward_logits
+    from bmcore.forward import forward_logits
     from bmcore.preprocess import normalize, stack_crops
 
     model.eval()
