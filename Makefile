@@ -16,7 +16,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	@$(PY) -c "from bmcore.cases import case_store_from_env as s; s().has_users() or print('No user accounts yet: create the first admin with\n  $(PY) -m bmcore users add NAME --role admin')"
+	@echo "Open http://127.0.0.1:$(PORT) . With no accounts yet, the first page prints a one-time setup link here to create the first admin."
 	$(PY) -m streamlit run app.py --server.address 127.0.0.1 --server.port $(PORT)
 
 test: $(STAMP)

@@ -14,7 +14,7 @@ import streamlit as st
 
 from bmcore import RUO_STATEMENT, caserules
 from bmcore.bundle import BundleError, find_bundles, load_bundle, pick_default
-from bmcore.auth import Actor
+from bmcore.auth import Actor, SetupToken
 from bmcore.cases import JOB_LIVE, AuthError, CaseError, CaseStore, inference_text, reviewer_text, utcnow
 from bmcore.jobs import JobRunner
 from bmcore.predictor import Predictor
@@ -220,10 +220,7 @@ def _login_form(store: CaseStore, oidc: dict | None) -> None:
     if msg := st.session_state.pop("login_msg", None):
         st.info(msg)
     if not oidc and not store.has_users():
-        st.error("No user accounts exist yet, so the app does not open. On the server, create the first admin:")
-        st.code(".venv/bin/python -m bmcore users add NAME --role admin --display-name \"Your Name\"",
-                language="bash")
-        st.caption("Then reload this page. Admins add the other accounts the same way, or on the Users page.")
+        _first_admin_form(store)
         return
     st.subheader("Sign in")
     if err := st.session_state.pop("login_error", None):
@@ -242,10 +239,65 @@ def client_address() -> str:
     X-Forwarded-For, the one the proxy itself saw (nginx: ``$proxy_add_x_forwarded_for``); else the connection's
     peer as Streamlit sees it; "" when neither is known."""
     if os.environ.get("BM_TRUST_PROXY") == "1":
-        forwarded = (st.context.headers.get("X-Forwarded-For") or "").split(",")[-1].strip()
+        header = st.context.headers.get("X-Forwarded-For")
+        forwarded = header.split(",")[-1].strip() if isinstance(header, str) else ""
         if forwarded:
             return forwarded[:100]
-    return (st.context.ip_address or "")[:100]
+    peer = st.context.ip_address  # not a string outside a browser session (AppTest)
+    return peer[:100] if isinstance(peer, str) else ""
+
+
+@st.cache_resource(show_spinner=False)
+def _setup_token(store_url: str) -> SetupToken:
+    """The one-time token that lets a browser create the first admin of an empty store: one per server process and
+    store, made the first time a browser finds no account, its link printed once on the server's console (the
+    terminal running ``make run``), as Jupyter does; never logged anywhere else."""
+    tok = SetupToken()
+    host = st.get_option("server.address") or "localhost"
+    base = (st.get_option("server.baseUrlPath") or "").strip("/")
+    link = f"http://{host}:{st.get_option('server.port')}/{base + '/' if base else ''}?setup={tok.token}"
+    print(f"\n  No user accounts yet. To create the first admin, open this link (it works once):\n\n    {link}\n\n"
+          "  (or, on the server: .venv/bin/python -m bmcore users add NAME --role admin)\n", flush=True)
+    return tok
+
+
+def _first_admin_form(store: CaseStore) -> None:
+    """An empty store: whoever holds the server's setup link creates the first admin here, and is signed in."""
+    tok = _setup_token(_store_url())
+    st.subheader("Create the first admin")
+    st.write("No user accounts exist yet. The server printed a **one-time setup link** in its console (the terminal "
+             "where `make run` runs). Open that link, or paste its token below; the account you create is an "
+             "admin, who then adds the lab's other accounts on the **Users** page.")
+    if err := st.session_state.pop("login_error", None):
+        st.error(err)
+    if not st.session_state.get("setup_token"):
+        st.session_state["setup_token"] = st.query_params.get("setup", "")  # the link opened carries it
+    with st.form("first_admin"):
+        st.text_input("Setup token (the part after ?setup= in the server's link)", type="password", key="setup_token")
+        st.text_input("User name (no spaces)", key="setup_user")
+        st.text_input("Name shown on signatures and reports", key="setup_display")
+        st.text_input("Password (at least 10 characters)", type="password", key="setup_pw1")
+        st.text_input("Password again", type="password", key="setup_pw2")
+        st.form_submit_button("Create the admin and sign in", type="primary", on_click=_make_first_admin,
+                              args=(store, tok))
+
+
+def _make_first_admin(store: CaseStore, tok: SetupToken) -> None:
+    state = st.session_state
+    token, pw1, pw2 = state.get("setup_token", ""), state.get("setup_pw1", ""), state.get("setup_pw2", "")
+    for k in ("setup_token", "setup_pw1", "setup_pw2"):  # secrets are not kept in the session
+        state[k] = ""
+    try:
+        if pw1 != pw2:
+            raise CaseError("the two passwords differ")
+        who = store.add_first_admin(state.get("setup_user", ""), pw1, display_name=state.get("setup_display", ""),
+                                    setup=tok, token=token)
+    except CaseError as exc:  # AuthError included
+        state["login_error"] = f"Not created: {md(exc)}"
+        state["setup_token"] = token  # a mistyped password does not cost the token's retyping
+    else:
+        st.query_params.pop("setup", None)  # the spent token leaves the address bar
+        state["actor"], state["active_at"] = who, utcnow()
 
 
 def _sign_in(store: CaseStore) -> None:

@@ -71,13 +71,16 @@ class AppServer:
 
 @contextmanager
 def app_server(database: Path, log: Path, port: int | None = None, start_timeout: float = 120,
-               extra_args: tuple = (), env_extra: dict | None = None) -> Iterator[AppServer]:
-    """``streamlit run app.py`` headless on loopback with its own SQLite database; stopped (with its children) on exit.
+               extra_args: tuple = (), env_extra: dict | None = None,
+               users: dict | None = USERS) -> Iterator[AppServer]:
+    """``streamlit run app.py`` headless on loopback with its own SQLite database (``users``: the accounts it gets;
+    None: none, as on a fresh install); stopped (with its children) on exit.
 
     File watching is off: a test or benchmark server must not react to edits made while it runs.
     """
     port = port or free_port()
-    add_users(database)
+    if users:
+        add_users(database, users)
     env = dict(os.environ, BM_DATABASE_URL=f"sqlite:///{database}", PYTHONPATH=str(REPO), **(env_extra or {}))
     url = f"http://127.0.0.1:{port}"
     with open(log, "w") as out:

@@ -22,6 +22,7 @@ import datetime as dt
 import hashlib
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 
@@ -117,6 +118,35 @@ def verify_password(stored_hash: str | None, password: str) -> bool:
         return hasher().verify(stored_hash, password or "")
     except (VerificationError, InvalidHashError):
         return False
+
+
+class SetupToken:
+    """The one-time secret that lets a browser create the first admin of an empty store, as Jupyter's token link
+    does: made at random when the server finds no account, printed once on the server's console (never logged
+    elsewhere), compared in constant time, and spent by the first account it makes."""
+
+    def __init__(self) -> None:
+        import secrets
+
+        self._token = secrets.token_urlsafe(24)
+        self._used = False
+        self.lock = threading.Lock()
+
+    @property
+    def token(self) -> str:
+        return self._token
+
+    @property
+    def used(self) -> bool:
+        return self._used
+
+    def matches(self, token: str) -> bool:
+        import hmac
+
+        return not self._used and hmac.compare_digest((token or "").encode(), self._token.encode())
+
+    def use(self) -> None:
+        self._used = True
 
 
 def name_tag(username: str) -> str:
@@ -252,6 +282,34 @@ class AccountsMixin:
                 return u.id
         except IntegrityError:
             raise CaseError(f"user {username!r} already exists") from None
+
+    def add_first_admin(self, username: str, password: str, *, display_name: str = "", setup: "SetupToken",
+                        token: str) -> Actor:
+        """The first account of an empty store, made in the browser by whoever holds the server's one-time setup
+        token (``SetupToken``): an admin, signed in at once. Refused with a wrong or used token, and once any account
+        exists (checked in the same transaction that adds it: two browsers racing make one admin)."""
+        username = _clean_username(username)
+        pw_hash = hash_password(password)
+        with setup.lock:  # one browser at a time: two racing with the link make one admin
+            if not setup.matches(token):
+                raise AuthError("this setup link is not valid (or was used already); use the link the server printed")
+            try:
+                with self.session() as s:
+                    if s.scalar(select(func.count()).select_from(User)):
+                        raise AuthError("the first account exists already; sign in, or ask an admin for an account")
+                    now = utcnow()
+                    u = User(username=username, display_name=(display_name or username).strip()[:200], role=ADMIN,
+                             source=LOCAL, password_hash=pw_hash, last_login_at=now, last_seen_at=now)
+                    s.add(u)
+                    s.flush()
+                    self._event(s, username, "account-created", u.id, "role admin, the first account, through the "
+                                "server's one-time setup link", name_hash=name_tag(username))
+                    self._event(s, username, "ok-sign-in", u.id, "first account", name_hash=name_tag(username))
+                    who = _actor(u, "password", now)
+            except IntegrityError:
+                raise AuthError("the first account exists already; sign in") from None
+            setup.use()  # spent once the account is committed
+            return who
 
     def list_users(self) -> list[dict]:
         with self.session() as s:
@@ -487,5 +545,5 @@ def _by(by: Actor | None) -> str:
     return f" by {by.username}" if by is not None else " from the server's command line"
 
 
-__all__ = ["Actor", "AuthPolicy", "AccountsMixin", "User", "LoginEvent", "ROLES", "VIEWER", "TECHNOLOGIST",
+__all__ = ["Actor", "AuthPolicy", "AccountsMixin", "SetupToken", "User", "LoginEvent", "ROLES", "VIEWER", "TECHNOLOGIST",
            "PATHOLOGIST", "ADMIN", "allows", "hash_password", "verify_password"]

@@ -309,12 +309,59 @@ def _signed_case(env):
     return cid
 
 
+def test_the_first_admin_is_made_in_the_browser_with_the_servers_one_time_link(app_env, capsys, caplog):
+    """An empty store: the server prints a setup link once on its console; the page asks for its token; a wrong token
+    makes nothing; the right one makes an admin who is signed in at once; the token works once and is refused once
+    any account exists; it is logged nowhere but that console line."""
+    import re as _re
+
+    from bmcore.auth import SetupToken
+
+    caplog.set_level(logging.DEBUG)
+    env, store = app_env, app_env["store"]
+    at = _app(env)
+    printed = capsys.readouterr().out
+    links = _re.findall(r"http://\S+/\?setup=(\S+)", printed)
+    assert len(links) == 1, printed
+    token = links[0]
+
+    def submit(at, tok, name="root", pw="a long admin password", pw2=None):
+        at.text_input(key="setup_token").set_value(tok)
+        at.text_input(key="setup_user").set_value(name)
+        at.text_input(key="setup_display").set_value("Dr Root")
+        at.text_input(key="setup_pw1").set_value(pw)
+        at.text_input(key="setup_pw2").set_value(pw if pw2 is None else pw2)
+        next(b for b in at.button if b.label == "Create the admin and sign in").click().run()
+        assert not at.exception, at.exception
+
+    submit(at, "not-the-token")
+    assert any("setup link is not valid" in e.value for e in at.error) and not store.has_users()
+    submit(at, token, pw2="another long password")
+    assert any("the two passwords differ" in e.value for e in at.error) and not store.has_users()
+    submit(at, token)
+    assert at.session_state["actor"].role == "admin" and store.list_users()[0]["username"] == "root"
+    assert any("Signed in as **Dr Root (root)** · admin" in m.value for m in at.sidebar.markdown)
+    other = _app(env)  # a second browser: the store has an account, so it gets the sign-in form, no setup form
+    assert [b.label for b in other.button] == ["Sign in"]
+    tok = SetupToken()
+    store2_user = store.list_users()
+    with pytest.raises(AuthError, match="exists already"):  # a fresh token is refused once any account exists
+        store.add_first_admin("eve", "another long password", setup=tok, token=tok.token)
+    assert store.list_users() == store2_user
+    tok.use()
+    with pytest.raises(AuthError, match="not valid"):  # a spent token is refused
+        store.add_first_admin("eve", "another long password", setup=tok, token=tok.token)
+    logged = caplog.text + repr(store.login_events())
+    assert token not in logged and "a long admin password" not in logged
+    assert capsys.readouterr().out.count(token) == 0, "printed once, at its first use"
+
+
 def test_no_page_shows_anything_before_sign_in_and_an_empty_store_says_how_to_start(app_env):
     env = app_env
     at = _app(env)
-    assert any("No user accounts exist yet" in e.value for e in at.error)
-    assert any("bmcore users add NAME --role admin" in c.value for c in at.code)
-    assert not at.text_input and not at.button  # no form: the app does not open
+    assert any("No user accounts exist yet" in m.value for m in at.markdown)
+    # nothing but the first-admin form opens, and only with the server's token
+    assert [b.label for b in at.button] == ["Create the admin and sign in"] and not at.sidebar.selectbox
     cid = _signed_case(env)
     for page in PAGES:
         at = _app(env, page=page, case_id=cid)

@@ -125,3 +125,44 @@ def test_upload_heatmap_review_signoff_download(server, crops, tmp_path):
     # nor does any password, the right ones or the wrong one
     assert not [pw for pw in ["not-my-password", *(p for _, p in appdriver.USERS.values())] if pw in log]
     assert all(abs(sum(float(r[f"p_{c}"]) for c in DEV_CLASSES) - 1) < 1e-2 for r in rows)
+
+
+def test_a_fresh_install_reaches_a_signed_in_page_through_the_setup_link(tmp_path):
+    """`make run` on a fresh clone, as a newcomer meets it: no account exists; the first page says where the setup
+    link is; the server's console has it, once; opening it and filling the form makes the first admin, signed in."""
+    need_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    ART.mkdir(parents=True, exist_ok=True)
+    log = tmp_path / "console.log"
+    with appdriver.app_server(tmp_path / "fresh.db", log, users=None) as srv, sync_playwright() as pw:
+        browser = appdriver.launch(pw)
+        page = appdriver.new_page(browser, TIMEOUT_S)
+        page.goto(srv.url)
+        expect(page.get_by_text("Create the first admin")).to_be_visible()
+        expect(page.get_by_text("Classify", exact=True)).to_have_count(0)  # nothing of the app before
+        page.screenshot(path=str(ART / "0_first_run.png"), full_page=True)
+        for _ in range(50):  # the console line is printed by the first page's run
+            links = re.findall(r"http://\S+\?setup=(\S+)", log.read_text())
+            if links:
+                break
+            page.wait_for_timeout(100)
+        assert len(links) == 1, log.read_text()[-1500:]
+        token = links[0]
+        page.goto(f"{srv.url}/?setup={token}")
+        page.get_by_label("User name (no spaces)").fill("labadmin")
+        page.get_by_label("Name shown on signatures and reports").fill("Lab Admin")
+        page.get_by_label("Password (at least 10 characters)").fill("first admin password 1")
+        page.get_by_label("Password again").fill("first admin password 1")
+        page.get_by_role("button", name="Create the admin and sign in").click()
+        expect(page.get_by_text(re.compile(r"Signed in as Lab Admin \(labadmin\) · admin"))).to_be_visible()
+        expect(page.get_by_role("link", name="Users")).to_be_visible()
+        assert "setup=" not in page.url, "the spent token leaves the address bar"
+        page.screenshot(path=str(ART / "0_first_admin_signed_in.png"), full_page=True)
+        other = appdriver.new_page(browser, TIMEOUT_S)  # the link again, in another browser: a sign-in form only
+        other.goto(f"{srv.url}/?setup={token}")
+        expect(other.get_by_role("button", name="Sign in", exact=True)).to_be_visible()
+        expect(other.get_by_text("Create the first admin")).to_have_count(0)
+        browser.close()
+    text = log.read_text()
+    assert text.count(token) == 1 and "first admin password 1" not in text and "Traceback" not in text
