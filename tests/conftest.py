@@ -17,7 +17,7 @@ DEV_CLASSES = ["ART", "BLA", "EOS", "LYT", "MON", "NGS", "NIF", "PMO"]
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 # a page error fails its test (AppTest.exception) instead of becoming the "error id" message users see (app.py);
-# tests/test_security.py checks that message with this unset
+# tests/test_hostile_text.py checks that message with this unset
 os.environ.setdefault("BM_PAGE_ERRORS", "raise")
 
 

@@ -37,7 +37,7 @@ CORPUS = {
 CONTROL = "bell\x07tab\tnul\x00rlo\u202egpj.exe\u2066iso\u2069zw\u200bj"
 CASE_ID = "=" + CORPUS["image"]  # a formula prefix and a Markdown image: the CSV's first column, every heading
 PAGES = ["views/home.py", "views/classify.py", "views/hairy_cells.py", "views/differential.py", "views/review.py",
-         "views/export.py", "views/model_card.py", "views/users.py"]
+         "views/export.py", "views/model_comparison.py", "views/model_card.py", "views/users.py"]
 RENDER = MarkdownIt("gfm-like", {"linkify": True}).enable("linkify")
 HIDDEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
 MARKUP = re.compile(r"<(a|img|strong|em|code|s|del|h\d|span|script)\b", re.I)
@@ -137,6 +137,51 @@ def test_every_page_shows_hostile_text_as_text(env, hostile):
     assert f"Case {CASE_ID}: open" in [h.value for h in at.subheader]
 
 
+def _page_shows_text_as_text(at, page: str) -> int:
+    """Assert every Markdown string of the drawn page forms no link or image from the corpus and reads as typed;
+    returns how many held corpus text."""
+    n = 0
+    for src in _markdown_strings(at):
+        rendered = RENDER.render(src)
+        typed = [v for v in CORPUS.values() if v in as_read(src)] or ([HOST] if HOST in as_read(src) else [])
+        assert not re.search(rf"<(a|img)\b[^>]*{re.escape(HOST)}", rendered), (page, src)
+        if typed:
+            n += 1
+            assert not re.search(r"<(a|img)\b", rendered), (page, src, rendered)
+        assert not HIDDEN.search(as_read(src)), (page, "hidden characters", src)
+    return n
+
+
+def test_hostile_names_through_the_upload_and_a_zip(env, crops):
+    """File names as the Classify page's uploader receives them (direct and inside a ZIP): stored cleaned, shown as
+    text on the results page, the Review page and in the CSV."""
+    import zipfile
+
+    from bmcore.report import case_rows, rows_to_csv
+    from tests.test_app import app, upload
+
+    crop = crops["LYT"][0].read_bytes()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("in/[zip](www.evil.example)\u202egpj.exe.jpg", crop)
+        zf.writestr("@zipped.jpg", crop)
+    extra = [("[up](www.evil.example).jpg", crop, "image/jpeg"), ("=cmd\u202e.jpg", crop, "image/jpeg"),
+             ("batch.zip", buf.getvalue(), "application/zip")]
+    at = upload(app(env, threshold=0.0), "UP-1", [crops["BLA"][0]], extra)
+    case = CaseStore(env["db"]).get_case(at.session_state["case_id"])
+    names = sorted(c.name for c in case.cells)
+    assert names == sorted([crops["BLA"][0].name, "[up](www.evil.example).jpg", "=cmd_.jpg",
+                            "batch.zip/in/[zip](www.evil.example)_gpj.exe.jpg", "batch.zip/@zipped.jpg"]), names
+    shown = _page_shows_text_as_text(at, "classify")
+    at.switch_page("views/review.py").run()
+    at.button_group(key=f"review_mode_{case.id}").set_value("One cell").run()
+    shown += _page_shows_text_as_text(at, "review")
+    assert shown, "the pages drew the uploaded names"
+    rows = list(csv.reader(io.StringIO(rows_to_csv(case_rows(case)))))
+    files = [r[2] for r in rows[1:]]
+    assert "'=cmd_.jpg" in files and "batch.zip/@zipped.jpg" in files  # a formula prefix is neutralised, only there
+
+
 def test_the_legend_chip_escapes_its_label():
     from bmcore.fields import legend_chip
 
@@ -202,3 +247,32 @@ def test_md_leaves_no_markup_and_reads_back_as_typed():
         rendered = RENDER.render(md(s))
         assert not MARKUP.search(rendered), (s, rendered)
         assert as_read(md(s)) == clean(s)
+
+
+def test_a_page_error_shows_an_id_and_no_traceback(env, monkeypatch, caplog):
+    """With the users' setting (no BM_PAGE_ERRORS=raise): a page that fails says so with an error id; the browser gets
+    no traceback, path or data; the server's log has the error under that id."""
+    import logging
+
+    import bmcore.report
+    from tests.conftest import actor
+    from tests.test_app import app
+
+    store = CaseStore(env["db"])
+    cid = store.create_case("ERR-1", [CellInput("a.jpg", True, predicted="LYT", confidence=0.9,
+                                                probabilities={"LYT": 0.9})], actor=actor(store))
+    monkeypatch.delenv("BM_PAGE_ERRORS")
+
+    def boom(case):
+        raise RuntimeError("a secret detail at /srv/lab/cases.db")
+
+    monkeypatch.setattr(bmcore.report, "case_differential", boom)
+    caplog.set_level(logging.ERROR, logger="bmcore.app")
+    at = app(env, case_id=cid)
+    at.switch_page("views/differential.py").run()
+    assert not at.exception, at.exception
+    said = " ".join(e.value for e in at.error)
+    error_id = re.search(r"Error id \*\*(\w{8})\*\*", said)[1]
+    page = " ".join(m.value for m in [*at.markdown, *at.error, *at.warning, *at.info, *at.caption])
+    assert "secret detail" not in page and "Traceback" not in page and "/srv/lab" not in page
+    assert f"page error {error_id}" in caplog.text and "a secret detail at /srv/lab/cases.db" in caplog.text
