@@ -262,7 +262,8 @@ def gallery_open(page, group: str) -> None:
 
 def gallery_tick(page, position: int) -> None:
     """Tick the cell #position on the gallery page shown."""
-    page.get_by_test_id("stCheckbox").filter(has_text=re.compile(rf"#{position} ")).locator("label").click()
+    # "#12 0.87" for a classified cell, "#12" alone for an image the gate refused (no model confidence shown)
+    page.get_by_test_id("stCheckbox").filter(has_text=re.compile(rf"#{position}(?!\d)")).locator("label").click()
 
 
 def gallery_move(page, code: str) -> float:
@@ -296,16 +297,22 @@ def gallery_dismiss_rejected(page) -> int:
 def sign_off(page, password: str | None, *, specimen_id: str | None = None, under_target: bool = True) -> None:
     """Fill the Review page's sign-off box and press Sign off case: the password (None: an identity-provider sign-in,
     no box), a specimen id typed there (or, if None and the case has none, "sign without one" ticked), and "under
-    the target count" ticked when the page asks (one form: all reach the server with the click). Ticking is
-    idempotent: a second call after a refusal keeps them."""
+    the target count" ticked when the page asks (one form: all reach the server with the click). Each entry is
+    checked on the page before the click, and ticking is idempotent: a second call after a refusal keeps them."""
+    from playwright.sync_api import expect
+
+    wait_idle(page)  # a form filled while the page still redraws can be drawn again empty
     if password is not None:
-        page.get_by_label(re.compile("Your password, to sign as")).fill(password)
+        box = page.get_by_label(re.compile("Your password, to sign as"))
+        box.fill(password)
+        expect(box).to_have_value(password)
     spec = page.get_by_label(re.compile(r"^Specimen / accession no\. \(none entered"))
     if spec.count():
         if specimen_id:
             spec.fill(specimen_id)
+            expect(spec).to_have_value(specimen_id)
         else:
-            _tick(page, re.compile(r"^Sign without a specimen / accession number"))
+            _tick(page, re.compile(r"^Sign without a specimen"))  # no "/" in a role-name pattern: Playwright fails
     if under_target:
         _tick(page, re.compile(r"^Sign with \d+ of \d+ cells counted, under the target count"))
     page.get_by_role("button", name="Sign off case").click()
@@ -314,9 +321,12 @@ def sign_off(page, password: str | None, *, specimen_id: str | None = None, unde
 
 def _tick(page, label) -> None:
     """Tick a Streamlit checkbox by its label, if the page shows it and it is not ticked yet (in a form: no rerun)."""
+    from playwright.sync_api import expect
+
     box = page.get_by_role("checkbox", name=label)
     if box.count() and not box.is_checked():
         page.get_by_test_id("stCheckbox").filter(has_text=label).locator("label").click()
+        expect(box).to_be_checked()
 
 
 def review_mode(page, mode: str) -> None:

@@ -90,6 +90,10 @@ def test_gallery_review_of_a_100_cell_case_and_a_stale_page(dev_root, tmp_path):
         times = appdriver.gallery_confirm_everything(a)
         clicks += 2 * len(times)
         expect(a.get_by_role("radio", name=appdriver.GALLERY_TODO)).to_have_count(0)
+        # the images the gate would not judge: looked at and dismissed (a page of ticks, one action), so it can sign
+        refused = sum(caserules.rejected_open(c) for c in store.get_case(cid).cells)
+        assert appdriver.gallery_dismiss_rejected(a) == refused
+        clicks += refused + 2 if refused else 0
         a.screenshot(path=str(ART / "gallery_done.png"), full_page=True)
         browser.close()
 
@@ -100,13 +104,15 @@ def test_gallery_review_of_a_100_cell_case_and_a_stale_page(dev_root, tmp_path):
             assert c.final_label == moves[i], c.name
         elif caserules.status(c) == caserules.OK:
             assert c.final_label == before[i].predicted, c.name
+        elif caserules.status(c) == caserules.REJECTED:
+            assert c.final_label == "DIS", c.name
         else:
             assert c.final_label is None, c.name
     audit = store.audit(cid)
     per_cell = Counter((e["cell"], e["action"]) for e in audit if e["action"] in ("confirm", "reclassify"))
     assert sorted(per_cell.values()) == [1] * len(per_cell), "each cell reviewed once"
     assert Counter(a for _, a in per_cell) == {"reclassify": 10, "confirm": len(ok) - 10}
-    assert {e["action"] for e in audit} == {"create", "confirm", "reclassify"}
+    assert {e["action"] for e in audit} == {"create", "confirm", "reclassify"} | ({"dismiss"} if refused else set())
     assert len({e["action_id"] for e in audit if e["action"] == "reclassify"}) == sum(map(len, by_group.values()))
     assert caserules.sign_off_blockers(store.get_case(cid)) == []
     (ART / "gallery_interactions.txt").write_text(
