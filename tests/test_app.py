@@ -257,6 +257,10 @@ def test_differential_matches_stored_labels(env, crops):
     # cells wait for review: no percentage is a number, the blast figure says how many possible blasts are pending
     assert all(t.startswith("pending: ") for t in at.dataframe[0].value["percent_text"])
     assert metric(at, "Blasts") == "pending"
+    chart = json.loads(at.get("plotly_chart")[0].proto.spec)  # bars are counts, on a count axis
+    assert chart["layout"]["yaxis"]["title"]["text"] == "cells counted" and chart["data"][0]["y"] is not None
+    key = at.dataframe[-1].value  # every code shown has its name beside it
+    assert {"BLA": "Blast", "NIF": "Not identifiable"}.items() <= dict(zip(key["code"], key["cell type"])).items()
     for c in waiting:  # a reviewer confirms them: now they count, by their stored label
         store.review_cell(c.id, sign_in(env), c.predicted, expected_version=c.version, case_id=case.id)
         if c.predicted not in ("ART", "NIF"):
