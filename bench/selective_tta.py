@@ -13,7 +13,7 @@ choose. Views per cell counts 1 + 3 x (share of unsure cells): the cost if only 
 Then, in the same run, a 500-crop differential end to end from JPEG bytes (``Predictor.predict``: decode, model,
 gate, verdicts; model load excluded; best of 2) with ONNX fp32 at no TTA, full TTA and the chosen selective TTA,
 idle and with a competing CPU-bound process on one core (``bmcore.bench.competing_process``). This measures a
-candidate setting; the app does not run it (see the README).
+candidate setting; the app does not run it (see docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -513,7 +513,7 @@ class CaseStore(AccountsMixin):
             return rows
 
     def delete_case(self, case_id: int, actor: Actor) -> None:
-        """Delete a case, its cells and its audit trail (the README explains when to do this).
+        """Delete a case, its cells and its audit trail (docs/reports.md explains when to do this).
 
         Admins only, except that whoever created a case may take it back while none of its cells is classified or
         reviewed yet (a submission that failed). The deletion itself is logged in ``login_events`` (who, which

@@ -135,7 +135,7 @@ TABLE_END = "<!-- end of comparison table -->"
 
 
 def markdown_table(results: list[dict]) -> str:
-    """The study's results as a Markdown table, best test macro-F1 first (the README/docs table)."""
+    """The study's results as a Markdown table, best test macro-F1 first (the table of docs/comparison.md)."""
     head = ("| model | weights | px | accuracy | macro-F1 | balanced acc. | min class F1 | ECE | params (M) | GFLOPs "
             "| CPU ms/cell | train min |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []

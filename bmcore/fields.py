@@ -69,7 +69,7 @@ CANDIDATE_LEVELS = (35.0, 45.0, 60.0)          # stain thresholds the nucleus ca
 CANDIDATE_GROUPS_UM = (0.0, 2.5, 4.0, 6.0)      # lobe-grouping distances they are read at
 WORK_SIDE = 1280               # a larger field is searched at this longer side (boxes mapped back to its pixels)
 CYTOPLASM_LEVELS = (10.0, 20.0)  # lower stain levels a cell's cytoplasm reaches (the box regressors' extent features)
-EXTENT_WINDOW = 0.75           # ... measured up to this many nucleus sides beyond the nucleus box (chosen: README)
+EXTENT_WINDOW = 0.75           # ... measured up to this many nucleus sides beyond the nucleus box (chosen: docs/smear-fields.md)
 
 
 @dataclass
@@ -311,7 +311,7 @@ FEATURE_NAMES = ["nucleus_area_um2", "nucleus_w_um", "nucleus_h_um", "elongation
                  "stain_mean", "stain_p90", "stain_sd", "rim_stain", "rim_r", "rim_g", "rim_b", "nuc_r", "nuc_g",
                  "nuc_b", "rim_pale", "border_um", "level", "group_um", "split", "inside_others", "contains_others"]
 # the box regressors also read where the cytoplasm ends; the classifier (one white cell or not) does without: with
-# 360 readings to learn from, the extents helped the boxes and only added noise to the classifier (README). The
+# 360 readings to learn from, the extents helped the boxes and only added noise to the classifier (docs/smear-fields.md). The
 # classifier's features are the first len(CLASSIFIER_FEATURES) columns of a FEATURE_NAMES row (FieldScorer.scores)
 CLASSIFIER_FEATURES = list(FEATURE_NAMES)
 FEATURE_NAMES += [f"extent_{side}_{level:g}" for level in CYTOPLASM_LEVELS

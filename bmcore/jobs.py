@@ -171,7 +171,7 @@ class JobRunner:
         """If ``job_id`` has the classifier alone and at most one chunk left to start, wait (up to ``timeout`` s)
         until it leaves the queue, its end recorded; True if it has left. A page that checks once a second learns of
         the end when it comes instead of up to a second later, and waits only at the very end of a job. While jobs
-        share the classifier it answers at once: 8 sessions at once were slower with the wait (README)."""
+        share the classifier it answers at once: 8 sessions at once were slower with the wait (docs/benchmarks.md)."""
         deadline = time.monotonic() + timeout
         with self._cv:
             while True:

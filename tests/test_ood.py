@@ -112,11 +112,11 @@ def test_default_gate_figures_reproduce_on_the_test_split(default_bundle_with_ga
             assert m["refused"] == 1.0 and m["reasons"] == {REASON_FIELD: m["n"]}, name
 
 
-def test_readme_and_eval_ood_state_the_same_gate_figures(default_bundle_with_gate):
-    """The README quotes the default bundle's eval_ood.json: the test split's refusals as the app runs them and the
-    peripheral-blood figure (a new model or a new measurement must update both)."""
+def test_the_docs_and_eval_ood_state_the_same_gate_figures(default_bundle_with_gate):
+    """The gate's documentation quotes the default bundle's eval_ood.json: the test split's refusals as the app runs
+    them and the peripheral-blood figure (a new model or a new measurement must update both)."""
     ev = json.loads((default_bundle_with_gate.path / "eval_ood.json").read_text())
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "reliability-and-deployment.md").read_text()
     t, blood = ev["test_as_run"], ev["peripheral_blood"]
     row = next(line for line in readme.splitlines() if line.startswith("| **test split"))
     assert f"**{t['rate']:.1%}** ({t['refused']} of {t['crops']}" in row and t["setting"] in row

@@ -211,7 +211,7 @@ if not timed.empty:
     st.caption(f"Test macro-F1 on {where} against CPU time per crop as each run recorded it (fp32, PyTorch, on the "
                f"study's machine); bubble area is the parameter count (at least a dot). Hover a bubble for its model. "
                + ("" if len(timed) == len(ranked) else "Rows without a timing (the deployed model) are not drawn. ")
-               + "It does not show GPU speed or the ONNX / int8 speed the app reaches (README, Benchmarks).")
+               + "It does not show GPU speed or the ONNX / int8 speed the app reaches (docs/benchmarks.md in the repository).")
 
 st.markdown("#### Published figures from the seed documents")
 pub = pd.read_csv(appkit.ASSETS / "published" / "seeds_published.csv", dtype={"seed": str})
