@@ -208,10 +208,6 @@ class Predictor:
         return forward_logits(self.model, x, self.device, dtype=self._dtype, tta=tta, batch_size=self.batch_size,
                               channels_last=self.device.type in ("cuda", "cpu"), features=features)
 
-    def probabilities(self, x: torch.Tensor) -> np.ndarray:
-        """Calibrated probabilities (temperature-scaled softmax)."""
-        return softmax(self.logits(x), self.temperature)
-
     # -- images ------------------------------------------------------------------------------------
     def _load_one(self, src, thumbnail: bool = False) -> tuple[torch.Tensor, bytes | None]:
         img = src if hasattr(src, "size") and hasattr(src, "mode") else decode_image(src)

@@ -12,8 +12,9 @@ smears (one crop = one cell, like the 250×250 crops of the Matek et al. 2021 da
 model looked at** (Grad-CAM heatmaps), **flags suspected hairy cells** when the model knows them, counts a
 **differential**, and lets a reviewer **confirm or correct every cell and sign the case off**.
 
-It is **not** a diagnostic device: every label is a suggestion for a qualified morphologist to check. It does
-not find cells on a slide (upload single-cell crops), and it only knows the classes listed below.
+It is **not** a diagnostic device: every label is a suggestion for a qualified morphologist to check. It takes
+single-cell crops and smear-field photographs (it finds the nucleated cells of a field and classifies each), not
+whole-slide images, and it only knows the classes listed below.
 """
 )
 if st.session_state.get("predictor_ok"):
@@ -39,7 +40,7 @@ for path, text in [("views/classify.py", "Classify: upload crops, see classes, c
                    ("views/hairy_cells.py", "Hairy cells: the hairy-cell screen and its alert"),
                    ("views/differential.py", "Differential: counts, percentages, M:E ratio"),
                    ("views/review.py", "Review: confirm or correct cells, sign the case off, audit trail"),
-                   ("views/export.py", "Export: cell table (CSV) and printable report"),
+                   ("views/export.py", "Export: PDF and printable report, FHIR for the LIS, cell table (CSV)"),
                    ("views/model_comparison.py", "Model comparison: how backbones compare on the same data"),
                    ("views/model_card.py", "Model card: what the loaded model is and is not")]:
     st.page_link(path, label=text)

@@ -21,8 +21,9 @@ st.markdown(f"""
 **Intended use.** {m.get('intended_use', '')}
 {m.get('statement', '')}
 
-**Not for:** diagnosis without expert review; whole-slide images or fields with several cells; peripheral blood
-smears, other stains or magnifications; classes the model was not trained on (below).
+**Not for:** diagnosis without expert review; whole-slide images (a smear-field photograph is cut into its cells
+first, on the Classify page); peripheral blood smears, other stains or magnifications; classes the model was not
+trained on (below).
 """)
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("Backbone", m.get("timm_name", b.backbone))
