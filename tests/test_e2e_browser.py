@@ -164,5 +164,7 @@ def test_a_fresh_install_reaches_a_signed_in_page_through_the_setup_link(tmp_pat
         expect(other.get_by_role("button", name="Sign in", exact=True)).to_be_visible()
         expect(other.get_by_text("Create the first admin")).to_have_count(0)
         browser.close()
-    text = log.read_text()
-    assert text.count(token) == 1 and "first admin password 1" not in text and "Traceback" not in text
+        text = log.read_text()  # read while the server runs: its shutdown may interrupt the heatmap warm-up thread
+    assert text.count(token) == 1, "the token is printed once, on the console, and nowhere else"
+    assert "first admin password 1" not in text
+    assert "Traceback" not in text, text[-2000:]

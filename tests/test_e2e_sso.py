@@ -49,6 +49,9 @@ def test_oidc_round_trip_roles_from_a_claim_and_a_signature(tmp_path):
                                                 probabilities={"LYT": 0.97, "BLA": 0.03}) for i in range(3)],
                             actor=tech, model_name="m", model_sha256="ab" * 32, model_classes=["LYT", "BLA"])
     store.review_cells(cid, tech, {c.id: c.version for c in store.get_case(cid).cells})  # reviewed by the technologist: ready for a pathologist's signature
+    # the specimen id and a target the count meets are set beforehand: this test is about the identity provider's
+    # signature (the sign-off box's own entries are driven in tests/test_e2e_signoff.py)
+    store.set_case_details(cid, tech, specimen={"specimen_id": "SSO-ACC-1"}, target_count=3)
 
     with oidc_provider_mock.run_server_in_thread() as idp:
         issuer = f"http://localhost:{idp.server_port}"
@@ -97,11 +100,12 @@ bm-technologists = "technologist"
             page.get_by_role("link", name="Review").first.click()
             appdriver.settle(page)
             expect(page.get_by_text(re.compile("Your password, to sign"))).to_have_count(0)
-            appdriver.sign_off(page, None, specimen_id="SSO-ACC-1")
+            appdriver.sign_off(page, None)
             expect(page.get_by_text("signed off by").first).to_be_visible()
             case = store.get_case(cid)
             assert case.status == "signed" and case.signature["username"] == "alice"
             assert case.signature["proof"].startswith("identity provider sign-in at")
+            assert case.signature["specimen_id"] == "SSO-ACC-1" and case.signature["under_target"] is False
             assert store.audit(cid)[-1]["user_id"] == users["alice"]["id"]
             page.screenshot(path=str(ART / "sso_signed_case.png"), full_page=True)
 
