@@ -30,6 +30,14 @@ def critical_codes(cell) -> list[str]:
     return [c for c in (getattr(cell, "critical", "") or "").split(",") if c]
 
 
+def possible_blast(cell) -> bool:
+    """The model's calibrated P(blast) reached the case's blast review threshold, whatever the top class: the one
+    meaning of "possible blast" for the Classify tile and the Differential's pending count."""
+    from .tasks import BLAST_CODES
+
+    return bool(BLAST_CODES & set(critical_codes(cell)))
+
+
 def model_flags(cell) -> list[str]:
     """What the model's output flags on a classified cell (critical classes, hairy cell, uncertain), whether or not a
     person has reviewed it since: fixed once the cell is classified."""

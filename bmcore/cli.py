@@ -36,7 +36,8 @@ def cmd_classify(a) -> int:
     from .fields import expand_fields
     from .inputs import from_paths, safe_display_name
     from .predictor import Predictor
-    from .report import differential, prediction_rows, rows_to_csv
+    from .differential import differential
+    from .report import prediction_rows, rows_to_csv
 
     pred = Predictor(a.bundle or default_bundle(), threshold=a.threshold, device=a.device)
     items = from_paths(a.inputs)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .caserules import (HAIRY_UNAVAILABLE, PENDING, REJECTED as ST_REJECTED, critical_codes, needs_review,
+from .caserules import (HAIRY_UNAVAILABLE, PENDING, REJECTED as ST_REJECTED, needs_review, possible_blast,
                         rejected_open, status)
 from .tasks import (BLAST_CODES, CELL_NAMES, DISMISSED_CODE, ERYTHROID_CODES, HAIRY_CELL_CODE, MYELOID_CODES,
                     NON_CELL_CODES, cell_name, codes_text)
@@ -140,12 +140,6 @@ def _me(counts: dict[str, int], covered: set[str], unreviewed: int, pending: int
                           + (f"; {pending} cell(s) await review" if pending else ""))
         return None, "not defined: no erythroid precursors counted" + tail
     return my / er, f"{my} myeloid : {er} erythroid cells" + tail
-
-
-def possible_blast(cell) -> bool:
-    """The model's output marks the cell as a possible blast: a blast class's review threshold reached, or a blast
-    top class."""
-    return bool(set(critical_codes(cell)) & BLAST_CODES) or cell.predicted in BLAST_CODES
 
 
 def case_differential(case) -> Differential:

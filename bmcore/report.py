@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import RUO_STATEMENT
 from .caserules import (HAIRY_UNAVAILABLE, critical_codes, hairy_screening, model_flags, rejected_text,
                         review_reasons, said_text, status, summary)
-from .differential import (DEFAULT_TARGET, DISMISSED, NOT_CLASSIFIED, REJECTED, UNCERTAIN, UNREADABLE,  # noqa: F401
-                           Differential, blast_text, case_differential, differential, pending_text)
+from .differential import DEFAULT_TARGET, Differential, blast_text, case_differential, pending_text
 from .tasks import CELL_NAMES, HAIRY_CELL_CODE, cell_name, codes_text
 from .text import clean, spreadsheet_cell
 from .cases import (SPECIMEN_FIELDS, VIA_GALLERY, VIA_ONE, WHO_TYPED, inference_text, reviewer_text,

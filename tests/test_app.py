@@ -527,7 +527,7 @@ def test_rejected_bin_is_left_out_of_the_differential(env, crops):
     from bmcore.bundle import load_bundle
     from bmcore.cli import default_bundle
     from bmcore.caserules import needs_review
-    from bmcore.report import REJECTED
+    from bmcore.differential import REJECTED
     from train.ood import _screenshot
 
     def png(im):

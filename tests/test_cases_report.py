@@ -3,7 +3,8 @@ from bmcore import caserules
 
 from bmcore.cases import CaseError, CaseStore, CellInput, ConflictError, PermissionDenied
 from tests.conftest import REPO, TEST_PASSWORD, actor
-from bmcore.report import REJECTED, UNCERTAIN, UNREADABLE, case_rows, differential, render_html_report
+from bmcore.differential import REJECTED, UNCERTAIN, UNREADABLE, differential
+from bmcore.report import case_rows, render_html_report
 
 
 def _cells():

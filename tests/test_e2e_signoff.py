@@ -9,7 +9,6 @@ label of a relabelled cell. Skipped where chromium or playwright is missing, unl
 """
 
 import csv
-import io
 import json
 import re
 import shutil
@@ -23,7 +22,6 @@ from bench import appdriver
 from bmcore import caserules
 from bmcore.bundle import find_bundles, pick_default
 from bmcore.cases import CaseStore
-from bmcore.inputs import from_paths
 from bmcore.predictor import Predictor
 from tests.conftest import REPO, SHARED, need_browser
 

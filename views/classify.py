@@ -9,8 +9,8 @@ from bmcore.fields import (RBC_DIAMETER_UM, class_colour, draw_field, expand_fie
                            scale_words)
 from bmcore.inputs import MAX_FILES, enforce_limit, from_upload
 from bmcore.jobs import match_pending, pending_inputs
-from bmcore.tasks import BLAST_CODES, cell_name
-from bmcore.text import clean, md
+from bmcore.tasks import cell_name
+from bmcore.text import md
 
 GALLERY_PAGE = 36
 ORIGINALS_BUDGET = 256 * 2**20  # bytes of original uploads one browser session keeps for heatmaps
@@ -199,8 +199,7 @@ c1.metric("Cells classified", f"{summ.classified} of {n_read}" if n_read else 0,
           help="Readable images the model gave a class, of all readable images it looked at")
 c2.metric("Uncertain", f"{summ.uncertain} of {summ.classified}",
           help="Confidence below the case's review threshold, of the classified cells")
-n_blast = sum(1 for c in case.cells if caserules.status(c) == caserules.OK
-              and BLAST_CODES & set(caserules.critical_codes(c)))
+n_blast = sum(caserules.possible_blast(c) for c in case.cells if caserules.status(c) == caserules.OK)
 c3.metric("Possible blasts", f"{n_blast} of {summ.classified}",
           help="Calibrated P(blast) at or above the case's critical threshold, whatever the top class, of the "
                "classified cells: reviewed one by one")
