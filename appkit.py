@@ -15,7 +15,9 @@ import streamlit as st
 from bmcore import RUO_STATEMENT, caserules
 from bmcore.bundle import BundleError, find_bundles, load_bundle, pick_default
 from bmcore.auth import Actor, SetupToken
-from bmcore.cases import JOB_LIVE, AuthError, CaseError, CaseStore, inference_text, reviewer_text, utcnow
+from bmcore.cases import AuthError, CaseError, CaseStore, utcnow
+from bmcore.casetext import inference_text, reviewer_text
+from bmcore.schema import JOB_LIVE
 from bmcore.jobs import JobRunner
 from bmcore.predictor import Predictor
 from bmcore.tasks import HAIRY_CELL_CODE

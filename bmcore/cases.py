@@ -1,8 +1,8 @@
-"""Cases, cells, reviews and the audit trail, through SQLAlchemy.
+"""Cases, cells, reviews and sign-off: the store's versioned writes and its reads, through SQLAlchemy.
 
-An SQLite file by default; any SQLAlchemy URL (``postgresql+psycopg://...``) for a shared
-lab server. The store keeps only what users typed (case id, reviewer names, notes) and, per
-cell, the crop's sha256, a small thumbnail and the model's output: no patient names.
+An SQLite file by default; any SQLAlchemy URL (``postgresql+psycopg://...``) for a shared lab server. The tables
+and their migration are ``bmcore.schema``; the job rows ``bmcore.jobtable``; the integrity check
+``bmcore.integrity``; a case's facts in words ``bmcore.casetext``.
 
 Every change to a cell or case appends an ``AuditEvent`` (who, when, cell, from, to); audit
 rows are never updated or deleted by this module. Cell and case rows carry a ``version``
@@ -17,172 +17,28 @@ change to a signed case.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text,
-                        UniqueConstraint, create_engine, event, func, select)
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import flag_modified
 from sqlalchemy.orm.exc import StaleDataError
 
-from .db import NO_REUSE as _NO_REUSE
 from .auth import AccountsMixin, Actor, AuthPolicy
-from .db import AuthError, Base, CaseError, ConflictError, PermissionDenied, StoreError, utcnow
+from .casetext import case_status_text, ranges_text, signature_text, who_text
+from .db import AuthError, CaseError, ConflictError, PermissionDenied, StoreError, utcnow
+from .integrity import integrity_problems
+from .jobtable import JobTable
+from .schema import (CODE_MAX, NAME_MAX, SPECIMEN_FIELDS, SPECIMEN_MAX, STATUS_OPEN, STATUS_SIGNED, TARGET_MAX,
+                     TARGET_MIN, VIA_GALLERY, VIA_ONE, WHO_SYSTEM, WHO_USER, AuditEvent, Case, Cell, FieldImage, Job,
+                     open_engine)
 from .tasks import DISMISSED_CODE, reviewer_labels
 from .text import has_hidden_characters
 
-STATUS_OPEN = "open"
-STATUS_SIGNED = "signed"
 DEFAULT_DB = Path("data") / "bmcases.db"
-NAME_MAX = 300  # characters of a file name kept in cells.name; a longer one is truncated, the full name audited
-CODE_MAX = 100
-JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_FAILED, JOB_INTERRUPTED = "queued", "running", "done", "failed", "interrupted"
-JOB_LIVE = (JOB_QUEUED, JOB_RUNNING)
-WHO_USER, WHO_SYSTEM, WHO_TYPED = "user", "system", "typed"
-# how a review row was made: one cell at a time, or a gallery action on the cells of a page (audit.before["via"])
-VIA_ONE, VIA_GALLERY = "one cell", "gallery"
-# the optional specimen details a case may carry (key, label); each at most SPECIMEN_MAX characters
-SPECIMEN_FIELDS = (("specimen_id", "Specimen / accession no."), ("site", "Specimen type and site"),
-                   ("collected", "Collection date (YYYY-MM-DD)"), ("stain", "Stain"))
-SPECIMEN_MAX = 100
-TARGET_MIN, TARGET_MAX = 1, 10000
-
-
-class Case(Base):
-    __tablename__ = "cases"
-    __table_args__ = (_NO_REUSE,)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    case_code: Mapped[str] = mapped_column(String(100), unique=True, index=True)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-    created_by: Mapped[str] = mapped_column(String(100), default="")
-    created_by_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    status: Mapped[str] = mapped_column(String(20), default=STATUS_OPEN)
-    signed_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
-    signed_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
-    signed_by_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    # the signature of the sign-off: user id, user name, display name, role, time, case version, model sha256, how
-    # the signer re-authenticated (bmcore.cases.CaseStore.sign_off)
-    signature: Mapped[dict | None] = mapped_column(JSON, nullable=True)
-    model_name: Mapped[str] = mapped_column(String(200), default="")
-    model_sha256: Mapped[str] = mapped_column(String(64), default="")
-    model_classes: Mapped[list] = mapped_column(JSON, default=list)
-    # the review rules in force when the case was classified (bmcore.triage.ReviewRules.to_dict())
-    rules: Mapped[dict | None] = mapped_column(JSON, nullable=True)
-    # how the model computed (bmcore.predictor.Predictor.inference_record): engine, precision, TTA, the ONNX file's
-    # sha256; None for cases classified before it was recorded (torch fp32 with the bundle's TTA)
-    inference: Mapped[dict | None] = mapped_column(JSON, nullable=True)
-    # optional specimen details typed by the lab (SPECIMEN_FIELDS) and the differential's target count (cells)
-    specimen: Mapped[dict | None] = mapped_column(JSON, nullable=True)
-    target_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    version: Mapped[int] = mapped_column(Integer, default=1, nullable=False)
-    cells: Mapped[list["Cell"]] = relationship(back_populates="case", order_by="Cell.position",
-                                               cascade="all, delete-orphan")
-    __mapper_args__ = {"version_id_col": version}
-
-
-class Cell(Base):
-    __tablename__ = "cells"
-    __table_args__ = (UniqueConstraint("case_id", "position"), _NO_REUSE)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
-    position: Mapped[int] = mapped_column(Integer)
-    name: Mapped[str] = mapped_column(String(300))
-    sha256: Mapped[str] = mapped_column(String(64), default="")
-    thumbnail: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
-    ok: Mapped[bool] = mapped_column(Boolean, default=True)
-    error: Mapped[str] = mapped_column(Text, default="")
-    predicted: Mapped[str] = mapped_column(String(10), default="")
-    confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
-    probabilities: Mapped[dict] = mapped_column(JSON, default=dict)
-    uncertain: Mapped[bool] = mapped_column(Boolean, default=False)
-    hairy_flag: Mapped[bool] = mapped_column(Boolean, default=False)
-    # refused by the model's quality / out-of-distribution gate: no class counts unless a reviewer gives one
-    rejected: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
-    reject_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
-    # created with the case, not classified yet (a background job fills it in)
-    pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
-    # critical classes whose calibrated probability reached the case's review threshold, comma-separated
-    critical: Mapped[str] = mapped_column(String(50), default="", server_default="")
-    final_label: Mapped[str | None] = mapped_column(String(10), nullable=True)
-    reviewed_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
-    reviewed_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
-    reviewed_by_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    # a cell found in a smear-field image (bmcore.fields): {"field": name, "box": [x0, y0, x1, y1] px in the field,
-    # "cell_number", "um_per_px", "scale_source"}; None for an uploaded single-cell crop
-    origin: Mapped[dict | None] = mapped_column(JSON, nullable=True)
-    version: Mapped[int] = mapped_column(Integer, default=1, nullable=False)
-    case: Mapped[Case] = relationship(back_populates="cells")
-    __mapper_args__ = {"version_id_col": version}
-
-    @property
-    def label(self) -> str | None:
-        """The label that counts: the reviewer's if reviewed, else the model's (None if unreadable, rejected or pending)."""
-        if not self.ok or self.pending:
-            return None
-        if self.final_label:
-            return self.final_label
-        return None if self.rejected else self.predicted
-
-    @property
-    def reviewed(self) -> bool:
-        return self.final_label is not None
-
-
-class FieldImage(Base):
-    """A smear-field image whose cells joined a case (bmcore.fields): a reduced JPEG for drawing its boxes on."""
-
-    __tablename__ = "field_images"
-    __table_args__ = (UniqueConstraint("case_id", "name"), _NO_REUSE)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
-    name: Mapped[str] = mapped_column(String(300))
-    width: Mapped[int] = mapped_column(Integer)    # of the original field, px (the cells' boxes are in these)
-    height: Mapped[int] = mapped_column(Integer)
-    image: Mapped[bytes] = mapped_column(LargeBinary)  # JPEG, at most FIELD_IMAGE_SIDE px a side
-    scale: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # {"um_per_px", "source"}
-
-
-class AuditEvent(Base):
-    __tablename__ = "audit"
-    __table_args__ = (_NO_REUSE,)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
-    cell_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    cell_name: Mapped[str] = mapped_column(String(300), default="")
-    at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-    who: Mapped[str] = mapped_column(String(100))
-    # "user": ``who`` is the signed-in user ``user_id``'s name; "system": the classifier; "typed": a name typed
-    # into a text box before accounts existed (rows migrated from an older database), never verified
-    user_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
-    who_kind: Mapped[str] = mapped_column(String(10), default=WHO_SYSTEM, server_default=WHO_TYPED)
-    # review rows: the action they belong to (a gallery move or confirmation of many cells shares one) and the cell's
-    # review state before it (final label, reviewer, time), so that ``CaseStore.undo`` can restore it
-    action_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
-    before: Mapped[dict | None] = mapped_column(JSON, nullable=True)
-    action: Mapped[str] = mapped_column(String(30))
-    from_value: Mapped[str] = mapped_column(String(100), default="")
-    to_value: Mapped[str] = mapped_column(String(100), default="")
-    note: Mapped[str] = mapped_column(Text, default="")
-
-
-class Job(Base):
-    """A classification job: its state lives here so a restarted server can tell a stopped job from a running one."""
-
-    __tablename__ = "jobs"
-    __table_args__ = (_NO_REUSE,)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
-    status: Mapped[str] = mapped_column(String(20), default=JOB_QUEUED)
-    total: Mapped[int] = mapped_column(Integer, default=0)
-    done: Mapped[int] = mapped_column(Integer, default=0)
-    owner: Mapped[str] = mapped_column(String(200), default="")
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-    heartbeat: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-    error: Mapped[str] = mapped_column(Text, default="")
 
 
 def _changed_by_other(cell: Cell) -> str:
@@ -240,16 +96,7 @@ class CellInput:
     pending: bool = False
 
 
-def _sqlite_pragmas(dbapi_conn, _):
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA journal_mode=WAL")  # readers don't block the writer; survives a killed writer
-    cur.execute("PRAGMA synchronous=FULL")
-    cur.execute("PRAGMA busy_timeout=10000")
-    cur.close()
-
-
-class CaseStore(AccountsMixin):
+class CaseStore(JobTable, AccountsMixin):
     def __init__(self, url: str | None = None, *, policy: AuthPolicy | None = None):
         self.policy = policy or AuthPolicy.from_env()
         if url is None:
@@ -259,41 +106,8 @@ class CaseStore(AccountsMixin):
             Path(url).parent.mkdir(parents=True, exist_ok=True)
             url = f"sqlite:///{url}"
         self.url = url
-        kw = {"connect_args": {"timeout": 30, "check_same_thread": False}} if url.startswith("sqlite") else \
-            {"pool_pre_ping": True}
-        self.engine = create_engine(url, **kw)
-        if url.startswith("sqlite"):
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
-        self._migrate(self._add_missing_columns())
+        self.engine = open_engine(url)
         self._Session = sessionmaker(self.engine, expire_on_commit=False)
-
-    def _add_missing_columns(self) -> set[str]:
-        """Columns added since a database was created (e.g. ``cells.rejected``) are added in place, with defaults.
-        Returns the added ones as ``table.column``."""
-        from sqlalchemy import inspect
-
-        insp = inspect(self.engine)
-        added = set()
-        for table in Base.metadata.sorted_tables:
-            have = {c["name"] for c in insp.get_columns(table.name)}
-            for col in table.columns:
-                if col.name not in have and (col.server_default is not None or col.nullable):
-                    ddl = f"ALTER TABLE {table.name} ADD COLUMN {col.name} {col.type.compile(self.engine.dialect)}"
-                    if col.server_default is not None:
-                        ddl += f" DEFAULT {col.server_default.arg!r}"
-                    with self.engine.begin() as c:
-                        c.exec_driver_sql(ddl.replace('"', "'"))
-                    added.add(f"{table.name}.{col.name}")
-        return added
-
-    def _migrate(self, added: set[str]) -> None:
-        """Data changes that go with new columns. ``audit.who_kind``: an older database's names were typed into a
-        text box (kept, marked "typed"); its classifier rows were the system's."""
-        if "audit.who_kind" in added:
-            with self.engine.begin() as c:
-                c.exec_driver_sql(f"UPDATE audit SET who_kind = '{WHO_SYSTEM}' WHERE who IN ('(classifier)', "
-                                  "'(system)')")
 
     @contextmanager
     def session(self):
@@ -350,7 +164,8 @@ class CaseStore(AccountsMixin):
                 s.add(case)
                 s.flush()
                 s.add_all(_field_row(case.id, f) for f in field_images or [])
-                s.add(_audit_row(case.id, u, action="create", note=f"{len(cells)} cells; model {model_name}"))
+                s.add(_audit_row(case.id, u, action="create", n_cells=len(cells),
+                                 note=f"{len(cells)} cells; model {model_name}"))
                 for i, full in long_names:
                     cell = case.cells[i]
                     s.add(_audit_row(case.id, u, cell=cell, action="name-truncated", note=f"full file name: {full}"))
@@ -391,8 +206,8 @@ class CaseStore(AccountsMixin):
                 s.add_all(_cell_row(pos, c, case_id) for pos, c in zip(positions, cells))
                 s.add_all(_field_row(case_id, f) for f in field_images or [])
                 fields = f"; from field(s) {', '.join(f['name'] for f in field_images)}" if field_images else ""
-                s.add(_audit_row(case_id, u, action="add-cells",
-                                 note=f"{len(cells)} cells: {_ranges([p + 1 for p in positions])}{fields}"))
+                s.add(_audit_row(case_id, u, action="add-cells", n_cells=len(cells),
+                                 note=f"{len(cells)} cells: {ranges_text([p + 1 for p in positions])}{fields}"))
                 return positions
         except IntegrityError:  # a colleague's cells took these positions (or that field) in the same moment
             raise ConflictError("someone added cells to this case at the same moment; nothing was added. Look at "
@@ -427,44 +242,8 @@ class CaseStore(AccountsMixin):
                     job.heartbeat = utcnow()
             if filled:
                 s.add(AuditEvent(case_id=case_id, who="(classifier)", who_kind=WHO_SYSTEM, action="classified",
-                                 note=f"{len(filled)} cells: {_ranges(filled)}" + (f"; job {job_id}" if job_id else "")))
+                                 note=f"{len(filled)} cells: {ranges_text(filled)}" + (f"; job {job_id}" if job_id else "")))
             return len(filled)
-
-    # -- jobs ----------------------------------------------------------------------------------------
-    def create_job(self, case_id: int, total: int, owner: str) -> int:
-        with self.session() as s:
-            self._case(s, case_id)
-            job = Job(case_id=case_id, total=total, owner=owner[:200], status=JOB_QUEUED)
-            s.add(job)
-            s.flush()
-            return job.id
-
-    def set_job(self, job_id: int, status: str, error: str = "") -> None:
-        with self.session() as s:
-            job = s.get(Job, job_id)
-            if job is not None:
-                job.status, job.heartbeat = status, utcnow()
-                if error:
-                    job.error = error
-
-    def latest_job(self, case_id: int) -> dict | None:
-        with self.session() as s:
-            job = s.scalars(select(Job).where(Job.case_id == case_id).order_by(Job.id.desc())).first()
-            return None if job is None else _job_dict(job)
-
-    def interrupt_jobs(self, is_alive) -> list[int]:
-        """Mark queued/running jobs whose owner ``is_alive(owner, heartbeat)`` denies as interrupted; returns their ids."""
-        out = []
-        with self.session() as s:
-            for job in s.scalars(select(Job).where(Job.status.in_(JOB_LIVE))):
-                if not is_alive(job.owner, job.heartbeat):
-                    job.status = JOB_INTERRUPTED
-                    job.error = "the server stopped while this job ran"
-                    out.append(job.id)
-                    s.add(AuditEvent(case_id=job.case_id, who="(classifier)", who_kind=WHO_SYSTEM, action="interrupted",
-                                     note=f"job {job.id}: {job.done} of {job.total} cells classified before the "
-                                          "server stopped"))
-        return out
 
     @staticmethod
     def _case(s: Session, case_id: int) -> Case:
@@ -838,6 +617,13 @@ class CaseStore(AccountsMixin):
             raise ConflictError("the case was changed by someone else at the same moment; nothing was saved, "
                                 "reload and try again") from None
 
+    def integrity_ok(self) -> bool:
+        return not self.integrity_problems()
+
+    def integrity_problems(self) -> list[str]:
+        """What is wrong with the stored data, in words (``bmcore.integrity``); empty when all is well."""
+        return integrity_problems(self.engine, self.url)
+
     def audit(self, case_id: int) -> list[dict]:
         with self.session() as s:
             return [{"at": e.at, "who": who_text(e.who, e.who_kind), "user_id": e.user_id, "action": e.action,
@@ -845,64 +631,6 @@ class CaseStore(AccountsMixin):
                      "action_id": e.action_id or "", "via": (e.before or {}).get("via", "")}
                     for e in s.scalars(select(AuditEvent).where(AuditEvent.case_id == case_id)
                                        .order_by(AuditEvent.id))]
-
-    def integrity_ok(self) -> bool:
-        return not self.integrity_problems()
-
-    def integrity_problems(self) -> list[str]:
-        """What is wrong with the stored data, in words; empty when all is well.
-
-        On every backend: each table answers a row count; no cell and no audit row points at a
-        missing case; no audit row names a cell that is missing or belongs to another case; every
-        case has as many cells as its "create" and "add-cells" audit events recorded (no half-written case). On
-        SQLite also ``PRAGMA integrity_check`` (the file's pages, indexes and constraints) and
-        ``PRAGMA foreign_key_check``. PostgreSQL keeps its own files consistent (WAL replay after a
-        crash); no page-level check (such as the amcheck extension) is run there.
-        """
-        problems = []
-        counts = select(func.count())
-        try:
-            with self.engine.connect() as c:
-                if self.url.startswith("sqlite"):
-                    res = [r[0] for r in c.exec_driver_sql("PRAGMA integrity_check")]
-                    if res != ["ok"]:
-                        problems.append(f"sqlite integrity_check: {'; '.join(map(str, res[:5]))}")
-                    if fk := c.exec_driver_sql("PRAGMA foreign_key_check").fetchall():
-                        problems.append(f"sqlite foreign_key_check: {len(fk)} row(s) point at missing rows")
-                for table in (Case, Cell, AuditEvent):
-                    c.execute(counts.select_from(table)).scalar()
-                orphans = {
-                    "cell(s) of a missing case":
-                        counts.select_from(Cell).where(Cell.case_id.not_in(select(Case.id))),
-                    "audit row(s) of a missing case":
-                        counts.select_from(AuditEvent).where(AuditEvent.case_id.not_in(select(Case.id))),
-                    "audit row(s) naming a cell that is missing or in another case":
-                        counts.select_from(AuditEvent).outerjoin(Cell, Cell.id == AuditEvent.cell_id)
-                        .where(AuditEvent.cell_id.is_not(None),
-                               Cell.id.is_(None) | (Cell.case_id != AuditEvent.case_id)),
-                }
-                for what, q in orphans.items():
-                    if n := c.execute(q).scalar():
-                        problems.append(f"{n} {what}")
-                n_cells = dict(c.execute(select(Cell.case_id, func.count()).group_by(Cell.case_id)).all())
-                added: dict[int, int] = {}
-                for case_id, note in c.execute(select(AuditEvent.case_id, AuditEvent.note)
-                                               .where(AuditEvent.action == "add-cells")):
-                    if m := re.match(r"(\d+) cells:", note or ""):
-                        added[case_id] = added.get(case_id, 0) + int(m.group(1))
-                for case_id, code, note in c.execute(
-                        select(Case.id, Case.case_code, AuditEvent.note)
-                        .join(AuditEvent, (AuditEvent.case_id == Case.id) & (AuditEvent.action == "create"))):
-                    m = re.match(r"(\d+) cells;", note or "")
-                    want = int(m.group(1)) + added.get(case_id, 0) if m else None
-                    if want is not None and want != n_cells.get(case_id, 0):
-                        more = f" and {added[case_id]} added" if case_id in added else ""
-                        problems.append(f"case {code!r} has {n_cells.get(case_id, 0)} cells, created with "
-                                        f"{m.group(1)}{more}")
-        except SQLAlchemyError as exc:
-            problems.append(f"could not read the store: {exc}")
-        return problems
-
 
 def case_store_from_env() -> CaseStore:
     import os
@@ -912,23 +640,6 @@ def case_store_from_env() -> CaseStore:
 
 __all__ = ["CaseStore", "CellInput", "CaseError", "ConflictError", "StoreError", "PermissionDenied", "AuthError",
            "Actor", "Case", "Cell", "AuditEvent", "Job", "case_store_from_env", "STATUS_OPEN", "STATUS_SIGNED"]
-
-
-def case_status_text(status: str, pending: int, cells: int, job_status: str | None, *, short: bool = False) -> str:
-    """A case's status in the case lists: a case with cells not classified says how far it got and why it stopped
-    ("open; classification interrupted: 128 of 500 files classified; upload the same files again to finish");
-    ``short``: for a picker ("open, 128 of 500 classified, interrupted")."""
-    done = cells - pending
-    if not pending:
-        return f"{status}, {cells} files" if short else status
-    live = job_status in JOB_LIVE
-    why = "classifying" if live else {JOB_INTERRUPTED: "interrupted", JOB_FAILED: "failed"}.get(job_status, "stopped")
-    if short:
-        return f"{status}, {done} of {cells} classified, {why}"
-    if live:
-        return f"{status}; classifying: {done} of {cells} files done"
-    return (f"{status}; classification {why}{' (the server stopped)' if job_status == JOB_INTERRUPTED else ''}: "
-            f"{done} of {cells} files classified; upload the same files again to finish")
 
 
 def label_refusal(cell: "Cell", label: str) -> str:
@@ -1010,52 +721,6 @@ def _untouched_by(case: Case, actor) -> bool:
         all(c.pending or not c.ok for c in case.cells) and not any(c.final_label for c in case.cells)
 
 
-def inference_text(case) -> str:
-    """How the case's model computed, in words ("ONNX fp32, 4-view TTA"); "" when not recorded."""
-    return (case.inference or {}).get("setting", "")
-
-
-def who_text(who: str, kind: str) -> str:
-    """A name as the audit trail shows it: typed names (from before accounts) are marked as never verified."""
-    return f"{who} (typed name, not verified)" if kind == WHO_TYPED else who
-
-
-def reviewer_text(cell: "Cell") -> str:
-    """Who reviewed a cell; a name typed before accounts existed is marked as such."""
-    if not cell.reviewed_by:
-        return ""
-    return cell.reviewed_by if cell.reviewed_by_id is not None else who_text(cell.reviewed_by, WHO_TYPED)
-
-
-def signer_text(case: "Case") -> str:
-    """Who signed a case: the signature's display name; a name typed before accounts existed is marked as such."""
-    if case.signature:
-        return case.signature.get("name") or case.signed_by or ""
-    if case.signed_by and case.signed_by_id is None:
-        return who_text(case.signed_by, WHO_TYPED)
-    return case.signed_by or ""
-
-
-def signature_text(sig: dict | None) -> str:
-    if not sig:
-        return ""
-    return (f"signed by {sig['name']} (user {sig['username']}, id {sig['user_id']}, {sig['role']}) at {sig['at']}; "
-            f"case version {sig['case_version']}, {sig['cells']} cells; model sha256 {sig['model_sha256'][:16]}…; "
-            f"{sig['proof']}" + _attested_text(sig))
-
-
-def _attested_text(sig: dict) -> str:
-    """What the signer confirmed on purpose (signatures from before it was asked for say nothing)."""
-    out = []
-    if "no_specimen_id" in sig:
-        out.append("signed without a specimen / accession number (confirmed by the signer)" if sig["no_specimen_id"]
-                   else f"specimen / accession no. {sig.get('specimen_id')}")
-    if "counted" in sig:
-        out.append(f"{sig['counted']} of the target {sig['target']} cells counted"
-                   + (" (under the target count, confirmed by the signer)" if sig.get("under_target") else ""))
-    return ("; " + "; ".join(out)) if out else ""
-
-
 def _short_name(name: str) -> str:
     """A file name that fits ``cells.name``: over-long names keep their start and their extension."""
     if len(name) <= NAME_MAX:
@@ -1063,25 +728,6 @@ def _short_name(name: str) -> str:
     stem, dot, ext = name.rpartition(".")
     ext = (dot + ext) if dot and len(ext) <= 10 else ""
     return name[:NAME_MAX - len(ext) - 1] + "…" + ext
-
-
-def _ranges(positions: list[int]) -> str:
-    """1,2,3,5 -> "#1-3, #5"."""
-    out, start, prev = [], None, None
-    for p in sorted(positions) + [None]:
-        if start is None:
-            start = prev = p
-        elif p is not None and p == prev + 1:
-            prev = p
-        else:
-            out.append(f"#{start}" if start == prev else f"#{start}-{prev}")
-            start = prev = p
-    return ", ".join(out)
-
-
-def _job_dict(job: "Job") -> dict:
-    return {"id": job.id, "case_id": job.case_id, "status": job.status, "total": job.total, "done": job.done,
-            "owner": job.owner, "created_at": job.created_at, "heartbeat": job.heartbeat, "error": job.error}
 
 
 def cell_inputs(items, preds) -> list[CellInput]:

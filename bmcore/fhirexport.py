@@ -14,7 +14,7 @@ import datetime as dt
 import json
 
 from . import RUO_STATEMENT
-from .cases import signer_text
+from .casetext import signer_text
 from .report import PRELIMINARY, build_report, model_text
 
 LOCAL_SYSTEM = "urn:bmcore:fhir:CodeSystem:bm-differential"  # local codes: not LOINC, map them in the LIS

@@ -25,7 +25,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from .cases import JOB_DONE, JOB_FAILED, JOB_RUNNING, CaseError, CaseStore, CellInput, cell_inputs, utcnow
+from .cases import CaseError, CaseStore, CellInput, cell_inputs, utcnow
+from .schema import JOB_DONE, JOB_FAILED, JOB_RUNNING
 
 log = logging.getLogger(__name__)
 STALE_AFTER = dt.timedelta(minutes=5)  # a job of another machine with no heartbeat for this long is dead

@@ -11,7 +11,8 @@ from fpdf import FPDF
 from fpdf.fonts import FontFace
 
 from . import RUO_STATEMENT
-from .cases import VIA_GALLERY, signature_text
+from .casetext import signature_text
+from .schema import VIA_GALLERY
 from .text import clean
 from .report import PRELIMINARY, CaseReport, build_report, cell_caption, classes_text, model_text
 

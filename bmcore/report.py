@@ -13,8 +13,8 @@ from .caserules import (HAIRY_UNAVAILABLE, critical_codes, hairy_screening, mode
 from .differential import DEFAULT_TARGET, Differential, blast_text, case_differential, pending_text
 from .tasks import CELL_NAMES, HAIRY_CELL_CODE, cell_name, codes_text
 from .text import clean, spreadsheet_cell
-from .cases import (SPECIMEN_FIELDS, VIA_GALLERY, VIA_ONE, WHO_TYPED, inference_text, reviewer_text,
-                    signature_text, signer_text, who_text)
+from .casetext import inference_text, reviewer_text, signature_text, signer_text, who_text
+from .schema import SPECIMEN_FIELDS, VIA_GALLERY, VIA_ONE, WHO_TYPED
 
 
 

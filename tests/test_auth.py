@@ -179,7 +179,7 @@ def test_an_old_database_keeps_its_history_with_typed_names_marked(tmp_path):
     assert all(e["user_id"] is None for e in old)
     assert [e["who"] for e in store.audit(store.case_id("OLD-2"))][-1] == "(classifier)"  # the system's, not typed
     case = store.get_case(store.case_id("OLD-1"))
-    from bmcore.cases import reviewer_text
+    from bmcore.casetext import reviewer_text
     from bmcore.report import case_rows, render_html_report
 
     assert case.status == "signed" and case.signature is None

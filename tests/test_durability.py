@@ -206,6 +206,31 @@ def test_integrity_check_finds_half_written_cases_and_stray_audit_rows(stores):
     assert "1 audit row(s) naming a cell that is missing or in another case" in problems
 
 
+
+def test_the_integrity_check_reads_stored_counts_and_an_older_database_gets_them_from_its_notes_once(tmp_path):
+    """The count a create / add-cells event put in the case is a column (``audit.n_cells``), not text parsed out of
+    a note: a note says what it likes and the check still holds. A database of the version before the column is
+    migrated once from its notes, and then a half-written case is still found."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    store = CaseStore(url)
+    cid = store.create_case("OLD", [CellInput(f"c{k}.jpg", True, predicted="BLA") for k in range(3)],
+                            actor=actor(store, "t"))
+    store.add_cells(cid, [CellInput("d.jpg", True, pending=True)], actor=actor(store, "t"), expected_cells=3)
+    with store.engine.begin() as c:  # a note reworded later does not change what was counted
+        c.execute(AuditEvent.__table__.update().values(note="reworded"))
+    assert store.integrity_problems() == []
+    with store.engine.begin() as c:  # the previous version: counts in the notes only
+        c.exec_driver_sql("ALTER TABLE audit DROP COLUMN n_cells")
+        c.exec_driver_sql("UPDATE audit SET note = '3 cells; model m' WHERE action = 'create'")
+        c.exec_driver_sql("UPDATE audit SET note = '1 cells: #4' WHERE action = 'add-cells'")
+        c.execute(Cell.__table__.delete().where(Cell.case_id == cid, Cell.position == 0))
+    store.engine.dispose()
+    upgraded = CaseStore(url)
+    with upgraded.session() as s:
+        assert sorted(e.n_cells for e in s.scalars(select(AuditEvent).where(AuditEvent.case_id == cid))
+                      if e.n_cells is not None) == [1, 3]
+    assert upgraded.integrity_problems() == ["case 'OLD' has 3 cells, created with 3 and 1 added"]
+
 # -- 2. eight reviewers on one case ---------------------------------------------------------------------
 
 def test_eight_reviewers_on_one_case_lose_no_update(stores, db_url):

@@ -3,7 +3,8 @@ import streamlit as st
 
 import appkit
 from bmcore import caserules
-from bmcore.cases import STATUS_SIGNED, CaseError, inference_text, reviewer_text
+from bmcore.cases import STATUS_SIGNED, CaseError
+from bmcore.casetext import inference_text, reviewer_text
 from bmcore.explain import CAM_METHODS, METHOD_NAMES, cam_caption, cam_sentence, overlay
 from bmcore.fields import (RBC_DIAMETER_UM, class_colour, draw_field, expand_fields, field_record, legend_chip,
                            scale_words)

@@ -18,8 +18,8 @@ import streamlit as st
 import appkit
 from bmcore.db import utcnow
 from bmcore import caserules
-from bmcore.cases import (SPECIMEN_MAX, STATUS_SIGNED, CaseError, ConflictError, case_details, inference_text,
-                          reviewer_text, signature_text, signer_text)
+from bmcore.cases import SPECIMEN_MAX, STATUS_SIGNED, CaseError, ConflictError, case_details
+from bmcore.casetext import inference_text, reviewer_text, signature_text, signer_text
 from bmcore.differential import sign_off_checks
 from bmcore.explain import cam_caption
 from bmcore.tasks import DISMISSED_CODE, TASKS, cell_name
