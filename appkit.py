@@ -17,6 +17,7 @@ from bmcore.bundle import BundleError, find_bundles, load_bundle, pick_default
 from bmcore.auth import Actor, SetupToken
 from bmcore.cases import AuthError, CaseError, CaseStore, utcnow
 from bmcore.casetext import inference_text, reviewer_text
+from bmcore.demo import DEMO_NOTE
 from bmcore.schema import JOB_LIVE
 from bmcore.jobs import JobRunner
 from bmcore.predictor import Predictor
@@ -457,7 +458,7 @@ def _active_case_picker(sb) -> None:
     if st.session_state["case_id"] not in ids:
         st.session_state["case_id"] = st.session_state["_w_case_id"] = None
     if cases:
-        names = {c["id"]: f"{clean(c['case'])} ({c['short']})" for c in cases}
+        names = {c["id"]: f"{clean(c['case'])} ({'demo, ' if c['demo'] else ''}{c['short']})" for c in cases}
         sb.selectbox("Active case", ids, format_func=names.get, key="_w_case_id", on_change=_store_back,
                      args=("case_id", ids), index=None, placeholder="Choose a case…")
     if st.session_state["case_id"] is not None:
@@ -480,11 +481,14 @@ def active_case():
         st.info(f"No active case. {start} one under **Active case** in the sidebar.")
         return None
     try:
-        return get_store().get_case(cid)
+        case = get_store().get_case(cid)
     except CaseError:
         st.session_state.pop("case_id", None)
         st.info(f"That case no longer exists. {start} another under **Active case** in the sidebar.")
         return None
+    if case.demo:  # said on every page that shows the case
+        st.warning(md(DEMO_NOTE), icon=":material/school:")
+    return case
 
 
 def model_label(name: str, sha256: str = "") -> str:

@@ -48,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bmcore import fields as F  # noqa: E402
+from train import bccd  # noqa: E402
 
 SHARED = Path(os.environ.get("BM_SHARED", REPO.parent / "shared")) / "data"
 
@@ -58,7 +59,7 @@ def evaluate(root: Path, stems: list[str], um_per_px: float | None = None) -> di
     times, errs, misses, fps = [], [], [], []
     F.field_scorer()  # loaded once per process, before the clock (main times it)
     for s in stems:
-        truth = F.read_voc(root / "Annotations" / f"{s}.xml")
+        truth = bccd.read_voc(root / "Annotations" / f"{s}.xml")
         rgb = np.asarray(Image.open(root / "JPEGImages" / f"{s}.jpg").convert("RGB"))
         h, w = rgb.shape[:2]
         t0 = time.perf_counter()
@@ -66,7 +67,7 @@ def evaluate(root: Path, stems: list[str], um_per_px: float | None = None) -> di
         times.append(time.perf_counter() - t0)
         found = [c.box for c in res.cells]
         wbc = truth.get("WBC", [])
-        m = F.match_boxes(found, wbc)
+        m = bccd.match_boxes(found, wbc)
         tp, n_found, n_true = tp + m, n_found + len(found), n_true + len(wbc)
         if m < len(wbc):
             misses.append(s)
@@ -74,7 +75,7 @@ def evaluate(root: Path, stems: list[str], um_per_px: float | None = None) -> di
             fps.append(s)
         whole_t = [b for b in wbc if b[0] > 1 and b[1] > 1 and b[2] < w - 1 and b[3] < h - 1]
         whole_f = [c.box for c in res.whole]
-        tp_w += F.match_boxes(whole_f, whole_t)
+        tp_w += bccd.match_boxes(whole_f, whole_t)
         n_found_w, n_true_w = n_found_w + len(whole_f), n_true_w + len(whole_t)
         rbc = truth.get("RBC_whole", [])
         if res.scale.rbc_diameter_px and len(rbc) >= 3:
@@ -134,7 +135,7 @@ def block_cv(root: Path, k: int, thresholds=(0.05, 0.2, 0.4, 0.6, 0.8, 0.9), win
         for i in idx:
             _, (w, h), cands, X, truth, _ = rows[i]
             found = [c.box for c in scorer.select(cands, X, w, h)] if cands else []
-            tp, nf, nt = tp + F.match_boxes(found, truth), nf + len(found), nt + len(truth)
+            tp, nf, nt = tp + bccd.match_boxes(found, truth), nf + len(found), nt + len(truth)
         return [tp, nf, nt]
 
     def run(window: float) -> dict:
@@ -251,7 +252,7 @@ def _run(a, argv, load_s: float) -> int:
         if not (root / "Annotations").is_dir():
             print(f"annotated fields not found at {root}", file=sys.stderr)
             return 1
-        parts = F.bccd_split(root)
+        parts = bccd.bccd_split(root)
         names = ["tune", "report"] if a.part == "both" else [a.part]
         result = {**meta, "fields_root": str(root), "split": {k: f"{v[0]} .. {v[-1]} ({len(v)})" for k, v in parts.items()},
                   "iou": 0.5, "scale_given": a.um_per_px}

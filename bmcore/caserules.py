@@ -112,14 +112,15 @@ def top3_text(cell) -> str:
     return ", ".join(f"{k} {v:.2f}" for k, v in top3(cell))
 
 
-def case_rules(case) -> ReviewRules:
+def case_review_rules(case) -> ReviewRules:
+    """The review rules ``case`` was classified under (stored with it), whatever the sidebar shows now."""
     return ReviewRules.from_dict(getattr(case, "rules", None))
 
 
 def hairy_screening(case) -> tuple[bool, str]:
     """(available, what to say): screening is a property of the model that classified the case, never the sidebar's."""
     if HAIRY_CELL_CODE in (case.model_classes or []):
-        thr = case_rules(case).hairy_flag_at
+        thr = case_review_rules(case).hairy_flag_at
         return True, (f"Hairy-cell flag at calibrated P(HAC) ≥ {thr:.2f}, set when the case was classified."
                       if thr is not None else "Hairy-cell flags as set when the case was classified.")
     return False, (f"{HAIRY_UNAVAILABLE} for this case: the model that classified it ({case.model_name or 'unknown'}) "

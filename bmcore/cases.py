@@ -132,8 +132,9 @@ class CaseStore(JobTable, AccountsMixin):
     # -- cases ---------------------------------------------------------------------------------------
     def create_case(self, case_code: str, cells: list[CellInput], *, actor: Actor, model_name: str = "",
                     model_sha256: str = "", model_classes: list[str] | None = None, rules: dict | None = None,
-                    inference: dict | None = None, field_images: list[dict] | None = None) -> int:
-        """Create a case with all its cells in one transaction (all or nothing).
+                    inference: dict | None = None, field_images: list[dict] | None = None, demo: bool = False) -> int:
+        """Create a case with all its cells in one transaction (all or nothing). ``demo``: the demo case's example
+        images (``bmcore.demo``), marked so everywhere and never counted in the lab's figures.
 
         ``field_images``: the smear fields the cells were found in, ``{"name", "width", "height", "image" (JPEG
         bytes), "scale"}`` each (``bmcore.fields.field_record``).
@@ -155,7 +156,7 @@ class CaseStore(JobTable, AccountsMixin):
                 if s.scalar(select(Case.id).where(Case.case_code == code)) is not None:
                     raise CaseError(f"case {code!r} already exists; open it on the Review page or choose another id")
                 case = Case(case_code=code, created_by=u.username, created_by_id=u.id, model_name=model_name[:200], model_sha256=model_sha256,
-                            model_classes=list(model_classes or []), rules=rules, inference=inference)
+                            model_classes=list(model_classes or []), rules=rules, inference=inference, demo=demo)
                 long_names = []
                 for i, c in enumerate(cells):
                     if len(c.name) > NAME_MAX:
@@ -165,7 +166,7 @@ class CaseStore(JobTable, AccountsMixin):
                 s.flush()
                 s.add_all(_field_row(case.id, f) for f in field_images or [])
                 s.add(_audit_row(case.id, u, action="create", n_cells=len(cells),
-                                 note=f"{len(cells)} cells; model {model_name}"))
+                                 note=f"{len(cells)} cells; model {model_name}" + ("; demo case" if demo else "")))
                 for i, full in long_names:
                     cell = case.cells[i]
                     s.add(_audit_row(case.id, u, cell=cell, action="name-truncated", note=f"full file name: {full}"))
@@ -287,7 +288,7 @@ class CaseStore(JobTable, AccountsMixin):
                              "unreadable": sum(not c.ok for c in cells),
                              "reviewed": sum(c.reviewed for c in cells if c.ok),
                              "to_review": sum(needs_review(c) for c in cells),
-                             "pending": pending, "model": case.model_name,
+                             "pending": pending, "model": case.model_name, "demo": bool(case.demo),
                              "signed_by": case.signed_by or "", "signed_at": case.signed_at})
             return rows
 

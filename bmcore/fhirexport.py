@@ -21,6 +21,7 @@ LOCAL_SYSTEM = "urn:bmcore:fhir:CodeSystem:bm-differential"  # local codes: not 
 CASE_ID_SYSTEM = "urn:bmcore:case-id"
 UCUM = "http://unitsofmeasure.org"
 V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
+ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 
 
 def _local(code: str, display: str) -> dict:
@@ -91,11 +92,13 @@ def fhir_report(case, model_meta: dict | None = None, audit: list[dict] | None =
         "specimen": [{"reference": "#specimen"}],
         "result": [{"reference": f"#{o['id']}"} for o in obs],
         "conclusion": " ".join(filter(None, [
-            RUO_STATEMENT, "" if r.signed else PRELIMINARY + ".", r.status_line + ".",
+            RUO_STATEMENT, r.demo_text, "" if r.signed else PRELIMINARY + ".", r.status_line + ".",
             f"{d.denominator} cells counted.", "Hairy cells: " + r.hairy.text, "Model: " + model_text(r)])),
     }
     if performer:
         report["resultsInterpreter"] = performer
+    if r.demo_text:  # HL7's own mark for test data, read by any receiving system
+        report["meta"] = {"security": [{"system": ACT_REASON, "code": "HTEST", "display": "test health data"}]}
     return report
 
 

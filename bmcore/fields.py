@@ -502,55 +502,12 @@ def field_scorer() -> FieldScorer:
     return _SCORER
 
 
-def bccd_split(root) -> dict[str, list[str]]:
-    """The annotated BCCD fields split once by sorted file name: ``tune`` (first half: the finder's constants and
-    scorer are fitted there) and ``report`` (second half: measured only)."""
-    stems = sorted(p.stem for p in (Path(root) / "Annotations").glob("*.xml"))
-    half = len(stems) // 2
-    return {"tune": stems[:half], "report": stems[half:]}
-
-
-# -- measuring the finder on annotated fields (bench/fields.py, tests) ---------------------------------------------
-def read_voc(path) -> dict[str, list[tuple[int, int, int, int]]]:
-    """Pascal VOC boxes by class name ({"WBC": [...], "RBC": [...]}); ``RBC_whole``: red cells not cut by the border."""
-    import xml.etree.ElementTree as ET
-
-    root = ET.parse(path).getroot()
-    w = int(float(root.findtext("size/width", "0")))
-    h = int(float(root.findtext("size/height", "0")))
-    out: dict[str, list] = {}
-    for o in root.iter("object"):
-        b = o.find("bndbox")
-        box = tuple(int(float(b.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax"))
-        name = (o.findtext("name") or "").strip()
-        out.setdefault(name, []).append(box)
-        cut = o.findtext("truncated", "0").strip() == "1" or box[0] <= 1 or box[1] <= 1 or box[2] >= w - 1 \
-            or box[3] >= h - 1
-        if name == "RBC" and not cut and box[2] > box[0] and box[3] > box[1]:
-            out.setdefault("RBC_whole", []).append(box)
-    return out
-
-
 def iou(a, b) -> float:
     ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = ix * iy
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
-
-
-def match_boxes(found, truth, threshold: float = 0.5) -> int:
-    """How many ``truth`` boxes a ``found`` box matches at IoU >= ``threshold`` (greedy, best pairs first, 1:1)."""
-    pairs = sorted(((iou(f, t), i, j) for i, f in enumerate(found) for j, t in enumerate(truth)), reverse=True)
-    used_f, used_t, n = set(), set(), 0
-    for v, i, j in pairs:
-        if v < threshold:
-            break
-        if i not in used_f and j not in used_t:
-            used_f.add(i)
-            used_t.add(j)
-            n += 1
-    return n
 
 
 # -- cutting cells out of fields ---------------------------------------------------------------------------------
@@ -632,15 +589,8 @@ def expand_fields(items: list, crop_side: int = 250, um_per_px: float | None = N
     return out, found
 
 
-# -- showing a field with its cells ------------------------------------------------------------------------------
+# -- what a case keeps of a field (drawn by bmcore.fielddraw) ---------------------------------------------------
 FIELD_IMAGE_SIDE = 1280  # longest side of the field image a case keeps for drawing its boxes
-# box colours by class (RGB), cycled over a task's classes in order; grey for a cell with no class (refused, cut)
-BOX_COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
-               (240, 50, 230), (128, 128, 0), (0, 128, 128), (170, 110, 40), (128, 0, 0), (0, 0, 128),
-               (255, 225, 25), (170, 255, 195), (220, 190, 255), (255, 215, 180)]
-NO_CLASS_COLOUR = (128, 128, 128)
-
-
 def field_record(field: dict) -> dict:
     """What a case stores of a field found by ``expand_fields``: name, original size, a JPEG at most
     ``FIELD_IMAGE_SIDE`` px a side, and its scale (``bmcore.cases.CaseStore.create_case(field_images=...)``)."""
@@ -655,68 +605,3 @@ def field_record(field: dict) -> dict:
     sc = field["scale"]
     return {"name": field["name"], "width": w, "height": h, "image": jpg.tobytes(),
             "scale": {"um_per_px": sc.um_per_px, "source": sc.source}}
-
-
-def class_colour(code: str | None, classes: list[str]) -> tuple[int, int, int]:
-    """The box colour of a class (``NO_CLASS_COLOUR`` for none or an unknown code)."""
-    if not code or code not in classes:
-        return NO_CLASS_COLOUR
-    return BOX_COLOURS[classes.index(code) % len(BOX_COLOURS)]
-
-
-def ink_on(colour: tuple[int, int, int]) -> tuple[int, int, int]:
-    """Black or white, whichever reads on a ``colour`` background (its luma, ITU-R BT.601)."""
-    return (0, 0, 0) if 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2] > 150 else (255, 255, 255)
-
-
-def legend_chip(code: str | None, text: str, classes: list[str]) -> str:
-    """One entry of a drawn field's colour legend as HTML (the page draws it with ``unsafe_allow_html``): the class's
-    colour behind its text, the text HTML-escaped and cleaned (a stored label is a class code, never trusted)."""
-    import html
-
-    from .text import clean
-
-    bg = class_colour(code, classes)
-    ink = ink_on(bg)
-    return (f"<span style='background:rgb{bg};color:rgb{ink};padding:0 6px;border-radius:3px'>"
-            f"{html.escape(clean(text))}</span>")
-
-
-def draw_field(image: bytes, width: int, height: int, boxes: list[tuple[int, tuple, tuple]],
-               um_per_px: float | None = None) -> np.ndarray:
-    """The stored field image (JPEG bytes of a field ``width`` x ``height`` px) as RGB with numbered boxes drawn:
-    ``boxes`` are (number, (x0, y0, x1, y1) in the original field's px, RGB colour). With ``um_per_px`` (the scale
-    the finder used), a red cell's size at that scale is drawn too (``red_cell_gauge``)."""
-    bgr = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError("the stored field image cannot be decoded")
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    f = rgb.shape[1] / max(1, width)
-    thick = max(2, round(max(rgb.shape[:2]) / 400))
-    if um_per_px:
-        (cx, cy), r = red_cell_gauge(width, height, um_per_px, [b for _, b, _ in boxes])
-        for colour, t in (((255, 255, 255), thick + 2), ((0, 0, 0), max(1, thick - 1))):  # reads on any background
-            cv2.circle(rgb, (round(cx * f), round(cy * f)), max(1, round(r * f)), colour, t, cv2.LINE_AA)
-    for number, box, colour in boxes:
-        x0, y0, x1, y1 = (round(v * f) for v in box)
-        cv2.rectangle(rgb, (x0, y0), (x1 - 1, y1 - 1), colour, thick)
-        text, scale = str(number), max(0.5, max(rgb.shape[:2]) / 1000)
-        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
-        ty = y0 - 2 if y0 - th - base - 2 >= 0 else min(rgb.shape[0] - 1, y0 + th + base + 2)
-        cv2.rectangle(rgb, (x0, ty - th - base), (x0 + tw + 4, ty + 1), colour, -1)
-        cv2.putText(rgb, text, (x0 + 2, ty - base // 2), cv2.FONT_HERSHEY_SIMPLEX, scale, ink_on(colour), thick,
-                    cv2.LINE_AA)
-    return rgb
-
-
-def red_cell_gauge(width: int, height: int, um_per_px: float, boxes: list) -> tuple[tuple[float, float], float]:
-    """Where to draw a ``RBC_DIAMETER_UM`` red cell at the scale the finder used, and its radius, in the field's px:
-    beside the field's own red cells a reader sees at once whether the scale (typed, or estimated from the red
-    cells) is right; every length the finder measured follows from it. In the first corner (lower left, lower
-    right, upper left, upper right) whose square holds no cell box, else the lower left."""
-    r = RBC_DIAMETER_UM / um_per_px / 2
-    m = r + max(4.0, 0.02 * max(width, height))
-    corners = [(m, height - m), (width - m, height - m), (m, m), (width - m, m)]
-
-    clear = [c for c in corners if not any(iou((c[0] - m, c[1] - m, c[0] + m, c[1] + m), b) > 0 for b in boxes)]
-    return (clear or corners)[0], r

@@ -92,6 +92,15 @@ def match_pending(case, items) -> tuple[list[tuple[int, object]], list[str]]:
 
 
 @dataclass
+class Added:
+    """What ``JobRunner.add_to_case`` did: the new cells' positions, the (position, item) pairs queued, and why they
+    were not queued ("" when they were)."""
+    positions: list[int]
+    work: list[tuple[int, object]]
+    queue_error: str = ""
+
+
+@dataclass
 class _Job:
     id: int
     case_id: int
@@ -137,7 +146,7 @@ class JobRunner:
             self._cv.notify()
         return job_id
 
-    def start_case(self, code: str, items, predictor, rules, actor, *, field_images=()) -> int:
+    def start_case(self, code: str, items, predictor, rules, actor, *, field_images=(), demo: bool = False) -> int:
         """Create case ``code`` of ``items`` (one pending cell per readable image; refused files unreadable at once)
         and queue its classification by ``predictor`` under ``rules``; returns the case id. What a page, a script or a
         benchmark calls: nothing is left behind on refusal (a full queue refuses before the case is created; a case
@@ -147,7 +156,7 @@ class JobRunner:
         cid = self.store.create_case(code, pending_inputs(items), actor=actor, model_name=predictor.bundle.name,
                                      model_sha256=predictor.bundle.sha256, model_classes=predictor.classes,
                                      rules=rules.to_dict(), inference=predictor.inference_record(),
-                                     field_images=list(field_images))
+                                     field_images=list(field_images), demo=demo)
         try:
             self.submit(cid, predictor, rules, work)
         except CaseError:
@@ -157,6 +166,32 @@ class JobRunner:
                 pass
             raise
         return cid
+
+    def resume(self, case, items, predictor, rules) -> tuple[list[tuple[int, object]], list[str]]:
+        """Queue the re-uploaded ``items`` that are missing cells of partial ``case`` (matched by content), under the
+        case's own ``predictor`` and ``rules``; returns ([(position, item)] queued, names of uploads that are no
+        missing cell). Raises ``CaseError`` if none is, or if the queue is full (nothing queued)."""
+        pairs, extra = match_pending(case, items)
+        if not pairs:
+            raise CaseError("None of these files is a missing cell of this case.")
+        self.submit(case.id, predictor, rules, pairs)
+        return pairs, extra
+
+    def add_to_case(self, case_id: int, items, predictor, rules, actor, *, expected_cells: int,
+                    field_images=()) -> "Added":
+        """Append ``items`` to an open case as pending cells and queue them under the case's own ``predictor`` and
+        ``rules``. ``expected_cells``: how many cells the adder's page showed (``CaseStore.add_cells`` refuses a
+        stale page). A full queue refuses before anything is added; if it fills between the two steps, the cells
+        stay pending (a partial case, resumable) and ``Added.queue_error`` says why."""
+        self.check_room(sum(it.ok for it in items))
+        positions = self.store.add_cells(case_id, pending_inputs(items), actor=actor, expected_cells=expected_cells,
+                                         field_images=list(field_images))
+        work = [(pos, it) for pos, it in zip(positions, items) if it.ok]
+        try:
+            self.submit(case_id, predictor, rules, work)
+        except CaseError as exc:
+            return Added(positions, work, str(exc))
+        return Added(positions, work)
 
     def load(self, job_id: int | None = None) -> tuple[int, int]:
         """(other jobs sharing the classifier, crops of theirs still to classify) as seen by ``job_id``."""

@@ -63,6 +63,11 @@ class _ReportPDF(FPDF):
             self.set_fill_color(*_RED)
             self.set_text_color(255, 255, 255)
             self.cell(0, 7, self.t(PRELIMINARY), fill=True, align="C", new_x="LMARGIN", new_y="NEXT")
+        if self.r.demo_text:
+            self.set_font(self.family, "B", 8)
+            self.set_fill_color(*_RED)
+            self.set_text_color(255, 255, 255)
+            self.multi_cell(0, 4, self.t(self.r.demo_text), fill=True, align="C", new_x="LMARGIN", new_y="NEXT")
         self.set_text_color(0, 0, 0)
         self.set_font(self.family, "", 8)
         self.cell(0, 5, self.t(f"Bone marrow differential - case {self.r.case.case_code}"), align="R",

@@ -8,6 +8,7 @@ import io
 from dataclasses import dataclass
 
 from . import RUO_STATEMENT
+from .demo import DEMO_NOTE
 from .caserules import (HAIRY_UNAVAILABLE, critical_codes, hairy_screening, model_flags, rejected_text,
                         review_reasons, said_text, status, summary)
 from .differential import DEFAULT_TARGET, Differential, blast_text, case_differential, pending_text
@@ -60,7 +61,7 @@ def case_rows(case) -> list[dict]:
     """The exported cell table of a stored case: prediction, review and probabilities per cell."""
     rows = []
     for c in case.cells:
-        row = {"case": case.case_code, "position": c.position + 1, "file": c.name, "box": box_text(c),
+        row = {"case": case.case_code, "demo_case": bool(getattr(case, "demo", False)), "position": c.position + 1, "file": c.name, "box": box_text(c),
                "status": status(c), "error": c.error, "rejected_reason": c.reject_reason,
                "sha256": c.sha256,
                "predicted": c.predicted, "confidence": round(c.confidence, 4) if c.confidence is not None else "",
@@ -176,6 +177,7 @@ class CaseReport:
     notes: list[str]
     rejected_text: str = ""   # how many were refused, labelled, dismissed, still open
     pending_text: str = ""    # what is still open in the count ("" when nothing is)
+    demo_text: str = ""       # the demo case says so on every page of every export ("" for the lab's cases)
 
     @property
     def progress_text(self) -> str:
@@ -214,7 +216,7 @@ def build_report(case, model_meta: dict | None = None, audit: list[dict] | None 
                       flagged, sorted({person_text(c.reviewed_by_id, reviewer_text(c), names)
                                        for c in case.cells if c.reviewed_by}), spec,
                       target or DEFAULT_TARGET, target is None, audit_summary(audit, names), notes,
-                      rejected_text(summary(case)), pending_text(d))
+                      rejected_text(summary(case)), pending_text(d), DEMO_NOTE if getattr(case, "demo", False) else "")
 
 
 def cell_caption(c) -> str:
@@ -283,7 +285,7 @@ td,th{{border:1px solid #bbb;padding:3px 8px;text-align:left}} .ruo{{border:2px 
 color:#b00;font-weight:bold}} .prelim{{background:#b00;color:#fff;padding:.5em;font-weight:bold;font-size:1.2em}}
 figure{{display:inline-block;margin:4px;font-size:11px;text-align:center}}
 @media print{{.noprint{{display:none}}}}</style></head><body>
-<p class="ruo">{e(RUO_STATEMENT)}</p>{prelim}
+<p class="ruo">{e(RUO_STATEMENT)}</p>{prelim}{f'<p class="prelim">{e(r.demo_text)}</p>' if r.demo_text else ''}
 <h1>Bone marrow differential: case {e(case.case_code)}</h1>
 <p>Created {case.created_at:%Y-%m-%d %H:%M} UTC by {e(r.creator)} · {e(r.status_line)}<br>
 Reviewers: {e(', '.join(r.reviewers) or 'none')}</p>

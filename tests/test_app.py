@@ -881,3 +881,23 @@ def test_a_viewer_is_told_to_choose_a_case_not_to_start_one(env):
     tech = app(env, user=("tina", "technologist"))
     tech.switch_page("views/differential.py").run()
     assert "Start one on the **Classify** page" in " ".join(i.value for i in tech.info)
+
+
+def test_try_the_demo_case_opens_a_case_marked_as_a_demo(env):
+    """A technologist without crops of their own opens the demo from Classify: a case of the shipped example images,
+    said to be a demo on the page and in the case picker, and stored as one (so no lab figure counts it)."""
+    at = app(env, user=("tina", "technologist"))
+    at.switch_page("views/classify.py").run()
+    btn = next(b for b in at.button if b.label == "Try the demo case")
+    assert not btn.disabled
+    btn.click().run()
+    assert not at.exception, at.exception
+    wait_classified(at)
+    case = CaseStore(env["db"]).get_case(at.session_state["case_id"])
+    assert case.demo and case.case_code == "DEMO-1" and len(case.cells) > 40
+    assert any("Demo case: example images from public datasets" in w.value for w in at.warning)
+    assert any(str(o).startswith("DEMO-1 (demo, ") for o in at.selectbox(key="_w_case_id").options)
+    # a second demo is another case, never the first one's cells counted twice
+    next(b for b in at.button if b.label == "Try the demo case").click().run()
+    assert not at.exception, at.exception
+    assert [c["case"] for c in CaseStore(env["db"]).list_cases()] == ["DEMO-2", "DEMO-1"]

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bmcore import fielddraw
 from bmcore import fields as F
+from train import bccd as voc
 from bmcore.inputs import InputItem
 from tests.conftest import REPO, SHARED
 
@@ -51,7 +53,7 @@ def test_synthetic_field_cells_found_border_marked_platelet_ignored():
     assert len(res.cells) == 3
     whole = sorted(c.box for c in res.whole)
     assert len(whole) == 2
-    assert F.match_boxes(whole, [(125, 175, 275, 325), (345, 165, 495, 315)], 0.5) == 2
+    assert voc.match_boxes(whole, [(125, 175, 275, 325), (345, 165, 495, 315)], 0.5) == 2
     cut = [c for c in res.cells if c.border]
     assert len(cut) == 1 and cut[0].box[2] == 640
 
@@ -116,7 +118,7 @@ def test_held_out_half_recall_precision_and_the_scorer_never_saw_it(bccd):
     from bench.fields import evaluate
 
     meta = json.loads(F.SCORER_PATH.with_suffix(".json").read_text())
-    halves = F.bccd_split(bccd)
+    halves = voc.bccd_split(bccd)
     assert meta["data"].endswith(f"{halves['tune'][0]} .. {halves['tune'][-1]} ({len(halves['tune'])} fields)")
     assert max(halves["tune"]) < min(halves["report"])
     assert hashlib.sha256(F.SCORER_PATH.read_bytes()).hexdigest() == meta["sha256"]
@@ -192,11 +194,11 @@ def test_fewer_platelet_clumps_are_taken_for_cells_on_fields_the_scorer_never_sa
     (measured 2026-11-27; 8 with the scorer fitted without them), and its own readings on platelets score lower:
     of those 11 readings, 3 fall under the keep threshold (none before; median score 0.47, was 0.76), while its
     readings of the report half as a whole mostly stay over it (1.8% under)."""
-    halves = F.bccd_split(bccd)
+    halves = voc.bccd_split(bccd)
     sc = F.field_scorer()
     kept_on_platelets, reading_scores = 0, []
     for s in halves["report"]:
-        ann = F.read_voc(bccd / "Annotations" / f"{s}.xml")
+        ann = voc.read_voc(bccd / "Annotations" / f"{s}.xml")
         rgb = np.asarray(Image.open(bccd / "JPEGImages" / f"{s}.jpg").convert("RGB"))
 
         def on_platelet(box):
@@ -226,12 +228,12 @@ def test_a_tampered_scorer_is_refused(tmp_path, monkeypatch):
 def test_real_field_border_cell_marked(bccd):
     rgb = np.asarray(Image.open(bccd / "JPEGImages" / "BloodImage_00193.jpg").convert("RGB"))
     res = F.find_cells(rgb)
-    truth = F.read_voc(bccd / "Annotations" / "BloodImage_00193.xml")["WBC"]
+    truth = voc.read_voc(bccd / "Annotations" / "BloodImage_00193.xml")["WBC"]
     cut_truth = [b for b in truth if b[3] >= 479]
     assert cut_truth, "the field's annotation has a white cell cut by the bottom border"
     cut = [c for c in res.cells if c.border]
     assert cut and all(c.box[3] == 480 for c in cut)
-    assert F.match_boxes([c.box for c in res.whole], [b for b in truth if b[3] < 479]) == 1
+    assert voc.match_boxes([c.box for c in res.whole], [b for b in truth if b[3] < 479]) == 1
 
 
 def test_cli_classifies_field_cells_with_source_and_box(tmp_path, tiny_bundle):
@@ -278,10 +280,10 @@ def test_cells_origin_column_and_field_images_are_added_to_an_older_database_and
     assert store.get_case(cid).cells[0].origin == origin
     (shot,) = store.field_images(cid)
     assert (shot["name"], shot["width"], shot["height"]) == ("f.png", 640, 480)
-    drawn = F.draw_field(shot["image"], 640, 480, [(1, tuple(origin["box"]), F.class_colour("LYT", ["BLA", "LYT"]))])
+    drawn = fielddraw.draw_field(shot["image"], 640, 480, [(1, tuple(origin["box"]), fielddraw.class_colour("LYT", ["BLA", "LYT"]))])
     assert drawn.shape == (480, 640, 3)
     x0, y0 = origin["box"][:2]
-    assert tuple(drawn[y0 + 20, x0 + 1]) == pytest.approx(F.BOX_COLOURS[1], abs=40)  # the box's edge, LYT's colour
+    assert tuple(drawn[y0 + 20, x0 + 1]) == pytest.approx(fielddraw.BOX_COLOURS[1], abs=40)  # the box's edge, LYT's colour
     store.delete_case(cid, actor(store))
     assert store.field_images(cid) == []
 
@@ -295,15 +297,15 @@ def test_the_field_is_drawn_with_a_red_cell_at_the_scale_used_where_no_cell_is()
     res = F.find_cells(rgb)
     ok, jpg = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     boxes = [(k, c.box, (0, 0, 255)) for k, c in enumerate(res.cells, 1)]
-    (cx, cy), r = F.red_cell_gauge(640, 480, res.scale.um_per_px, [b for _, b, _ in boxes])
+    (cx, cy), r = fielddraw.red_cell_gauge(640, 480, res.scale.um_per_px, [b for _, b, _ in boxes])
     assert 2 * r == pytest.approx(100, rel=0.2)  # 117: the span factor is fitted on real red cells, not discs
     assert all(not (b[0] < cx + r and cx - r < b[2] and b[1] < cy + r and cy - r < b[3]) for _, b, _ in boxes)
-    plain = F.draw_field(jpg.tobytes(), 640, 480, boxes)
-    drawn = F.draw_field(jpg.tobytes(), 640, 480, boxes, res.scale.um_per_px)
+    plain = fielddraw.draw_field(jpg.tobytes(), 640, 480, boxes)
+    drawn = fielddraw.draw_field(jpg.tobytes(), 640, 480, boxes, res.scale.um_per_px)
     edge = drawn[round(cy), round(cx + r)]
     assert (edge.max() < 60 or edge.min() > 200) and not np.array_equal(edge, plain[round(cy), round(cx + r)])
     assert np.array_equal(drawn[round(cy), round(cx)], plain[round(cy), round(cx)])  # an outline: the inside shows
-    _, small = F.red_cell_gauge(640, 480, 4 * res.scale.um_per_px, [])
+    _, small = fielddraw.red_cell_gauge(640, 480, 4 * res.scale.um_per_px, [])
     assert small == pytest.approx(r / 4)
 
 

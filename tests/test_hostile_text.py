@@ -183,7 +183,7 @@ def test_hostile_names_through_the_upload_and_a_zip(env, crops):
 
 
 def test_the_legend_chip_escapes_its_label():
-    from bmcore.fields import legend_chip
+    from bmcore.fielddraw import legend_chip
 
     chip = legend_chip("LYT", "<b>x</b>\u202e", ["LYT"])
     assert "&lt;b&gt;x&lt;/b&gt;" in chip and "<b>" not in chip and "\u202e" not in chip

@@ -4,7 +4,7 @@
 
 The finder reads every field many ways (``bmcore.fields.nucleus_candidates``: stain thresholds, lobe groupings,
 watershed splits). Two models, gradient-boosted trees (scikit-learn), learn from the annotated white-cell boxes of
-the *tune* half of ``../shared/data/fields/bccd`` (``bmcore.fields.bccd_split``; the *report* half is never read
+the *tune* half of ``../shared/data/fields/bccd`` (``train.bccd.bccd_split``; the *report* half is never read
 here):
 
 1. ``box``: the cell box from a reading's nucleus box and features, the cytoplasm's extents included (centre
@@ -52,6 +52,7 @@ def field_rows(root: Path, stems: list[str]):
     from PIL import Image
 
     from bmcore import fields as F
+    from train import bccd
 
     out = []
     for s in stems:
@@ -60,7 +61,7 @@ def field_rows(root: Path, stems: list[str]):
         px = 1.0 / F.field_scale(rgb).um_per_px
         chan = F.nuclear_channel(rgb)
         cands = F.nucleus_candidates(rgb, px, chan)
-        ann = F.read_voc(root / "Annotations" / f"{s}.xml")
+        ann = bccd.read_voc(root / "Annotations" / f"{s}.xml")
         wbc = ann.get("WBC", [])
         plt = [c for c in F.nucleus_candidates(rgb, px, chan, F.PLATELET_MIN_AREA_UM2)
                if any(F.centre_in(c.nucleus_box, g) for g in ann.get("Platelets", []))
@@ -106,6 +107,7 @@ def fit(rows, seed: int = 0, folds: int = 5):
     from sklearn.model_selection import GroupKFold
 
     from bmcore import fields as F
+    from train import bccd
 
     X = np.concatenate([r[3] for r in rows])
     groups = np.concatenate([[i] * len(r[2]) for i, r in enumerate(rows)])
@@ -153,7 +155,7 @@ def fit(rows, seed: int = 0, folds: int = 5):
             w, h = r[1]
             cells = sc.select(r[2], X[idx], w, h, scores=oof_p[idx], boxes=oof_boxes[idx]) if len(idx) else []
             found = [c.box for c in cells]
-            tp, nf, nt = tp + F.match_boxes(found, r[4]), nf + len(found), nt + len(r[4])
+            tp, nf, nt = tp + bccd.match_boxes(found, r[4]), nf + len(found), nt + len(r[4])
         rec, prec = tp / max(1, nt), tp / max(1, nf)
         f1 = 2 * rec * prec / max(1e-9, rec + prec)
         curve.append({"threshold": float(thr), "recall": rec, "precision": prec, "f1": f1})
@@ -176,13 +178,14 @@ def main(argv=None) -> int:
     import sklearn
 
     from bmcore import fields as F
+    from train import bccd
 
     cv2.setNumThreads(1)
     root = Path(a.fields)
     if not (root / "Annotations").is_dir():
         print(f"annotated fields not found at {root}", file=sys.stderr)
         return 1
-    stems = F.bccd_split(root)["tune"]
+    stems = bccd.bccd_split(root)["tune"]
     t0 = time.perf_counter()
     rows = field_rows(root, stems)
     model, info = fit(rows)

@@ -6,10 +6,11 @@ from bmcore import caserules
 from bmcore.cases import STATUS_SIGNED, CaseError
 from bmcore.casetext import inference_text, reviewer_text
 from bmcore.explain import CAM_METHODS, METHOD_NAMES, cam_caption, cam_sentence, overlay
-from bmcore.fields import (RBC_DIAMETER_UM, class_colour, draw_field, expand_fields, field_record, legend_chip,
+from bmcore.fielddraw import class_colour, draw_field, legend_chip
+from bmcore.fields import (RBC_DIAMETER_UM, expand_fields, field_record,
                            scale_words)
 from bmcore.inputs import MAX_FILES, enforce_limit, from_upload
-from bmcore.jobs import match_pending, pending_inputs
+from bmcore.demo import demo_code, demo_uploads
 from bmcore.tasks import cell_name
 from bmcore.text import md
 
@@ -31,13 +32,18 @@ def case_scale(case) -> float | None:
     return given[0] if given else None
 
 
-def collect(files, fields: list | None = None, crop_side: int | None = None, scale: float | None = None) -> list:
-    """The upload as items, each smear-field image replaced by the cells found in it (``bmcore.fields``, at
-    ``scale`` µm/px, None: estimated from the red cells; the fields found are appended to ``fields``), cut at
-    ``crop_side`` (the model's)."""
+def uploads(files) -> list[tuple[str, bytes]]:
+    return [(f.name, f.getvalue()) for f in files or []]
+
+
+def collect(files: list[tuple[str, bytes]], fields: list | None = None, crop_side: int | None = None,
+            scale: float | None = None) -> list:
+    """The uploads ((name, bytes) each) as items, each smear-field image replaced by the cells found in it
+    (``bmcore.fields``, at ``scale`` µm/px, None: estimated from the red cells; the fields found are appended to
+    ``fields``), cut at ``crop_side`` (the model's)."""
     items = []
-    for f in files:
-        items += from_upload(f.name, f.getvalue(), max_files=MAX_FILES)
+    for name, data in files:
+        items += from_upload(name, data, max_files=MAX_FILES)
     try:
         items, found = expand_fields(items, crop_side or pred.bundle.crop_side, scale or None)
     except ValueError as exc:  # a scale out of range
@@ -68,7 +74,7 @@ can_classify = who.can("classify")
 if not can_classify:
     st.info(f"You are signed in as a {who.role}: you can open cases and see their results (sidebar: **Active "
             "case**), but classifying new crops needs a technologist's account.")
-go = False
+go = demo = False
 if can_classify:
     with st.container(border=True):
         code = st.text_input("Case id", key="new_case_code", placeholder="e.g. BM-2026-0142",
@@ -82,10 +88,35 @@ if can_classify:
                         help="Only for field images: every whole nucleated cell is cut out at the training crops' "
                              "scale and classified like an uploaded crop; several fields of one smear go into one "
                              "case.")
-        go = st.button("Classify", type="primary", disabled=not files)
-        st.caption(f"New cases are classified by **{appkit.model_label(pred.bundle.name, pred.bundle.sha256)}** (sidebar). Sent to review: "
-                   f"{rules.describe()}.")
+        b1, b2 = st.columns([1, 3])
+        go = b1.button("Classify", type="primary", disabled=not files)
+        demo = b2.button("Try the demo case", disabled=not demo_uploads(),
+                         help="40 bone marrow crops and 2 smear fields from public datasets, opened as a case marked "
+                              "as a demo: never counted in the lab's figures")
+        st.caption(f"New cases are classified by **{appkit.model_label(pred.bundle.name, pred.bundle.sha256)}** "
+                   f"(sidebar). Sent to review: {rules.describe()}.")
 
+def start(code: str, files: list[tuple[str, bytes]], scale: float | None, *, demo: bool = False) -> None:
+    fields = []
+    items = collect(files, fields, scale=scale)
+    work = [(i, it) for i, it in enumerate(items) if it.ok]
+    if not items:
+        st.error("Nothing to classify: the upload holds no image file.")
+        st.stop()
+    try:
+        cid = runner.start_case(code, items, pred, rules, who, field_images=[field_record(f) for f in fields], demo=demo)
+    except CaseError as exc:  # QueueFull included: nothing was left behind
+        st.error(md(exc))
+    else:
+        appkit.set_active_case(cid)
+        keep_originals(cid, work)
+        if not demo:
+            appkit.empty_uploader(st.session_state)
+        st.rerun()
+
+
+if can_classify and demo:
+    start(demo_code(c["case"] for c in store.list_cases()), demo_uploads(), None, demo=True)
 if go:
     if not code.strip():
         st.error("Enter a case id first.")
@@ -93,28 +124,14 @@ if go:
         st.error(f"Case {code.strip()!r} already exists. Pick it under **Active case** in the sidebar, or use "
                  "another id.")
     else:
-        fields = []
-        items = collect(files, fields, scale=st.session_state.get("field_um_per_px"))
-        work = [(i, it) for i, it in enumerate(items) if it.ok]
-        if not items:
-            st.error("Nothing to classify: the upload holds no image file.")
-            st.stop()
-        try:
-            cid = runner.start_case(code, items, pred, rules, who, field_images=[field_record(f) for f in fields])
-        except CaseError as exc:  # QueueFull included: nothing was left behind
-            st.error(md(exc))
-        else:
-            appkit.set_active_case(cid)
-            keep_originals(cid, work)
-            appkit.empty_uploader(st.session_state)
-            st.rerun()
+        start(code, uploads(files), st.session_state.get("field_um_per_px"))
 
 case = appkit.active_case()
 if case is None:
     st.stop()
 st.subheader(f"Case {md(case.case_code)}")
 st.caption(f"Classified by **{appkit.case_model(case)}**" + (f" ({inference_text(case)})" if inference_text(case) else "")
-           + f" · {caserules.case_rules(case).describe()}")
+           + f" · {caserules.case_review_rules(case).describe()}")
 job = appkit.job_banner(case)
 summ = caserules.summary(case)
 if summ.pending and not (job and job["status"] in ("queued", "running")) and can_classify:
@@ -125,20 +142,17 @@ if summ.pending and not (job and job["status"] in ("queued", "running")) and can
                                  accept_multiple_files=True, key=f"resume_files_{case.id}")
         r1, r2 = st.columns(2)
         if r1.button("Resume classification", key="resume_btn", disabled=not again or cpred is None):
-            pairs, extra = match_pending(case, collect(again, crop_side=cpred.bundle.crop_side, scale=case_scale(case)))
-            if not pairs:
-                st.error("None of these files is a missing cell of this case.")
+            try:
+                pairs, extra = runner.resume(case, collect(uploads(again), crop_side=cpred.bundle.crop_side,
+                                                           scale=case_scale(case)), cpred, caserules.case_review_rules(case))
+            except CaseError as exc:  # none of them missing, queue full, or the case was deleted meanwhile
+                st.error(md(exc))
             else:
-                try:
-                    runner.submit(case.id, cpred, caserules.case_rules(case), pairs)
-                except CaseError as exc:  # queue full, or the case was deleted meanwhile
-                    st.error(md(exc))
-                else:
-                    keep_originals(case.id, pairs)
-                    if extra:
-                        st.session_state["classify_msg"] = (f"{len(extra)} file(s) are not missing cells of this case "
-                                                            "and were not used: " + ", ".join(map(md, extra[:10])))
-                    st.rerun()
+                keep_originals(case.id, pairs)
+                if extra:
+                    st.session_state["classify_msg"] = (f"{len(extra)} file(s) are not missing cells of this case "
+                                                        "and were not used: " + ", ".join(map(md, extra[:10])))
+                st.rerun()
         if who.can("delete"):
             sure = r2.checkbox(f"Yes, delete case {md(case.case_code)} with its {summ.cells} cells",
                                key="delete_partial_ok")
@@ -166,25 +180,20 @@ elif can_classify and case.status != STATUS_SIGNED and not (job and job["status"
                             key=f"add_um_per_px_{case.id}")
         if st.button("Add to this case", key=f"add_btn_{case.id}", disabled=not more or cpred is None):
             new_fields = []
-            items = collect(more, new_fields, crop_side=cpred.bundle.crop_side,
+            items = collect(uploads(more), new_fields, crop_side=cpred.bundle.crop_side,
                             scale=case_scale(case) or st.session_state.get(f"add_um_per_px_{case.id}"))
-            work_items = [it for it in items if it.ok]
             # the count this screen showed before the click (a colleague may have added cells since), not a new read
             shown = st.session_state.get(f"add_shown_{case.id}", len(case.cells))
             try:
-                runner.check_room(len(work_items))
-                positions = store.add_cells(case.id, pending_inputs(items), actor=who, expected_cells=shown,
-                                            field_images=[field_record(f) for f in new_fields])
+                added = runner.add_to_case(case.id, items, cpred, caserules.case_review_rules(case), who,
+                                           expected_cells=shown, field_images=[field_record(f) for f in new_fields])
             except CaseError as exc:  # a stale page, a signed-off case, a field already in it, a full queue
                 st.error(md(exc))
             else:
-                work = [(pos, it) for pos, it in zip(positions, items) if it.ok]
-                try:
-                    runner.submit(case.id, cpred, caserules.case_rules(case), work)
-                except CaseError as exc:  # queue filled meanwhile: the cells stay pending, resumable above
-                    st.session_state["classify_msg"] = f"{md(exc)} The added cells wait as a partial case."
+                if added.queue_error:  # queue filled meanwhile: the cells stay pending, resumable above
+                    st.session_state["classify_msg"] = f"{md(added.queue_error)} The added cells wait as a partial case."
                 else:
-                    keep_originals(case.id, work)
+                    keep_originals(case.id, added.work)
                 st.session_state.pop(f"add_shown_{case.id}", None)
                 st.rerun()
         st.session_state[f"add_shown_{case.id}"] = len(case.cells)

@@ -471,7 +471,7 @@ if not who.can("review"):
     st.info(f"You are signed in as {_role(who.role)}: you can read this case, its cells and its audit trail. "
             "Reviewing needs a technologist's account; signing off a pathologist's.")
 st.caption(f"Classified by **{appkit.case_model(case)}**" + (f" ({inference_text(case)})" if inference_text(case) else "")
-           + f" · {caserules.case_rules(case).describe()}")
+           + f" · {caserules.case_review_rules(case).describe()}")
 m1, m2, m3, m4, m5 = st.columns(5)
 m1.metric("Reviewed", f"{summ.reviewed} / {summ.classified}")
 m2.metric("Need review, unresolved", summ.needs_review,
