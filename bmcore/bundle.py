@@ -2,9 +2,10 @@
 
 ``bundle.json`` is the model's contract (in the spirit of MONAI bundles): task, the exact
 classes the model covers, backbone, data config, calibration temperature, test metrics with
-the split they come from, how it was trained, library versions, the weights' sha256 and
-intended use. Loading checks the hash before reading a byte of the weights and reads
-safetensors only: nothing in a bundle is ever unpickled or executed.
+the split they come from, how it was trained, library versions, the weights' sha256, intended
+use and lineage. Its schema is ``bmcore.bundleschema`` (validated on load and before every write,
+older bundles migrated in memory). Loading checks the hash before reading a byte of the weights
+and reads safetensors only: nothing in a bundle is ever unpickled or executed.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,13 +22,13 @@ from torch import nn
 
 from . import RUO_STATEMENT, __version__
 from .backbones import create, get_backbone
+from .bundleschema import SCHEMA_VERSION, BundleSpec, migrate, validate
 from .ood import DEFAULT_CROP_SIDE, OOD_FILE, OODGate
 from .preprocess import DataConfig
 from .tasks import CELL_NAMES, get_task
 
 BUNDLE_JSON = "bundle.json"
 WEIGHTS_FILE = "weights.safetensors"
-SCHEMA_VERSION = 1
 
 
 class BundleError(ValueError):
@@ -64,8 +65,18 @@ def library_versions() -> dict[str, str]:
 
 @dataclass
 class Bundle:
+    """A bundle folder and its ``bundle.json`` (``meta``, migrated to the current schema; ``spec``: the same,
+    typed and validated)."""
     path: Path
     meta: dict
+    spec: BundleSpec = field(init=False, repr=False)
+
+    def __post_init__(self):
+        try:
+            self.meta = migrate(self.meta)
+            self.spec = validate(self.meta, Path(self.path).name)
+        except ValueError as exc:
+            raise BundleError(str(exc)) from None
 
     @property
     def classes(self) -> list[str]:
@@ -81,21 +92,26 @@ class Bundle:
 
     @property
     def temperature(self) -> float:
-        return float(self.meta.get("calibration", {}).get("temperature", 1.0))
+        return self.spec.calibration.temperature
 
     @property
     def tta(self) -> bool:
-        return bool(self.meta.get("inference", {}).get("tta", False))
+        return self.spec.inference.tta
 
     @property
     def name(self) -> str:
-        return self.meta.get("name", self.path.name)
+        return self.spec.name
 
     @property
     def crop_side(self) -> int:
         """Side in px of the crops the model was trained on (the longer side, median over the train split), stored
-        when the gate is fitted (``bundle.json["ood"]["crop_side"]``); older bundles were trained on 250 px crops."""
-        return int((self.meta.get("ood") or {}).get("crop_side", DEFAULT_CROP_SIDE))
+        when the gate is fitted (``bundle.json["ood"]["crop_side"]``; older bundles were trained on 250 px crops)."""
+        return self.spec.ood.crop_side if self.spec.ood else DEFAULT_CROP_SIDE
+
+    @property
+    def lineage(self):
+        """Where the bundle learnt from (``bmcore.bundleschema.Lineage``), or None for one trained by ``train``."""
+        return self.spec.lineage
 
     @property
     def sha256(self) -> str:
@@ -117,10 +133,10 @@ class Bundle:
         info = self.meta.get("ood")
         if not info:
             return None
-        f = self.path / info.get("file", "")
-        if info.get("file") != OOD_FILE or not f.is_file():
+        f = self.path / self.spec.ood.file
+        if self.spec.ood.file != OOD_FILE or not f.is_file():
             raise BundleError(f"{self.path.name}: the out-of-distribution gate file {OOD_FILE} is missing or renamed")
-        if sha256_file(f) != info.get("sha256"):
+        if sha256_file(f) != self.spec.ood.sha256:
             raise BundleError(f"{self.path.name}: {OOD_FILE} does not match the sha256 in bundle.json; "
                               "the file was changed or corrupted")
         return OODGate.from_parts({k: v.numpy() for k, v in _read_safetensors(f, self.path.name).items()}, info)
@@ -128,7 +144,7 @@ class Bundle:
     def build_model(self) -> nn.Module:
         """Create the architecture and load the verified weights (CPU, eval mode)."""
         model = create(self.backbone, len(self.classes), img_size=self.data_config.input_size,
-                       **self.meta.get("model_kwargs", {}))
+                       **self.spec.model_kwargs)
         state = _read_safetensors(self.path / WEIGHTS_FILE, self.path.name)
         try:
             model.load_state_dict(state, strict=True)
@@ -174,14 +190,17 @@ def save_bundle(path: str | Path, model: nn.Module, *, task: str, classes: list[
         "statement": RUO_STATEMENT,
     }
     meta.update(extra or {})
-    (path / BUNDLE_JSON).write_text(json.dumps(meta, indent=2, sort_keys=False))
-    return Bundle(path, meta)
+    b = Bundle(path, meta)  # validated before it is written
+    (path / BUNDLE_JSON).write_text(json.dumps(b.meta, indent=2, sort_keys=False))
+    return b
 
 
 def update_bundle_meta(bundle: Bundle, **fields) -> Bundle:
-    """Add or replace top-level fields of ``bundle.json`` (metrics, calibration) without touching the weights."""
-    bundle.meta.update(fields)
-    (bundle.path / BUNDLE_JSON).write_text(json.dumps(bundle.meta, indent=2))
+    """Add or replace top-level fields of ``bundle.json`` (metrics, calibration, lineage) without touching the
+    weights; the result is validated before it is written (a wrong field is refused by name, the file unchanged)."""
+    new = Bundle(bundle.path, {**bundle.meta, **fields})
+    (bundle.path / BUNDLE_JSON).write_text(json.dumps(new.meta, indent=2))
+    bundle.meta, bundle.spec = new.meta, new.spec
     return bundle
 
 
@@ -202,6 +221,8 @@ def load_bundle(path: str | Path) -> Bundle:
         meta = json.loads(jf.read_text())
     except json.JSONDecodeError as exc:
         raise BundleError(f"{path.name}: {BUNDLE_JSON} is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise BundleError(f"{path.name}: {BUNDLE_JSON} is not a JSON object")
     for key in ("task", "classes", "backbone", "data_config", "weights_file", "weights_sha256"):
         if key not in meta:
             raise BundleError(f"{path.name}: {BUNDLE_JSON} lacks {key!r}")
@@ -223,7 +244,7 @@ def load_bundle(path: str | Path) -> Bundle:
         get_backbone(meta["backbone"])
     except ValueError as exc:
         raise BundleError(f"{path.name}: {exc}") from None
-    return Bundle(path, meta)
+    return Bundle(path, meta)  # migrated and validated against the schema (BundleError naming the field)
 
 
 def find_bundles(*folders: str | Path) -> list[Path]:

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import torch
@@ -97,3 +98,50 @@ def test_bundle_from_a_newer_schema_is_refused(tmp_path):
     (tmp_path / "b" / BUNDLE_JSON).write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="schema version 99"):
         load_bundle(tmp_path / "b")
+
+
+def test_bundle_json_is_validated_by_its_schema_naming_the_wrong_field(tmp_path):
+    """A wrong field is refused on load by name, not met later by whichever page reads it; a write that would make
+    bundle.json wrong is refused before the file changes."""
+    from bmcore.bundle import update_bundle_meta
+
+    b = make_bundle(tmp_path / "b", DEV_CLASSES)
+    jf = tmp_path / "b" / BUNDLE_JSON
+    good = jf.read_text()
+    for change, field in ((lambda m: m["calibration"].update(temperature=-1), "calibration.temperature"),
+                          (lambda m: m["data_config"].update(mean=[0.5, 0.5]), "data_config.mean"),
+                          (lambda m: m.update(classes=["BLA", "BLA"]), "classes"),
+                          (lambda m: m.update(metrics={"accuracy": 0.9}), "metrics.split")):
+        meta = json.loads(good)
+        change(meta)
+        jf.write_text(json.dumps(meta))
+        with pytest.raises(BundleError, match=rf"b: bundle.json field {re.escape(field)}"):
+            load_bundle(tmp_path / "b")
+    jf.write_text(good)
+    with pytest.raises(BundleError, match="field calibration.temperature"):
+        update_bundle_meta(b, calibration={"temperature": "warm"})
+    assert jf.read_text() == good and load_bundle(tmp_path / "b").temperature == b.temperature
+
+
+def test_an_older_bundle_is_migrated_and_a_lineage_is_kept(tmp_path):
+    """Schema 1 (no lineage; a gate without crop_side was fitted on 250 px crops) loads as schema 2; a lineage naming
+    the parent bundle and the data it saw round-trips through bundle.json."""
+    from bmcore.bundle import update_bundle_meta
+    from bmcore.bundleschema import SCHEMA_VERSION
+
+    b = make_bundle(tmp_path / "b", DEV_CLASSES)
+    meta = json.loads((tmp_path / "b" / BUNDLE_JSON).read_text())
+    meta["schema_version"] = 1
+    meta["ood"] = {"file": "ood.safetensors", "sha256": "0" * 64}
+    (tmp_path / "b" / BUNDLE_JSON).write_text(json.dumps(meta))
+    old = load_bundle(tmp_path / "b")
+    assert old.spec.schema_version == SCHEMA_VERSION == 2 and old.crop_side == 250 and old.lineage is None
+    lineage = {"parent_name": "bm14-mobilenetv2-224px", "parent_sha256": "a" * 64, "method": "fine-tune, 3 epochs",
+               "learnt_at": "2026-12-04T21:00:00Z",
+               "data": [{"kind": "signed-cases", "description": "12 signed cases", "cells": 915,
+                         "classes": {"EBO": 312, "LYT": 603}, "sha256": "b" * 64}]}
+    update_bundle_meta(b, lineage=lineage)
+    again = load_bundle(tmp_path / "b")
+    assert again.lineage.parent_sha256 == "a" * 64 and again.lineage.data[0].classes == {"EBO": 312, "LYT": 603}
+    with pytest.raises(BundleError, match="field lineage.data.0.kind"):
+        update_bundle_meta(again, lineage={**lineage, "data": [{**lineage["data"][0], "kind": "internet"}]})

@@ -67,3 +67,21 @@ def test_distillation_and_soft_label_losses():
     ce = torch.nn.CrossEntropyLoss()
     assert float(label_loss(logits, torch.nn.functional.one_hot(y, 3).float(), ce)) == pytest.approx(float(ce(logits, y)))
     assert not math.isnan(float(label_loss(logits, y, ce)))
+
+
+def test_every_training_flag_says_what_it_does():
+    """``python -m train.train --help`` explains each flag (and config key), with its default."""
+    from train.train import DEFAULTS, HELP, parse_args  # noqa: F401
+
+    import argparse
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.suppress(SystemExit):
+        parse_args(["--help"])
+    text = "".join(buf.getvalue().split())  # argparse wraps lines (at hyphens too)
+    assert set(HELP) == set(DEFAULTS)
+    for key, words in HELP.items():
+        assert "".join(words.split()) in text, f"--{key.replace('_', '-')} has no help"
+    assert "(default:20)" in text and "--config" in text and isinstance(parse_args([]), argparse.Namespace)

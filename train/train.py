@@ -17,6 +17,7 @@ import platform
 import shlex
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +36,14 @@ from bmcore.weights import build_pretrained
 from .data import BatchAugment, CropDataset, load_splits, task_classes_present
 from .evaluate import evaluate
 
+# every key is a flag (--data-root ...) and a config key; what each does: HELP
 DEFAULTS: dict = {
     "data_root": "../shared/data/bm-dev",
     "splits": "train/splits/bm-dev_seed42.csv",
     "task": "bm14",
     "backbone": "mobilenetv2",
     "weights": "auto",
-    "img_size": None,  # None: the backbone's default
+    "img_size": None,
     "denoise_sharpen": False,
     "epochs": 20,
     "batch_size": 32,
@@ -49,32 +51,74 @@ DEFAULTS: dict = {
     "weight_decay": 0.05,
     "warmup_epochs": 1.0,
     "label_smoothing": 0.1,
-    "balance": "sampler",  # sampler | loss | none
-    "augment": "strong",  # strong | light | none
-    "amp": "auto",  # auto | bf16 | fp16 | none
+    "balance": "sampler",
+    "augment": "strong",
+    "amp": "auto",
     "channels_last": True,
     "patience": 6,
     "seed": 42,
     "workers": 0,
-    "threads": 0,  # 0: torch's default
+    "threads": 0,
     "out": "runs/default",
     "bundle_name": None,
     "resume": True,
-    "tta": "auto",  # auto (chosen on val) | on | off
-    "max_steps": 0,  # >0: stop after this many optimiser steps (smoke tests)
-    "limit_per_class": 0,  # >0: at most this many crops per class and split (smoke tests)
+    "tta": "auto",
+    "max_steps": 0,
+    "limit_per_class": 0,
     "evaluate_test": True,
-    "gate": False,  # fit + calibrate the quality / out-of-distribution gate into the bundle (train.ood)
-    "preload": True,  # decode each split once into one uint8 tensor on the training device (else a DataLoader)
-    "mixup": 0.0,  # mixup alpha (timm.data.Mixup); 0: off
-    "cutmix": 0.0,  # cutmix alpha; 0: off (with both on, each batch takes one of the two)
-    "ema_decay": 0.0,  # >0: keep an exponential moving average of the weights (timm ModelEmaV3) and select/ship it
-    "teachers": "",  # comma-separated bundle folders: knowledge distillation from their averaged soft labels
-    "kd_alpha": 0.5,  # weight of the distillation term (the rest: the labels)
+    "gate": False,
+    "preload": True,
+    "mixup": 0.0,
+    "cutmix": 0.0,
+    "ema_decay": 0.0,
+    "teachers": "",
+    "kd_alpha": 0.5,
     "kd_temperature": 2.0,
-    "kd_teacher_tta": False,  # the teachers' soft labels averaged over the 4 dihedral views the app's TTA uses
-    "init_from": "",  # a bundle folder of the same backbone and classes: start from its weights (fine-tuning)
-    "time_budget_s": 0,  # >0: after each epoch, shorten the schedule (cosine included) so training ends in time
+    "kd_teacher_tta": False,
+    "init_from": "",
+    "time_budget_s": 0,
+}
+# what each flag (and config key) does: shown by --help
+HELP: dict[str, str] = {
+    "data_root": 'dataset root: one folder per class code',
+    "splits": 'split CSV (path, label, sha256, split) written by python -m train.data index',
+    "task": 'task whose classes are trained (bm14, hcl7, bm21; bmcore.tasks)',
+    "backbone": 'registered backbone (bmcore.backbones)',
+    "weights": "pretrained weights: auto (the backbone's ImageNet weights from a pip package), none, or a file",
+    "img_size": "input side in px (default: the backbone's own)",
+    "denoise_sharpen": "apply the seed paper's denoise + sharpen before normalising",
+    "epochs": 'epochs planned (early stopping and --time-budget-s may end sooner)',
+    "batch_size": 'crops per optimiser step (per process under torchrun)',
+    "lr": 'peak learning rate of AdamW (cosine schedule after the warm-up)',
+    "weight_decay": 'AdamW weight decay',
+    "warmup_epochs": 'epochs of linear learning-rate warm-up',
+    "label_smoothing": 'label smoothing of the cross-entropy',
+    "balance": 'class balance: sampler (class-balanced draw), loss (weighted loss) or none',
+    "augment": 'augmentation on the device: strong, light or none (train.data.BatchAugment)',
+    "amp": 'mixed precision: auto, bf16, fp16 or none',
+    "channels_last": 'channels-last memory format (faster convolutions on most devices)',
+    "patience": 'early stop after this many epochs without a val macro-F1 gain',
+    "seed": 'seed of the sampler, augmentation and initialisation',
+    "workers": 'DataLoader / preload decoding workers',
+    "threads": "torch CPU threads (0: torch's default)",
+    "out": 'run folder: config.yaml, last.pt (resume), best.pt and bundle/',
+    "bundle_name": 'name of the bundle written (default: TASK-BACKBONE-SIZEpx)',
+    "resume": 'resume from OUT/last.pt when it exists',
+    "tta": 'test-time augmentation of the shipped bundle: auto (chosen on val), on or off',
+    "max_steps": 'stop after this many optimiser steps (smoke tests; 0: no limit)',
+    "limit_per_class": 'at most this many crops per class and split (smoke tests; 0: all)',
+    "evaluate_test": 'evaluate the bundle once on the test split at the end (train.evaluate)',
+    "gate": 'fit and calibrate the quality / out-of-distribution gate into the bundle (train.ood)',
+    "preload": 'decode each split once into one uint8 tensor on the training device (else a DataLoader)',
+    "mixup": 'mixup alpha (timm.data.Mixup; 0: off)',
+    "cutmix": 'cutmix alpha (0: off; with both on, each batch takes one of the two)',
+    "ema_decay": 'keep an exponential moving average of the weights (timm ModelEmaV3) and select and ship it (0: off)',
+    "teachers": 'comma-separated bundle folders: distil from their averaged soft labels',
+    "kd_alpha": 'weight of the distillation term (the rest: the labels)',
+    "kd_temperature": 'temperature of the distillation',
+    "kd_teacher_tta": "average the teachers' soft labels over the 4 dihedral views the app's TTA uses",
+    "init_from": 'a bundle folder of the same backbone and classes: start from its weights (fine-tuning)',
+    "time_budget_s": 'after each epoch, shorten the schedule (cosine included) so that training ends within this many seconds (0: none)',
 }
 
 
@@ -84,7 +128,7 @@ def str2bool(v: str) -> bool:
 
 def parse_args(argv=None) -> argparse.Namespace:
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default=None)
+    pre.add_argument("--config", default=None, help="YAML of defaults (train/configs/); flags override it")
     known, _ = pre.parse_known_args(argv)
     cfg = dict(DEFAULTS)
     if known.config:
@@ -97,12 +141,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     for k, v in DEFAULTS.items():
         flag = "--" + k.replace("_", "-")
+        h = HELP[k] if cfg[k] is None else f"{HELP[k]} (default: {cfg[k]})"
         if isinstance(v, bool):
-            ap.add_argument(flag, type=str2bool, metavar="BOOL")
+            ap.add_argument(flag, type=str2bool, metavar="BOOL", help=h)
         elif v is None:
-            ap.add_argument(flag, type=lambda s: None if s in ("", "none", "None") else (int(s) if s.isdigit() else s))
+            ap.add_argument(flag, type=lambda s: None if s in ("", "none", "None") else (int(s) if s.isdigit() else s),
+                            help=h)
         else:
-            ap.add_argument(flag, type=type(v))
+            ap.add_argument(flag, type=type(v), help=h)
     ap.set_defaults(**cfg)
     return ap.parse_args(argv)
 
@@ -279,6 +325,246 @@ def predict_logits(model, ds, device, dtype, channels_last: bool, tta: bool = Fa
     return np.concatenate(out)
 
 
+@dataclass
+class Data:
+    """The training and validation data of a run, and what is drawn from them."""
+    cfg: DataConfig
+    classes: list[str]
+    train: CropDataset
+    val: CropDataset
+    counts: np.ndarray          # training crops per class
+    sampler: "EpochSampler"
+    batches: object             # (uint8 batch, targets) per step
+
+
+def prepare_data(args, rank: int, world: int, device: torch.device) -> Data:
+    """The task's classes present in the split file, the train and val crops (``--limit-per-class``), the sampler
+    (class-balanced with ``--balance sampler``) and the batches."""
+    spec = get_backbone(args.backbone)
+    size = int(args.img_size or spec.input_size)
+    dcfg = DataConfig(size, spec.mean, spec.std, bool(args.denoise_sharpen))
+    df = load_splits(args.splits)
+    classes = task_classes_present(df, args.task)
+    df = df[df.label.isin(classes)]
+    train_ds = CropDataset(args.data_root, limit(df[df.split == "train"], args.limit_per_class, args.seed), classes, dcfg)
+    val_ds = CropDataset(args.data_root, limit(df[df.split == "val"], args.limit_per_class, args.seed), classes, dcfg)
+    counts = np.bincount(train_ds.targets, minlength=len(classes)).astype(np.float64)
+    sample_w = (1.0 / counts)[train_ds.targets] if args.balance == "sampler" else None
+    sampler = EpochSampler(len(train_ds), sample_w, args.seed, rank, world)
+    return Data(dcfg, classes, train_ds, val_ds, counts, sampler, make_batches(train_ds, sampler, args, device, world))
+
+
+def build_model(args, classes: list[str], size: int, device: torch.device) -> tuple[torch.nn.Module, str]:
+    """The backbone with its pretrained weights (or ``--init-from`` a bundle of the same backbone and classes) on
+    ``device``; returns (model, where its weights came from)."""
+    model, weight_source = build_pretrained(args.backbone, len(classes), args.weights, img_size=size)
+    if args.init_from:
+        from bmcore.bundle import load_bundle
+
+        init = load_bundle(args.init_from)
+        if init.backbone != args.backbone or list(init.classes) != list(classes):
+            raise SystemExit(f"--init-from {args.init_from}: {init.backbone} {init.classes} is not {args.backbone} {classes}")
+        model.load_state_dict(init.build_model().state_dict())
+        weight_source = f"bundle:{init.name} sha256:{init.sha256[:16]} (itself from {init.meta['training']['weights_source']})"
+    model = model.to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, weight_source
+
+
+@dataclass
+class Run:
+    """What one training run carries from epoch to epoch."""
+    args: argparse.Namespace
+    data: Data
+    model: torch.nn.Module
+    ddp: torch.nn.Module
+    ema: object
+    opt: torch.optim.Optimizer
+    sched: object
+    plan: dict
+    scaler: object
+    criterion: object
+    dtype: torch.dtype | None
+    device: torch.device
+    augment: BatchAugment
+    mix: object
+    teachers: list
+    state: dict = field(default_factory=dict)
+
+    @property
+    def selected(self) -> torch.nn.Module:
+        """What is validated, kept and shipped: the EMA weights when kept, else the model's."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+def make_run(args, data: Data, model, weight_source: str, rank: int, world: int, device: torch.device) -> Run:
+    """Optimiser (AdamW), warm-up + cosine schedule, loss (balanced with ``--balance loss``), mixed precision, EMA,
+    mixup and teachers of a run."""
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    ema = None
+    if args.ema_decay > 0:
+        import timm.utils
+
+        ema = getattr(timm.utils, "ModelEmaV3", timm.utils.ModelEmaV2)(model, decay=args.ema_decay)
+    dtype = amp_dtype(args.amp, device)
+    counts = data.counts
+    class_w = torch.tensor(counts.sum() / (len(data.classes) * counts), dtype=torch.float32) \
+        if args.balance == "loss" else None
+    criterion = torch.nn.CrossEntropyLoss(weight=class_w.to(device) if class_w is not None else None,
+                                          label_smoothing=args.label_smoothing)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps_per_epoch = max(1, len(data.batches))
+    plan = {"total": args.epochs * steps_per_epoch, "warm": int(args.warmup_epochs * steps_per_epoch),
+            "steps_per_epoch": steps_per_epoch, "weight_source": weight_source}
+
+    def lr_at(step: int) -> float:
+        if step < plan["warm"]:
+            return (step + 1) / max(1, plan["warm"])
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - plan["warm"]) / max(1, plan["total"] - plan["warm"]))))
+
+    return Run(args, data, model, ddp, ema, opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_at), plan,
+               torch.amp.GradScaler(enabled=dtype == torch.float16 and device.type == "cuda"), criterion, dtype, device,
+               BatchAugment(args.augment, torch.Generator().manual_seed(args.seed + 1000 * rank)),
+               make_mixup(args, len(data.classes)), load_teachers(args.teachers, data.classes, device),
+               {"epoch": 0, "step": 0, "best_f1": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": [],
+                "train_seconds": 0.0, "epochs": args.epochs})
+
+
+def resume(run: Run, ckpt: Path, verbose: bool) -> None:
+    """Continue from ``ckpt`` (model, optimiser, schedule, EMA, epoch state) when ``--resume`` and it exists."""
+    if run.args.resume and ckpt.is_file():
+        c = torch.load(ckpt, map_location=run.device, weights_only=True)
+        run.model.load_state_dict(c["model"])
+        run.opt.load_state_dict(c["optimizer"])
+        run.sched.load_state_dict(c["scheduler"])
+        if run.ema is not None and "ema" in c:
+            run.ema.module.load_state_dict(c["ema"])
+        run.state = {**c["state"], "epochs": run.args.epochs}  # the epochs asked for now (a run may be extended)
+        if verbose:
+            print(f"resumed from {ckpt} at epoch {run.state['epoch']}", flush=True)
+    run.plan["total"] = run.state["epochs"] * run.plan["steps_per_epoch"]
+
+
+def train_one_epoch(run: Run, ep: int, verbose: bool) -> tuple[float, bool]:
+    """One pass over the batches; returns (mean training loss, whether ``--max-steps`` was reached)."""
+    args, state = run.args, run.state
+    run.data.sampler.set_epoch(ep)
+    run.ddp.train()
+    run_loss, seen = 0.0, 0
+    bar = tqdm(run.data.batches, desc=f"epoch {ep + 1}/{state['epochs']}", disable=not verbose, leave=False,
+               unit="batch")
+    for xb, yb in bar:
+        xb, yb = xb.to(run.device, non_blocking=True), yb.to(run.device, non_blocking=True)
+        x01 = run.augment(xb)
+        target = yb
+        if run.mix is not None and len(yb) % 2 == 0:
+            x01, target = run.mix(x01, yb)
+        xb = normalize(x01, run.data.cfg)
+        if args.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(run.device.type, dtype=run.dtype or torch.float32, enabled=run.dtype is not None):
+            logits = run.ddp(xb)
+            loss = label_loss(logits, target, run.criterion)
+            if run.teachers:
+                soft = teacher_probs(run.teachers, x01, args.kd_temperature, run.dtype, args.channels_last,
+                                     tta=args.kd_teacher_tta)
+                loss = (1 - args.kd_alpha) * loss + args.kd_alpha * distill_loss(logits, soft, args.kd_temperature)
+        run.opt.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.opt)
+        run.scaler.update()
+        run.sched.step()
+        if run.ema is not None:
+            run.ema.update(run.model)
+        state["step"] += 1
+        run_loss += float(loss.detach()) * len(yb)
+        seen += len(yb)
+        bar.set_postfix(loss=f"{run_loss / seen:.3f}", lr=f"{run.sched.get_last_lr()[0]:.2e}")
+        if args.max_steps and state["step"] >= args.max_steps:
+            return run_loss / max(1, seen), True
+    return run_loss / max(1, seen), False
+
+
+def validate(run: Run) -> tuple[float, float]:
+    """(macro-F1, accuracy) of the selected weights on the whole val split (every rank scores it, so all reach the
+    same decision)."""
+    lg = predict_logits(run.selected, run.data.val, run.device, run.dtype, run.args.channels_last)
+    return (float(f1_score(run.data.val.targets, lg.argmax(1), average="macro")),
+            float((lg.argmax(1) == np.asarray(run.data.val.targets)).mean()))
+
+
+def end_of_epoch(run: Run, ep: int, loss: float, t0: float, out: Path, main_proc: bool) -> bool:
+    """Validate, record (the epoch's seconds from ``t0``, validation included), keep the best weights and the
+    checkpoint; returns whether to stop early."""
+    args, state = run.args, run.state
+    f1, acc = validate(run)
+    seconds = time.perf_counter() - t0
+    state["epoch"] = ep + 1
+    state["history"].append({"epoch": ep + 1, "train_loss": loss, "val_macro_f1": f1, "val_accuracy": acc,
+                             "seconds": round(seconds, 1)})
+    if args.time_budget_s > 0:
+        fit_schedule(state, args.epochs, args.time_budget_s)
+        run.plan["total"] = state["epochs"] * run.plan["steps_per_epoch"]
+    improved = f1 > state["best_f1"]
+    if improved:
+        state["best_f1"], state["best_epoch"], state["bad_epochs"] = f1, ep + 1, 0
+    else:
+        state["bad_epochs"] += 1
+    if main_proc:
+        print(f"epoch {ep + 1}: loss {loss:.4f} val macro-F1 {f1:.4f} acc {acc:.4f}{' *' if improved else ''} "
+              f"({seconds:.0f}s)", flush=True)
+        if improved:
+            torch.save(run.selected.state_dict(), out / "best.pt")
+        torch.save({"model": run.model.state_dict(), "optimizer": run.opt.state_dict(),
+                    "scheduler": run.sched.state_dict(),
+                    **({"ema": run.ema.module.state_dict()} if run.ema is not None else {}), "state": state},
+                   out / "last.pt")
+    if state["bad_epochs"] >= args.patience:
+        if main_proc:
+            print(f"early stop: no val macro-F1 gain for {args.patience} epochs", flush=True)
+        return True
+    return False
+
+
+def choose_tta(run: Run) -> tuple[bool, dict]:
+    """Whether the bundle ships with test-time augmentation: ``--tta on``/``off``, or (``auto``) chosen on the val
+    split only, when it gains more than 0.002 macro-F1; returns (tta, {str(flag): val macro-F1})."""
+    if run.args.tta != "auto":
+        return run.args.tta == "on", {}
+    val_choice = {}
+    for flag in (False, True):
+        lg = predict_logits(run.model, run.data.val, run.device, run.dtype, run.args.channels_last, tta=flag)
+        val_choice[str(flag)] = float(f1_score(run.data.val.targets, lg.argmax(1), average="macro"))
+    return val_choice["True"] > val_choice["False"] + 0.002, val_choice
+
+
+def write_bundle(run: Run, out: Path, command: str, resolved: dict, world: int):
+    """The best weights as a bundle in ``out/bundle``, with how they were trained."""
+    from bmcore.tasks import get_task
+
+    args, state, data = run.args, run.state, run.data
+    tta, val_choice = choose_tta(run)
+    return save_bundle(
+        out / "bundle", run.model.to("cpu", memory_format=torch.contiguous_format), task=args.task,
+        classes=data.classes, backbone=args.backbone, data_config=data.cfg,
+        name=args.bundle_name or f"{args.task}-{args.backbone}-{data.cfg.input_size}px",
+        extra={
+            "inference": {"tta": tta, "tta_val_macro_f1": val_choice or None},
+            "classes_missing_from_task": [c for c in get_task(args.task).classes if c not in data.classes],
+            "training": {
+                "command": command, "config": resolved, "weights_source": run.plan["weight_source"],
+                "data": {"root": Path(args.data_root).name, "splits": Path(args.splits).name,
+                         "train": {c: int(n) for c, n in zip(data.classes, data.counts)}, "val": len(data.val)},
+                "epochs_run": state["epoch"], "epochs_planned": state["epochs"], "best_epoch": state["best_epoch"],
+                "teachers": [{"name": b.name, "weights_sha256": b.sha256} for b, _ in run.teachers],
+                "selected_weights": "ema" if run.ema is not None else "model",
+                "best_val_macro_f1": state["best_f1"], "history": state["history"],
+                "train_seconds": round(state["train_seconds"], 1), "amp": str(run.dtype).replace("torch.", ""),
+                "world_size": world, "hardware": hardware(run.device)},
+        })
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     rank, world, device = setup_distributed()
@@ -294,140 +580,17 @@ def main(argv=None) -> int:
     if main_proc:
         (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
 
-    spec = get_backbone(args.backbone)
-    size = int(args.img_size or spec.input_size)
-    dcfg = DataConfig(size, spec.mean, spec.std, bool(args.denoise_sharpen))
-    df = load_splits(args.splits)
-    classes = task_classes_present(df, args.task)
-    df = df[df.label.isin(classes)]
-    tr_df = limit(df[df.split == "train"], args.limit_per_class, args.seed)
-    va_df = limit(df[df.split == "val"], args.limit_per_class, args.seed)
-    train_ds = CropDataset(args.data_root, tr_df, classes, dcfg)
-    val_ds = CropDataset(args.data_root, va_df, classes, dcfg)
-
-    counts = np.bincount(train_ds.targets, minlength=len(classes)).astype(np.float64)
-    sample_w = (1.0 / counts)[train_ds.targets] if args.balance == "sampler" else None
-    sampler = EpochSampler(len(train_ds), sample_w, args.seed, rank, world)
-    batches = make_batches(train_ds, sampler, args, device, world)
-    class_w = torch.tensor(counts.sum() / (len(classes) * counts), dtype=torch.float32) if args.balance == "loss" else None
-    augment = BatchAugment(args.augment, torch.Generator().manual_seed(args.seed + 1000 * rank))
-    mix = make_mixup(args, len(classes))
-    teachers = load_teachers(args.teachers, classes, device)
-
-    model, weight_source = build_pretrained(args.backbone, len(classes), args.weights, img_size=size)
-    if args.init_from:
-        from bmcore.bundle import load_bundle
-
-        init = load_bundle(args.init_from)
-        if init.backbone != args.backbone or list(init.classes) != list(classes):
-            raise SystemExit(f"--init-from {args.init_from}: {init.backbone} {init.classes} is not {args.backbone} {classes}")
-        model.load_state_dict(init.build_model().state_dict())
-        weight_source = f"bundle:{init.name} sha256:{init.sha256[:16]} (itself from {init.meta['training']['weights_source']})"
-    model = model.to(device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    ema = None
-    if args.ema_decay > 0:
-        import timm.utils
-
-        ema = getattr(timm.utils, "ModelEmaV3", timm.utils.ModelEmaV2)(model, decay=args.ema_decay)
-    selected = (lambda: ema.module) if ema is not None else (lambda: model)  # what is validated, kept and shipped
-    dtype = amp_dtype(args.amp, device)
-    scaler = torch.amp.GradScaler(enabled=dtype == torch.float16 and device.type == "cuda")
-    criterion = torch.nn.CrossEntropyLoss(weight=class_w.to(device) if class_w is not None else None,
-                                          label_smoothing=args.label_smoothing)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps_per_epoch = max(1, len(batches))
-    plan = {"total": args.epochs * steps_per_epoch, "warm": int(args.warmup_epochs * steps_per_epoch)}
-
-    def lr_at(step: int) -> float:
-        if step < plan["warm"]:
-            return (step + 1) / max(1, plan["warm"])
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - plan["warm"]) / max(1, plan["total"] - plan["warm"]))))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    state = {"epoch": 0, "step": 0, "best_f1": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": [],
-             "train_seconds": 0.0, "epochs": args.epochs}
-    ckpt = out / "last.pt"
-    if args.resume and ckpt.is_file():
-        c = torch.load(ckpt, map_location=device, weights_only=True)
-        model.load_state_dict(c["model"])
-        opt.load_state_dict(c["optimizer"])
-        sched.load_state_dict(c["scheduler"])
-        if ema is not None and "ema" in c:
-            ema.module.load_state_dict(c["ema"])
-        state = {**c["state"], "epochs": args.epochs}  # the epochs asked for now (a resumed run may be extended)
-        if main_proc:
-            print(f"resumed from {ckpt} at epoch {state['epoch']}", flush=True)
-    plan["total"] = state["epochs"] * steps_per_epoch
-
+    data = prepare_data(args, rank, world, device)
+    model, weight_source = build_model(args, data.classes, data.cfg.input_size, device)
+    run = make_run(args, data, model, weight_source, rank, world, device)
+    resume(run, out / "last.pt", main_proc)
     stop = False
-    while state["epoch"] < state["epochs"] and not stop:
-        ep = state["epoch"]
-        sampler.set_epoch(ep)
-        ddp.train()
+    while run.state["epoch"] < run.state["epochs"] and not stop:
+        ep = run.state["epoch"]
         t0 = time.perf_counter()
-        run_loss, seen = 0.0, 0
-        bar = tqdm(batches, desc=f"epoch {ep + 1}/{state['epochs']}", disable=not main_proc, leave=False,
-                   unit="batch")
-        for xb, yb in bar:
-            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-            x01 = augment(xb)
-            target = yb
-            if mix is not None and len(yb) % 2 == 0:
-                x01, target = mix(x01, yb)
-            xb = normalize(x01, dcfg)
-            if args.channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                logits = ddp(xb)
-                loss = label_loss(logits, target, criterion)
-                if teachers:
-                    soft = teacher_probs(teachers, x01, args.kd_temperature, dtype, args.channels_last,
-                                         tta=args.kd_teacher_tta)
-                    loss = (1 - args.kd_alpha) * loss + args.kd_alpha * distill_loss(logits, soft, args.kd_temperature)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            if ema is not None:
-                ema.update(model)
-            state["step"] += 1
-            run_loss += float(loss.detach()) * len(yb)
-            seen += len(yb)
-            bar.set_postfix(loss=f"{run_loss / seen:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
-            if args.max_steps and state["step"] >= args.max_steps:
-                stop = True
-                break
-        state["train_seconds"] += time.perf_counter() - t0
-        # validation: every rank scores the full (small) val split, so all reach the same decision
-        lg = predict_logits(selected(), val_ds, device, dtype, args.channels_last)
-        f1 = float(f1_score(val_ds.targets, lg.argmax(1), average="macro"))
-        acc = float((lg.argmax(1) == np.asarray(val_ds.targets)).mean())
-        state["epoch"] = ep + 1
-        state["history"].append({"epoch": ep + 1, "train_loss": run_loss / max(1, seen), "val_macro_f1": f1,
-                                 "val_accuracy": acc, "seconds": round(time.perf_counter() - t0, 1)})
-        if args.time_budget_s > 0:
-            fit_schedule(state, args.epochs, args.time_budget_s)
-            plan["total"] = state["epochs"] * steps_per_epoch
-        improved = f1 > state["best_f1"]
-        if improved:
-            state["best_f1"], state["best_epoch"], state["bad_epochs"] = f1, ep + 1, 0
-        else:
-            state["bad_epochs"] += 1
-        if main_proc:
-            print(f"epoch {ep + 1}: loss {run_loss / max(1, seen):.4f} val macro-F1 {f1:.4f} acc {acc:.4f}"
-                  f"{' *' if improved else ''} ({time.perf_counter() - t0:.0f}s)", flush=True)
-            if improved:
-                torch.save(selected().state_dict(), out / "best.pt")
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        **({"ema": ema.module.state_dict()} if ema is not None else {}), "state": state}, ckpt)
-        if state["bad_epochs"] >= args.patience:
-            if main_proc:
-                print(f"early stop: no val macro-F1 gain for {args.patience} epochs", flush=True)
-            stop = True
+        loss, stop = train_one_epoch(run, ep, main_proc)
+        run.state["train_seconds"] += time.perf_counter() - t0
+        stop = end_of_epoch(run, ep, loss, t0, out, main_proc) or stop
     if world > 1:
         dist.barrier()
     if not main_proc:
@@ -435,31 +598,7 @@ def main(argv=None) -> int:
         return 0
 
     model.load_state_dict(torch.load(out / "best.pt", map_location=device, weights_only=True))
-    tta = args.tta == "on"
-    val_choice = {}
-    if args.tta == "auto":  # model selection on val only
-        for flag in (False, True):
-            lg = predict_logits(model, val_ds, device, dtype, args.channels_last, tta=flag)
-            val_choice[str(flag)] = float(f1_score(val_ds.targets, lg.argmax(1), average="macro"))
-        tta = val_choice["True"] > val_choice["False"] + 0.002
-    bundle = save_bundle(
-        out / "bundle", model.to("cpu", memory_format=torch.contiguous_format), task=args.task, classes=classes,
-        backbone=args.backbone, data_config=dcfg, name=args.bundle_name or f"{args.task}-{args.backbone}-{size}px",
-        extra={
-            "inference": {"tta": tta, "tta_val_macro_f1": val_choice or None},
-            "classes_missing_from_task": [c for c in __import__("bmcore.tasks").tasks.get_task(args.task).classes
-                                          if c not in classes],
-            "training": {
-                "command": command, "config": resolved, "weights_source": weight_source,
-                "data": {"root": Path(args.data_root).name, "splits": Path(args.splits).name,
-                         "train": {c: int(n) for c, n in zip(classes, counts)}, "val": len(val_ds)},
-                "epochs_run": state["epoch"], "epochs_planned": state["epochs"], "best_epoch": state["best_epoch"],
-                "teachers": [{"name": b.name, "weights_sha256": b.meta.get("weights_sha256")} for b, _ in teachers],
-                "selected_weights": "ema" if ema is not None else "model",
-                "best_val_macro_f1": state["best_f1"], "history": state["history"],
-                "train_seconds": round(state["train_seconds"], 1), "amp": str(dtype).replace("torch.", ""),
-                "world_size": world, "hardware": hardware(device)},
-        })
+    bundle = write_bundle(run, out, command, resolved, world)
     report = evaluate(bundle, args.data_root, args.splits, split="test", fit_calibration=True,
                       write=args.evaluate_test) if args.evaluate_test else None
     if report:
