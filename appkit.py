@@ -21,7 +21,7 @@ from bmcore.demo import DEMO_NOTE
 from bmcore.schema import JOB_LIVE
 from bmcore.jobs import JobRunner
 from bmcore.predictor import Predictor
-from bmcore.tasks import HAIRY_CELL_CODE
+from bmcore.tasks import HAIRY_CELL_CODE, glossary
 from bmcore.text import clean, md
 
 ROOT = Path(__file__).resolve().parent
@@ -589,7 +589,8 @@ def empty_uploader(state) -> None:
 
 
 def job_banner(case) -> dict | None:
-    """While the case is being classified: progress, refreshed every second; the page reruns when it ends.
+    """While the case is being classified: progress, refreshed every second (every 3 s while other jobs share the
+    classifier); the page reruns when it ends.
 
     Returns the case's latest job as ``job_status`` reads it (None if it never had one)."""
     summ = caserules.summary(case)
@@ -623,3 +624,11 @@ def job_banner(case) -> dict | None:
                  "counted and the case cannot be signed off. On the **Classify** page, upload the same files again "
                  "to finish it (only the missing cells are classified), or delete the case.")
     return job
+
+
+def code_key(codes, title: str = "What the codes mean") -> None:
+    """A key to the class codes a page shows (every code in ``codes``, in order, once), in an expander."""
+    import pandas as pd
+
+    with st.expander(title):
+        st.dataframe(pd.DataFrame(glossary(codes), columns=["code", "cell type"]), hide_index=True, width="stretch")

@@ -57,6 +57,27 @@ def result_from_bundle(bundle) -> dict | None:
             "ece_before_temperature": e.get("ece_before_temperature"), "metrics": e["metrics"]}
 
 
+# where a run on a lent GPU machine read the data from, and what a newcomer's clone has in its place
+_STAGED = ((re.compile(r"--splits (?:\.gpu/stage/)?splits_q93\.csv(?: \(bm-dev_seed42\.csv on JPEG q93 copies\))?"),
+            "--splits train/splits/bm-dev_seed42.csv"),
+           (re.compile(r"--data-root \.gpu/stage/q93"), "--data-root ../shared/data/bm-dev"),
+           (re.compile(r"\.gpu/stage/prev/"), "runs/"))
+
+
+def reproduce_command(command: str) -> tuple[str, str]:
+    """A run's recorded command as someone with a clone and ``../shared`` runs it, and a note on what differs ("" if
+    nothing does): a run on a lent GPU machine read JPEG quality-93 copies of the same crops from a staging folder
+    (``.gpu/stage``) and started from earlier runs' bundles, which a clone has under ``runs/`` once trained."""
+    out = command
+    for pattern, repl in _STAGED:
+        out = pattern.sub(repl, out)
+    if out == command:
+        return command, ""
+    return out, ("The recorded run read JPEG quality-93 copies of the same crops and split on a GPU machine; this "
+                 "command reads the originals" + (", and starts from bundles of earlier runs, under runs/ once trained"
+                                                  if ".gpu/stage/prev/" in command else "") + ".")
+
+
 def weights_label(source: str) -> str:
     s = (source or "").lower()
     if s.startswith("bundle:") and "(itself from " in s:  # fine-tuned from a bundle (--init-from): where it began

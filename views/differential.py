@@ -5,7 +5,6 @@ import streamlit as st
 import appkit
 from bmcore import caserules
 from bmcore.report import blast_text, case_differential, case_hairy
-from bmcore.tasks import glossary
 from bmcore.text import md
 
 st.title("Differential count")
@@ -60,6 +59,4 @@ c3.caption(hairy.text)
 for n in d.notes:
     if not n.startswith(caserules.HAIRY_UNAVAILABLE):  # said once, above
         st.caption(n)
-shown = [t["class"] for t in table] + sorted(set(case.model_classes or []))
-with st.expander("What the codes mean"):
-    st.dataframe(pd.DataFrame(glossary(shown), columns=["code", "cell type"]), hide_index=True, width="stretch")
+appkit.code_key([t["class"] for t in table] + sorted(set(case.model_classes or [])))

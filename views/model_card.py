@@ -5,6 +5,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import appkit
+from bmcore.comparison import reproduce_command
 from bmcore.ood import MAX_CROP_SCALE
 from bmcore.tasks import cell_name
 from bmcore.triage import ReviewRules, rules_for_model
@@ -195,16 +196,36 @@ else:
             "its top class). It was not fitted or validated for this model on held-out data.")
 st.markdown("#### Training")
 if tr:
-    st.write(f"Weights started from: `{tr.get('weights_source')}`. {tr.get('epochs_run')} epochs "
-             f"(best on validation: epoch {tr.get('best_epoch')}), {tr.get('train_seconds', 0) / 60:.0f} min on "
-             f"{tr.get('hardware')}. Data: `{tr.get('data', {}).get('root')}`, split file "
-             f"`{tr.get('data', {}).get('splits')}`." + (f" {tr['data_note']}" if tr.get("data_note") else ""))
+    data = tr.get("data", {})
+    st.write(f"{tr.get('epochs_run')} epochs (the weights kept are those of epoch {tr.get('best_epoch')}, the best on "
+             f"the validation split), {tr.get('train_seconds', 0) / 60:.0f} min on {tr.get('hardware')}. Trained on "
+             f"the train split of the bone marrow crops ({sum((data.get('train') or {}).values())} crops), selected on "
+             f"its val split ({data.get('val')} crops); the test split was read once, for the figures above."
+             + (f" {tr['data_note']}" if tr.get("data_note") else ""))
     if tr.get("teachers"):
-        st.write("Distilled from (soft labels of these bundles): " + ", ".join(
+        st.write("It learnt partly from the soft labels of other models (distillation): " + ", ".join(
             f"{t['name']} (weights {t['weights_sha256'][:8]})" for t in tr["teachers"]) + ".")
-    st.code(tr.get("command", ""), language="bash")
-    st.json(tr.get("config", {}), expanded=False)
+if b.lineage:
+    lin = b.lineage
+    st.markdown("#### Where this model learnt from")
+    st.write(f"Learnt from **{lin.parent_name or 'a bundle'}** (weights {lin.parent_sha256[:8] or 'not recorded'}) on "
+             f"{lin.learnt_at}: {lin.method}.")
+    st.dataframe(pd.DataFrame([{"data": d.description, "kind": d.kind, "cells": d.cells,
+                                "per class": ", ".join(f"{k} {n}" for k, n in sorted(d.classes.items()))}
+                               for d in lin.data]), hide_index=True)
 st.markdown("#### Provenance")
-st.write(f"Weights sha256 `{b.sha256}` (verified when loaded) · versions {m.get('versions', {})}")
+st.write(f"Weights sha256 `{b.sha256}` (verified when loaded).")
 st.caption("Data: Matek C. et al., An Expert-Annotated Dataset of Bone Marrow Cytology in Hematologic Malignancies, "
            "TCIA 2021 (doi 10.7937/TCIA.AXH3-T579); Blood 2021;138(20):1917.")
+with st.expander("Engineering details"):
+    st.caption("For whoever retrains or audits the model: how the run was started, its full configuration, the "
+               "library versions and bundle.json as stored.")
+    if tr:
+        cmd, differs = reproduce_command(tr.get("command", ""))
+        st.write(f"Weights started from: `{tr.get('weights_source')}`. Data: `{tr.get('data', {}).get('root')}`, "
+                 f"split file `{tr.get('data', {}).get('splits')}`.")
+        st.caption("Reproduce this run with:" + (f" ({differs})" if differs else ""))
+        st.code(cmd, language="bash")
+        st.json(tr.get("config", {}), expanded=False)
+    st.write("Library versions: " + ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items()))
+    st.json(m, expanded=False)

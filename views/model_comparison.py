@@ -11,8 +11,8 @@ from plotly.subplots import make_subplots
 import appkit
 from bmcore.bundle import Bundle, pick_default
 from bmcore.comparison import (PRETRAINED, SCRATCH, budget_changes, budget_text, find_studies, load_results,
-                               load_summary, result_from_bundle, study_hardware, study_label, weights_group,
-                               weights_label)
+                               load_summary, reproduce_command, result_from_bundle, study_hardware, study_label,
+                               weights_group, weights_label)
 
 SHORT = 20  # epochs: below this a from-scratch network has not finished learning
 COLOURS = {PRETRAINED: "#1f77b4", SCRATCH: "#ff7f0e"}
@@ -193,8 +193,9 @@ c2.caption(f"{pick} on the {r['split']}, from its calibrated probabilities. An A
            "get a higher probability than the others. It does not show the threshold the app flags at, nor how rare "
            "each class is (ROC ignores prevalence).")
 if r.get("command"):
-    st.caption("Reproduce this run with:")
-    st.code(r["command"], language="bash")
+    cmd, differs = reproduce_command(r["command"])
+    st.caption("Reproduce this run with:" + (f" ({differs})" if differs else ""))
+    st.code(cmd, language="bash")
 
 timed = ranked[ranked["CPU ms/cell"].notna()]
 if not timed.empty:

@@ -12,6 +12,8 @@ Two ways to review, over the same store calls:
   opened; the store refuses a stale action ("changed by ... reload and try again") and saves nothing.
 """
 
+from dataclasses import dataclass
+
 import pandas as pd
 import streamlit as st
 
@@ -46,156 +48,171 @@ WPICK = f"_w_review_cell_{case.id}"    # the picker widget mirroring it
 seen = appkit.seen_versions(case.id)
 
 
-def _say(kind: str, text: str, where: str = "top") -> None:
+@dataclass
+class Screen:
+    """What this page's callbacks act on, handed to each explicitly (a callback runs before the next script run,
+    when the module's names may already belong to another case): the store, the case as this screen drew it, the
+    cell versions it showed (``appkit.seen_versions``) and the key of its One cell picker."""
+    store: object
+    case_id: int
+    case_code: str
+    seen: dict
+    pick: str
+
+
+scr = Screen(store, case.id, case.case_code, seen, PICK)
+
+
+def _say(scr: Screen, kind: str, text: str, where: str = "top") -> None:
     """A message for the next draw: at the top of the page, or ("one") beside the One cell view's buttons, where the
     reviewer who pressed them is looking."""
     st.session_state["review_msg"] = (kind, text)
-    st.session_state["review_msg_case"] = case.id
+    st.session_state["review_msg_case"] = scr.case_id
     st.session_state["review_msg_where"] = where
 
 
-def _run(fn, ok_msg: str, where: str = "top") -> bool:
+def _run(scr: Screen, fn, ok_msg: str, where: str = "top") -> bool:
     try:
         fn()
     except ConflictError as exc:
-        _say("warning", f"Not saved: {md(exc)}", where)
+        _say(scr, "warning", f"Not saved: {md(exc)}", where)
     except CaseError as exc:
-        _say("error", f"Not saved: {md(exc)}", where)
+        _say(scr, "error", f"Not saved: {md(exc)}", where)
     else:
-        _say("success", ok_msg, where)
+        _say(scr, "success", ok_msg, where)
         return True
     return False
 
 
-def label_key(cell_id: int, seen_version: int) -> str:
-    """The One cell label box's key: per cell and per version seen, so a reload shows the stored label, never the
+def label_key(case_id: int, cell_id: int, seen_version: int) -> str:
+    """The One cell label box's key: per cell and per version scr.seen, so a reload shows the stored label, never the
     label a stale screen held."""
-    return f"label_{case.id}_{cell_id}_{seen_version}"
+    return f"label_{case_id}_{cell_id}_{seen_version}"
 
 
-def review(cell_id: int, pos: int, seen_version: int, label: str | None, predicted: str, next_id: int | None) -> None:
+def review(scr: Screen, cell_id: int, pos: int, seen_version: int, label: str | None, predicted: str, next_id: int | None) -> None:
     """Confirm (label None), relabel (label "chosen": the label box) or dismiss (label DISMISSED_CODE) cell
-    ``cell_id`` as seen at ``seen_version``; then show ``next_id``."""
+    ``cell_id`` as scr.seen at ``seen_version``; then show ``next_id``."""
     new = predicted if label is None else label if label == DISMISSED_CODE else \
-        st.session_state[label_key(cell_id, seen_version)]
+        st.session_state[label_key(scr.case_id, cell_id, seen_version)]
     verb = (f"confirmed as {new}" if label is None else "dismissed as not a cell" if new == DISMISSED_CODE
             else f"set to {new} ({cell_name(new)})")
     out = {}
 
     def do():
-        out["v"] = store.review_cell(cell_id, appkit.actor(), new, expected_version=seen_version,
-                                     case_id=case.id)
+        out["v"] = scr.store.review_cell(cell_id, appkit.actor(), new, expected_version=seen_version,
+                                     case_id=scr.case_id)
 
-    if _run(do, f"#{pos} {verb}.", "one"):
-        seen[cell_id] = out["v"]
+    if _run(scr, do, f"#{pos} {verb}.", "one"):
+        scr.seen[cell_id] = out["v"]
         if next_id is not None:
-            st.session_state[PICK] = next_id
+            st.session_state[scr.pick] = next_id
             st.session_state["review_msg"] = ("success", st.session_state["review_msg"][1]
                                               + " Showing the next cell to review.")
 
 
-def reload_cell(cell_id: int, version: int) -> None:
-    seen[cell_id] = version  # the label box, keyed by the version seen, shows the stored label again
-    _say("info", "Reloaded: you now see the cell as it is stored.", "one")
+def reload_cell(scr: Screen, cell_id: int, version: int) -> None:
+    scr.seen[cell_id] = version  # the label box, keyed by the version scr.seen, shows the stored label again
+    _say(scr, "info", "Reloaded: you now see the cell as it is stored.", "one")
 
 
-def gallery_action(shown: dict[int, int], group: str, page: int, move: str | None) -> None:
+def gallery_action(scr: Screen, shown: dict[int, int], group: str, page: int, move: str | None) -> None:
     """The gallery form's buttons: move the ticked cells of this page to class ``move`` ("other": the class chosen in
     the form's list), or (``move`` None) confirm the cells drawn on this page that are not ticked. ``shown`` is
     {cell id: version} of exactly the cells this page drew."""
-    ticked = {i: v for i, v in shown.items() if st.session_state.get(f"gsel_{case.id}_{i}_{v}")}
+    ticked = {i: v for i, v in shown.items() if st.session_state.get(f"gsel_{scr.case_id}_{i}_{v}")}
     where = f"gallery {group} page {page}"
     if move == DISMISSED_CODE:
         if not ticked:
-            _say("warning", "Tick the images that are not cells first.")
+            _say(scr, "warning", "Tick the images that are not cells first.")
             return
         cells, label, verb = ticked, DISMISSED_CODE, "dismissed as not a cell"
         note = f"dismissed on {where} ({len(ticked)} ticked)"
     elif move:
-        target = st.session_state.get(f"gal_target_{case.id}") if move == "other" else move
+        target = st.session_state.get(f"gal_target_{scr.case_id}") if move == "other" else move
         if not ticked or not target:
-            _say("warning", "Tick the cells to move first" + (", and choose their class." if not target else "."))
+            _say(scr, "warning", "Tick the cells to move first" + (", and choose their class." if not target else "."))
             return
         cells, label, verb = ticked, target, f"moved to {target} ({cell_name(target)})"
         note = f"moved from {group} on {where} ({len(ticked)} ticked)"
     else:
         cells = {i: v for i, v in shown.items() if i not in ticked}
         if not cells:
-            _say("warning", "Every cell on this page is ticked: nothing to confirm. Move the ticked cells instead.")
+            _say(scr, "warning", "Every cell on this page is ticked: nothing to confirm. Move the ticked cells instead.")
             return
         label, verb = None, f"confirmed as shown on {where}"
         note = f"confirmed on {where}: {len(cells)} of {len(shown)} cells shown" + \
             (f", {len(ticked)} ticked left out" if ticked else "")
     try:
-        res = store.review_cells(case.id, appkit.actor(), cells, label=label, note=note)
+        res = scr.store.review_cells(scr.case_id, appkit.actor(), cells, label=label, note=note)
     except ConflictError as exc:
-        _say("warning", f"Not saved: {md(exc)}")
+        _say(scr, "warning", f"Not saved: {md(exc)}")
         return
     except CaseError as exc:
-        _say("error", f"Not saved: {md(exc)}")
+        _say(scr, "error", f"Not saved: {md(exc)}")
         return
-    seen.update(res.changed)
+    scr.seen.update(res.changed)
     if res.action_id:
-        st.session_state[f"last_action_{case.id}"] = res.action_id
-    _say("warning" if res.skipped else "success", md(res.message(verb)))
+        st.session_state[f"last_action_{scr.case_id}"] = res.action_id
+    _say(scr, "warning" if res.skipped else "success", md(res.message(verb)))
 
 
-def undo_last() -> None:
-    action = st.session_state.get(f"last_action_{case.id}")
+def undo_last(scr: Screen) -> None:
+    action = st.session_state.get(f"last_action_{scr.case_id}")
     if not action:
         return
     try:
-        res = store.undo(case.id, appkit.actor(), action)
+        res = scr.store.undo(scr.case_id, appkit.actor(), action)
     except CaseError as exc:
-        _say("error", f"Not undone: {md(exc)}")
+        _say(scr, "error", f"Not undone: {md(exc)}")
         return
-    st.session_state.pop(f"last_action_{case.id}", None)
-    seen.update(res.changed)
-    _say("warning" if res.skipped else "success", md(res.message("put back as they were")))
+    st.session_state.pop(f"last_action_{scr.case_id}", None)
+    scr.seen.update(res.changed)
+    _say(scr, "warning" if res.skipped else "success", md(res.message("put back as they were")))
 
 
-def sign(expected: dict[int, int], details: dict) -> None:
+def sign(scr: Screen, expected: dict[int, int], details: dict) -> None:
     """``details``: the case's details as the sign-off box showed them (a typed specimen id is saved against them)."""
-    password = st.session_state.get(f"sign_pw_{case.id}")
-    st.session_state[f"sign_pw_{case.id}"] = ""  # used once: not kept in the session, the box is emptied
-    st.session_state.pop(f"sign_changed_{case.id}", None)
-    typed = (st.session_state.get(f"sign_specimen_{case.id}") or "").strip()
+    password = st.session_state.get(f"sign_pw_{scr.case_id}")
+    st.session_state[f"sign_pw_{scr.case_id}"] = ""  # used once: not kept in the session, the box is emptied
+    st.session_state.pop(f"sign_changed_{scr.case_id}", None)
+    typed = (st.session_state.get(f"sign_specimen_{scr.case_id}") or "").strip()
     try:
         if typed and not details["specimen"].get("specimen_id"):  # typed at sign-off: stored first (audited)
-            store.set_case_details(case.id, appkit.actor(), specimen={**details["specimen"], "specimen_id": typed},
+            scr.store.set_case_details(scr.case_id, appkit.actor(), specimen={**details["specimen"], "specimen_id": typed},
                                    expected={"specimen": details["specimen"]})
-        store.sign_off(case.id, appkit.actor(), password=password, expected_versions=expected,
-                       no_specimen_id=bool(st.session_state.get(f"sign_nospec_{case.id}")) and not typed,
-                       under_target=bool(st.session_state.get(f"sign_under_{case.id}")))
+        scr.store.sign_off(scr.case_id, appkit.actor(), password=password, expected_versions=expected,
+                       no_specimen_id=bool(st.session_state.get(f"sign_nospec_{scr.case_id}")) and not typed,
+                       under_target=bool(st.session_state.get(f"sign_under_{scr.case_id}")))
     except ConflictError as exc:
         text = f"Not signed: {md(str(exc).removeprefix('not signed: '))}"
         if exc.changed:  # cells a colleague changed: said beside the sign-off button (the page's messages are at its
             # top, the sign-off at its foot), where this reviewer may acknowledge them, then sign again
-            st.session_state[f"sign_changed_{case.id}"] = (exc.changed, text)
+            st.session_state[f"sign_changed_{scr.case_id}"] = (exc.changed, text)
         else:
-            _say("warning", text)
+            _say(scr, "warning", text)
     except CaseError as exc:
-        _say("error", f"Not signed: {md(exc)}")
+        _say(scr, "error", f"Not signed: {md(exc)}")
     else:
-        _say("success", f"Case {md(case.case_code)} signed off by {md(appkit.actor().label)}.")
-        seen.clear()  # sign-off bumps every cell's version
-        st.session_state.pop(f"last_action_{case.id}", None)  # nothing before a signature is undone
+        _say(scr, "success", f"Case {md(scr.case_code)} signed off by {md(appkit.actor().label)}.")
+        scr.seen.clear()  # sign-off bumps every cell's version
+        st.session_state.pop(f"last_action_{scr.case_id}", None)  # nothing before a signature is undone
 
 
-def acknowledge(changed: dict[int, int]) -> None:
+def acknowledge(scr: Screen, changed: dict[int, int]) -> None:
     """The reviewer has read which cells a colleague changed (named in the refusal, now drawn with their new
-    labels): take them as seen at the versions the refusal named. Changed again since, the next sign-off refuses
+    labels): take them as scr.seen at the versions the refusal named. Changed again since, the next sign-off refuses
     again."""
-    seen.update(changed)
-    st.session_state.pop(f"sign_changed_{case.id}", None)
-    _say("info", f"{len(changed)} changed cell(s) taken as checked. Sign again when the case is as it should be.")
+    scr.seen.update(changed)
+    st.session_state.pop(f"sign_changed_{scr.case_id}", None)
+    _say(scr, "info", f"{len(changed)} changed cell(s) taken as checked. Sign again when the case is as it should be.")
 
 
-def reopen() -> None:
-    if _run(lambda: store.reopen(case.id, appkit.actor(), st.session_state.get(f"reopen_reason_{case.id}", "")),
-            f"Case {md(case.case_code)} reopened."):
-        seen.clear()
-        st.session_state.pop(f"last_action_{case.id}", None)
+def reopen(scr: Screen) -> None:
+    if _run(scr, lambda: scr.store.reopen(scr.case_id, appkit.actor(), st.session_state.get(f"reopen_reason_{scr.case_id}", "")),
+            f"Case {md(scr.case_code)} reopened."):
+        scr.seen.clear()
+        st.session_state.pop(f"last_action_{scr.case_id}", None)
 
 
 def _role(role: str) -> str:
@@ -228,7 +245,7 @@ def sign_off_box(shown: dict[int, int]) -> None:
         st.warning(text + ". The gallery and **One cell** show them as they are now; press the button below once "
                    "you have checked them.")
         st.button(f"I have checked the {len(changed)} changed cell(s)", key="sign_ack", on_click=acknowledge,
-                  args=(changed,))
+                  args=(scr, changed,))
     checks = sign_off_checks(case)
     # one form: the password, a specimen id and the confirmations reach the store together with the click (typed
     # boxes and ticks outside a form each start a rerun, and a click that lands meanwhile could miss one)
@@ -246,7 +263,7 @@ def sign_off_box(shown: dict[int, int]) -> None:
             st.checkbox(f"Sign with {checks.counted} of {checks.target} cells counted, under the target count "
                         "(recorded in the signature)", key=f"sign_under_{case.id}")
         st.form_submit_button("Sign off case", type="primary", key="sign_off", on_click=sign,
-                              args=(shown, case_details(case)))
+                              args=(scr, shown, case_details(case)))
 
 
 def running_differential(case) -> None:
@@ -263,7 +280,7 @@ def running_differential(case) -> None:
     shown = case.target_count  # sent back with a change: a colleague's change since this draw is a conflict
     left, right = st.columns([3, 1])
     right.number_input("Target count (cells)", min_value=1, max_value=10000, step=100, key=wkey,
-                       on_change=lambda: _run(lambda: store.set_case_details(
+                       on_change=lambda: _run(scr, lambda: store.set_case_details(
                            case.id, appkit.actor(), target_count=int(st.session_state[wkey]),
                            expected={"target_count": shown}),
                            f"Target count set to {st.session_state[wkey]} cells for this case."),
@@ -328,28 +345,28 @@ def gallery(case) -> None:
             st.markdown(f"The model would not judge these images: they look {caserules.REJECTED_WORDS}. Give each genuine cell "
                         "its class, dismiss the others as not cells; the case is signed only when none is left.")
             st.form_submit_button("Dismiss the ticked images: not cells", shortcut="D",
-                                  on_click=gallery_action, args=(shown, group, page, DISMISSED_CODE),
+                                  on_click=gallery_action, args=(scr, shown, group, page, DISMISSED_CODE),
                                   help="Each is kept, marked dismissed by you (audited), and never counted (key D)")
         st.markdown("Move the ticked cells to (keys 1–9):")
         quick = classes[:9]
         for col, (n, k) in zip(st.columns(len(quick) + 1), enumerate(quick, start=1)):
             col.form_submit_button(f"→ {k}", shortcut=str(n), help=f"{cell_name(k)} (key {n})", width="stretch",
-                                   on_click=gallery_action, args=(shown, group, page, k))
+                                   on_click=gallery_action, args=(scr, shown, group, page, k))
         o1, o2, b = st.columns([2, 1, 3])
         o1.selectbox("Another class", options, index=None, placeholder="Another class…", label_visibility="collapsed",
                      format_func=lambda k: f"{k} {cell_name(k)}" + ("" if k in classes else " (not a model class)"),
                      key=f"gal_target_{case.id}")
-        o2.form_submit_button("→ that class", on_click=gallery_action, args=(shown, group, page, "other"))
+        o2.form_submit_button("→ that class", on_click=gallery_action, args=(scr, shown, group, page, "other"))
         if group != caserules.REJECTED_GROUP:  # nothing there has a class to confirm
             b.form_submit_button(f"Confirm this page: the {len(drawn)} cells shown, less the ticked ones",
                                  type="primary", shortcut="Ctrl+Enter", on_click=gallery_action,
-                                 args=(shown, group, page, None))
+                                 args=(scr, shown, group, page, None))
     st.caption("⚑ needs a person (uncertain, possible blast, hairy-cell flag) · ✓ reviewed · hover ⓘ for a cell's "
                "file name and the model's top 3 · Tab / Space move between and tick cells, 1–9 move the ticked ones, "
                "Ctrl+Enter confirms the page, N opens the next class to confirm. Confirming takes exactly the cells drawn here, at the versions drawn: "
                "a cell changed by a colleague since, or classified after the page was drawn, is left alone and named.")
     u1, u0, u2 = st.columns([1, 1, 3])
-    u1.button("Undo my last gallery action", key="gal_undo", on_click=undo_last,
+    u1.button("Undo my last gallery action", key="gal_undo", on_click=undo_last, args=(scr,),
               disabled=not st.session_state.get(f"last_action_{case.id}"))
     todo = [g for g in names if g != group and any(map(_open, groups[g]))]
     u0.button("Next class to confirm", key="gal_next", shortcut="N", disabled=not todo,
@@ -425,7 +442,7 @@ def one_cell(queue: list) -> None:
         right.warning(f"#{cell.position + 1} changed since you opened it: now **{md(cell.label or 'unlabelled')}**"
                       + (f", set by {md(reviewer_text(cell))}" if cell.reviewed_by else "")
                       + ". Your actions on it are refused until you reload it.")
-        right.button("Reload this cell", key=f"reload_{cell.id}", on_click=reload_cell, args=(cell.id, cell.version))
+        right.button("Reload this cell", key=f"reload_{cell.id}", on_click=reload_cell, args=(scr, cell.id, cell.version))
     if caserules.rejected_open(cell):
         right.warning(f"The model would not judge this image ({cell.reject_reason}): it looks unlike its training "
                       "crops. If it is a cell, give it its class; if not, dismiss it. The case is signed only once "
@@ -440,16 +457,16 @@ def one_cell(queue: list) -> None:
     options = model_classes + [c for c in TASKS["bm21"].classes if c not in model_classes]
     right.selectbox("Label", options, index=options.index(cell.label) if cell.label in options else 0,
                     format_func=lambda c: f"{c} {cell_name(c)}" + ("" if c in model_classes else " (not a model class)"),
-                    key=label_key(cell.id, seen_v))
+                    key=label_key(case.id, cell.id, seen_v))
     b1, b2, b3 = right.columns(3)
     b1.button("Confirm model's label", key="confirm_btn", on_click=review,
-              args=(cell.id, cell.position + 1, seen_v, None, cell.predicted, nxt),
+              args=(scr, cell.id, cell.position + 1, seen_v, None, cell.predicted, nxt),
               disabled=caserules.status(cell) != caserules.OK or (cell.final_label == cell.predicted))
     b2.button("Save label", key="save_btn", type="primary", on_click=review,
-              args=(cell.id, cell.position + 1, seen_v, "chosen", cell.predicted, nxt))
+              args=(scr, cell.id, cell.position + 1, seen_v, "chosen", cell.predicted, nxt))
     if caserules.status(cell) == caserules.REJECTED:
         b3.button("Dismiss: not a cell", key="dismiss_btn", on_click=review,
-                  args=(cell.id, cell.position + 1, seen_v, DISMISSED_CODE, cell.predicted, nxt),
+                  args=(scr, cell.id, cell.position + 1, seen_v, DISMISSED_CODE, cell.predicted, nxt),
                   disabled=caserules.dismissed(cell))
     if msg_where == "one" and msg:  # the answer to these buttons, where the reviewer is looking
         getattr(right, kind)(msg)
@@ -481,6 +498,9 @@ m3.metric("Not judged, to review", f"{summ.rejected_open} of {summ.rejected}",
                "it as not a cell; the case is signed only once none is left")
 m4.metric("Unreadable files", summ.unreadable)
 m5.metric("Not classified yet", summ.pending)
+appkit.code_key(list(case.model_classes or []) + [c.label for c in case.cells if c.label]
+                + [c for c in TASKS["bm21"].classes if c not in (case.model_classes or [])] + [DISMISSED_CODE],
+                "What the class codes mean (the model's classes, then every class a reviewer may give)")
 
 queue = caserules.review_queue(case)
 if not signed and not queue:
@@ -512,7 +532,7 @@ elif signed:
         st.caption("Signature: " + md(signature_text(case.signature)))
     if who.can("reopen"):
         st.text_input("Reason for reopening", key=f"reopen_reason_{case.id}")
-        st.button("Reopen case", key="reopen", on_click=reopen)
+        st.button("Reopen case", key="reopen", on_click=reopen, args=(scr,))
 
 st.markdown("#### Audit trail")
 audit = store.audit(case.id)
