@@ -23,11 +23,13 @@ PAGES = [
     st.Page("views/model_comparison.py", title="Model comparison", icon=":material/compare:"),
     st.Page("views/model_card.py", title="Model card", icon=":material/badge:"),
 ]
+AGREEMENT_PAGES = [st.Page("views/agreement.py", title="Agreement", icon=":material/fact_check:")]
 ADMIN_PAGES = [st.Page("views/users.py", title="Users", icon=":material/group:")]
 
-who = appkit.login_gate(PAGES + ADMIN_PAGES)  # stops here with the sign-in form until someone is signed in
+who = appkit.login_gate(PAGES + AGREEMENT_PAGES + ADMIN_PAGES)  # stops here with the sign-in form until someone is signed in
 appkit.idle_watch()  # an idle session is signed out on a timer, not only at its next click
-page = st.navigation(PAGES + (ADMIN_PAGES if who.can("users") else []))
+page = st.navigation(PAGES + (AGREEMENT_PAGES if who.can("agreement") else [])
+                     + (ADMIN_PAGES if who.can("users") else []))
 st.session_state["predictor_ok"] = appkit.sidebar() is not None
 try:
     page.run()

@@ -37,11 +37,14 @@ class SignedCell:
     reviewed: bool          # a reviewer gave the signed label (else the signer let the model's stand)
 
 
-def signed_cells(store) -> tuple[list[SignedCell], int]:
+def signed_cells(store, actor=None) -> tuple[list[SignedCell], int]:
     """(rows of every counted cell of the signed cases that are not demos, how many signed demo cases were left
-    out)."""
+    out). ``actor``: the signed-in user asking (a page: the store checks the role); None for the server's own
+    command line."""
     rows, demos = [], 0
     with store.session() as s:
+        if actor is not None:
+            store._authorize(s, actor, "agreement")
         for case in s.scalars(select(Case).where(Case.status == STATUS_SIGNED).order_by(Case.signed_at)):
             if case.demo:
                 demos += 1
@@ -128,7 +131,30 @@ def agreement(rows: list[SignedCell], demo_cases_left_out: int = 0) -> Agreement
     return a
 
 
-def lab_agreement(store) -> Agreement:
+def lab_agreement(store, actor=None) -> Agreement:
     """``agreement`` over the store's signed cases that are the lab's own (no demo case)."""
-    rows, demos = signed_cells(store)
+    rows, demos = signed_cells(store, actor)
     return agreement(rows, demos)
+
+
+def agreement_text(a: Agreement) -> str:
+    """The figures as the command line prints them."""
+    from .tasks import cell_name
+
+    lines = ["For research use only. Not for use in diagnostic procedures.",
+             "Agreement of the model with the signed labels (signed cases of this store; demo cases never count"
+             + (f": {a.demo_cases_left_out} left out" if a.demo_cases_left_out else "") + ")",
+             "overall: " + a.share_text()]
+    if not a.cells:
+        return "\n".join(lines)
+    lines.append(f"auto-accepted cells a reviewer changed: {a.auto_changed} of {a.auto_accepted}"
+                 + (f" ({100 * a.auto_changed / a.auto_accepted:.1f}%)" if a.auto_accepted else ""))
+    lines.append(f"refused by the gate, then given a class by a reviewer: {a.refused}")
+    lines += ["classes the model cannot name:"] + [f"  {t}" for t in a.unknown_text()] if a.unknown_to_model else []
+    lines.append("per class (signed label vs the model's): class, signed, model said, precision, recall, F1")
+    lines += [f"  {r['class']} ({cell_name(r['class'])})\t{r['signed']}\t{r['model_said']}\t{r['precision']:.3f}\t"
+              f"{r['recall']:.3f}\t{r['f1']:.3f}" for r in a.per_class]
+    lines.append("by month: " + "; ".join(f"{m['month']} {m['agree']}/{m['cells']}" for m in a.by_month))
+    lines.append("by model: " + "; ".join(f"{m['model']} (weights {m['sha256'][:8]}) {m['agree']}/{m['cells']}"
+                                          for m in a.by_model))
+    return "\n".join(lines)

@@ -147,6 +147,18 @@ def cmd_cases(a) -> int:
     return 0
 
 
+def cmd_agreement(a) -> int:
+    """The lab's agreement figures (``bmcore.agreement``): whoever runs commands on the server reads them."""
+    import dataclasses
+    import json
+
+    from .agreement import agreement_text, lab_agreement
+
+    fig = lab_agreement(_store(a))
+    print(json.dumps(dataclasses.asdict(fig), indent=1) if a.json else agreement_text(fig))
+    return 0
+
+
 def cmd_users(a) -> int:
     """Accounts are managed by whoever runs commands on the server (like the database itself); each change is
     logged in login_events as made from the command line."""
@@ -213,6 +225,8 @@ def main(argv=None) -> int:
     cs.add_argument("case", nargs="?", help="case id to delete")
     cs.add_argument("--as", dest="as_user", default=None, help="deleting: the admin account doing it")
     cs.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    ag = sub.add_parser("agreement", help="the model against the signed labels over the store's signed cases")
+    ag.add_argument("--json", action="store_true", help="every figure as JSON instead of text")
     us = sub.add_parser("users", help="user accounts: add, list, disable, enable, reset (password), role")
     us.add_argument("action", choices=["add", "list", "disable", "enable", "reset", "role"])
     us.add_argument("name", nargs="?", help="user name (no spaces)")
@@ -220,7 +234,7 @@ def main(argv=None) -> int:
     us.add_argument("--display-name", default=None, help="the name shown on signatures and reports")
     us.add_argument("--password-stdin", action="store_true",
                     help="read the password from the first line of standard input (for scripts); else it is asked")
-    for p in (cs, us):
+    for p in (cs, us, ag):
         p.add_argument("--db", default=None, help="SQLAlchemy URL or SQLite file (default: BM_DATABASE_URL or "
                                                   "data/bmcases.db)")
     a = ap.parse_args(argv)
@@ -229,6 +243,8 @@ def main(argv=None) -> int:
             return cmd_classify(a)
         if a.cmd == "cases":
             return cmd_cases(a)
+        if a.cmd == "agreement":
+            return cmd_agreement(a)
         if a.cmd == "users":
             if a.action != "list" and not a.name:
                 ap.error(f"users {a.action} needs a user name")

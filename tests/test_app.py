@@ -901,3 +901,59 @@ def test_try_the_demo_case_opens_a_case_marked_as_a_demo(env):
     next(b for b in at.button if b.label == "Try the demo case").click().run()
     assert not at.exception, at.exception
     assert [c["case"] for c in CaseStore(env["db"]).list_cases()] == ["DEMO-2", "DEMO-1"]
+
+
+def _signed_case(store, code, cells, reviews, *, demo=False, sign=True):
+    """A case of ``cells`` (CellInput), reviewed {position: label} then every other cell confirmed, and signed."""
+    from bmcore import caserules
+    from tests.conftest import TEST_PASSWORD, actor
+
+    tech, path = actor(store, "tina", "technologist"), actor(store, "drp", "pathologist")
+    cid = store.create_case(code, cells, actor=tech, model_classes=DEV_CLASSES, model_name="m",
+                            model_sha256="ab" * 32, demo=demo)
+    for c in store.get_case(cid).cells:
+        if c.position in reviews:
+            store.review_cell(c.id, tech, reviews[c.position])
+    store.review_cells(cid, tech, {c.id: c.version for c in store.get_case(cid).cells if caserules.unresolved(c)})
+    if sign:
+        store.sign_off(cid, path, password=TEST_PASSWORD, no_specimen_id=True, under_target=True)
+    return cid
+
+
+def test_the_agreement_page_counts_the_labs_signed_cells_only_figures_by_hand(env):
+    """One signed case of 4 counted cells (a confident LYT kept; a confident NGS signed as a band, a class the model
+    lacks; a flagged BLA kept; a refused image signed as an erythroblast) and one dismissed image; a signed demo case
+    and an open case that must not count. By hand: 2 of 4 agree (50.0%), 1 of 2 auto-accepted cells changed, 1
+    refused, NGB and EBO cannot be named by the model."""
+    from bmcore.cases import CellInput
+
+    store = CaseStore(env["db"])
+    ok = dict(ok=True, confidence=0.99)
+    _signed_case(store, "BM-1", [CellInput("a.jpg", predicted="LYT", **ok), CellInput("b.jpg", predicted="NGS", **ok),
+                                 CellInput("c.jpg", predicted="BLA", critical="BLA", **ok),
+                                 CellInput("d.jpg", True, predicted="LYT", rejected=True, reject_reason="unlike"),
+                                 CellInput("e.jpg", True, predicted="NIF", rejected=True, reject_reason="unlike")],
+                 {1: "NGB", 3: "EBO", 4: "DIS"})
+    _signed_case(store, "DEMO-1", [CellInput("x.jpg", predicted="MON", **ok)], {0: "EOS"}, demo=True)
+    _signed_case(store, "BM-2", [CellInput("y.jpg", predicted="MON", **ok)], {0: "EOS"}, sign=False)
+    at = app(env, user=("drpath", "pathologist"))
+    at.switch_page("views/agreement.py").run()
+    assert not at.exception, at.exception
+    assert metric(at, "Agreement") == "50.0%"
+    assert metric(at, "Signed cells") == "4 in 1 case(s)"
+    assert metric(at, "Auto-accepted, then changed") == "1 of 2"
+    assert metric(at, "Refused by the gate") == "1"
+    warnings = [w.value for w in at.warning]
+    assert "NGB: 1 signed cell; the model cannot name them" in warnings
+    assert "EBO: 1 signed cell; the model cannot name them" in warnings
+    assert any("1 signed demo case(s) left out" in c.value for c in at.caption)
+    per = at.dataframe[0].value.set_index("class")
+    assert per.loc["NGS", "precision"] == 0.0 and per.loc["LYT", "recall"] == 1.0 and per.loc["NGB", "recall"] == 0.0
+    # the page is for pathologists and admins; the store refuses a technologist whatever a page shows
+    tech = app(env, user=("tina2", "technologist"))
+    assert "views/agreement.py" not in [p for p in str(tech.session_state)]  # not in the navigation
+    from bmcore.agreement import lab_agreement
+    from bmcore.cases import PermissionDenied
+
+    with pytest.raises(PermissionDenied):
+        lab_agreement(store, sign_in(env, "tina3", "technologist"))

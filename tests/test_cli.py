@@ -59,3 +59,25 @@ def test_batch_limit_refuses_extra_files_by_name(tmp_path, crops):
     assert "not an image file type" in got["case.zip/notes.txt"]
     assert "ZIP bomb" in got["case.zip/big.jpg"]
     assert not any("__MACOSX" in k for k in got)
+
+
+def test_agreement_on_the_command_line_counts_signed_lab_cases_only(tmp_path):
+    """``python -m bmcore agreement``: the same figures as the page, for whoever runs commands on the server."""
+    import json
+
+    from bmcore.cases import CaseStore, CellInput
+    from tests.test_app import _signed_case
+
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    store = CaseStore(db)
+    _signed_case(store, "BM-1", [CellInput("a.jpg", True, predicted="LYT", confidence=0.99),
+                                 CellInput("b.jpg", True, predicted="NGS", confidence=0.99)], {1: "NGB"})
+    _signed_case(store, "DEMO-1", [CellInput("x.jpg", True, predicted="MON", confidence=0.99)], {}, demo=True)
+    r = subprocess.run([sys.executable, "-m", "bmcore", "agreement", "--db", db], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "overall: 1 of 2 signed cells (50.0%" in r.stdout and "1 left out" in r.stdout
+    assert "NGB: 1 signed cell; the model cannot name them" in r.stdout
+    j = subprocess.run([sys.executable, "-m", "bmcore", "agreement", "--db", db, "--json"], capture_output=True,
+                       text=True, check=True)
+    fig = json.loads(j.stdout)
+    assert (fig["cells"], fig["agree"], fig["demo_cases_left_out"], fig["unknown_to_model"]) == (2, 1, 1, {"NGB": 1})

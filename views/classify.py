@@ -201,7 +201,6 @@ if msg := st.session_state.pop("classify_msg", None):
     st.warning(msg)
 
 df = appkit.cells_frame(case)
-appkit.code_key(list(case.model_classes or []) + [c.label for c in case.cells if c.label])
 ok = df[df.status == caserules.OK]
 rejected = df[df.status == caserules.REJECTED]
 c1, c2, c3, c4, c5, c6 = st.columns(6)
@@ -400,3 +399,4 @@ def cell_view() -> None:
 with tab_cell:
     if tab_cell.open is not False:
         cell_view()
+appkit.code_key(list(case.model_classes or []) + [c.label for c in case.cells if c.label])
