@@ -203,7 +203,7 @@ if msg := st.session_state.pop("classify_msg", None):
 df = appkit.cells_frame(case)
 ok = df[df.status == caserules.OK]
 rejected = df[df.status == caserules.REJECTED]
-c1, c2, c3, c4, c5, c6 = st.columns(6)
+c1, c2, c3 = st.columns(3)  # two rows of three: six tiles in a row cut their labels short ("Not judged by the …")
 n_read = summ.classified + summ.rejected  # readable images the model looked at
 c1.metric("Cells classified", f"{summ.classified} of {n_read}" if n_read else 0,
           help="Readable images the model gave a class, of all readable images it looked at")
@@ -213,6 +213,7 @@ n_blast = sum(caserules.possible_blast(c) for c in case.cells if caserules.statu
 c3.metric("Possible blasts", f"{n_blast} of {summ.classified}",
           help="Calibrated P(blast) at or above the case's critical threshold, whatever the top class, of the "
                "classified cells: reviewed one by one")
+c4, c5, c6 = st.columns(3)
 c4.metric("Hairy-cell flags", f"{summ.hairy_flags} of {summ.classified}" if summ.hairy_flags is not None
           else "unavailable", help=caserules.hairy_screening(case)[1])
 c5.metric("Not judged by the gate", f"{summ.rejected} of {n_read}" if n_read else 0,

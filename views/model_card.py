@@ -133,7 +133,8 @@ if tri.get("rules") and tri.get("test"):
     def pct(v):
         return "n/a" if v is None else f"{v:.1%}"
 
-    r1, r2, r3, r4 = st.columns(4)
+    r1, r2 = st.columns(2)  # two rows of two: four in a row cut "92.7% (101/109)" short
+    r3, r4 = st.columns(2)
     r1.metric("Sent to review", pct(te["review_fraction"]), help=f"{te['review']} of {te['n_accepted']} cells; {note}")
     r2.metric("Auto-accepted accuracy", pct(te["auto_accuracy"]),
               help=f"{te['auto_accepted']} cells not sent to review; goal: {tri.get('goal', 'n/a')}; {note}")

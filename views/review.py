@@ -28,7 +28,7 @@ from bmcore.tasks import DISMISSED_CODE, TASKS, cell_name
 from bmcore.text import clean, md
 
 GALLERY_PAGE = 40     # thumbnails per gallery page
-GALLERY_COLUMNS = 8
+GALLERY_COLUMNS = 6  # eight cut a tile's label short ("⚑ #20 …"); six show "⚑ #20 0.55" whole
 
 st.title("Review and sign-off")
 appkit.ruo_banner()
@@ -365,7 +365,7 @@ def gallery(case) -> None:
                "file name and the model's top 3 · Tab / Space move between and tick cells, 1–9 move the ticked ones, "
                "Ctrl+Enter confirms the page, N opens the next class to confirm. Confirming takes exactly the cells drawn here, at the versions drawn: "
                "a cell changed by a colleague since, or classified after the page was drawn, is left alone and named.")
-    u1, u0, u2 = st.columns([1, 1, 3])
+    u1, u0, u2 = st.columns([3, 2, 5])  # wide enough for "Undo my last gallery action" whole
     u1.button("Undo my last gallery action", key="gal_undo", on_click=undo_last, args=(scr,),
               disabled=not st.session_state.get(f"last_action_{case.id}"))
     todo = [g for g in names if g != group and any(map(_open, groups[g]))]
