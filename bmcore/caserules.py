@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .tasks import DISMISSED_CODE, HAIRY_CELL_CODE, cell_name
+from .tasks import DISMISSED_CODE, HAIRY_CELL_CODE, OFTEN_MISTAKEN_FOR, cell_name
 from .triage import ReviewRules
 
 # status words, the same in every table, CSV and report
@@ -49,6 +49,25 @@ def model_flags(cell) -> list[str]:
     if cell.uncertain:
         out.append("uncertain")
     return out
+
+
+def lacks_hint(cell, model_classes) -> list[str]:
+    """Classes the case's model cannot name that a cell it called ``cell.predicted`` is often one of (bands for
+    segmented neutrophils, myelocytes for promyelocytes...): offered first to the reviewer; empty for a cell the
+    gate refused or whose call has no such neighbour."""
+    if status(cell) != OK:
+        return []
+    known = set(model_classes or [])
+    return [c for c in OFTEN_MISTAKEN_FOR.get(cell.predicted, ()) if c not in known]
+
+
+def hint_text(codes: list[str], called: str, *, page: bool = False) -> str:
+    """The hint in words: "The model cannot name band neutrophils (NGB) and at times calls them segmented
+    neutrophils (NGS): check whether this cell is one." (``page``: said of the cells of a gallery page)."""
+    named = " or ".join(f"{cell_name(c).lower()}s ({c})" for c in codes)
+    check = ("check these cells for them: tick any and choose the class under Another class" if page
+             else "check whether this cell is one")
+    return f"The model cannot name {named} and at times calls them {cell_name(called).lower()}s ({called}): {check}."
 
 
 def review_reasons(cell) -> list[str]:

@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 from bmcore import caserules
 from bmcore.bundle import load_bundle
 from bmcore.cases import CaseStore, CellInput
-from tests.conftest import REPO, actor
+from tests.conftest import DEV_CLASSES, REPO, actor
 
 
 def _thumb(i: int) -> bytes:
@@ -158,3 +158,34 @@ def test_an_idle_sessions_click_saves_nothing_and_an_undo_never_reaches_across_a
     with pytest.raises(CaseError, match="signed off since that action"):
         store.undo(cid, tess, moved.action_id)
     assert {c.final_label for c in store.get_case(cid).cells} == {"MON"}
+
+
+def test_a_cell_of_a_class_the_model_lacks_is_offered_that_class_first(env):
+    """A confident segmented neutrophil of a model that knows no bands: One cell says so and offers NGB first; the NGS
+    gallery page says it and lists NGB first under Another class; a confident lymphocyte is offered EBO and PLM; a
+    blast-free monocyte gets no hint. The mapping and what it caught on real crops: bench/unknown_class_hints.py."""
+    from bmcore import caserules
+    from bmcore.cases import CellInput
+
+    store = CaseStore(env["db"])
+    tess = actor(store, "tess", "technologist")
+    cells = [CellInput("n.jpg", True, predicted="NGS", confidence=0.98), CellInput("l.jpg", True, predicted="LYT",
+                                                                                   confidence=0.97),
+             CellInput("m.jpg", True, predicted="MON", confidence=0.97)]
+    cid = store.create_case("HINT", cells, actor=tess, model_classes=DEV_CLASSES)
+    n, lyt, mon = store.get_case(cid).cells
+    assert caserules.lacks_hint(n, DEV_CLASSES) == ["NGB"] and caserules.lacks_hint(lyt, DEV_CLASSES) == ["EBO", "PLM"]
+    assert caserules.lacks_hint(mon, DEV_CLASSES) == [] and caserules.lacks_hint(n, DEV_CLASSES + ["NGB"]) == []
+    at = _review(env, cid, tess)
+    at.button_group(key=f"review_mode_{cid}").set_value("One cell").run()
+    at.session_state[f"review_cell_{cid}"] = n.id
+    at.run()
+    assert any("cannot name band neutrophils (NGB)" in i.value for i in at.info)
+    label = next(s for s in at.selectbox if s.label == "Label")
+    assert label.options[0].startswith("NGB") and label.value == "NGS"  # offered first, the model's label kept
+    at.button_group(key=f"review_mode_{cid}").set_value("Gallery by class").run()
+    at.session_state[f"gal_group_{cid}"] = at.session_state[f"_w_gal_group_{cid}"] = "NGS"
+    at.run()
+    assert any("cannot name band neutrophils (NGB)" in c.value and "check these cells" in c.value for c in at.caption)
+    other = next(s for s in at.selectbox if s.placeholder == "Another class…")
+    assert other.options[0].startswith("NGB")

@@ -326,7 +326,11 @@ def gallery(case) -> None:
     drawn = cells[(page - 1) * GALLERY_PAGE: page * GALLERY_PAGE]
     shown = {c.id: c.version for c in drawn}  # exactly what this run draws: the only cells its buttons act on
     classes = list(case.model_classes or [])
-    options = classes + [c for c in TASKS["bm21"].classes if c not in classes]
+    # a class the model lacks that cells of this group often are (bands among segmented neutrophils) comes first
+    hinted = list(dict.fromkeys(h for c in drawn for h in caserules.lacks_hint(c, classes)))
+    options = list(dict.fromkeys(hinted + classes + [c for c in TASKS["bm21"].classes if c not in classes]))
+    if hinted and group in classes:
+        st.caption(caserules.hint_text(hinted, group, page=True))
     with st.form(f"gal_{case.id}_{group}_{page}", border=False):
         for row in range(0, len(drawn), GALLERY_COLUMNS):
             cols = st.columns(GALLERY_COLUMNS)
@@ -454,7 +458,12 @@ def one_cell(queue: list) -> None:
     if cell.final_label is not None:
         right.caption(f"Reviewed: {md(cell.final_label)} by {md(reviewer_text(cell))}")
     model_classes = list(case.model_classes or [])
-    options = model_classes + [c for c in TASKS["bm21"].classes if c not in model_classes]
+    hint = caserules.lacks_hint(cell, model_classes)
+    if hint and cell.final_label is None:
+        right.info(caserules.hint_text(hint, cell.predicted))
+    # the classes the model lacks that such a cell often is come first, then the model's, then the rest
+    options = hint + [c for c in model_classes + list(TASKS["bm21"].classes) if c not in hint]
+    options = list(dict.fromkeys(options))
     right.selectbox("Label", options, index=options.index(cell.label) if cell.label in options else 0,
                     format_func=lambda c: f"{c} {cell_name(c)}" + ("" if c in model_classes else " (not a model class)"),
                     key=label_key(case.id, cell.id, seen_v))
