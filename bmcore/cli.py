@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -103,8 +104,6 @@ def cmd_classify(a) -> int:
 
 
 def _store(a):
-    import os
-
     from .cases import CaseStore
 
     return CaseStore(a.db or os.environ.get("BM_DATABASE_URL") or None)
@@ -197,8 +196,22 @@ def cmd_users(a) -> int:
     return 0
 
 
+def cmd_learn(rest: list[str]) -> int:
+    """``python -m bmcore learn ...``: the training side's ``python -m train.learn``, run as its own process (learning
+    takes minutes of every core; a process of its own is what the app's background job stops when cancelled)."""
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")])))
+    return subprocess.call([sys.executable, "-m", "train.learn", *rest], env=env)
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["learn"]:
+        return cmd_learn(args[1:])
     ap = argparse.ArgumentParser(prog="python -m bmcore", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -225,6 +238,8 @@ def main(argv=None) -> int:
     cs.add_argument("case", nargs="?", help="case id to delete")
     cs.add_argument("--as", dest="as_user", default=None, help="deleting: the admin account doing it")
     cs.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    sub.add_parser("learn", help="learn a candidate model from the lab's signed cases or a labelled folder, held to "
+                                 "acceptance criteria (python -m bmcore learn --help)")
     ag = sub.add_parser("agreement", help="the model against the signed labels over the store's signed cases")
     ag.add_argument("--json", action="store_true", help="every figure as JSON instead of text")
     us = sub.add_parser("users", help="user accounts: add, list, disable, enable, reset (password), role")

@@ -362,14 +362,37 @@ def build_model(args, classes: list[str], size: int, device: torch.device) -> tu
         from bmcore.bundle import load_bundle
 
         init = load_bundle(args.init_from)
-        if init.backbone != args.backbone or list(init.classes) != list(classes):
-            raise SystemExit(f"--init-from {args.init_from}: {init.backbone} {init.classes} is not {args.backbone} {classes}")
-        model.load_state_dict(init.build_model().state_dict())
-        weight_source = f"bundle:{init.name} sha256:{init.sha256[:16]} (itself from {init.meta['training']['weights_source']})"
+        if init.backbone != args.backbone or not set(init.classes) <= set(classes):
+            raise SystemExit(f"--init-from {args.init_from}: {init.backbone} {init.classes} is not {args.backbone} "
+                             f"with classes among {classes}")
+        model.load_state_dict(start_from(init.build_model().state_dict(), model.state_dict(), init.classes, classes))
+        weight_source = f"bundle:{init.name} sha256:{init.sha256[:16]} (itself from {(init.meta.get('training') or {}).get('weights_source', 'not recorded')})"
     model = model.to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model, weight_source
+
+
+def start_from(init: dict, fresh: dict, init_classes: list[str], classes: list[str]) -> dict:
+    """The state of a model of ``classes`` starting from ``init`` (a model of ``init_classes``, a subset in any
+    order): every tensor as learnt, and the classifier's rows (the tensors whose first axis is the class axis) moved
+    to each class's new place; a class the initial model lacks keeps its fresh initialisation."""
+    if list(init_classes) == list(classes):
+        return init
+    if len(init_classes) == len(classes):
+        raise SystemExit("--init-from: the same classes in another order; keep the task's order")
+    out = dict(init)
+    where = [classes.index(c) for c in init_classes]
+    for k, v in init.items():
+        f = fresh[k]
+        if v.shape == f.shape:
+            continue
+        if v.shape[0] != len(init_classes) or f.shape[0] != len(classes) or v.shape[1:] != f.shape[1:]:
+            raise SystemExit(f"--init-from: {k} has shape {tuple(v.shape)}, the model needs {tuple(f.shape)}")
+        row = f.clone()
+        row[where] = v
+        out[k] = row
+    return out
 
 
 @dataclass

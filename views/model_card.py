@@ -46,9 +46,13 @@ if met:
     k1, k2, k3, k4 = st.columns(4)
     k1.metric("Accuracy", f"{met['accuracy']:.3f}")
     k2.metric("Macro-F1", f"{met['macro_f1']:.3f}")
-    k3.metric("Balanced accuracy", f"{met['balanced_accuracy']:.3f}")
-    k4.metric("Calibration error (ECE)", f"{met['ece']:.3f}", help=f"before temperature scaling: "
-                                                                     f"{met.get('ece_before_temperature', float('nan')):.3f}")
+    if "balanced_accuracy" in met:
+        k3.metric("Balanced accuracy", f"{met['balanced_accuracy']:.3f}")
+    elif met.get("refusal") is not None:  # a model learnt from the lab: measured with its refusals
+        k3.metric("Refused by the gate", f"{met['refusal']:.1%}")
+    if "ece" in met:
+        k4.metric("Calibration error (ECE)", f"{met['ece']:.3f}", help=f"before temperature scaling: "
+                                                                         f"{met.get('ece_before_temperature', float('nan')):.3f}")
     st.dataframe(pd.DataFrame([{"class": c, "name": cell_name(c), "F1": v} for c, v in met["per_class_f1"].items()]),
                  hide_index=True)
 else:
