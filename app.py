@@ -24,7 +24,8 @@ PAGES = [
     st.Page("views/model_card.py", title="Model card", icon=":material/badge:"),
 ]
 AGREEMENT_PAGES = [st.Page("views/agreement.py", title="Agreement", icon=":material/fact_check:")]
-ADMIN_PAGES = [st.Page("views/users.py", title="Users", icon=":material/group:")]
+ADMIN_PAGES = [st.Page("views/users.py", title="Users", icon=":material/group:"),
+               st.Page("views/models.py", title="Model updates", icon=":material/model_training:")]
 
 who = appkit.login_gate(PAGES + AGREEMENT_PAGES + ADMIN_PAGES)  # stops here with the sign-in form until someone is signed in
 appkit.idle_watch()  # an idle session is signed out on a timer, not only at its next click

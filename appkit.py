@@ -40,8 +40,26 @@ def _secret(name: str) -> str | None:
 
 
 def models_dirs() -> list[Path]:
+    """Where installed bundles are: the shipped ones, BM_MODELS_DIR, and the models an admin approved (Model
+    updates). A learnt candidate is not among them until it is approved."""
+    from bmcore.learnjob import approved_dir
+
     extra = os.environ.get("BM_MODELS_DIR") or _secret("models_dir")
-    return [MODELS] + ([Path(extra)] if extra else [])
+    return [MODELS] + ([Path(extra)] if extra else []) + [approved_dir()]
+
+
+def shipped_default() -> Path:
+    """The shipped default bundle (marked DEFAULT under assets/models, or BM_MODELS_DIR's): never overwritten."""
+    return pick_default(find_bundles(*models_dirs()[:-1]))
+
+
+def default_bundle_path() -> Path:
+    """The model for new cases: the last one an admin approved or restored (Model updates), else the shipped
+    default."""
+    active = get_store().active_model()
+    if active and (Path(active["path"]) / "bundle.json").is_file():
+        return Path(active["path"])
+    return shipped_default()
 
 
 def available_bundles() -> list[Path]:
@@ -405,7 +423,7 @@ def sidebar() -> Predictor | None:
         sb.error("No model bundle found under assets/models (or BM_MODELS_DIR).")
         return None
     labels = {str(p): p.name for p in paths}
-    _persist("bundle", str(pick_default(paths)))
+    _persist("bundle", str(default_bundle_path() or pick_default(paths)))
     if st.session_state["bundle"] not in labels:
         st.session_state["bundle"] = st.session_state["_w_bundle"] = str(paths[0])
     if not actor().can("classify"):  # the model picker and its thresholds only matter to whoever classifies

@@ -38,10 +38,11 @@ VIEWER, TECHNOLOGIST, PATHOLOGIST, ADMIN = "viewer", "technologist", "pathologis
 ROLES = (VIEWER, TECHNOLOGIST, PATHOLOGIST, ADMIN)  # each includes what the ones before it may do
 # what each action needs (the lowest role allowed), and how to say it
 NEEDS = {"view": VIEWER, "classify": TECHNOLOGIST, "review": TECHNOLOGIST, "sign": PATHOLOGIST,
-         "reopen": PATHOLOGIST, "delete": ADMIN, "users": ADMIN, "agreement": PATHOLOGIST}
+         "reopen": PATHOLOGIST, "delete": ADMIN, "users": ADMIN, "agreement": PATHOLOGIST, "models": ADMIN}
 DOING = {"view": "reading cases", "classify": "classifying crops", "review": "reviewing cells",
          "sign": "signing a case off", "reopen": "reopening a signed case", "delete": "deleting a case",
-         "users": "managing user accounts", "agreement": "reading the lab's agreement figures"}
+         "users": "managing user accounts", "agreement": "reading the lab's agreement figures",
+         "models": "approving or restoring a model"}
 USERNAME_MAX = 100
 LOCAL, OIDC = "local", "oidc"
 

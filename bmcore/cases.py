@@ -30,6 +30,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from .auth import AccountsMixin, Actor, AuthPolicy
 from .casetext import case_status_text, ranges_text, signature_text, who_text
 from .db import AuthError, CaseError, ConflictError, PermissionDenied, StoreError, utcnow
+from .governance import GovernanceMixin
 from .integrity import integrity_problems
 from .jobtable import JobTable
 from .schema import (CODE_MAX, NAME_MAX, SPECIMEN_FIELDS, SPECIMEN_MAX, STATUS_OPEN, STATUS_SIGNED, TARGET_MAX,
@@ -96,7 +97,7 @@ class CellInput:
     pending: bool = False
 
 
-class CaseStore(JobTable, AccountsMixin):
+class CaseStore(JobTable, GovernanceMixin, AccountsMixin):
     def __init__(self, url: str | None = None, *, policy: AuthPolicy | None = None):
         self.policy = policy or AuthPolicy.from_env()
         if url is None:

@@ -105,6 +105,8 @@ def env(tmp_path, monkeypatch):
     db = f"sqlite:///{tmp_path / 'cases.db'}"
     monkeypatch.setenv("BM_DATABASE_URL", db)
     monkeypatch.setenv("BM_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("BM_APPROVED_DIR", str(tmp_path / "approved"))
+    monkeypatch.setenv("BM_CANDIDATES_DIR", str(tmp_path / "candidates"))
     eight = make_bundle(tmp_path / "models" / "eight", DEV_CLASSES)
     hac = make_bundle(tmp_path / "models" / "hac", ["HAC", "LYT", "MON", "EOS", "NGS"], task="hcl7", seed=3)
     return {"db": db, "eight": str(eight.path), "hac": str(hac.path)}

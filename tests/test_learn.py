@@ -93,7 +93,7 @@ def test_a_candidate_learnt_from_signed_cases_holds_its_lab_test_out_by_case(dev
     assert lin.data[0].cells == sum(r["split"] in ("train", "val") and r["case"] != "(reference)" for r in rows)
     assert cand.meta["onnx"]["fp32"]["file"] and cand.meta["ood"] and cand.meta["triage"]
     assert "lab test" in cand.meta["metrics"]["split"]
-    from train.learn import check
+    from bmcore.governance import check
 
     assert report["passed"] == (not check(report["criteria"], report["figures"]["current"],
                                           report["figures"]["candidate"]))
@@ -112,7 +112,8 @@ def test_too_little_data_is_refused_with_what_is_missing(dev_root, tmp_path):
 
 
 def test_the_criteria_name_what_a_candidate_fails():
-    from train.learn import DEFAULT_CRITERIA, check, figures
+    from bmcore.governance import DEFAULT_CRITERIA, check
+    from train.learn import figures
 
     cur = {"lab_test": figures(["LYT", "NGS", "EBO"], ["LYT", "NGS", "EBO"])}
     worse = {"lab_test": figures(["LYT", "NGS", "(refused)"], ["LYT", "NGS", "EBO"])}

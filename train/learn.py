@@ -46,125 +46,17 @@ import shutil
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from bmcore.bundle import find_bundles, load_bundle, pick_default, update_bundle_meta
-from bmcore.tasks import DISMISSED_CODE, get_task
+from bmcore.governance import DEFAULT_CRITERIA, check
+from bmcore.labdata import (LabCell, cells_from_folder, cells_from_store, choose_classes, refusal_to_start,
+                            split_by_case)
 
 REPO = Path(__file__).resolve().parents[1]
-IMAGE_EXT = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 REFUSED = "(refused)"
-DEFAULT_CRITERIA = {
-    "lab_macro_f1_not_lower": True,      # the candidate's lab-test macro-F1 at least the current model's
-    "max_class_f1_drop": 0.02,           # no class's lab-test F1 lower than the current model's by more
-    "max_reference_macro_f1_drop": 0.01,  # the reference test split, where it can be measured
-    "max_lab_refusal": 0.05,             # the gate's refusal of the lab's genuine test cells
-}
-MIN_CELLS = 100   # lab training cells below which nothing is learnt
-MIN_CASES = 3     # cases below which no case-level test set can be held out
-
-
-@dataclass(frozen=True)
-class LabCell:
-    case: str
-    label: str
-    sha256: str
-    data: bytes
-
-
-def cells_from_store(url: str | None, task: str) -> tuple[list[LabCell], dict]:
-    """Signed, non-demo cells of the store with the label they were signed with (see the module's step 1)."""
-    from bmcore.caserules import OK, REJECTED, status
-    from bmcore.cases import CaseStore
-    from bmcore.schema import STATUS_SIGNED, Case
-    from sqlalchemy import select
-
-    store = CaseStore(url)
-    classes = set(get_task(task).classes)
-    out, seen, left = [], set(), Counter()
-    with store.session() as s:
-        for case in s.scalars(select(Case).where(Case.status == STATUS_SIGNED).order_by(Case.id)):
-            if case.demo:
-                left["demo case"] += len(case.cells)
-                continue
-            for c in case.cells:
-                st = status(c)
-                label = c.label
-                if st == REJECTED and c.final_label is None or st not in (OK, REJECTED) or not label:
-                    left["not a labelled cell"] += 1
-                elif label == DISMISSED_CODE:
-                    left["dismissed, not a cell"] += 1
-                elif label not in classes:
-                    left[f"{label}: not a class of {task}"] += 1
-                elif not c.thumbnail:
-                    left["no stored image"] += 1
-                elif c.sha256 in seen:
-                    left["the same image again (sha256)"] += 1
-                else:
-                    seen.add(c.sha256)
-                    out.append(LabCell(case.case_code, label, c.sha256, bytes(c.thumbnail)))
-    return out, {"source": "signed cases of the store", "left_out": dict(left)}
-
-
-def cells_from_folder(root: str | Path, task: str) -> tuple[list[LabCell], dict]:
-    """Crops under ``root/<CLASS>/``; the case is the first folder below the class folder, else the image itself."""
-    root = Path(root)
-    classes = set(get_task(task).classes)
-    out, seen, left, flat = [], set(), Counter(), 0
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        if d.name not in classes:
-            left[f"{d.name}: not a class of {task}"] += sum(1 for _ in d.rglob("*") if _.is_file())
-            continue
-        for f in sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXT):
-            data = f.read_bytes()
-            h = hashlib.sha256(data).hexdigest()
-            if h in seen:
-                left["the same image again (sha256)"] += 1
-                continue
-            seen.add(h)
-            rel = f.relative_to(d)
-            flat += len(rel.parts) == 1
-            out.append(LabCell(rel.parts[0] if len(rel.parts) > 1 else f"image:{h[:16]}", d.name, h, data))
-    rule = ("case = the first folder below each class folder" + (f"; {flat} images directly in a class folder are "
-                                                                 "each their own case (image-level)" if flat else ""))
-    return out, {"source": f"folder {root.name}", "case_rule": rule, "left_out": dict(left)}
-
-
-def _bucket(case: str, seed: int) -> float:
-    """A case's place in [0, 1), from a hash of its id: the same case always falls on the same side."""
-    return int(hashlib.sha256(f"{seed}:{case}".encode()).hexdigest()[:12], 16) / 16 ** 12
-
-
-def split_by_case(cells: list[LabCell], test_share: float, val_share: float, seed: int = 0) -> dict[str, str]:
-    """{case: "train" | "val" | "test"}: about ``test_share`` of the cases to the lab test set (at least one), about
-    ``val_share`` of the rest to validation (at least one when three or more remain), by a hash of the case id."""
-    cases = sorted({c.case for c in cells}, key=lambda k: _bucket(k, seed))
-    n_test = max(1, round(test_share * len(cases)))
-    rest = cases[n_test:]
-    n_val = max(1 if len(rest) >= 3 else 0, round(val_share * len(rest)))
-    return {**{k: "test" for k in cases[:n_test]}, **{k: "val" for k in rest[:n_val]},
-            **{k: "train" for k in rest[n_val:]}}
-
-
-def refusal_to_start(cells: list[LabCell], sides: dict[str, str]) -> str:
-    """Why nothing can be learnt from these cells ("" when it can), in words that say what is missing."""
-    n_cases = len({c.case for c in cells})
-    n_train = sum(sides[c.case] == "train" for c in cells)
-    missing = []
-    if n_cases < MIN_CASES:
-        missing.append(f"{n_cases} case(s): at least {MIN_CASES} are needed to hold a test set out by case")
-    if n_train < MIN_CELLS:
-        missing.append(f"{n_train} training cell(s) once the test and validation cases are held out: at least "
-                       f"{MIN_CELLS} are needed")
-    return "; ".join(missing)
-
-
-def choose_classes(base_classes: list[str], task: str, train_counts: Counter, min_cells: int) -> list[str]:
-    """The base model's classes plus each task class with at least ``min_cells`` training cells, in task order."""
-    return [c for c in get_task(task).classes if c in base_classes or train_counts[c] >= min_cells]
 
 
 def write_dataset(work: Path, cells: list[LabCell], sides: dict[str, str], classes: list[str],
@@ -229,28 +121,6 @@ def figures(said: list[str], truth: list[str]) -> dict:
             "refusal": float(np.mean([s == REFUSED for s in said])) if said else None,
             "per_class_f1": {c: float(v) for c, v in zip(labels, f1)},
             "per_class_cells": dict(Counter(truth))}
-
-
-def check(criteria: dict, current: dict, candidate: dict) -> list[str]:
-    """Every criterion the candidate fails, in words (empty: it passes)."""
-    fails = []
-    lab_c, lab_n = current["lab_test"], candidate["lab_test"]
-    if criteria.get("lab_macro_f1_not_lower", True) and lab_n["macro_f1"] < lab_c["macro_f1"]:
-        fails.append(f"lab-test macro-F1 {lab_n['macro_f1']:.3f} is lower than the current model's "
-                     f"{lab_c['macro_f1']:.3f}")
-    drop = criteria.get("max_class_f1_drop", 0.02)
-    for k, v in lab_c["per_class_f1"].items():
-        if lab_n["per_class_f1"].get(k, 0.0) < v - drop:
-            fails.append(f"{k}: lab-test F1 {lab_n['per_class_f1'].get(k, 0.0):.3f} against the current model's "
-                         f"{v:.3f} (more than {drop} lower)")
-    ref_c, ref_n = current.get("reference_test"), candidate.get("reference_test")
-    if ref_c and ref_n and ref_n["macro_f1"] < ref_c["macro_f1"] - criteria.get("max_reference_macro_f1_drop", 0.01):
-        fails.append(f"reference test macro-F1 {ref_n['macro_f1']:.3f} against {ref_c['macro_f1']:.3f} (more than "
-                     f"{criteria.get('max_reference_macro_f1_drop', 0.01)} lower)")
-    if lab_n["refusal"] is not None and lab_n["refusal"] > criteria.get("max_lab_refusal", 0.05):
-        fails.append(f"the gate refuses {lab_n['refusal']:.1%} of the lab's test cells (more than "
-                     f"{criteria.get('max_lab_refusal', 0.05):.0%})")
-    return fails
 
 
 def _status(path: Path, step: str, **kw) -> None:
