@@ -524,6 +524,18 @@ def ruo_banner() -> None:
     st.warning(RUO_STATEMENT, icon="⚠️")
 
 
+def restricted_page(title: str, action: str, refusal: str) -> Actor:
+    """A page only some roles may use: its title and the statement, then ``refusal`` and a stop for anyone whose role
+    does not allow ``action`` (the store checks the role again on every read and write); returns the user."""
+    st.title(title)
+    ruo_banner()
+    who = actor()
+    if not who.can(action):
+        st.info(refusal)
+        st.stop()
+    return who
+
+
 def image_bytes(case_id: int, cell) -> bytes | None:
     """The original upload if this session still holds it, else the stored thumbnail."""
     return st.session_state.get("originals", {}).get((case_id, cell.position)) or cell.thumbnail

@@ -31,7 +31,7 @@ from PIL import Image, ImageFilter
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bmcore.bench import cpu_model  # noqa: E402
+from bmcore.bench import cpu_model, write_result  # noqa: E402
 
 SHIFT = {"white_balance_rgb": (1.08, 0.97, 0.88), "hue_shift": 0.025, "saturation": 1.3, "zoom": 1.15,
          "blur_radius": 0.8, "jpeg_quality": 80}
@@ -103,11 +103,7 @@ def main(argv=None) -> int:
     ref = cur.get("reference_test") or {}
     if ref.get("macro_f1") is not None:
         out["goal_within_0.02_of_default_in_domain"] = cand["lab_test"]["macro_f1"] >= ref["macro_f1"] - 0.02
-    text = json.dumps(out, indent=1)
-    if a.out:
-        Path(a.out).write_text(text + "\n")
-    print(text)
-    return 0
+    return write_result(out, a.out)
 
 
 if __name__ == "__main__":

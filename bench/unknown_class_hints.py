@@ -13,7 +13,6 @@ accepted with a hint that names its true class. No timing is asserted; seconds a
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import Counter
@@ -23,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bmcore import caserules  # noqa: E402
-from bmcore.bench import cpu_model  # noqa: E402
+from bmcore.bench import cpu_model, write_result  # noqa: E402
 from bmcore.bundle import find_bundles, pick_default  # noqa: E402
 from bmcore.cases import cell_inputs  # noqa: E402
 from bmcore.inputs import from_paths  # noqa: E402
@@ -78,11 +77,7 @@ def main(argv=None) -> int:
         "note": f"{n} crops only: every real crop of these classes this project has; a figure to be re-measured on "
                 "a lab's signed cells (the Agreement page counts them per class)",
     }
-    text = json.dumps(out, indent=1)
-    if a.out:
-        Path(a.out).write_text(text + "\n")
-    print(text)
-    return 0
+    return write_result(out, a.out)
 
 
 if __name__ == "__main__":

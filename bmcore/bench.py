@@ -56,6 +56,17 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def write_result(result: dict, out: str | Path | None) -> int:
+    """A benchmark's figures: printed as JSON, and written to ``out`` when given; returns 0 (the exit status)."""
+    import json
+
+    text = json.dumps(result, indent=1)
+    if out:
+        Path(out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
 def _cells(data: str | Path, n: int) -> list[Path]:
     files = sorted(p for p in Path(data).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m bmcore classify`` (batch), ``bench``, ``cases`` and ``users``.
+"""Command line: ``python -m bmcore classify`` (batch), ``bench``, ``cases``, ``users``, ``agreement`` and ``learn``.
 
     python -m bmcore classify crops/ --bundle assets/models/bm14-mobilenetv2-224px --out cells.csv
     python -m bmcore classify smear.zip --out cells.csv --heatmaps heatmaps/
@@ -6,6 +6,8 @@
     python -m bmcore bench --out bench/results/cpu.json
     python -m bmcore users add alice --role pathologist --display-name "Dr Alice Smith"   # password asked
     python -m bmcore users list
+    python -m bmcore agreement [--json]                                  # the model against the signed labels
+    python -m bmcore learn --from-store --out data/candidates            # a candidate from the signed cases
 """
 
 from __future__ import annotations

@@ -8,12 +8,8 @@ from bmcore.cases import CaseError
 from bmcore.tasks import cell_name
 from bmcore.text import md
 
-st.title("Agreement on signed cases")
-appkit.ruo_banner()
-who = appkit.actor()
-if not who.can("agreement"):
-    st.info("The lab's agreement figures are for pathologists and admins.")
-    st.stop()
+who = appkit.restricted_page("Agreement on signed cases", "agreement",
+                             "The lab's agreement figures are for pathologists and admins.")
 try:
     a = lab_agreement(appkit.get_store(), who)
 except CaseError as exc:  # the role was changed since this session signed in

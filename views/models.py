@@ -10,13 +10,8 @@ from bmcore.governance import SHIPPED
 from bmcore.tasks import cell_name
 from bmcore.text import md
 
-st.title("Model updates")
-appkit.ruo_banner()
-who = appkit.actor()
+who = appkit.restricted_page("Model updates", "models", "Model updates are for admins.")
 store = appkit.get_store()
-if not who.can("models"):
-    st.info("Model updates are for admins.")
-    st.stop()
 
 learnjob.collect(store)  # a job that finished since the last draw: its candidate is registered once
 active = store.active_model()
@@ -34,35 +29,30 @@ def _say(kind: str, text: str) -> None:
 
 # Callbacks run before the next script run, with the values this draw gave them: ``shown`` is the approval or restore
 # in force as this page showed it, so a colleague's in between is refused, not silently built upon.
-def approve(cand_id: int, name: str, shown: int) -> None:
+def _act(verb: str, do, done: str, pw_key: str) -> None:
+    """Run an approval or restore; its answer is said at the top of the next draw; the password box is emptied."""
     try:
-        store.approve(cand_id, appkit.actor(), password=st.session_state.get(f"approve_pw_{cand_id}"),
-                      expected_active=shown, approved_dir=learnjob.approved_dir())
+        do(st.session_state.get(pw_key))
     except ConflictError as exc:
-        _say("warning", f"Not approved: {md(exc)}")
+        _say("warning", f"Not {verb}: {md(exc)}")
     except CaseError as exc:
-        _say("error", f"Not approved: {md(exc)}")
+        _say("error", f"Not {verb}: {md(exc)}")
     else:
-        _say("success", f"{md(name)} is now the model for new cases.")
-    st.session_state[f"approve_pw_{cand_id}"] = ""
+        _say("success", done)
+    st.session_state[pw_key] = ""
+
+
+def approve(cand_id: int, name: str, shown: int) -> None:
+    _act("approved", lambda pw: store.approve(cand_id, appkit.actor(), password=pw, expected_active=shown,
+                                              approved_dir=learnjob.approved_dir()),
+         f"{md(name)} is now the model for new cases.", f"approve_pw_{cand_id}")
 
 
 def restore(names: dict, shown: int) -> None:
     pick = st.session_state.get("restore_pick")
-    try:
-        store.restore(appkit.actor(), password=st.session_state.get("restore_pw"), expected_active=shown,
-                      approval_id=pick)
-    except ConflictError as exc:
-        _say("warning", f"Not restored: {md(exc)}")
-    except CaseError as exc:
-        _say("error", f"Not restored: {md(exc)}")
-    else:
-        _say("success", f"{md(names[pick])} is the model for new cases again.")
-    st.session_state["restore_pw"] = ""
+    _act("restored", lambda pw: store.restore(appkit.actor(), password=pw, expected_active=shown, approval_id=pick),
+         f"{md(names[pick])} is the model for new cases again.", "restore_pw")
 
-
-if msg := st.session_state.pop("models_msg", None):
-    getattr(st, msg[0])(msg[1])
 
 st.markdown("#### Learn a candidate from the lab's signed cases")
 base = appkit.default_bundle_path()

@@ -8,13 +8,8 @@ from bmcore.auth import ROLES
 from bmcore.cases import CaseError
 from bmcore.text import md
 
-st.title("Users")
-appkit.ruo_banner()
+who = appkit.restricted_page("Users", "users", "Managing user accounts needs an admin account.")
 store = appkit.get_store()
-who = appkit.actor()
-if not who.can("users"):
-    st.error("Managing user accounts needs an admin account.")
-    st.stop()
 
 users = store.list_users()
 st.dataframe(pd.DataFrame(users).drop(columns=["id"]), hide_index=True, width="stretch")
