@@ -65,7 +65,7 @@ def test_an_approved_candidate_classifies_new_cases_only_and_a_stale_approval_is
                       approved_dir=tmp_path / "approved")
 
     _approve(ada, good_id)
-    assert any("is now the model for new cases" in s.value for s in ada.success), [x.value for x in ada.error + ada.warning]
+    assert any("is now the model for new cases" in s.value for s in ada.success), [x.value for x in [*ada.error, *ada.warning]]
     active = store.active_model()
     assert active["sha256"] == gb.sha256 and active["who"] == "ada"
     _approve(bob, good_id)  # bob's page still shows the shipped default in force

@@ -54,6 +54,9 @@ def restore(names: dict, shown: int) -> None:
          f"{md(names[pick])} is the model for new cases again.", "restore_pw")
 
 
+if msg := st.session_state.pop("models_msg", None):
+    getattr(st, msg[0])(msg[1])
+
 st.markdown("#### Learn a candidate from the lab's signed cases")
 base = appkit.default_bundle_path()
 summary = learnjob.data_summary(store, appkit.installed_bundles().get(base, {}).get("task", "bm14"))
