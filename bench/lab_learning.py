@@ -60,8 +60,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "data" / "bm-dev"), help="the crops")
     ap.add_argument("--splits", default=str(REPO / "train" / "splits" / "bm-dev_seed42.csv"), help="split file")
     ap.add_argument("--case-size", type=int, default=40, help="cells per simulated case")
-    ap.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs")
+    ap.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs")
     ap.add_argument("--seed", type=int, default=0, help="seed of the grouping into cases")
+    ap.add_argument("--learn-args", default="", help="more flags for train.learn, e.g. \"--lr 1e-4\"")
     ap.add_argument("--out", default=None, help="JSON to write")
     a = ap.parse_args(argv)
     with open(a.splits) as f:
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "train.learn", "--from-folder", str(lab), "--out", str(tmp / "out"), "--name",
            "shifted", "--lab-test-share", "0.5", "--epochs", str(a.epochs), "--reference-root", a.data_root,
-           "--reference-splits", a.splits, "--seed", str(a.seed)]
+           "--reference-splits", a.splits, "--seed", str(a.seed), *a.learn_args.split()]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if r.returncode != 0:

@@ -2,7 +2,7 @@
 
 A base model is trained without two of the 8 classes (``--held-out``, default PMO and MON: their crops are dropped
 from the train and val splits of ``train/splits/bm-dev_seed42.csv``), with the project's own pipeline: ``train.train``
-(MobileNetV2 from ImageNet weights, ``--img-size`` px, ``--epochs``), the gate (``train.ood.fit``) and the review rule
+(MobileNetV2 from ImageNet weights, ``--img-size`` px, ``--epochs``; the default model is the same network at 224 px), the gate (``train.ood.fit``) and the review rule
 (``train.triage``) fitted on its train / val splits. Then the whole test split (the held-out classes included) goes
 through the app's predictor (gate on, one view), and for each crop: refused by the gate, sent to review by the rule,
 its confidence (max softmax) and its gate score.
@@ -45,8 +45,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "data" / "bm-dev"), help="the crops")
     ap.add_argument("--splits", default=str(REPO / "train" / "splits" / "bm-dev_seed42.csv"), help="split file")
     ap.add_argument("--held-out", default="PMO,MON", help="the two classes the base model never sees")
-    ap.add_argument("--epochs", type=int, default=3, help="epochs of the base model")
-    ap.add_argument("--img-size", type=int, default=128, help="input side of the base model")
+    ap.add_argument("--epochs", type=int, default=4, help="epochs of the base model")
+    ap.add_argument("--img-size", type=int, default=224, help="input side of the base model")
     ap.add_argument("--extra-review", type=float, default=0.10,
                     help="known-class cells the union rule may add to the rule's review share")
     ap.add_argument("--work", default=None, help="folder for the base model (default: a temporary one)")

@@ -107,3 +107,39 @@ def test_only_admins_see_model_updates_and_the_store_checks_the_role(env, tmp_pa
     with pytest.raises(ValueError, match="Could not find a navigation page"):  # not in a pathologist's navigation
         at.switch_page("views/models.py")
     assert store.active_model() is None
+
+
+def test_learning_from_the_page_is_refused_with_what_is_missing_and_a_started_job_can_be_cancelled(env, tmp_path):
+    """Too little signed data: the page says what is missing and its button is off, and the job refuses by itself
+    (logged). With enough, a started job runs as its own process; cancelling stops it and registers nothing."""
+    import time
+
+    from bmcore import learnjob
+    from bmcore.cases import CaseError
+    from tests.test_app import _signed_case
+
+    store = CaseStore(env["db"])
+    at = _page(env, "ada")
+    assert any("Not enough to learn from yet" in w.value for w in at.warning)
+    assert next(b for b in at.button if b.label == "Learn a candidate").disabled
+    ada = sign_in(env, "ada", "admin")
+    with pytest.raises(CaseError, match="at least 3 are needed"):
+        learnjob.start(store, ada, base_path=env["eight"], db_url=env["db"])
+    assert store.model_events()[-1]["action"] == "learn-refused"
+
+    for k in range(6):  # 6 signed cases of 40 cells: enough to start
+        _signed_case(store, f"L-{k}", [CellInput(f"{k}-{i}.jpg", True, predicted=DEV_CLASSES[i % 8], confidence=0.99,
+                                                 thumbnail=b"\xff\xd8\xff" + bytes([k, i]), sha256=f"{k:02d}{i:062d}")
+                                       for i in range(40)], {})
+    job = learnjob.start(store, ada, base_path=env["eight"], db_url=env["db"])
+    assert learnjob.current(store)["running"]
+    with pytest.raises(CaseError, match="running already"):
+        learnjob.start(store, ada, base_path=env["eight"], db_url=env["db"])
+    learnjob.cancel(store, ada)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and learnjob.owner_alive(learnjob.current(store)["event"]["detail"]["owner"],
+                                                               None):
+        time.sleep(0.2)
+    assert not learnjob.current(store)["running"] and learnjob.collect(store) is None
+    assert [e["action"] for e in store.model_events()][-2:] == ["learn-started", "learn-cancelled"]
+    assert store.candidates() == [] and job["folder"].is_dir()
