@@ -20,6 +20,13 @@ from .labdata import cells_from_store, refusal_to_start, split_by_case
 
 REPO = Path(__file__).resolve().parents[1]
 LIVE_STEPS_DONE = ("done", "refused")
+_PROCS: dict[int, subprocess.Popen] = {}  # the jobs this server process started: reaped once they end
+
+
+def _reap() -> None:
+    for pid, proc in list(_PROCS.items()):
+        if proc.poll() is not None:
+            del _PROCS[pid]
 
 
 def candidates_dir() -> Path:
@@ -43,6 +50,7 @@ def data_summary(store, task: str) -> dict:
 
 def current(store) -> dict | None:
     """The latest learning job: its event, folder, step (status.json), and whether its process still runs."""
+    _reap()  # an ended child of this process would otherwise linger as a zombie and look alive
     started = [e for e in store.model_events() if e["action"] == "learn-started"]
     if not started:
         return None
@@ -82,6 +90,7 @@ def start(store, actor, *, base_path: str | Path, db_url: str, extra_args: tuple
         proc = subprocess.Popen([sys.executable, "-m", "train.learn", "--from-store", "--db", db_url, "--base",
                                  str(base.path), "--out", str(candidates_dir()), "--name", name, *extra_args],
                                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    _PROCS[proc.pid] = proc
     store.log_model_event("learn-started", u.username, user_id=u.id, name=name,
                           detail={"folder": str(folder), "owner": owner_token(proc.pid), "pid": proc.pid,
                                   "base": base.name, "base_sha256": base.sha256, "data": summary})
@@ -95,10 +104,16 @@ def cancel(store, actor) -> None:
     job = current(store)
     if not job or not job["running"]:
         raise CaseError("no learning job is running")
+    pid = job["event"]["detail"]["pid"]
     try:
-        os.killpg(job["event"]["detail"]["pid"], signal.SIGTERM)
+        os.killpg(pid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
         pass
+    if pid in _PROCS:
+        try:
+            _PROCS.pop(pid).wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(pid, signal.SIGKILL)
     store.log_model_event("learn-cancelled", u.username, user_id=u.id, name=job["event"]["name"],
                           detail={"folder": str(job["folder"])})
 

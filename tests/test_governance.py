@@ -123,7 +123,7 @@ def test_learning_from_the_page_is_refused_with_what_is_missing_and_a_started_jo
     assert any("Not enough to learn from yet" in w.value for w in at.warning)
     assert next(b for b in at.button if b.label == "Learn a candidate").disabled
     ada = sign_in(env, "ada", "admin")
-    with pytest.raises(CaseError, match="at least 3 are needed"):
+    with pytest.raises(CaseError, match="no signed cell of the lab.s own yet"):
         learnjob.start(store, ada, base_path=env["eight"], db_url=env["db"])
     assert store.model_events()[-1]["action"] == "learn-refused"
 
