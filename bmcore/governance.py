@@ -77,6 +77,20 @@ def check(criteria: dict, current: dict, candidate: dict) -> list[str]:
     return fails
 
 
+def criteria_text(criteria: dict) -> str:
+    """The acceptance criteria in words."""
+    out = []
+    if criteria.get("lab_macro_f1_not_lower", True):
+        out.append("lab-test macro-F1 not lower than the current model's")
+    if "max_class_f1_drop" in criteria:
+        out.append(f"no class's lab-test F1 lower by more than {criteria['max_class_f1_drop']}")
+    if "max_reference_macro_f1_drop" in criteria:
+        out.append(f"reference test macro-F1 not lower by more than {criteria['max_reference_macro_f1_drop']}")
+    if "max_lab_refusal" in criteria:
+        out.append(f"the gate refuses at most {criteria['max_lab_refusal']:.0%} of the lab's test cells")
+    return "; ".join(out)
+
+
 def _event_dict(e: ModelEvent) -> dict:
     return {"id": e.id, "at": e.at, "who": e.who, "action": e.action, "name": e.name, "sha256": e.sha256,
             "path": e.path, "detail": e.detail or {}}

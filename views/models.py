@@ -6,7 +6,7 @@ import streamlit as st
 import appkit
 from bmcore import learnjob
 from bmcore.cases import CaseError, ConflictError
-from bmcore.governance import SHIPPED
+from bmcore.governance import SHIPPED, criteria_text
 from bmcore.tasks import cell_name
 from bmcore.text import md
 
@@ -19,7 +19,8 @@ expected = store.active_event_id()  # sent back with an approval or restore: a c
 shipped = appkit.shipped_default()
 st.markdown(f"**Model for new cases:** {md(active['name']) if active else md(shipped.name) + ' (' + SHIPPED + ')'}"
             + (f", {active['action']} by {md(active['who'])} on {active['at']:%Y-%m-%d %H:%M} UTC" if active else ""))
-st.caption("Cases keep the model that classified them; a change here applies to cases classified from now on. The "
+st.caption("Cases keep the model that classified them; a change here applies to cases classified from now on, in "
+           "sessions started after it (an open session keeps the model it chose until it signs in again). The "
            "shipped default is never overwritten and can always be restored.")
 
 
@@ -87,8 +88,8 @@ else:
         st.warning("Not enough to learn from yet: " + md(summary["refusal"]) + ".")
     st.caption("The job holds a fifth of the cases out as the lab's test set (by case), fine-tunes from the model for "
                "new cases with the reference training crops replayed, refits calibration, the gate and the review rule "
-               "on the lab's data, and measures both models on the held-out cases. About 15 minutes on 2 CPU cores for "
-               "900 cells. The acceptance criteria are fixed before it starts.")
+               "on the lab's data, and measures both models on the held-out cases. About 4 minutes on 2 CPU cores for "
+               "840 cells (docs/learning.md). The acceptance criteria are fixed before it starts.")
     if st.button("Learn a candidate", key="learn_start", type="primary", disabled=bool(summary["refusal"])):
         try:
             learnjob.start(store, who, base_path=base, db_url=store.url,
@@ -127,7 +128,7 @@ for c in cands:
         if d["failures"]:
             st.error("Fails its acceptance criteria, so it cannot be approved: " + md("; ".join(d["failures"])) + ".")
         else:
-            st.success("Meets every acceptance criterion: " + md(", ".join(f"{k} {v}" for k, v in d["criteria"].items())))
+            st.success("Meets every acceptance criterion: " + md(criteria_text(d["criteria"])) + ".")
         if active and active["sha256"] == c["sha256"]:
             st.caption("In force for new cases.")
             continue
