@@ -60,7 +60,8 @@ REFUSED = "(refused)"
 
 
 def write_dataset(work: Path, cells: list[LabCell], sides: dict[str, str], classes: list[str],
-                  reference_root: Path | None, reference_splits: Path | None, seed: int) -> tuple[Path, Path, dict]:
+                  reference_root: Path | None, reference_splits: Path | None, seed: int,
+                  replay_classes: list[str] | None = None) -> tuple[Path, Path, dict]:
     """The lab cells as a dataset root + split CSV the training modules read (``lab/<CLASS>/<sha>.jpg``), with the
     replayed reference training crops (``ref/...``, a link to the reference root) added to the train split."""
     import pandas as pd
@@ -80,7 +81,9 @@ def write_dataset(work: Path, cells: list[LabCell], sides: dict[str, str], class
     replay = 0
     if reference_root and reference_splits and Path(reference_root).is_dir():
         ref = pd.read_csv(reference_splits)
-        ref = ref[(ref.split == "train") & ref.label.isin(classes)]
+        # what the reference taught the base: its own classes only (a class learnt from the lab is learnt from the
+        # lab's cells alone, so that its figure says what those cells did)
+        ref = ref[(ref.split == "train") & ref.label.isin(replay_classes or classes)]
         n = sum(r["split"] == "train" for r in rows)
         per = max(1, n // max(1, ref.label.nunique()))  # as many reference crops as lab ones, alike per class
         pick = pd.concat([g.sample(min(len(g), per), random_state=seed) for _, g in ref.groupby("label")])
@@ -192,7 +195,8 @@ def main(argv=None) -> int:
     train_counts = Counter(c.label for c in cells if sides[c.case] == "train")
     classes = choose_classes(base.classes, task, train_counts, a.min_class_cells)
     ref_root = Path(a.reference_root) if a.reference_root and Path(a.reference_root).is_dir() else None
-    root, csv, extra = write_dataset(work, cells, sides, classes, ref_root, Path(a.reference_splits), a.seed)
+    root, csv, extra = write_dataset(work, cells, sides, classes, ref_root, Path(a.reference_splits), a.seed,
+                                     replay_classes=base.classes)
 
     _status(status, "fine-tuning", classes=classes, cells=len(cells))
     from train import train as train_mod
