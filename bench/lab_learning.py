@@ -37,6 +37,14 @@ SHIFT = {"white_balance_rgb": (1.08, 0.97, 0.88), "hue_shift": 0.025, "saturatio
          "blur_radius": 0.8, "jpeg_quality": 80}
 
 
+def scaled(scale: float) -> dict:
+    """``SHIFT`` with every departure from "no change" multiplied by ``scale`` (2: twice as far from the reference)."""
+    return {"white_balance_rgb": tuple(1 + scale * (g - 1) for g in SHIFT["white_balance_rgb"]),
+            "hue_shift": scale * SHIFT["hue_shift"], "saturation": 1 + scale * (SHIFT["saturation"] - 1),
+            "zoom": 1 + scale * (SHIFT["zoom"] - 1), "blur_radius": scale * SHIFT["blur_radius"],
+            "jpeg_quality": max(10, round(100 - scale * (100 - SHIFT["jpeg_quality"])))}
+
+
 def shift(data: bytes, s: dict = SHIFT) -> bytes:
     """A crop as another lab's camera and stain would show it (``SHIFT``)."""
     im = Image.open(io.BytesIO(data)).convert("RGB")
@@ -62,6 +70,8 @@ def main(argv=None) -> int:
     ap.add_argument("--case-size", type=int, default=40, help="cells per simulated case")
     ap.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs")
     ap.add_argument("--seed", type=int, default=0, help="seed of the grouping into cases")
+    ap.add_argument("--shift-scale", type=float, default=1.0, help="how far the simulated lab is from the reference "
+                                                                    "(2: every departure of SHIFT doubled)")
     ap.add_argument("--learn-args", default="", help="more flags for train.learn, e.g. \"--lr 1e-4\"")
     ap.add_argument("--out", default=None, help="JSON to write")
     a = ap.parse_args(argv)
@@ -74,7 +84,7 @@ def main(argv=None) -> int:
         case = f"case_{i // a.case_size:03d}"
         p = lab / r["label"] / case / Path(r["path"]).name
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(shift((Path(a.data_root) / r["path"]).read_bytes()))
+        p.write_bytes(shift((Path(a.data_root) / r["path"]).read_bytes(), scaled(a.shift_scale)))
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "train.learn", "--from-folder", str(lab), "--out", str(tmp / "out"), "--name",
            "shifted", "--lab-test-share", "0.5", "--epochs", str(a.epochs), "--reference-root", a.data_root,
@@ -89,7 +99,7 @@ def main(argv=None) -> int:
     out = {
         "what": "the default and a candidate learnt from a simulated lab's signed half, measured as the app runs them",
         "data": f"val + test splits of {Path(a.splits).name} ({len(rows)} crops the default never trained on), "
-                f"shifted by {SHIFT}, in cases of {a.case_size} cells (seed {a.seed}); lab test: half of the cases by a "
+                f"shifted by {scaled(a.shift_scale)}, in cases of {a.case_size} cells (seed {a.seed}); lab test: half of the cases by a "
                 "hash of the case id (train.learn --lab-test-share 0.5)",
         "command": " ".join(["bench/lab_learning.py", *(argv or sys.argv[1:])]), "learn_command": rep["command"],
         "machine": cpu_model(), "cells_per_side": {k: sum(v.values()) for k, v in rep["cells_per_side"].items()},
