@@ -34,38 +34,45 @@ class LabCell:
     data: bytes
 
 
-def cells_from_store(store, task: str) -> tuple[list[LabCell], dict]:
-    """Signed, non-demo cells of ``store`` (a ``CaseStore``, or its URL) with the labels they were signed with."""
-    from sqlalchemy import select
+def cells_from_store(store, task: str, *, images: bool = True) -> tuple[list[LabCell], dict]:
+    """Signed, non-demo cells of ``store`` (a ``CaseStore``, or its URL) with the labels they were signed with.
+    ``images`` False: without their bytes (``LabCell.data`` empty; what a page needs to say how much there is, read
+    without loading a thumbnail)."""
+    from sqlalchemy import func, select
+    from sqlalchemy.orm import defer
 
     from .caserules import OK, REJECTED, status
     from .cases import CaseStore
-    from .schema import STATUS_SIGNED, Case
+    from .schema import STATUS_SIGNED, Case, Cell
 
     store = store if isinstance(store, CaseStore) else CaseStore(store)
     classes = set(get_task(task).classes)
     out, seen, left = [], set(), Counter()
     with store.session() as s:
-        for case in s.scalars(select(Case).where(Case.status == STATUS_SIGNED).order_by(Case.id)):
-            if case.demo:
-                left["demo case"] += len(case.cells)
-                continue
-            for c in case.cells:
-                st = status(c)
-                label = c.label
-                if st == REJECTED and c.final_label is None or st not in (OK, REJECTED) or not label:
-                    left["not a labelled cell"] += 1
-                elif label == DISMISSED_CODE:
-                    left["dismissed, not a cell"] += 1
-                elif label not in classes:
-                    left[f"{label}: not a class of {task}"] += 1
-                elif not c.thumbnail:
-                    left["no stored image"] += 1
-                elif c.sha256 in seen:
-                    left["the same image again (sha256)"] += 1
-                else:
-                    seen.add(c.sha256)
-                    out.append(LabCell(case.case_code, label, c.sha256, bytes(c.thumbnail)))
+        signed = select(Case.id).where(Case.status == STATUS_SIGNED)
+        left["demo case"] = s.scalar(select(func.count()).select_from(Cell).join(Case)
+                                     .where(Case.status == STATUS_SIGNED, Case.demo.is_(True))) or 0
+        q = (select(Cell, Case.case_code).join(Case).where(Cell.case_id.in_(signed), Case.demo.is_(False))
+             .order_by(Cell.case_id, Cell.position))
+        if not images:
+            q = q.options(defer(Cell.thumbnail))
+        for c, code in s.execute(q):
+            st = status(c)
+            label = c.label
+            if st == REJECTED and c.final_label is None or st not in (OK, REJECTED) or not label:
+                left["not a labelled cell"] += 1
+            elif label == DISMISSED_CODE:
+                left["dismissed, not a cell"] += 1
+            elif label not in classes:
+                left[f"{label}: not a class of {task}"] += 1
+            elif images and not c.thumbnail:
+                left["no stored image"] += 1
+            elif c.sha256 in seen:
+                left["the same image again (sha256)"] += 1
+            else:
+                seen.add(c.sha256)
+                out.append(LabCell(code, label, c.sha256, bytes(c.thumbnail) if images else b""))
+    left = +left  # the reasons that occurred
     return out, {"source": "signed cases of the store", "left_out": dict(left)}
 
 

@@ -41,7 +41,7 @@ def data_summary(store, task: str) -> dict:
     """What a learning job would read now: cells, cases, per class, and why it would be refused ("" if not)."""
     from collections import Counter
 
-    cells, source = cells_from_store(store, task)
+    cells, source = cells_from_store(store, task, images=False)  # counts only: no thumbnail is read
     sides = split_by_case(cells, 0.2, 0.2) if cells else {}
     return {"cells": len(cells), "cases": len({c.case for c in cells}), "per_class": dict(Counter(c.label for c in cells)),
             "left_out": source["left_out"],
