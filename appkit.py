@@ -423,7 +423,8 @@ def sidebar() -> Predictor | None:
         sb.error("No model bundle found under assets/models (or BM_MODELS_DIR).")
         return None
     labels = {str(p): p.name for p in paths}
-    _persist("bundle", str(default_bundle_path() or pick_default(paths)))
+    # the model for new cases is read from the store once per session, not on every rerun
+    _persist("bundle", st.session_state.get("bundle") or str(default_bundle_path() or pick_default(paths)))
     if st.session_state["bundle"] not in labels:
         st.session_state["bundle"] = st.session_state["_w_bundle"] = str(paths[0])
     if not actor().can("classify"):  # the model picker and its thresholds only matter to whoever classifies

@@ -51,7 +51,8 @@ def data_summary(store, task: str) -> dict:
 def current(store) -> dict | None:
     """The latest learning job: its event, folder, step (status.json), and whether its process still runs."""
     _reap()  # an ended child of this process would otherwise linger as a zombie and look alive
-    started = [e for e in store.model_events() if e["action"] == "learn-started"]
+    events = store.model_events()
+    started = [e for e in events if e["action"] == "learn-started"]
     if not started:
         return None
     e = started[-1]
@@ -60,7 +61,7 @@ def current(store) -> dict | None:
     status = json.loads(st.read_text()) if st.is_file() else {"step": "starting"}
     beat = dt.datetime.fromtimestamp(st.stat().st_mtime, dt.timezone.utc).replace(tzinfo=None) if st.is_file() \
         else e["at"]
-    ended = {x["detail"].get("folder") for x in store.model_events()
+    ended = {x["detail"].get("folder") for x in events
              if x["action"] in ("learn-finished", "learn-cancelled", "learn-failed")}
     alive = owner_alive(e["detail"]["owner"], beat) and str(folder) not in ended
     return {"event": e, "folder": folder, "status": status, "running": alive and status.get("step") not in

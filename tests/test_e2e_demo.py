@@ -58,3 +58,36 @@ def test_a_newcomer_opens_the_demo_case_and_no_lab_figure_counts_it(tmp_path):
         expect(doc.get_by_text("1 signed demo case(s) left out")).to_be_visible()
         doc.screenshot(path=str(ART / "demo_agreement.png"), full_page=True)
         browser.close()
+
+
+def test_the_agreement_page_in_a_browser_shows_the_labs_figures_and_a_class_the_model_lacks(tmp_path):
+    """A pathologist reads the Agreement page of a store with one signed lab case (a band signed over the model's
+    segmented neutrophil) and one signed demo case: the figures count the lab case only, and say the model cannot
+    name bands. Screenshot: test-artifacts/e2e/agreement_figures.png."""
+    need_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    from bmcore.cases import CellInput
+    from tests.test_app import _signed_case
+
+    ART.mkdir(parents=True, exist_ok=True)
+    db = tmp_path / "cases.db"
+    store = CaseStore(f"sqlite:///{db}")
+    ok = dict(ok=True, confidence=0.99)
+    _signed_case(store, "BM-1", [CellInput("a.jpg", predicted="LYT", **ok), CellInput("b.jpg", predicted="NGS", **ok),
+                                 CellInput("c.jpg", predicted="EOS", **ok), CellInput("d.jpg", predicted="NGS", **ok)],
+                 {1: "NGB"})
+    _signed_case(store, "DEMO-1", [CellInput("x.jpg", predicted="MON", **ok)], {0: "EOS"}, demo=True)
+    store.engine.dispose()
+    with appdriver.app_server(db, tmp_path / "server.log") as srv, sync_playwright() as pw:
+        browser = appdriver.launch(pw)
+        page = appdriver.new_page(browser, TIMEOUT_S)
+        appdriver.goto(page, srv.url, "path")
+        page.get_by_role("link", name="Agreement").first.click()
+        appdriver.wait_idle(page)
+        expect(page.get_by_text("3 of 4 signed cells (75.0%")).to_be_visible()
+        expect(page.get_by_text("NGB: 1 signed cell; the model cannot name them")).to_be_visible()
+        expect(page.get_by_text("1 signed demo case(s) left out")).to_be_visible()
+        assert appdriver.metrics(page)["Agreement"] == "75.0%"
+        page.screenshot(path=str(ART / "agreement_figures.png"), full_page=True)
+        browser.close()

@@ -50,13 +50,13 @@ from pathlib import Path
 
 import numpy as np
 
+from bmcore.agreement import REFUSED
 from bmcore.bundle import find_bundles, load_bundle, pick_default, update_bundle_meta
 from bmcore.governance import DEFAULT_CRITERIA, check
 from bmcore.labdata import (LabCell, cells_from_folder, cells_from_store, choose_classes, refusal_to_start,
                             split_by_case)
 
 REPO = Path(__file__).resolve().parents[1]
-REFUSED = "(refused)"
 
 
 def write_dataset(work: Path, cells: list[LabCell], sides: dict[str, str], classes: list[str],
