@@ -17,6 +17,7 @@ import argparse
 import csv
 import json
 import random
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cells", default="30,100,300", help="signed cells of each new class, one run each")
     ap.add_argument("--known", type=int, default=25, help="signed cells of each class the base knows, in every run")
     ap.add_argument("--seed", type=int, default=0, help="seed of the draw")
+    ap.add_argument("--learn-args", default="", help="further flags for python -m train.learn, as one string")
     ap.add_argument("--out", default=None, help="JSON to write")
     a = ap.parse_args(argv)
     new = a.new.split(",")
@@ -59,7 +61,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         res = subprocess.run([sys.executable, "-m", "train.learn", "--from-folder", str(tmp / "lab"), "--base", a.base,
                               "--out", str(tmp / "out"), "--name", "cand", "--min-class-cells", "1", "--reference-root",
-                              a.data_root, "--reference-splits", a.splits, "--seed", str(a.seed)],
+                              a.data_root, "--reference-splits", a.splits, "--seed", str(a.seed), *shlex.split(a.learn_args)],
                              cwd=REPO, capture_output=True, text=True)
         if res.returncode != 0:
             print(res.stdout[-3000:], res.stderr[-3000:], file=sys.stderr)
@@ -73,11 +75,11 @@ def main(argv=None) -> int:
                      "base_known_classes_macro_f1": (lambda b: sum(v for k, v in b.items() if k not in new) /
                                                      len([k for k in b if k not in new]))(
                          rep["figures"]["current"]["reference_test"]["per_class_f1"]),
-                     "seconds": round(time.perf_counter() - t0, 1)})
+                     "train_seconds": rep["train_seconds"], "seconds": round(time.perf_counter() - t0, 1)})
     return write_result({"what": "F1 of two classes the base lacked, learnt from N signed cells of each",
                          "base": Path(a.base).parent.parent.name + "/run/bundle (bench/open_set.py --work)", "new": new, "data": f"signed cells: train split of {Path(a.splits).name}; "
                          "measured on its test split (as the app runs it, refusals as errors)", "machine": cpu_model(),
-                         "runs": runs}, a.out)
+                         "learn_args": a.learn_args, "runs": runs}, a.out)
 
 
 if __name__ == "__main__":

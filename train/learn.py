@@ -96,7 +96,7 @@ def write_dataset(work: Path, cells: list[LabCell], sides: dict[str, str], class
     df = pd.DataFrame(rows)
     df.to_csv(csv, index=False)
     # the tests' split file for the measuring modules: only the lab test set as "test"
-    return root, csv, {"replayed_reference_crops": replay}
+    return root, csv, {"replayed_reference_crops": replay, "train_rows": int((df.split == "train").sum())}
 
 
 def predict_as_run(bundle, items) -> tuple[list[str], list[str]]:
@@ -160,6 +160,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs")
     ap.add_argument("--lr", type=float, default=1e-4,
                     help="peak learning rate (3e-4 cost the reference test 0.022 macro-F1: docs/learning.md)")
+    ap.add_argument("--head-lr-mult", type=float, default=10.0,
+                    help="the classifier's learning rate as a multiple of --lr (a new class's row has the most to learn)")
+    ap.add_argument("--min-steps", type=int, default=0,
+                    help="train at least this many steps: with few cells, more epochs than --epochs (0: --epochs)")
     ap.add_argument("--batch-size", type=int, default=32, help="crops per step")
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (smoke tests; 0: none)")
     ap.add_argument("--min-class-cells", type=int, default=30,
@@ -202,10 +206,11 @@ def main(argv=None) -> int:
     from train import train as train_mod
 
     size = base.data_config.input_size
+    epochs = max(a.epochs, -(-a.min_steps // max(1, extra["train_rows"] // a.batch_size)))
     t0 = time.perf_counter()
     train_mod.main(["--data-root", str(root), "--splits", str(csv), "--task", task, "--backbone", base.backbone,
                     "--img-size", str(size), "--weights", "none", "--init-from", str(base.path),
-                    "--epochs", str(a.epochs), "--lr", str(a.lr), "--warmup-epochs", "0.3", "--batch-size",
+                    "--epochs", str(epochs), "--lr", str(a.lr), "--head-lr-mult", str(a.head_lr_mult), "--warmup-epochs", "0.3", "--batch-size",
                     str(a.batch_size), "--augment", "light", "--patience", "1000", "--tta", "off", "--resume", "false",
                     "--evaluate-test", "false", "--gate", "false", "--max-steps", str(a.max_steps), "--seed",
                     str(a.seed), "--out", str(work / "run"), "--bundle-name", name])
@@ -256,7 +261,7 @@ def main(argv=None) -> int:
     cases = {side: sorted(k for k, v in sides.items() if v == side) for side in ("train", "val", "test")}
     digest = hashlib.sha256("\n".join(sorted(c.sha256 for c in cells if sides[c.case] != "test")).encode()).hexdigest()
     lineage = {"parent_name": base.name, "parent_sha256": base.sha256,
-               "method": f"fine-tuned {a.epochs} epoch(s) from the base"
+               "method": f"fine-tuned {epochs} epoch(s) from the base"
                          + (f" with {extra['replayed_reference_crops']} reference training crops replayed"
                             if extra["replayed_reference_crops"] else " without replay (no reference crops found)")
                          + f"; classes {', '.join(classes)}",

@@ -76,6 +76,8 @@ DEFAULTS: dict = {
     "kd_temperature": 2.0,
     "kd_teacher_tta": False,
     "init_from": "",
+    "imprint": True,
+    "head_lr_mult": 1.0,
     "time_budget_s": 0,
 }
 # what each flag (and config key) does: shown by --help
@@ -118,6 +120,9 @@ HELP: dict[str, str] = {
     "kd_temperature": 'temperature of the distillation',
     "kd_teacher_tta": "average the teachers' soft labels over the 4 dihedral views the app's TTA uses",
     "init_from": 'a bundle folder of the same backbone and classes: start from its weights (fine-tuning)',
+    "imprint": "with --init-from: a class the initial bundle lacks starts from its training crops' mean feature "
+               "(weight imprinting, Qi et al. 2018) instead of a random classifier row",
+    "head_lr_mult": "the classifier's learning rate as a multiple of --lr (a new class's row has the most to learn)",
     "time_budget_s": 'after each epoch, shorten the schedule (cosine included) so that training ends within this many seconds (0: none)',
 }
 
@@ -395,6 +400,43 @@ def start_from(init: dict, fresh: dict, init_classes: list[str], classes: list[s
     return out
 
 
+@torch.no_grad()
+def imprint_new_classes(model, data: "Data", init_from: str, device: torch.device, channels_last: bool) -> list[str]:
+    """Weight imprinting (Qi, Brown & Lowe, CVPR 2018) for the classes ``init_from`` lacks: each new class's
+    classifier row becomes the mean of its training crops' L2-normalised features, scaled to the mean norm of the
+    learnt rows, with the learnt rows' mean bias, so that a class added from a few dozen signed cells starts where
+    its cells lie rather than at random. Returns the classes imprinted."""
+    from bmcore.bundle import load_bundle
+    from bmcore.preprocess import stack_crops
+
+    known = set(load_bundle(init_from).classes)
+    new = [i for i, c in enumerate(data.classes) if c not in known]
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not new or not isinstance(head, torch.nn.Linear):
+        return []
+    targets = np.asarray(data.train.targets)
+    was = model.training
+    model.eval()
+    feats = {i: [] for i in new}
+    for i in new:
+        idx = np.flatnonzero(targets == i)
+        for j in range(0, len(idx), 64):
+            x = normalize(stack_crops([data.train.uint8(int(k)) for k in idx[j:j + 64]]).to(device), data.cfg)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            f = model.forward_head(model.forward_features(x), pre_logits=True).float()
+            feats[i].append(torch.nn.functional.normalize(f, dim=1))
+    old = [i for i in range(len(data.classes)) if i not in new]
+    scale = head.weight[old].norm(dim=1).mean()
+    for i in new:
+        if feats[i]:
+            head.weight[i] = torch.nn.functional.normalize(torch.cat(feats[i]).mean(0), dim=0) * scale
+            if head.bias is not None:
+                head.bias[i] = head.bias[old].mean()
+    model.train(was)
+    return [data.classes[i] for i in new if feats[i]]
+
+
 @dataclass
 class Run:
     """What one training run carries from epoch to epoch."""
@@ -436,7 +478,12 @@ def make_run(args, data: Data, model, weight_source: str, rank: int, world: int,
         if args.balance == "loss" else None
     criterion = torch.nn.CrossEntropyLoss(weight=class_w.to(device) if class_w is not None else None,
                                           label_smoothing=args.label_smoothing)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    head_ids = {id(p) for p in head.parameters()} if isinstance(head, torch.nn.Module) else set()
+    groups = [{"params": [p for p in model.parameters() if id(p) not in head_ids], "lr": args.lr}]
+    if head_ids:
+        groups.append({"params": [p for p in model.parameters() if id(p) in head_ids], "lr": args.lr * args.head_lr_mult})
+    opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = max(1, len(data.batches))
     plan = {"total": args.epochs * steps_per_epoch, "warm": int(args.warmup_epochs * steps_per_epoch),
             "steps_per_epoch": steps_per_epoch, "weight_source": weight_source}
@@ -605,6 +652,10 @@ def main(argv=None) -> int:
 
     data = prepare_data(args, rank, world, device)
     model, weight_source = build_model(args, data.classes, data.cfg.input_size, device)
+    if args.init_from and args.imprint:
+        imprinted = imprint_new_classes(model, data, args.init_from, device, args.channels_last)
+        if imprinted and main_proc:
+            print(f"imprinted classifier rows: {', '.join(imprinted)}", flush=True)
     run = make_run(args, data, model, weight_source, rank, world, device)
     resume(run, out / "last.pt", main_proc)
     stop = False
