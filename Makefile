@@ -1,12 +1,13 @@
 # make run   - create .venv, install requirements, start the app on the bundled default model (127.0.0.1 only)
 # make test  - create .venv, install requirements, run the test suite
+# make ray   - add the optional Ray install (requirements-ray.txt) for python -m bmcore archive --ray
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 8501
 
-.PHONY: run test bench train clean
+.PHONY: run test bench train ray clean
 
 $(STAMP): requirements.txt requirements-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +22,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+ray: $(STAMP)
+	$(PY) -m pip install -q -r requirements-ray.txt
 
 bench: $(STAMP)
 	$(PY) -m bmcore bench --out bench/results/cpu.json

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -33,11 +34,16 @@ USERS = {"tech": ("technologist", "tech-password-1"), "path": ("pathologist", "p
          "viewer": ("viewer", "viewer-password-1")}
 
 
-def add_users(database: Path, users: dict = USERS) -> None:
-    """Create the driver's accounts (those missing) in the server's database."""
+def db_url(database: Path | str) -> str:
+    """A server's database as an SQLAlchemy URL: a path is an SQLite file, a string with "://" a URL as it is."""
+    return str(database) if "://" in str(database) else f"sqlite:///{database}"
+
+
+def add_users(database: Path | str, users: dict = USERS) -> None:
+    """Create the driver's accounts (those missing) in the server's database (a file or a URL)."""
     from bmcore.cases import CaseStore
 
-    store = CaseStore(f"sqlite:///{database}")
+    store = CaseStore(db_url(database))
     have = {u["username"] for u in store.list_users()}
     for name, (role, pw) in users.items():
         if name not in have:
@@ -56,6 +62,68 @@ def browser_missing() -> str | None:
     return None
 
 
+REPLICA = REPO / "deploy" / "replica.sh"  # one app replica, as systemd runs it (deploy/bmapp@.service)
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def nginx_missing() -> str | None:
+    return None if Path(NGINX).exists() else f"nginx not found ({NGINX}; apt-get install nginx)"
+
+
+@contextmanager
+def proxy(prefix: Path, ports: tuple[int, int]) -> Iterator[tuple[str, Path]]:
+    """Debian's nginx from deploy/nginx.conf (rendered by deploy/render.py) in front of two replicas on
+    127.0.0.1:ports, on a free loopback port; yields (its URL, its access log). Stopped on exit."""
+    sys.path.insert(0, str(REPO / "deploy"))
+    from render import render  # deploy/render.py: what an operator runs
+
+    prefix.mkdir(parents=True, exist_ok=True)
+    listen = free_port()
+    conf = prefix / "nginx.conf"
+    text = render(str(prefix), f"127.0.0.1:{listen}", f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[1]}")
+    # as root, nginx's workers would drop to "nobody", who cannot write a temporary folder of root's
+    conf.write_text(("user root;\n" if os.geteuid() == 0 else "") + text)
+    with open(prefix / "stderr.log", "w") as err:
+        proc = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(prefix), "-g", "daemon off;"],
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not (prefix / "nginx.pid").exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("nginx did not start: " + (prefix / "stderr.log").read_text()[-2000:])
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{listen}", prefix / "access.log"
+    finally:
+        _stop(proc)
+
+
+@contextmanager
+def fresh_schema(base: str) -> Iterator[str]:
+    """``base`` (a PostgreSQL URL) in a schema of its own, created now and dropped after: a throw-away database for a
+    test or benchmark that leaves the tables of the database it points at alone."""
+    import uuid
+
+    from sqlalchemy import create_engine, make_url
+
+    schema = f"bmtest_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base)
+    with admin.begin() as c:
+        c.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield make_url(base).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+            hide_password=False)
+    finally:
+        with admin.begin() as c:
+            c.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()
+
+
+def pin_replica(page, url: str, replica: int) -> None:
+    """Pin a browser context to replica 1 or 2 as deploy/nginx.conf's sticky cookie does (nginx's first answer
+    would give it one at random)."""
+    page.context.add_cookies([{"name": "bm_replica", "value": f"bm_replica_{replica}", "url": url}])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -70,25 +138,28 @@ class AppServer:
 
 
 @contextmanager
-def app_server(database: Path, log: Path, port: int | None = None, start_timeout: float = 120,
+def app_server(database: Path | str, log: Path, port: int | None = None, start_timeout: float = 120,
                extra_args: tuple = (), env_extra: dict | None = None,
-               users: dict | None = USERS) -> Iterator[AppServer]:
-    """``streamlit run app.py`` headless on loopback with its own SQLite database (``users``: the accounts it gets;
-    None: none, as on a fresh install); stopped (with its children) on exit.
+               users: dict | None = USERS, launcher: Path | None = None) -> Iterator[AppServer]:
+    """``streamlit run app.py`` headless on loopback with its own database (an SQLite file, or a URL such as a
+    shared PostgreSQL; ``users``: the accounts it gets; None: none, as on a fresh install); stopped (with its
+    children) on exit. ``launcher``: a script run as ``launcher PORT`` instead (deploy/replica.sh, what systemd
+    runs), with ``PYTHON`` set to this interpreter.
 
     File watching is off: a test or benchmark server must not react to edits made while it runs.
     """
     port = port or free_port()
     if users:
         add_users(database, users)
-    env = dict(os.environ, BM_DATABASE_URL=f"sqlite:///{database}", PYTHONPATH=str(REPO), **(env_extra or {}))
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHON=sys.executable, **(env_extra or {}))
+    env["BM_DATABASE_URL"] = db_url(database)
     url = f"http://127.0.0.1:{port}"
+    cmd = [str(launcher), str(port)] if launcher else \
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address", "127.0.0.1",
+         "--server.headless", "true", "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
+         *extra_args]
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                                 "--server.address", "127.0.0.1", "--server.headless", "true",
-                                 "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
-                                 *extra_args],
-                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + start_timeout
         while True:
@@ -234,7 +305,7 @@ def open_case(page, url: str, case_code: str, user: str = "tech") -> None:
 GALLERY_TODO = re.compile(r" · \d+ to confirm$")
 
 
-def classified_case(database: Path, code: str, crops: list[Path], user: str = "tech") -> int:
+def classified_case(database: Path | str, code: str, crops: list[Path], user: str = "tech") -> int:
     """A case of real crops classified in-process by the bundled default model (as a job would: same predictor,
     same rows), stored in ``database`` under ``user``; returns its id. For review tests and benchmarks, which
     need a classified case, not the upload."""
@@ -245,7 +316,7 @@ def classified_case(database: Path, code: str, crops: list[Path], user: str = "t
 
     pred = Predictor(pick_default(find_bundles(REPO / "assets" / "models")))
     items = from_paths(crops)
-    store = CaseStore(f"sqlite:///{database}")
+    store = CaseStore(db_url(database))
     who = store.authenticate(user, USERS[user][1])
     cid = store.create_case(code, cell_inputs(items, pred.predict_items(items, thumbnails=True)), actor=who,
                             model_name=pred.bundle.name, model_sha256=pred.bundle.sha256, model_classes=pred.classes,
@@ -327,6 +398,33 @@ def _tick(page, label) -> None:
     if box.count() and not box.is_checked():
         page.get_by_test_id("stCheckbox").filter(has_text=label).locator("label").click()
         expect(box).to_be_checked()
+
+
+def resume_with_same_files(page, files: list) -> None:
+    """On a partial case's Classify page: upload the same files again and press Resume classification, then wait
+    for the complete table."""
+    from playwright.sync_api import expect
+
+    page.locator('[data-testid="stFileUploader"]').filter(has_text="The same files again") \
+        .locator('input[type="file"]').set_input_files([str(f) for f in files])
+    expect(page.get_by_role("button", name="Resume classification")).to_be_enabled()
+    wait_idle(page)
+    page.get_by_role("button", name="Resume classification").click()
+    wait_classified(page)
+
+
+def relabel_then_stale(a, b, no: int, first: str, second: str, who: str) -> None:
+    """Reviewer ``a`` relabels cell #``no`` as ``first`` on the One cell view; ``b``, whose screen still shows the
+    cell as it was, saves ``second`` and is refused with the colleague (``who``) and the label now named."""
+    from playwright.sync_api import expect
+
+    choose(a, "Label", first)
+    a.get_by_role("button", name="Save label").click()
+    expect(a.get_by_text(f"#{no} set to {first}")).to_be_visible()
+    choose(b, "Label", second)
+    b.get_by_role("button", name="Save label").click()
+    settle(b)
+    expect(b.get_by_text(re.compile(rf"Not saved: .*changed by {who}.*now {first}"))).to_be_visible()
 
 
 def review_mode(page, mode: str) -> None:

@@ -2,7 +2,9 @@
 
     .venv/bin/python bench/load.py --sessions 8 --crops 100 --heatmaps 3 --out bench/results/load.json
 
-Starts ``streamlit run app.py`` (headless, loopback, a free port, a throw-away SQLite database) and drives it
+Starts ``streamlit run app.py`` (headless, loopback, a free port, a throw-away SQLite database; with ``--replicas 2``
+two replicas by deploy/replica.sh on a throw-away schema of ``--database``, a PostgreSQL, behind Debian's nginx
+from deploy/nginx.conf, the sessions pinned to replica 1 and 2 in turn by its sticky cookie) and drives it
 from N threads, each with its own headless chromium and browser context, so each is its own Streamlit session.
 Every session opens Classify and enters its case id (LOAD-01, LOAD-02, ...); then all of them at once upload K
 crops (a deterministic sample per session, disjoint between sessions while the data allows, round-robin over
@@ -22,6 +24,7 @@ the figures are an upper bound.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -110,18 +113,22 @@ def process_tree(pid: int, table: dict) -> set[int]:
     return tree
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants."""
+def tree_rss(pid: int | list[int]) -> int:
+    """Resident bytes of a process and all its descendants (of several: all of them together)."""
     table = proc_table()
-    return sum(table[p][2] for p in process_tree(pid, table))
+    return sum(table[p][2] for p in set().union(*(process_tree(q, table) for q in _pids(pid))))
 
 
-def cpu_by_group(server_pid: int) -> dict[str, float]:
+def _pids(pid: int | list[int]) -> list[int]:
+    return [pid] if isinstance(pid, int) else list(pid)
+
+
+def cpu_by_group(server_pid: int | list[int]) -> dict[str, float]:
     """CPU seconds (user + system) used so far by live processes, grouped: the server (with its children), the
     browsers (chromium) and the rest (this script, Playwright's drivers, anything else on the machine); plus the
     machine's idle seconds (/proc/stat). Differences between two calls say who took the cores in between."""
     table = proc_table()
-    server = process_tree(server_pid, table)
+    server = set().union(*(process_tree(q, table) for q in _pids(server_pid)))
     out = {"server": 0.0, "browsers": 0.0, "other": 0.0}
     for pid, (_, cpu, _, cmd) in table.items():
         out["server" if pid in server else "browsers" if "chrom" in cmd else "other"] += cpu
@@ -133,7 +140,7 @@ def cpu_by_group(server_pid: int) -> dict[str, float]:
 
 
 class RssSampler(threading.Thread):
-    def __init__(self, pid: int, every: float = SAMPLE_EVERY_S):
+    def __init__(self, pid: int | list[int], every: float = SAMPLE_EVERY_S):
         super().__init__(daemon=True)
         self.pid, self.every, self.peak, self.samples = pid, every, 0, 0
         self._stop_event = threading.Event()
@@ -152,7 +159,8 @@ class RssSampler(threading.Thread):
 
 # -- one user -------------------------------------------------------------------------------------
 def session(n: int, url: str, files: list[Path], heat: list[str], n_heat: int, timeout: float,
-            barrier: threading.Barrier, art: Path, have_results=lambda: None, have_uploaded=lambda: None) -> dict:
+            barrier: threading.Barrier, art: Path, have_results=lambda: None, have_uploaded=lambda: None,
+            replica: int | None = None) -> dict:
     from playwright.sync_api import sync_playwright
 
     code = f"LOAD-{n:02d}"
@@ -175,6 +183,8 @@ def session(n: int, url: str, files: list[Path], heat: list[str], n_heat: int, t
             browser = appdriver.launch(pw)
             try:
                 page = appdriver.new_page(browser, timeout)
+                if replica:  # behind deploy/nginx.conf: this session on that replica
+                    appdriver.pin_replica(page, url, replica)
                 t = time.perf_counter()
                 appdriver.open_classify(page, url, code)
                 rec["ready_s"] = time.perf_counter() - t
@@ -347,10 +357,19 @@ def main() -> int:
     ap.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
     ap.add_argument("--timeout", type=float, default=600, help="seconds any one step of a session may take")
     ap.add_argument("--data", default=str(DATA), help="crop root, one folder per class")
+    ap.add_argument("--replicas", type=int, choices=(1, 2), default=1,
+                    help="2: two replicas (deploy/replica.sh) behind nginx (deploy/nginx.conf) on --database, the "
+                         "sessions alternating between them")
+    ap.add_argument("--database", default=None,
+                    help="SQLAlchemy URL of the shared database (needed with --replicas 2: a PostgreSQL; default "
+                         "BM_TEST_POSTGRES_URL); one replica: a throw-away SQLite file")
     a = ap.parse_args()
+    a.database = a.database or (os.environ.get("BM_TEST_POSTGRES_URL") if a.replicas == 2 else None)
+    if a.replicas == 2 and not (a.database or "").startswith("postgresql"):
+        ap.error("--replicas 2 needs --database postgresql+psycopg://... (or BM_TEST_POSTGRES_URL)")
     if a.sessions < 1 or a.crops < 1 or not 0 <= a.heatmaps < a.crops:
         ap.error("--sessions and --crops must be >= 1, --heatmaps between 0 and --crops - 1")
-    why = appdriver.browser_missing()
+    why = appdriver.browser_missing() or (appdriver.nginx_missing() if a.replicas == 2 else None)
     if why:
         print(f"cannot run: {why}", file=sys.stderr)
         return 2
@@ -359,21 +378,36 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, _interrupt)  # a cancelled job cleans up like Ctrl-C
     tmp = Path(tempfile.mkdtemp(prefix="bm-load-"))
-    env = dict(os.environ, BM_DATABASE_URL=f"sqlite:///{tmp / 'load.db'}")
+    database = a.database or tmp / "load.db"
+    env = dict(os.environ, BM_DATABASE_URL=appdriver.db_url(database))
     started = datetime.now(timezone.utc)
     info = {"machine": machine(env)}
     mark: dict = {}
     records: list[dict | None] = [None] * a.sessions
     ok = False
     try:
-        with appdriver.app_server(tmp / "load.db", tmp / "streamlit.log", port=a.port or None) as srv:
-            sampler = RssSampler(srv.proc.pid)
+        with contextlib.ExitStack() as stack:
+            if a.replicas == 1:
+                servers = [stack.enter_context(appdriver.app_server(database, tmp / "streamlit.log",
+                                                                    port=a.port or None))]
+                url = servers[0].url
+            else:
+                database = stack.enter_context(appdriver.fresh_schema(a.database))  # its own tables, dropped after
+                ports = (appdriver.free_port(), appdriver.free_port())
+                url, _ = stack.enter_context(appdriver.proxy(tmp / "nginx", ports))
+                appdriver.add_users(database)
+                servers = [stack.enter_context(appdriver.app_server(
+                    database, tmp / f"streamlit{i + 1}.log", port=p, launcher=appdriver.REPLICA, users=None,
+                    env_extra={"BM_CANDIDATES_DIR": str(tmp / "candidates"), "BM_APPROVED_DIR": str(tmp / "approved")}))
+                    for i, p in enumerate(ports)]
+            pids = [srv.proc.pid for srv in servers]
+            sampler = RssSampler(pids)
             sampler.start()
 
             def at_start():  # runs once, when every session has its Classify page open
                 mark["t"] = time.perf_counter()
-                mark["rss"] = tree_rss(srv.proc.pid)
-                mark["cpu"] = cpu_by_group(srv.proc.pid)
+                mark["rss"] = tree_rss(pids)
+                mark["cpu"] = cpu_by_group(pids)
 
             done_lock = threading.Lock()
 
@@ -381,19 +415,19 @@ def main() -> int:
                 with done_lock:
                     mark["uploads"] = mark.get("uploads", 0) + 1
                     if mark["uploads"] == a.sessions and "cpu" in mark:
-                        mark["cpu_up"], mark["t_up"] = cpu_by_group(srv.proc.pid), time.perf_counter()
+                        mark["cpu_up"], mark["t_up"] = cpu_by_group(pids), time.perf_counter()
 
             def have_results():  # each session, once its results are drawn: the last one closes the CPU account
                 with done_lock:
                     mark["results"] = mark.get("results", 0) + 1
                     if mark["results"] == a.sessions and "cpu" in mark:
-                        mark["cpu_end"], mark["t_end"] = cpu_by_group(srv.proc.pid), time.perf_counter()
+                        mark["cpu_end"], mark["t_end"] = cpu_by_group(pids), time.perf_counter()
 
             barrier = threading.Barrier(a.sessions, action=at_start)
 
             def worker(i):
-                records[i] = session(i + 1, srv.url, samples[i], heat[i], a.heatmaps, a.timeout, barrier, tmp,
-                                     have_results, have_uploaded)
+                records[i] = session(i + 1, url, samples[i], heat[i], a.heatmaps, a.timeout, barrier, tmp,
+                                     have_results, have_uploaded, replica=i % 2 + 1 if a.replicas == 2 else None)
 
             threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(a.sessions)]
             t0 = time.perf_counter()
@@ -404,19 +438,21 @@ def main() -> int:
             wall = time.perf_counter() - t0
             load_wall = time.perf_counter() - mark["t"] if "t" in mark else None
             sampler.stop()
-            rss_end = tree_rss(srv.proc.pid)
+            rss_end = tree_rss(pids)
             peak = max(sampler.peak, rss_end, mark.get("rss", 0))
-            server_exit = srv.proc.poll()  # None: still up, as it should be
+            server_exit = next((srv.proc.poll() for srv in servers if srv.proc.poll() is not None), None)  # None: up
         recs = [r or {"session": i + 1, "case": f"LOAD-{i + 1:02d}", "completed": False, "error": "no result",
                       "results_s": None, "heatmaps": [], "cells_not_offered": [], "metrics": {}, "cells": {}}
                 for i, r in enumerate(records)]
         mb = lambda b: round(b / 2**20, 1) if b else None  # noqa: E731
         # privacy: how many uploaded file names and case ids reached the server's log output (goal: none)
-        log_text = (tmp / "streamlit.log").read_text(errors="replace")
+        log_text = "\n".join(f.read_text(errors="replace") for f in sorted(tmp.glob("streamlit*.log")))
         private = {f"LOAD-{i + 1:02d}" for i in range(a.sessions)} | {p.name for s in samples for p in s}
         leaked = sorted(x for x in private if x in log_text)
         res = {
-            "sessions": a.sessions, "crops_per_session": a.crops, "heatmaps_per_session": a.heatmaps,
+            "sessions": a.sessions, "replicas": a.replicas,
+            "database": "PostgreSQL (shared), nginx in front (deploy/nginx.conf)" if a.replicas == 2 else "SQLite",
+            "crops_per_session": a.crops, "heatmaps_per_session": a.heatmaps,
             "completed_sessions": sum(r["completed"] for r in recs),
             "errors": [{"session": r["session"], "error": r["error"]} for r in recs if r["error"]]
             + ([{"session": 0, "error": f"the server exited during the run (status {server_exit}); see its log"}]

@@ -284,15 +284,10 @@ def run(inputs: list[str], out: str | Path, bundle: str, *, ray_address: str | N
             "classes": classes}
 
 
-def cmd_archive(a) -> int:
-    """``python -m bmcore archive``: see the module doc."""
+def cmd_archive(a, bundle: str) -> int:
+    """``python -m bmcore archive`` (``bmcore.cli`` parses it) with ``bundle``: see the module doc."""
     from . import RUO_STATEMENT
     from .report import rows_to_csv
-
-    bundle = a.bundle
-    if bundle is None:
-        from .cli import default_bundle
-        bundle = str(default_bundle())
     if a.ray is not None:
         try:
             import ray  # noqa: F401

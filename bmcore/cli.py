@@ -1,8 +1,9 @@
-"""Command line: ``python -m bmcore classify`` (batch), ``bench``, ``cases``, ``users``, ``agreement`` and ``learn``.
+"""Command line: ``python -m bmcore classify`` (batch), ``archive`` (resumable, optionally on Ray), ``bench``, ``cases``, ``users``, ``agreement`` and ``learn``.
 
     python -m bmcore classify crops/ --bundle assets/models/bm14-mobilenetv2-224px --out cells.csv
     python -m bmcore classify smear.zip --out cells.csv --heatmaps heatmaps/
     python -m bmcore classify field1.jpg field2.jpg --out cells.csv [--um-per-px 0.073]   # camera fields: cells found
+    python -m bmcore archive TCIA/ --out results/ [--ray [ADDRESS]] [--csv all.csv]   # resumable, Parquet shards
     python -m bmcore bench --out bench/results/cpu.json
     python -m bmcore users add alice --role pathologist --display-name "Dr Alice Smith"   # password asked
     python -m bmcore users list
@@ -228,6 +229,18 @@ def main(argv=None) -> int:
     c.add_argument("--device", default=None)
     c.add_argument("--um-per-px", type=float, default=None,
                    help="scale of field images in micrometres per pixel (default: estimated from the red cells)")
+    ar = sub.add_parser("archive", help="classify a folder tree, ZIP or file list into Parquet shards, resumable; "
+                                        "--ray runs it on Ray Data")
+    ar.add_argument("inputs", nargs="+", help="folders (walked recursively), .zip archives, .txt lists of paths, files")
+    ar.add_argument("--bundle", default=None, help="model bundle folder (default: the bundled default model)")
+    ar.add_argument("--out", required=True, help="folder of Parquet shards (a rerun skips the crops written there)")
+    ar.add_argument("--csv", default=None, help="also write every row under --out as one CSV")
+    ar.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                    help="run on Ray Data: a local cluster, or ADDRESS (e.g. auto, ray://head:10001)")
+    ar.add_argument("--concurrency", type=int, default=2, help="classifier actors (Ray) / cores (plain) in all")
+    ar.add_argument("--num-cpus", type=float, default=1, help="cores per actor (its ONNX Runtime threads)")
+    ar.add_argument("--num-gpus", type=float, default=0, help="GPUs per actor (Ray; torch on the GPU)")
+    ar.add_argument("--chunk", type=int, default=256, help="crops per shard and per Ray batch")
     b = sub.add_parser("bench", help="measure latency and memory; writes JSON")
     b.add_argument("--bundle", default=None)
     b.add_argument("--data", default="../shared/data/bm-dev")
@@ -260,6 +273,10 @@ def main(argv=None) -> int:
             return cmd_classify(a)
         if a.cmd == "cases":
             return cmd_cases(a)
+        if a.cmd == "archive":
+            from .archive import cmd_archive
+
+            return cmd_archive(a, str(a.bundle or default_bundle()))
         if a.cmd == "agreement":
             return cmd_agreement(a)
         if a.cmd == "users":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -116,8 +117,34 @@ def need_browser() -> None:
     """Skip (or, with BM_REQUIRE_E2E=1 as in CI, fail) where chromium or playwright is missing."""
     from bench import appdriver
 
-    why = appdriver.browser_missing()
+    need_or_fail(appdriver.browser_missing())
+
+
+def need_or_fail(why: str | None) -> None:
+    """Skip for ``why`` (a tool this test needs is missing), or fail where CI's BM_REQUIRE_E2E=1 says it must run."""
     if why:
         if os.environ.get("BM_REQUIRE_E2E") == "1":
             pytest.fail(why)
         pytest.skip(why)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "ray: needs the optional Ray install (make ray); CI installs it and runs them")
+
+
+@contextlib.contextmanager
+def postgres_schema():
+    """A URL of the real PostgreSQL server of BM_TEST_POSTGRES_URL (.ci/run starts one and sets it) in a schema of
+    its own, created now and dropped after (the tables of the database it points at are not touched). Skips without
+    the variable, unless BM_REQUIRE_POSTGRES=1, where it fails."""
+    base = os.environ.get("BM_TEST_POSTGRES_URL")
+    if not base:
+        why = ("BM_TEST_POSTGRES_URL is not set (e.g. postgresql+psycopg://bmtest:bmtest@127.0.0.1:5432/bmtest; "
+               ".ci/run starts a server and sets it)")
+        if os.environ.get("BM_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"BM_REQUIRE_POSTGRES=1 but {why}")
+        pytest.skip(why)
+    from bench.appdriver import fresh_schema
+
+    with fresh_schema(base) as url:
+        yield url

@@ -19,13 +19,12 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 
 import pytest
-from sqlalchemy import create_engine, event, func, make_url, select
+from sqlalchemy import event, func, select
 
 from bmcore.cases import STATUS_OPEN, STATUS_SIGNED, AuditEvent, Case, CaseStore, Cell, CellInput, ConflictError
-from tests.conftest import REPO, TEST_PASSWORD, actor
+from tests.conftest import REPO, TEST_PASSWORD, actor, postgres_schema
 
 LABELS = ["BLA", "EBO", "LYT", "NGS", "MON", "PMO"]
 REVIEW_ACTIONS = ("confirm", "reclassify")
@@ -39,24 +38,8 @@ def db_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'cases.db'}"
         return
-    base = os.environ.get("BM_TEST_POSTGRES_URL")
-    if not base:
-        why = ("BM_TEST_POSTGRES_URL is not set (e.g. postgresql+psycopg://bmtest:bmtest@127.0.0.1:5432/bmtest; "
-               ".ci/run starts a server and sets it)")
-        if os.environ.get("BM_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"BM_REQUIRE_POSTGRES=1 but {why}")
-        pytest.skip(why)
-    schema = f"bmtest_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base)
-    with admin.begin() as c:
-        c.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield make_url(base).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-            hide_password=False)
-    finally:
-        with admin.begin() as c:
-            c.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.dispose()
+    with postgres_schema() as url:
+        yield url
 
 
 @pytest.fixture

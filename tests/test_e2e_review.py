@@ -65,13 +65,7 @@ def test_two_reviewers_stale_screen_and_ten_actions_in_a_row(dev_root, tmp_path)
         cell = by_no[_cell_no(first)]
 
         # A relabels the cell; B, whose screen still shows the old state, relabels it and then confirms it
-        appdriver.choose(a, "Label", "PMO")
-        a.get_by_role("button", name="Save label").click()
-        expect(a.get_by_text(f"#{cell.position + 1} set to PMO")).to_be_visible()
-        appdriver.choose(b, "Label", "MON")
-        b.get_by_role("button", name="Save label").click()
-        appdriver.settle(b)
-        expect(b.get_by_text(re.compile(r"Not saved: .*changed by tech.*now PMO"))).to_be_visible()
+        appdriver.relabel_then_stale(a, b, cell.position + 1, "PMO", "MON", "tech")
         assert appdriver.selectbox_text(b, PICKER) == first, "a refused save stays on the cell, its text unchanged"
         b.screenshot(path=str(ART / "review_conflict_save.png"), full_page=True)
         b.get_by_role("button", name="Confirm model's label").click()
@@ -187,12 +181,7 @@ def test_background_job_survives_widgets_reload_and_a_killed_server(dev_root, tm
             assert listed["short"] == f"open, {done_before} of 300 classified, interrupted", listed
             assert f"classification interrupted (the server stopped): {done_before} of 300 files" in listed["status"]
             # resume: the same files again; only the missing cells are classified
-            page.locator('[data-testid="stFileUploader"]').filter(has_text="The same files again") \
-                .locator('input[type="file"]').set_input_files([str(f) for f in files])
-            expect(page.get_by_role("button", name="Resume classification")).to_be_enabled()
-            appdriver.wait_idle(page)
-            page.get_by_role("button", name="Resume classification").click()
-            appdriver.wait_classified(page)
+            appdriver.resume_with_same_files(page, files)
             expect(page.get_by_text("Partial case:")).to_have_count(0)
             case = store.get_case(cid2)
             assert len(case.cells) == 300 and not caserules.summary(case).pending

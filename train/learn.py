@@ -162,7 +162,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="peak learning rate (3e-4 cost the reference test 0.022 macro-F1: docs/learning.md)")
     ap.add_argument("--head-lr-mult", type=float, default=10.0,
                     help="the classifier's learning rate as a multiple of --lr (a new class's row has the most to learn)")
-    ap.add_argument("--min-steps", type=int, default=0,
+    ap.add_argument("--min-steps", type=int, default=300,
                     help="train at least this many steps: with few cells, more epochs than --epochs (0: --epochs)")
     ap.add_argument("--batch-size", type=int, default=32, help="crops per step")
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (smoke tests; 0: none)")
