@@ -2,8 +2,9 @@
 are (deploy/nginx.conf rendered by deploy/render.py, each replica started by deploy/replica.sh as systemd would).
 
 On loopback: Debian's nginx with its sticky cookie and WebSockets in front of replica 1; reviewer A (technologist)
-on replica 1 starts classifying a case of real crops; replica 2 starts while that job runs, and reviewer B
-(pathologist) there sees it running, not interrupted; replica 1 is killed mid-job; replica 2 marks the job
+on replica 1 starts classifying a case of real crops; replica 2 starts while that job is in flight (replica 1 paused
+by SIGSTOP meanwhile, so a fast machine cannot finish the job first), and reviewer B (pathologist) there sees it
+running, not interrupted; replica 1 goes on, then is killed mid-job; replica 2 marks the job
 interrupted (its owner is gone), shows the partial case, and B resumes it by uploading the same files again, each
 cell classified once. Then, with replica 1 back: a stale save on replica 2 of a cell A relabelled on replica 1 is
 refused; B signs a case off on replica 2 and A, on replica 1, finds it signed and cannot change it. Skipped where
@@ -88,17 +89,25 @@ def test_two_replicas_behind_nginx_share_cases_jobs_and_sign_off(dev_root, tmp_p
             assert time.monotonic() < deadline, "the job on replica 1 never started"
             time.sleep(0.2)
 
-        # replica 2 starts while it runs; its first page (its job runner's start) must not call the job interrupted
-        start(2)
-        _stick(purl, access, ports)
-        appdriver.open_case(b, purl, "REP-1", user="path")
-        b.get_by_role("link", name="Classify").first.click()
-        appdriver.settle(b)
-        job = store.latest_job(cid)
-        assert job["done"] < CROPS, f"the job ended ({job['done']} cells) before replica 2 looked: raise CROPS"
-        assert job["status"] in ("queued", "running"), job
-        expect(b.get_by_text("Partial case:")).to_have_count(0)
-        b.screenshot(path=str(ART / "replicas_job_running_seen_on_2.png"), full_page=True)
+        # replica 2 starts while the job is in flight; its first page (its job runner's start) must not call the job
+        # interrupted. Replica 1 is paused (SIGSTOP: alive, its job not advancing) while replica 2 starts and B looks,
+        # so the job is still in flight then however fast the machine is; then it goes on, and is killed.
+        os.killpg(r1.proc.pid, signal.SIGSTOP)
+        try:
+            start(2)
+            appdriver.open_case(b, purl, "REP-1", user="path")
+            b.get_by_role("link", name="Classify").first.click()
+            appdriver.settle(b)
+            job = store.latest_job(cid)
+            assert job["done"] < CROPS and job["status"] in ("queued", "running"), job
+            expect(b.get_by_text("Partial case:")).to_have_count(0)
+            b.screenshot(path=str(ART / "replicas_job_running_seen_on_2.png"), full_page=True)
+        finally:
+            os.killpg(r1.proc.pid, signal.SIGCONT)
+        paused_at, deadline = job["done"], time.monotonic() + TIMEOUT_S
+        while store.latest_job(cid)["done"] == paused_at:  # replica 1's job goes on after the pause
+            assert time.monotonic() < deadline, "the job on replica 1 did not go on after the pause"
+            time.sleep(0.05)
 
         # replica 1 dies mid-job; replica 2 sees its owner gone, marks it interrupted, and the case partial
         os.killpg(r1.proc.pid, signal.SIGKILL)
@@ -122,6 +131,7 @@ def test_two_replicas_behind_nginx_share_cases_jobs_and_sign_off(dev_root, tmp_p
 
         # replica 1 is back; A (on 1) and B (on 2) review one case: B's stale save is refused across replicas
         start(1)
+        _stick(purl, access, ports)  # both replicas up: whichever the cookie names
         appdriver.classified_case(url, "REP-2", small)
         for page, user in ((a, "tech"), (b, "path")):
             appdriver.open_case(page, purl, "REP-2", user=user)
