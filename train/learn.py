@@ -161,9 +161,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=1e-4,
                     help="peak learning rate (3e-4 cost the reference test 0.022 macro-F1: docs/learning.md)")
     ap.add_argument("--head-lr-mult", type=float, default=10.0,
-                    help="the classifier's learning rate as a multiple of --lr (a new class's row has the most to learn)")
+                    help="the classifier's learning rate as a multiple of --lr, when a class the base lacks is added (its "
+                         "row has the most to learn; 1 otherwise)")
     ap.add_argument("--min-steps", type=int, default=300,
-                    help="train at least this many steps: with few cells, more epochs than --epochs (0: --epochs)")
+                    help="when a class the base lacks is added, train at least this many steps: with few cells, more "
+                         "epochs than --epochs (0: --epochs)")
     ap.add_argument("--batch-size", type=int, default=32, help="crops per step")
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (smoke tests; 0: none)")
     ap.add_argument("--min-class-cells", type=int, default=30,
@@ -206,11 +208,16 @@ def main(argv=None) -> int:
     from train import train as train_mod
 
     size = base.data_config.input_size
-    epochs = max(a.epochs, -(-a.min_steps // max(1, extra["train_rows"] // a.batch_size)))
+    # --min-steps and --head-lr-mult are for a class the base lacks (its classifier row has everything to learn); a
+    # candidate of the base's own classes trains --epochs at one learning rate: on the simulated shifted lab both
+    # together cost 0.007 macro-F1 and took its refusal over 5% (docs/learning.md)
+    adds = [c for c in classes if c not in base.classes]
+    epochs = max(a.epochs, -(-a.min_steps // max(1, extra["train_rows"] // a.batch_size))) if adds else a.epochs
+    head_lr_mult = a.head_lr_mult if adds else 1.0
     t0 = time.perf_counter()
     train_mod.main(["--data-root", str(root), "--splits", str(csv), "--task", task, "--backbone", base.backbone,
                     "--img-size", str(size), "--weights", "none", "--init-from", str(base.path),
-                    "--epochs", str(epochs), "--lr", str(a.lr), "--head-lr-mult", str(a.head_lr_mult), "--warmup-epochs", "0.3", "--batch-size",
+                    "--epochs", str(epochs), "--lr", str(a.lr), "--head-lr-mult", str(head_lr_mult), "--warmup-epochs", "0.3", "--batch-size",
                     str(a.batch_size), "--augment", "light", "--patience", "1000", "--tta", "off", "--resume", "false",
                     "--evaluate-test", "false", "--gate", "false", "--max-steps", str(a.max_steps), "--seed",
                     str(a.seed), "--out", str(work / "run"), "--bundle-name", name])

@@ -88,8 +88,8 @@ else:
         st.warning("Not enough to learn from yet: " + md(summary["refusal"]) + ".")
     st.caption("The job holds a fifth of the cases out as the lab's test set (by case), fine-tunes from the model for "
                "new cases with the reference training crops replayed, refits calibration, the gate and the review rule "
-               "on the lab's data, and measures both models on the held-out cases. About 4 minutes on 2 CPU cores for "
-               "840 cells (docs/learning.md). The acceptance criteria are fixed before it starts.")
+               "on the lab's data, and measures both models on the held-out cases. About 5 minutes on 2 CPU cores for "
+               "840 cells of classes it knows, up to 11 minutes when it adds a class (docs/learning.md). The acceptance criteria are fixed before it starts.")
     if st.button("Learn a candidate", key="learn_start", type="primary", disabled=bool(summary["refusal"])):
         try:
             learnjob.start(store, who, base_path=base, db_url=store.url,
