@@ -233,11 +233,11 @@ def session(n: int, url: str, files: list[Path], heat: list[str], n_heat: int, t
 
 def cell_counts(metrics: dict[str, str]) -> dict[str, int]:
     """The case's metrics as counts: classified, rejected by the model's gate, unreadable."""
-    def num(labels):
-        return sum(int(metrics[lb]) for lb in labels if metrics[lb].isdigit())
+    def num(labels):  # a tile reads "94" or "94 of 100" (of the case's crops)
+        return sum(int(m.group(1)) for lb in labels if (m := re.match(r"(\d+)( of \d+)?$", metrics[lb])))
 
     return {"classified": num([lb for lb in metrics if lb == "Cells classified"]),
-            "rejected": num([lb for lb in metrics if re.search(r"reject", lb, re.I)]),
+            "rejected": num([lb for lb in metrics if re.search(r"reject|not judged", lb, re.I)]),
             "unreadable": num([lb for lb in metrics if lb == "Unreadable files"])}
 
 
