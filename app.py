@@ -24,13 +24,19 @@ PAGES = [
     st.Page("views/model_card.py", title="Model card", icon=":material/badge:"),
 ]
 AGREEMENT_PAGES = [st.Page("views/agreement.py", title="Agreement", icon=":material/fact_check:")]
+QUIZ_PAGE = st.Page("views/quizzes.py", title="Quizzes", icon=":material/school:")
+TEACH_PAGES = [st.Page("views/teaching.py", title="Teaching", icon=":material/cast_for_education:")]
 ADMIN_PAGES = [st.Page("views/users.py", title="Users", icon=":material/group:"),
                st.Page("views/models.py", title="Model updates", icon=":material/model_training:")]
 
-who = appkit.login_gate(PAGES + AGREEMENT_PAGES + ADMIN_PAGES)  # stops here with the sign-in form until someone is signed in
+ALL = PAGES + [QUIZ_PAGE] + AGREEMENT_PAGES + TEACH_PAGES + ADMIN_PAGES
+who = appkit.login_gate(ALL)  # stops here with the sign-in form until someone is signed in
 appkit.idle_watch()  # an idle session is signed out on a timer, not only at its next click
-page = st.navigation(PAGES + (AGREEMENT_PAGES if who.can("agreement") else [])
-                     + (ADMIN_PAGES if who.can("users") else []))
+if who.can("view"):
+    page = st.navigation(PAGES + [QUIZ_PAGE] + (AGREEMENT_PAGES if who.can("agreement") else [])
+                         + (TEACH_PAGES if who.can("teach") else []) + (ADMIN_PAGES if who.can("users") else []))
+else:  # a student reads no case: the quizzes and the comparison lesson only (the store refuses the rest anyway)
+    page = st.navigation([QUIZ_PAGE] + [p for p in PAGES if p.title == "Model comparison"])
 st.session_state["predictor_ok"] = appkit.sidebar() is not None
 try:
     page.run()

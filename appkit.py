@@ -125,8 +125,13 @@ def get_runner() -> JobRunner:
 
 def case_bundle_path(case) -> Path | None:
     """The installed bundle that classified ``case`` (matched by the weights' sha256), or None."""
+    return bundle_path_of(case.model_sha256)
+
+
+def bundle_path_of(weights_sha256: str) -> Path | None:
+    """The installed bundle whose weights have this sha256, or None."""
     for path, meta in installed_bundles().items():
-        if meta.get("weights_sha256") == case.model_sha256:
+        if weights_sha256 and meta.get("weights_sha256") == weights_sha256:
             return path
     return None
 
@@ -418,6 +423,9 @@ def sidebar() -> Predictor | None:
     paths = available_bundles()
     sb = st.sidebar
     user_box(sb)
+    if not actor().can("view"):  # a student: no case, no model picker
+        sb.caption(RUO_STATEMENT)
+        return None
     _active_case_picker(sb)
     if not paths:
         sb.error("No model bundle found under assets/models (or BM_MODELS_DIR).")
@@ -467,7 +475,7 @@ def new_case_rules(pred: Predictor):
 
 
 def _active_case_picker(sb) -> None:
-    cases = get_store().list_cases()
+    cases = get_store().list_cases(actor())
     ids = [c["id"] for c in cases]
     # a reload keeps the tab's case (its id is in the address); a new session starts with none, never another user's
     if "case_id" not in st.session_state:
@@ -500,7 +508,7 @@ def active_case():
         st.info(f"No active case. {start} one under **Active case** in the sidebar.")
         return None
     try:
-        case = get_store().get_case(cid)
+        case = get_store().get_case(cid, actor())
     except CaseError:
         st.session_state.pop("case_id", None)
         st.info(f"That case no longer exists. {start} another under **Active case** in the sidebar.")
@@ -663,3 +671,81 @@ def code_key(codes, title: str = "What the codes mean") -> None:
 
     with st.expander(title):
         st.dataframe(pd.DataFrame(glossary(codes), columns=["code", "cell type"]), hide_index=True, width="stretch")
+
+
+# -- teaching quizzes (views/quizzes.py, views/teaching.py) -------------------------------------------------------
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{x:.0%}"
+
+
+def _kappa(k: float | None) -> str:
+    return "not defined" if k is None else f"{k:.2f}"
+
+
+def quiz_scores(result: dict) -> None:
+    """A graded attempt's scores beside the model's on the same cells, per class and the confusion matrix."""
+    import pandas as pd
+
+    from bmcore.tasks import cell_name
+
+    g, m = result["grade"], result["model"]
+    a, b, c, d = st.columns(4)
+    a.metric("Strict score", f"{g['strict']} of {g['n']} ({_pct(g['strict_score'])})",
+             help="Answers equal to the label the signing pathologist signed.")
+    b.metric("Tolerant score", f"{g['tolerant']} of {g['n']} ({_pct(g['tolerant_score'])})",
+             help="A neighbouring maturation stage of the signed label also counts: " + quiz_adjacent())
+    c.metric("Cohen's kappa", _kappa(g["kappa"]), help="Agreement with the signed labels beyond what chance gives "
+             "(1: complete, 0: no better than chance). Unanswered cells count as a disagreement.")
+    d.metric("The model on the same cells", f"{m['strict']} of {m['n']} ({_pct(m['strict_score'])})",
+             help="Strict score of the model's label when the case was classified; an image its gate refused "
+                  "counts as wrong.")
+    st.caption(f"The model on the same cells: {_pct(m['strict_score'])} strict, {_pct(m['tolerant_score'])} "
+               f"tolerant, kappa {_kappa(m['kappa'])}. "
+               + ("Unanswered cells: " + str(g["n"] - g["answered"]) + "." if g["n"] != g["answered"] else ""))
+    model_per = {r["class"]: r for r in m["per_class"]}
+    rows = [{"class": r["class"], "cell type": cell_name(r["class"]), "cells": r["cells"],
+             "strict": _pct(r["sensitivity"]), "tolerant": _pct(r["tolerant_sensitivity"]),
+             "model, strict": _pct(model_per[r["class"]]["sensitivity"])} for r in g["per_class"]]
+    st.markdown("**Sensitivity per class** (of the cells signed as each class, the share answered as it)")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    st.markdown("**Confusion matrix** (rows: the signed label; columns: the answer)")
+    st.dataframe(pd.DataFrame(g["confusion"], index=g["labels"], columns=g["columns"]), width="stretch")
+
+
+def quiz_adjacent() -> str:
+    from bmcore.quiz import adjacent_text
+
+    return adjacent_text() + "."
+
+
+def quiz_wrong_cells(result: dict, columns: int = 4) -> None:
+    """Each cell answered wrong (strict), with the answer, the signed label, the model's, and the model's heatmap
+    for the signed class where the model that classified it is installed and knows that class."""
+    from bmcore.explain import overlay
+    from bmcore.tasks import cell_name
+
+    wrong = [c for c in result["cells"] if not c["strict"]]
+    if not wrong:
+        st.success("Every answer matches the signed label.")
+        return
+    st.markdown(f"**{len(wrong)} answer(s) differ from the signed label** (✓ tolerant: a neighbouring stage)")
+    for row in range(0, len(wrong), columns):
+        for col, c in zip(st.columns(columns), wrong[row: row + columns]):
+            path = bundle_path_of(c["model_sha256"])
+            code = c["expert"] if c["expert"] in c["model_classes"] else \
+                c["model"] if c["model"] in c["model_classes"] else None
+            shown = False
+            if path is not None and code is not None:
+                try:
+                    cam, rgb, code = heatmap(str(path), c["image"], code, "gradcam")
+                    col.image(overlay(rgb, cam, 0.45), width="stretch")
+                    shown = True
+                except (BundleError, OSError, RuntimeError, ValueError):
+                    pass
+            if not shown:
+                col.image(c["image"], width="stretch")
+            col.markdown(f"**#{c['number']}** · you: **{md(c['answer'])}**" + (" ✓ tolerant" if c["tolerant"] else "")
+                         + f"  \nsigned: **{c['expert']}** {cell_name(c['expert'])}  \nmodel: {md(c['model'])}")
+            col.caption(f"Grad-CAM for {code} ({cell_name(code)})" if shown else
+                        "No heatmap: the model that classified this cell is not installed here" if path is None
+                        else "No heatmap: the model does not know this class")

@@ -227,14 +227,14 @@ def goto(page, url: str, user: str = "tech") -> None:
     reload_signed_in(page, user)
 
 
-def reload_signed_in(page, user: str = "tech") -> None:
+def reload_signed_in(page, user: str = "tech", password: str | None = None) -> None:
     """After a navigation or reload: sign in again if the app asks (the sign-in lives in the tab's session)."""
     from playwright.sync_api import expect
 
     signed, form = page.get_by_text("Signed in as"), page.get_by_role("button", name="Sign in", exact=True)
     expect(signed.or_(form).first).to_be_visible()
     if not signed.is_visible():
-        sign_in(page, user)
+        sign_in(page, user, password)
     wait_idle(page)
 
 

@@ -37,28 +37,36 @@ class SignedCell:
     reviewed: bool          # a reviewer gave the signed label (else the signer let the model's stand)
 
 
+def counted_signed_cells(s, demos: list | None = None):
+    """(case, cell, status) of every counted cell of the signed cases that are not demos, in sign-off order: a cell
+    the model classified or its gate refused, with a signed label that is a class (never an unreadable, dismissed
+    or unlabelled image). What the agreement figures and the teaching quizzes (``bmcore.quiz``) are built from.
+    ``demos``: a list each signed demo case left out is appended to."""
+    for case in s.scalars(select(Case).where(Case.status == STATUS_SIGNED).order_by(Case.signed_at)):
+        if case.demo:
+            if demos is not None:
+                demos.append(case.id)
+            continue
+        for c in case.cells:
+            st = status(c)
+            if st in (OK, REJECTED) and c.label and c.label != DISMISSED_CODE:
+                yield case, c, st
+
+
 def signed_cells(store, actor=None) -> tuple[list[SignedCell], int]:
     """(rows of every counted cell of the signed cases that are not demos, how many signed demo cases were left
     out). ``actor``: the signed-in user asking (a page: the store checks the role); None for the server's own
     command line."""
-    rows, demos = [], 0
+    rows, demos = [], []
     with store.session() as s:
         if actor is not None:
             store._authorize(s, actor, "agreement")
-        for case in s.scalars(select(Case).where(Case.status == STATUS_SIGNED).order_by(Case.signed_at)):
-            if case.demo:
-                demos += 1
-                continue
+        for case, c, st in counted_signed_cells(s, demos):
             month = f"{case.signed_at:%Y-%m}" if case.signed_at else "unknown"
-            classes = tuple(case.model_classes or [])
-            for c in case.cells:
-                st = status(c)
-                if st not in (OK, REJECTED) or not c.label or c.label == DISMISSED_CODE:
-                    continue
-                rows.append(SignedCell(case.case_code, month, case.model_name, case.model_sha256 or "", classes,
-                                       REFUSED if st == REJECTED else c.predicted, c.label,
-                                       st == OK and not model_flags(c), c.final_label is not None))
-    return rows, demos
+            rows.append(SignedCell(case.case_code, month, case.model_name, case.model_sha256 or "",
+                                   tuple(case.model_classes or []), REFUSED if st == REJECTED else c.predicted,
+                                   c.label, st == OK and not model_flags(c), c.final_label is not None))
+    return rows, len(demos)
 
 
 @dataclass

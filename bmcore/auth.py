@@ -2,7 +2,8 @@
 
 * Passwords are hashed with Argon2id (``argon2-cffi``'s ``PasswordHasher``, its memory-hard defaults); the
   plain password is never stored, logged or kept after the check.
-* Roles, each one including the one before: ``viewer`` (read), ``technologist`` (classify, review),
+* Roles, each one including the one before: ``student`` (takes the teaching quizzes, ``bmcore.quiz``, and reads
+  no case at all), ``viewer`` (read), ``technologist`` (classify, review),
   ``pathologist`` (sign off, reopen), ``admin`` (delete cases, manage users). The store checks the role
   itself, read from the users table inside the same transaction as the change, so neither a page bug nor an
   out-of-date ``Actor`` can let a technologist sign off or a disabled account write anything.
@@ -34,15 +35,17 @@ from .db import NO_REUSE, AuthError, Base, CaseError, ConflictError, PermissionD
 
 log = logging.getLogger("bmcore.auth")
 
-VIEWER, TECHNOLOGIST, PATHOLOGIST, ADMIN = "viewer", "technologist", "pathologist", "admin"
-ROLES = (VIEWER, TECHNOLOGIST, PATHOLOGIST, ADMIN)  # each includes what the ones before it may do
+STUDENT, VIEWER, TECHNOLOGIST, PATHOLOGIST, ADMIN = "student", "viewer", "technologist", "pathologist", "admin"
+ROLES = (STUDENT, VIEWER, TECHNOLOGIST, PATHOLOGIST, ADMIN)  # each includes what the ones before it may do
 # what each action needs (the lowest role allowed), and how to say it
 NEEDS = {"view": VIEWER, "classify": TECHNOLOGIST, "review": TECHNOLOGIST, "sign": PATHOLOGIST,
-         "reopen": PATHOLOGIST, "delete": ADMIN, "users": ADMIN, "agreement": PATHOLOGIST, "models": ADMIN}
+         "reopen": PATHOLOGIST, "delete": ADMIN, "users": ADMIN, "agreement": PATHOLOGIST, "models": ADMIN,
+         "quiz": STUDENT, "teach": PATHOLOGIST}
 DOING = {"view": "reading cases", "classify": "classifying crops", "review": "reviewing cells",
          "sign": "signing a case off", "reopen": "reopening a signed case", "delete": "deleting a case",
          "users": "managing user accounts", "agreement": "reading the lab's agreement figures",
-         "models": "approving or restoring a model"}
+         "models": "approving or restoring a model", "quiz": "taking a quiz",
+         "teach": "building quizzes and reading learners' results"}
 USERNAME_MAX = 100
 LOCAL, OIDC = "local", "oidc"
 
@@ -546,5 +549,5 @@ def _by(by: Actor | None) -> str:
     return f" by {by.username}" if by is not None else " from the server's command line"
 
 
-__all__ = ["Actor", "AuthPolicy", "AccountsMixin", "SetupToken", "User", "LoginEvent", "ROLES", "VIEWER", "TECHNOLOGIST",
+__all__ = ["Actor", "AuthPolicy", "AccountsMixin", "SetupToken", "User", "LoginEvent", "ROLES", "STUDENT", "VIEWER", "TECHNOLOGIST",
            "PATHOLOGIST", "ADMIN", "allows", "hash_password", "verify_password"]

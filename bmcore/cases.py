@@ -31,6 +31,7 @@ from .auth import AccountsMixin, Actor, AuthPolicy
 from .casetext import case_status_text, ranges_text, signature_text, who_text
 from .db import AuthError, CaseError, ConflictError, PermissionDenied, StoreError, utcnow
 from .governance import GovernanceMixin
+from .quiz import QuizMixin
 from .integrity import integrity_problems
 from .jobtable import JobTable
 from .schema import (CODE_MAX, NAME_MAX, SPECIMEN_FIELDS, SPECIMEN_MAX, STATUS_OPEN, STATUS_SIGNED, TARGET_MAX,
@@ -97,7 +98,7 @@ class CellInput:
     pending: bool = False
 
 
-class CaseStore(JobTable, GovernanceMixin, AccountsMixin):
+class CaseStore(JobTable, GovernanceMixin, QuizMixin, AccountsMixin):
     def __init__(self, url: str | None = None, *, policy: AuthPolicy | None = None):
         self.policy = policy or AuthPolicy.from_env()
         if url is None:
@@ -258,23 +259,32 @@ class CaseStore(JobTable, GovernanceMixin, AccountsMixin):
         with self.session() as s:
             return s.scalar(select(Case.id).where(Case.case_code == case_code.strip()))
 
-    def get_case(self, case_id: int) -> Case:
+    def _may_read(self, s: Session, actor: Actor | None) -> None:
+        """A page reads cases as its signed-in user: the role must allow reading them (a student's does not). None:
+        the server's own code (jobs, the command line)."""
+        if actor is not None:
+            self._authorize(s, actor, "view")
+
+    def get_case(self, case_id: int, actor: Actor | None = None) -> Case:
         with self.session() as s:
+            self._may_read(s, actor)
             case = self._case(s, case_id)
             _ = list(case.cells)  # load while the session is open
             s.expunge_all()
             return case
 
-    def field_images(self, case_id: int) -> list[dict]:
+    def field_images(self, case_id: int, actor: Actor | None = None) -> list[dict]:
         """The smear fields of a case (``create_case(field_images=...)``), in the order they were stored."""
         with self.session() as s:
+            self._may_read(s, actor)
             return [{"name": f.name, "width": f.width, "height": f.height, "image": f.image, "scale": f.scale}
                     for f in s.scalars(select(FieldImage).where(FieldImage.case_id == case_id).order_by(FieldImage.id))]
 
-    def list_cases(self) -> list[dict]:
+    def list_cases(self, actor: Actor | None = None) -> list[dict]:
         from .caserules import needs_review
 
         with self.session() as s:
+            self._may_read(s, actor)
             rows = []
             last = dict(s.execute(select(Job.case_id, Job.status).where(
                 Job.id.in_(select(func.max(Job.id)).group_by(Job.case_id)))).all())
@@ -626,8 +636,9 @@ class CaseStore(JobTable, GovernanceMixin, AccountsMixin):
         """What is wrong with the stored data, in words (``bmcore.integrity``); empty when all is well."""
         return integrity_problems(self.engine, self.url)
 
-    def audit(self, case_id: int) -> list[dict]:
+    def audit(self, case_id: int, actor: Actor | None = None) -> list[dict]:
         with self.session() as s:
+            self._may_read(s, actor)
             return [{"at": e.at, "who": who_text(e.who, e.who_kind), "user_id": e.user_id, "action": e.action,
                      "cell": e.cell_name, "from": e.from_value, "to": e.to_value, "note": e.note,
                      "action_id": e.action_id or "", "via": (e.before or {}).get("via", "")}

@@ -30,10 +30,11 @@ def _unicode_font() -> dict[str, Path] | None:
     return None
 
 
-class _ReportPDF(FPDF):
-    def __init__(self, r: CaseReport):
+class _PDF(FPDF):
+    """A4, a Unicode font where there is one, and text cleaned of control characters (``t``)."""
+
+    def __init__(self):
         super().__init__(format="A4")
-        self.r = r
         self.set_margins(15, 15, 15)
         self.set_auto_page_break(True, margin=18)
         font = _unicode_font()
@@ -43,7 +44,6 @@ class _ReportPDF(FPDF):
             self.family, self.unicode = "report", True
         else:
             self.family, self.unicode = "helvetica", False
-        self.set_title(f"Case {r.case.case_code}")
         self.set_creator("bmcore")
 
     def t(self, s) -> str:
@@ -53,6 +53,13 @@ class _ReportPDF(FPDF):
         s = s.replace("≥", ">=").replace("≤", "<=").replace("…", "...").replace("–", "-").replace("—", "-") \
              .replace("×", "x").replace("·", "-")
         return s.encode("latin-1", "replace").decode("latin-1")
+
+
+class _ReportPDF(_PDF):
+    def __init__(self, r: CaseReport):
+        super().__init__()
+        self.r = r
+        self.set_title(f"Case {r.case.case_code}")
 
     def header(self):
         self.set_font(self.family, "B", 8)
@@ -218,4 +225,58 @@ def render_pdf_report(case, model_meta: dict | None = None, audit: list[dict] | 
                a["action"] + (" (gallery)" if a.get("via") == VIA_GALLERY else ""), a["cell"], a["from"], a["to"],
                a["note"][:300]] for a in r.audit],
              (28, 24, 22, 32, 14, 14, 46), size=6.5)
+    return bytes(pdf.output())
+
+
+def render_certificate(result: dict, quiz: dict) -> bytes:
+    """A certificate of a completed quiz (``bmcore.quiz.QuizMixin.quiz_result``): who, which quiz, when, the strict
+    and tolerant scores, Cohen's kappa and the sensitivity per class, with the research-use statement."""
+    from .quiz import adjacent_text
+    from .tasks import cell_name
+
+    g = result["grade"]
+    pdf = _PDF()
+    pdf.set_title(f"Quiz certificate - {result['title']}")
+    pdf.add_page()
+    pdf.set_font(pdf.family, "B", 8)
+    pdf.set_text_color(*_RED)
+    pdf.multi_cell(0, 4, pdf.t(RUO_STATEMENT), new_x="LMARGIN", new_y="NEXT")
+    pdf.set_text_color(0, 0, 0)
+    pdf.ln(8)
+    pdf.set_font(pdf.family, "B", 18)
+    pdf.cell(0, 10, pdf.t("Certificate of a completed morphology quiz"), align="C", new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(4)
+    pdf.set_font(pdf.family, "", 11)
+    kappa = "not defined for these cells" if g["kappa"] is None else f"{g['kappa']:.2f}"
+    lines = [f"{result['name']} ({result['username']})",
+             f"completed the quiz \"{result['title']}\"",
+             f"submitted {result['submitted_at']:%Y-%m-%d %H:%M} UTC",
+             "",
+             f"{g['n']} cells, {g['answered']} answered",
+             f"Strict score (the signed label exactly): {g['strict']} of {g['n']} ({g['strict_score']:.0%})",
+             f"Tolerant score (a neighbouring maturation stage accepted): {g['tolerant']} of {g['n']} "
+             f"({g['tolerant_score']:.0%})",
+             f"Cohen's kappa against the signed labels: {kappa}"]
+    for line in lines:
+        pdf.cell(0, 7, pdf.t(line), align="C", new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(4)
+    pdf.set_font(pdf.family, "B", 10)
+    pdf.cell(0, 6, pdf.t("Sensitivity per class (the cells of each signed class answered as that class)"),
+             new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font(pdf.family, "", 9)
+    with pdf.table(col_widths=(60, 20, 30, 30), text_align=("LEFT", "RIGHT", "RIGHT", "RIGHT")) as table:
+        row = table.row()
+        for h in ("Class", "Cells", "Strict", "Tolerant"):
+            row.cell(pdf.t(h))
+        for c in g["per_class"]:
+            row = table.row()
+            for v in (f"{c['class']} {cell_name(c['class'])}", str(c["cells"]), f"{c['sensitivity']:.0%}",
+                      f"{c['tolerant_sensitivity']:.0%}"):
+                row.cell(pdf.t(v))
+    pdf.ln(4)
+    pdf.set_font(pdf.family, "", 8)
+    pdf.multi_cell(0, 4, pdf.t(
+        "The cells are from signed-off cases of this laboratory; the key is the label the signing pathologist "
+        f"signed. Quiz made by {quiz.get('created_by', '?')} on {quiz['created_at']:%Y-%m-%d}. Neighbouring stages "
+        f"accepted by the tolerant score: {adjacent_text()}. " + RUO_STATEMENT), new_x="LMARGIN", new_y="NEXT")
     return bytes(pdf.output())

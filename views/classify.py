@@ -116,7 +116,7 @@ def start(code: str, files: list[tuple[str, bytes]], scale: float | None, *, dem
 
 
 if can_classify and demo:
-    start(demo_code(c["case"] for c in store.list_cases()), demo_uploads(), None, demo=True)
+    start(demo_code(c["case"] for c in store.list_cases(appkit.actor())), demo_uploads(), None, demo=True)
 if go:
     if not code.strip():
         st.error("Enter a case id first.")
@@ -233,7 +233,7 @@ def field_section() -> None:
     from_fields = [c for c in case.cells if c.origin]
     if not from_fields:
         return
-    shots = store.field_images(case.id)
+    shots = store.field_images(case.id, appkit.actor())
     whole = [c for c in from_fields if c.ok]
     refused = [c for c in whole if c.rejected]
     scales = sorted({f"{c.origin.get('um_per_px', 0):.4f} µm/px ({scale_words(c.origin.get('scale_source'))})"
@@ -367,7 +367,7 @@ def cell_view() -> None:
     ids = [int(i) for i in shown.sort_values("#").cell_id]
     chosen = st.selectbox("Cell", ids, format_func=labels.get, **appkit.kept(f"cell_pick_{case.id}", ids[0], ids))
     # the cell as stored now: this fragment reruns alone, and a colleague may have reviewed it since the page was drawn
-    cell = next(c for c in store.get_case(case.id).cells if c.id == chosen)
+    cell = next(c for c in store.get_case(case.id, appkit.actor()).cells if c.id == chosen)
     if cell.final_label is not None:
         st.caption(f"Reviewed: {md(cell.final_label)} ({md(cell_name(cell.final_label))}) by {md(reviewer_text(cell))}")
     h1, h2, h3 = st.columns(3)

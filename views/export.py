@@ -61,11 +61,11 @@ if who.can("classify") and not signed:
                 except CaseError as exc:  # a conflict included: nothing saved, the entries stay in the form
                     st.error(f"Not saved: {md(exc)}")
                 else:
-                    case = store.get_case(case.id)
+                    case = store.get_case(case.id, appkit.actor())
                     st.session_state[f"{FORM}shown"] = case_details(case)
                     st.success("Saved. The reports below include them.")
 users = store.list_users()
-audit = store.audit(case.id)
+audit = store.audit(case.id, appkit.actor())
 rows = case_rows(case)
 html = render_html_report(case, meta, audit, users=users)
 if signed:

@@ -34,7 +34,7 @@ st.title("Review and sign-off")
 appkit.ruo_banner()
 store = appkit.get_store()
 
-cases = store.list_cases()
+cases = store.list_cases(appkit.actor())
 with st.expander(f"All cases ({len(cases)})", expanded=False):
     if cases:
         st.dataframe(pd.DataFrame(cases).drop(columns=["id", "short"]), hide_index=True, width="stretch")
@@ -544,7 +544,7 @@ elif signed:
         st.button("Reopen case", key="reopen", on_click=reopen, args=(scr,))
 
 st.markdown("#### Audit trail")
-audit = store.audit(case.id)
+audit = store.audit(case.id, appkit.actor())
 full = len(audit) <= 50 or st.toggle(f"Show all {len(audit)} events (newest last)", key=f"audit_all_{case.id}")
 if not full:
     st.caption(f"The last 50 of {len(audit)} events; the printable report (Export) holds all of them.")

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 import appkit
-from bmcore.auth import ROLES
+from bmcore.auth import ROLES, TECHNOLOGIST
 from bmcore.cases import CaseError
 from bmcore.text import md
 
@@ -23,7 +23,7 @@ if msg := st.session_state.pop("users_msg", None):
 left, right = st.columns(2)
 # emptied only once the account is added: a refused form keeps what the admin entered (the role above all: an admin
 # who retyped only the name would otherwise add a pathologist as a technologist)
-st.session_state.setdefault("new_user_role", ROLES[1])
+st.session_state.setdefault("new_user_role", TECHNOLOGIST)
 with left, st.form("add_user"):
     st.markdown("**Add a local account**")
     name = st.text_input("User name (no spaces)", key="new_user_name")
