@@ -34,7 +34,8 @@ who = appkit.login_gate(ALL)  # stops here with the sign-in form until someone i
 appkit.idle_watch()  # an idle session is signed out on a timer, not only at its next click
 if who.can("view"):
     page = st.navigation(PAGES + [QUIZ_PAGE] + (AGREEMENT_PAGES if who.can("agreement") else [])
-                         + (TEACH_PAGES if who.can("teach") else []) + (ADMIN_PAGES if who.can("users") else []))
+                         + (TEACH_PAGES if who.can("teach") else []) + (ADMIN_PAGES if who.can("users") else []),
+                         expanded=True)  # an admin has 13 pages: all shown, none behind "View 3 more"
 else:  # a student reads no case: the quizzes and the comparison lesson only (the store refuses the rest anyway)
     page = st.navigation([QUIZ_PAGE] + [p for p in PAGES if p.title == "Model comparison"])
 st.session_state["predictor_ok"] = appkit.sidebar() is not None

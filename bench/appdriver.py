@@ -334,7 +334,12 @@ def gallery_open(page, group: str) -> None:
 def gallery_tick(page, position: int) -> None:
     """Tick the cell #position on the gallery page shown."""
     # "#12 0.87" for a classified cell, "#12" alone for an image the gate refused (no model confidence shown)
-    page.get_by_test_id("stCheckbox").filter(has_text=re.compile(rf"#{position}(?!\d)")).locator("label").click()
+    _tiles(page).filter(has_text=re.compile(rf"#{position}(?!\d)")).get_by_role("button").click()
+
+
+def _tiles(page):
+    """The gallery's cell toggles (one-option pills labelled "#12 0.87", "⚑ #3", ...)."""
+    return page.get_by_test_id("stButtonGroup").filter(has_text=re.compile(r"#\d+"))
 
 
 def gallery_move(page, code: str) -> float:
@@ -343,6 +348,15 @@ def gallery_move(page, code: str) -> float:
     page.get_by_role("button", name=f"→ {code}").click()
     settle(page)
     return time.perf_counter() - t
+
+
+def gallery_move_by_key(page, code: str) -> None:
+    """Move the ticked cells to ``code`` with its key (1-9, as the button shows it), the focus still on the last
+    cell ticked, as a reviewer at the keyboard would."""
+    button = page.get_by_role("button", name=re.compile(rf"^→ {code}\b"))
+    key = re.search(r"(\d)\s*$", button.inner_text()).group(1)
+    page.keyboard.press(key)
+    settle(page)
 
 
 NOT_JUDGED = re.compile(r"^Not judged by the gate \d+")
@@ -355,10 +369,10 @@ def gallery_dismiss_rejected(page) -> int:
     while page.get_by_role("radio", name=NOT_JUDGED).count():
         page.get_by_role("radio", name=NOT_JUDGED).click()
         settle(page)
-        boxes = page.get_by_test_id("stCheckbox").filter(has_text=re.compile(r"^#\d+"))
+        boxes = _tiles(page)
         k = boxes.count()
         for i in range(k):
-            boxes.nth(i).locator("label").click()
+            boxes.nth(i).get_by_role("button").click()
         page.get_by_role("button", name="Dismiss the ticked images: not cells").click()
         settle(page)
         n += k

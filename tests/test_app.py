@@ -13,7 +13,7 @@ from tests.conftest import DEV_CLASSES, REPO
 
 
 
-PASSWORDS = {"viewer": "viewer-password-1", "technologist": "tech-password-1", "pathologist": "path-password-1",
+PASSWORDS = {"student": "student-password-1", "viewer": "viewer-password-1", "technologist": "tech-password-1", "pathologist": "path-password-1",
              "admin": "admin-password-1"}
 
 

@@ -46,7 +46,13 @@ def _review(env, cid, who) -> AppTest:
 
 def _drawn(at, cid) -> set[int]:
     """The cell ids whose tick boxes this run drew."""
-    return {int(c.key.split("_")[2]) for c in at.checkbox if c.key and c.key.startswith(f"gsel_{cid}_")}
+    return {int(c.key.split("_")[2]) for c in at.button_group if c.key and c.key.startswith(f"gsel_{cid}_")}
+
+
+def _tick(at, key):
+    """Tick a gallery cell (its one-option toggle)."""
+    box = at.button_group(key=key)
+    box.set_value(box.options)
 
 
 def _button(at, text):
@@ -85,7 +91,7 @@ def test_move_ticked_cells_confirm_the_rest_undo_and_a_colleague_in_between(env)
     at = _review(env, cid, tess)
     cells = {c.id: c for c in store.get_case(cid).cells}
     drawn = sorted(_drawn(at, cid))  # the 4 blasts
-    at.checkbox(key=f"gsel_{cid}_{drawn[0]}_{cells[drawn[0]].version}").check()
+    _tick(at, f"gsel_{cid}_{drawn[0]}_{cells[drawn[0]].version}")
     _button(at, "→ LYT").click().run()
     assert any("1 cell(s) moved to LYT" in s.value for s in at.success), [w.value for w in at.warning]
     now = {c.id: c for c in store.get_case(cid).cells}

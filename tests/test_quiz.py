@@ -187,3 +187,44 @@ def test_the_certificate_states_the_scores_and_the_statement(lab, tmp_path):
     assert "Strict score (the signed label exactly): 19 of 20 (95%)" in text
     assert "a neighbouring maturation stage accepted): 20 of 20 (100%)" in text
     assert RUO_STATEMENT in text and "ann (ann)" in text
+
+
+def test_the_pages_build_take_and_grade_a_quiz(env, dev_root):
+    """Teaching and Quizzes through AppTest: the instructor makes a quiz of a signed case's 20 cells; a student,
+    whose navigation holds no case page, answers 5 cells with one key press and submits; the page's scores are the
+    store's, computed by hand here."""
+    from tests.test_app import PASSWORDS, app
+
+    store = CaseStore(env["db"])
+    signed_case(store, "LAB-1", val_crops(dev_root, 3)[:20])
+    at = app(env, user=("drpath", "pathologist"))
+    at.switch_page("views/teaching.py").run()
+    assert not at.exception, at.exception
+    at.text_input(key="tq_title").input("Week 1")
+    next(b for b in at.button if b.label == "Make the quiz").click().run()
+    assert [s.value for s in at.success] == ["Quiz Week 1 made (20 cells) and published."]
+
+    stu = app(env, user=("ann", "student"))
+    with pytest.raises(ValueError, match="Could not find a navigation page"):
+        stu.switch_page("views/review.py")
+    stu.button(key="quiz_start").click().run()
+    tiles = [b for b in stu.button_group if b.key and b.key.startswith("qsel_")]
+    assert len(tiles) == 20 and all(b.options[0].endswith("· –") for b in tiles)
+    for b in tiles[:5]:
+        b.set_value(b.options)
+    next(b for b in stu.button if b.label == "→ ART").click().run()
+    assert any("5 cell(s) answered ART" in s.value for s in stu.success)
+    answered = [b for b in stu.button_group if b.key and b.key.startswith("qsel_") and b.options[0].endswith("ART")]
+    assert len(answered) == 5
+    stu.checkbox(key=next(c.key for c in stu.checkbox if c.key.startswith("quiz_sure"))).check().run()
+    stu.button(key=next(b.key for b in stu.button if b.key and b.key.startswith("quiz_submit"))).click().run()
+    assert not stu.exception, stu.exception
+    ann = store.authenticate("ann", PASSWORDS["student"])
+    (quiz,) = store.list_quizzes(ann)
+    key = {i["position"]: i["expert"] for i in store.quiz_items(store.authenticate("drpath", PASSWORDS["pathologist"]),
+                                                                 quiz["id"])}
+    first5 = [i["position"] for i in store.learner_items(ann, quiz["id"])][:5]
+    right = sum(key[p] == "ART" for p in first5)
+    metrics = {m.label: m.value for m in stu.metric}
+    assert metrics["Strict score"] == f"{right} of 20 ({right / 20:.0%})"
+    assert metrics["The model on the same cells"] == "20 of 20 (100%)"

@@ -343,8 +343,11 @@ def gallery(case) -> None:
                 conf = f" {c.confidence:.2f}" if c.confidence is not None and caserules.status(c) == caserules.OK else ""
                 why = "; ".join(caserules.review_reasons(c)) or (f"reviewed by {reviewer_text(c)}" if c.final_label
                                                                  else "not reviewed yet")
-                col.checkbox(f"{mark}#{c.position + 1}{conf}", key=f"gsel_{case.id}_{c.id}_{c.version}",
-                             help=f"{md(c.name)} · model: {caserules.top3_text(c)} · {md(why)}")
+                # a one-option toggle, not a checkbox: Streamlit ignores the shortcut keys (1-9, D) while a checkbox
+                # or any other input has the focus, so Space-to-tick then a key only works on a button
+                col.pills(f"Cell {c.position + 1}", [f"{mark}#{c.position + 1}{conf}"], selection_mode="multi",
+                          key=f"gsel_{case.id}_{c.id}_{c.version}", label_visibility="collapsed",
+                          help=f"{md(c.name)} · model: {caserules.top3_text(c)} · {md(why)}")
         if group == caserules.REJECTED_GROUP:
             st.markdown(f"The model would not judge these images: they look {caserules.REJECTED_WORDS}. Give each genuine cell "
                         "its class, dismiss the others as not cells; the case is signed only when none is left.")

@@ -44,7 +44,10 @@ with build:
         if not chosen:
             st.warning("No signed cell matches these choices.")
         else:
-            n = st.number_input("Cells in the quiz", 1, min(len(chosen), QUIZ_MAX_CELLS),
+            most = min(len(chosen), QUIZ_MAX_CELLS)
+            if st.session_state.get("tq_n", 0) > most:  # fewer cells match the choices now than were asked for
+                st.session_state["tq_n"] = most
+            n = st.number_input("Cells in the quiz", 1, most,
                                 min(len(chosen), 20), key="tq_n",
                                 help="Drawn at random among the matching cells, spread over their classes.")
             seed = st.session_state.setdefault("tq_seed", 0)
