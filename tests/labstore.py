@@ -26,14 +26,17 @@ def val_crops(dev_root, n_per_class: int) -> list[tuple[str, bytes]]:
     return rows
 
 
-def signed_case(store, code, crops, *, sign=True, demo=False, refuse_last=False):
-    """A case whose cells are the crops (the model's label = the true one), signed with those labels."""
+def signed_case(store, code, crops, *, sign=True, demo=False, refuse_last=False, by_base=False):
+    """A case whose cells are the crops (the model's label = the true one), signed with those labels. ``by_base``:
+    recorded as classified by the default bundle (its heatmaps can be drawn)."""
     tech, path = actor(store, "tina", "technologist"), actor(store, "drp", "pathologist")
     cells = [CellInput(f"{code}_{i}.jpg", True, sha256=hashlib.sha256(d).hexdigest(), thumbnail=d,
                        predicted=label, confidence=0.99) for i, (label, d) in enumerate(crops)]
     if refuse_last:  # an image the gate refused that nobody labelled: dismissed, so it must never be learnt
         cells[-1].rejected, cells[-1].reject_reason = True, "unlike"
-    cid = store.create_case(code, cells, actor=tech, model_classes=load_bundle(BASE).classes, demo=demo)
+    base = load_bundle(BASE)
+    model = {"model_name": base.name, "model_sha256": base.sha256} if by_base else {}  # classified by the default
+    cid = store.create_case(code, cells, actor=tech, model_classes=base.classes, demo=demo, **model)
     for c in store.get_case(cid).cells:
         if caserules.rejected_open(c):
             store.review_cell(c.id, tech, "DIS")

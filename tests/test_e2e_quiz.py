@@ -55,7 +55,7 @@ def test_an_instructor_builds_a_quiz_and_two_students_take_it(dev_root, tmp_path
     appdriver.add_users(db, USERS)
     store = CaseStore(f"sqlite:///{db}")
     crops = val_crops(dev_root, 3)[:20]
-    case_id = signed_case(store, "LAB-7", crops)
+    case_id = signed_case(store, "LAB-7", crops, by_base=True)
     signed_case(store, "OPEN-2", val_crops(dev_root, 4)[-2:], sign=False)  # never in a quiz
     with appdriver.app_server(db, tmp_path / "server.log", users=USERS) as srv, sync_playwright() as pw:
         browser = appdriver.launch(pw)
@@ -151,8 +151,13 @@ def test_an_instructor_builds_a_quiz_and_two_students_take_it(dev_root, tmp_path
                 assert tolerant > strict  # the bands for segmented neutrophils: tolerant forgives them, strict not
             else:
                 assert tolerant == strict  # eosinophil/monocyte is no neighbouring stage
-            expect(p.get_by_text(re.compile(r"answer\(s\) differ from the signed label"))).to_be_visible()
+            wrong = p.get_by_text(re.compile(r"answer\(s\) differ from the signed label"))
+            expect(wrong).to_be_visible()
+            # the heatmap of the model that classified the case, for the signed class
+            expect(p.get_by_text(re.compile(r"^Grad-CAM for [A-Z]{3} \(")).first).to_be_visible()
             p.screenshot(path=str(ART / f"quiz_result_{who}.png"), full_page=True)
+            wrong.scroll_into_view_if_needed()
+            p.screenshot(path=str(ART / f"quiz_wrong_{who}.png"))
             # what a student's navigation holds, and what a case page's address shows them
             assert p.get_by_role("link", name="Review").count() == 0
             assert p.get_by_role("link", name="Classify").count() == 0
