@@ -17,17 +17,11 @@ from bmcore.db import PermissionDenied
 from bmcore.quiz import NO_ANSWER
 from tests.conftest import REPO, need_browser
 from tests.labstore import signed_case, val_crops
+from tests.test_quiz import _hand_kappa
 
 ART = REPO / "test-artifacts" / "e2e"
 TIMEOUT_S = 120
 USERS = {**appdriver.USERS, "ann": ("student", "ann-password-1"), "bob": ("student", "bob-password-1")}
-
-
-def _hand_kappa(a: list[str], b: list[str]) -> float:
-    n = len(a)
-    po = sum(x == y for x, y in zip(a, b)) / n
-    pe = sum((a.count(k) / n) * (b.count(k) / n) for k in set(a) | set(b))
-    return (po - pe) / (1 - pe)
 
 
 def _tick(page, n: int) -> None:
