@@ -712,6 +712,20 @@ def quiz_scores(result: dict) -> None:
     st.dataframe(pd.DataFrame(g["confusion"], index=g["labels"], columns=g["columns"]), width="stretch")
 
 
+def quiz_classes_over_time(history: list[dict]) -> None:
+    """One learner's strict sensitivity per class, one column per submitted quiz in the order taken."""
+    import pandas as pd
+
+    if not history:
+        return
+    cols = [f"{h['title']} · {h['submitted_at']:%Y-%m-%d} (#{h['quiz_id']})" for h in history]
+    table = pd.DataFrame({c: {r["class"]: r["sensitivity"] for r in h["grade"]["per_class"]}
+                          for c, h in zip(cols, history)})
+    st.markdown("**Per class over time** (strict sensitivity, one column per quiz, oldest first)")
+    st.dataframe(table, width="stretch",
+                 column_config={c: st.column_config.NumberColumn(format="percent") for c in cols})
+
+
 def quiz_adjacent() -> str:
     from bmcore.quiz import adjacent_text
 

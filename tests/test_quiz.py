@@ -228,3 +228,15 @@ def test_the_pages_build_take_and_grade_a_quiz(env, dev_root):
     metrics = {m.label: m.value for m in stu.metric}
     assert metrics["Strict score"] == f"{right} of 20 ({right / 20:.0%})"
     assert metrics["The model on the same cells"] == "20 of 20 (100%)"
+    # a second quiz: the history holds both, oldest first, and draws them over time
+    teacher = store.authenticate("drpath", PASSWORDS["pathologist"])
+    pool = store.quiz_cell_pool(teacher)
+    q2 = store.create_quiz(teacher, "Week 2", [c["cell_id"] for c in pool[:4]], sorted({c["expert"] for c in pool}))
+    a = store.start_attempt(ann, q2)
+    store.submit_attempt(ann, q2, expected_version=a["version"])
+    stu.run()  # the quiz list as it is now
+    stu.selectbox(key="quiz_pick").set_value(q2).run()
+    assert not stu.exception, stu.exception
+    hist = next(d for d in stu.dataframe if "quiz" in d.value.columns).value
+    assert hist["quiz"].tolist() == ["Week 1", "Week 2"] and hist["cells"].tolist() == [20, 4]
+    assert stu.get("arrow_vega_lite_chart") or stu.get("vega_lite_chart")  # the scores over time

@@ -190,14 +190,11 @@ st.dataframe(frame, hide_index=True, width="stretch",
              column_config={**{k: st.column_config.NumberColumn(format="percent")
                                for k in ("strict", "tolerant", "model, strict")},
                             "kappa": st.column_config.NumberColumn(format="%.2f")})
+if len(rows) > 1:
+    st.line_chart(frame.set_index("submitted")[["strict", "tolerant"]], y_label="score", x_label="submitted")
 per = [{"submitted": h["submitted_at"], "quiz": h["title"], "class": r["class"], "cells": r["cells"],
         "strict": r["sensitivity"], "tolerant": r["tolerant_sensitivity"]} for h in hist for r in h["grade"]["per_class"]]
-if per:
-    by_class = pd.DataFrame(per).pivot_table(index="class", columns="submitted", values="strict")
-    by_class.columns = [f"{c:%Y-%m-%d %H:%M}" for c in by_class.columns]
-    st.markdown("**Per class over time** (strict sensitivity, one column per quiz)")
-    st.dataframe(by_class, width="stretch",
-                 column_config={c: st.column_config.NumberColumn(format="percent") for c in by_class.columns})
+appkit.quiz_classes_over_time(hist)
 buf = io.StringIO()
 pd.DataFrame(per).to_csv(buf, index=False)
 st.download_button("My history (CSV, one row per quiz and class)", buf.getvalue(), file_name="quiz-history.csv",

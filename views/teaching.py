@@ -144,8 +144,8 @@ with results:
                          column_config={**{k: st.column_config.NumberColumn(format="percent")
                                            for k in ("strict", "tolerant")},
                                         "kappa": st.column_config.NumberColumn(format="%.2f")})
-            per = pd.DataFrame([{"class": r["class"], "learner": a["name"], "sensitivity": r["sensitivity"]}
-                                for a in att for r in a["grade"]["per_class"]])
+            per = pd.DataFrame([{"class": r["class"], "learner": f"{a['name']} ({a['username']})",
+                                 "sensitivity": r["sensitivity"]} for a in att for r in a["grade"]["per_class"]])
             st.markdown("**Per class** (strict sensitivity of each learner; the class's mean first)")
             table = per.pivot_table(index="class", columns="learner", values="sensitivity")
             table.insert(0, "mean", table.mean(axis=1))
@@ -188,14 +188,13 @@ with learners:
                            format_func=lambda u: next(f"{p['name']} ({p['attempts']} quiz(zes))" for p in people
                                                       if p["user_id"] == u))
         hist = store.learner_history(who, uid)
+        if len(hist) > 1:
+            st.line_chart(pd.DataFrame([{"submitted": h["submitted_at"], "strict": h["grade"]["strict_score"],
+                                         "tolerant": h["grade"]["tolerant_score"]} for h in hist])
+                          .set_index("submitted"), y_label="score", x_label="submitted")
         st.dataframe(pd.DataFrame([{"submitted": h["submitted_at"], "quiz": h["title"], "cells": h["grade"]["n"],
                                     "strict": h["grade"]["strict_score"], "tolerant": h["grade"]["tolerant_score"],
                                     "kappa": h["grade"]["kappa"]} for h in hist]), hide_index=True, width="stretch",
                      column_config={**{k: st.column_config.NumberColumn(format="percent") for k in ("strict", "tolerant")},
                                     "kappa": st.column_config.NumberColumn(format="%.2f")})
-        per = pd.DataFrame([{"submitted": f"{h['submitted_at']:%Y-%m-%d %H:%M}", "class": r["class"],
-                             "strict": r["sensitivity"]} for h in hist for r in h["grade"]["per_class"]])
-        st.markdown("**Per class over time** (strict sensitivity, one column per quiz)")
-        table = per.pivot_table(index="class", columns="submitted", values="strict")
-        st.dataframe(table, width="stretch",
-                     column_config={c: st.column_config.NumberColumn(format="percent") for c in table.columns})
+        appkit.quiz_classes_over_time(hist)
