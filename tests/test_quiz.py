@@ -12,7 +12,7 @@ from sqlalchemy import update
 from bmcore.cases import CaseStore, CellInput
 from bmcore.db import CaseError, ConflictError, PermissionDenied
 from bmcore.quiz import NO_ANSWER, QuizAttempt, grade, tolerant_match
-from tests.conftest import TEST_PASSWORD, actor
+from tests.conftest import TEST_PASSWORD, actor, postgres_schema
 from tests.labstore import signed_case, val_crops
 
 
@@ -43,9 +43,17 @@ def test_grading_strict_tolerant_and_kappa_by_hand():
     assert grade(["LYT", "LYT"], ["LYT", "LYT"]).kappa is None  # one class only: chance agreement is 1, undefined
 
 
-@pytest.fixture
-def lab(dev_root, tmp_path):
-    store = CaseStore(f"sqlite:///{tmp_path / 'q.db'}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def lab(request, dev_root, tmp_path):
+    """A store (SQLite, and the PostgreSQL of BM_TEST_POSTGRES_URL where set) of signed cases of real crops."""
+    if request.param == "postgresql":
+        ctx = postgres_schema()
+        url = ctx.__enter__()
+        request.addfinalizer(lambda: ctx.__exit__(None, None, None))
+    else:
+        url = f"sqlite:///{tmp_path / 'q.db'}"
+    store = CaseStore(url)
+    request.addfinalizer(store.engine.dispose)
     crops = val_crops(dev_root, 3)[:20]  # 20 real crops, the model's label the true one
     cid = signed_case(store, "LAB-1", crops)
     open_case = signed_case(store, "OPEN-1", val_crops(dev_root, 4)[-3:], sign=False)
