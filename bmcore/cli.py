@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from . import RUO_STATEMENT
+from .auth import ROLES
 
 ASSETS_MODELS = Path(__file__).resolve().parent.parent / "assets" / "models"
 
@@ -179,7 +180,7 @@ def cmd_users(a) -> int:
             return 0
         if a.action == "add":
             if not a.role:
-                raise CaseError("--role is required: viewer, technologist, pathologist or admin")
+                raise CaseError("--role is required: " + ", ".join(ROLES[:-1]) + " or " + ROLES[-1])
             store.add_user(a.name, a.role, _read_password(a), display_name=a.display_name or "")
             print(f"added {a.name} ({a.role})")
         elif a.action == "reset":
@@ -260,7 +261,7 @@ def main(argv=None) -> int:
     us = sub.add_parser("users", help="user accounts: add, list, disable, enable, reset (password), role")
     us.add_argument("action", choices=["add", "list", "disable", "enable", "reset", "role"])
     us.add_argument("name", nargs="?", help="user name (no spaces)")
-    us.add_argument("--role", choices=["viewer", "technologist", "pathologist", "admin"], default=None)
+    us.add_argument("--role", choices=list(ROLES), default=None)
     us.add_argument("--display-name", default=None, help="the name shown on signatures and reports")
     us.add_argument("--password-stdin", action="store_true",
                     help="read the password from the first line of standard input (for scripts); else it is asked")
