@@ -175,3 +175,26 @@ def replace_table(text: str, table: str) -> str:
     """``text`` with the generated table between its markers replaced by ``table``."""
     a, b = text.index(TABLE_START), text.index(TABLE_END) + len(TABLE_END)
     return text[:a] + table + text[b:]
+
+
+def lesson_facts(rows: list[dict]) -> dict:
+    """What a class should know before reading a study's bars: how many networks, how many started from random
+    weights and how many epochs those got (each row's own, a time guard may have cut it)."""
+    scratch = [r for r in rows if weights_group(r.get("weights_source", "")) == SCRATCH]
+    epochs = sorted(r["epochs"] for r in scratch if r.get("epochs"))
+    return {"networks": len(rows), "scratch": len(scratch), "pretrained": len(rows) - len(scratch),
+            "scratch_epochs": (epochs[0], epochs[-1]) if epochs else None,
+            "scratch_under_20": sum(e < 20 for e in epochs)}
+
+
+def like_with_like(results: list[dict], budget: dict, group: str) -> tuple[list[dict], list[tuple[str, str]]]:
+    """(the study's runs that started from ``group``'s weights and were trained with exactly the study's budget,
+    [(title, what differs)] of that group's runs left out because a setting of theirs differed). Only these rows
+    compare architectures: the same start, the same data, the same budget."""
+    same, other = [], []
+    for r in results:
+        if weights_group(r.get("weights_source", "")) != group:
+            continue
+        changed = budget_changes(r, budget)
+        (other.append((r["title"], changed)) if changed else same.append(r))
+    return same, other

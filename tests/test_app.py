@@ -958,3 +958,41 @@ def test_the_agreement_page_counts_the_labs_signed_cells_only_figures_by_hand(en
 
     with pytest.raises(PermissionDenied):
         lab_agreement(store, sign_in(env, "tina3", "technologist"))
+
+
+def test_the_comparison_lesson_counts_from_the_data_and_like_with_like_keeps_to_one_start_and_budget(env):
+    """The lesson's counts (networks, how many from scratch and their epochs) are the study's own; the like-with-like
+    view shows only runs of the chosen starting weights trained with exactly the study's budget, names the ones left
+    out, and puts the VGG16 '~8%' next to what guessing gets."""
+    import plotly.io as pio
+
+    from bmcore.bundle import load_bundle
+    from bmcore.cli import default_bundle
+    from bmcore.comparison import (PRETRAINED, SCRATCH, budget_changes, find_studies, load_results, load_summary,
+                                   result_from_bundle, weights_group)
+
+    at = comparison_page(env)
+    study = find_studies(REPO / "assets")[0]
+    results, budget = load_results(study), load_summary(study)["budget"]
+    rows = [result_from_bundle(load_bundle(default_bundle()))] + results
+    scratch = [r for r in rows if weights_group(r["weights_source"]) == SCRATCH]
+    lo, hi = min(r["epochs"] for r in scratch), max(r["epochs"] for r in scratch)
+    lesson = next(m.value for m in at.markdown if "Most of the difference is the starting point" in m.value)
+    span = f"for {lo} epochs" if lo == hi else f"for {lo} to {hi} epochs"
+    assert f"Of the {len(rows)} networks shown, {len(scratch)} started from random weights and were trained {span}" \
+        in lesson
+    assert "VGG16 at about 8%" in lesson and "guessing gets about 7% (1 in 14)" in lesson
+    assert "seed 0" not in lesson.lower()
+    for group in (PRETRAINED, SCRATCH):
+        at.radio(key="cmp_like_group").set_value(group).run()
+        assert not at.exception, at.exception
+        want = {r["title"] for r in results if weights_group(r["weights_source"]) == group
+                and not budget_changes(r, budget)}
+        charts = [pio.from_json(c.proto.spec) for c in at.get("plotly_chart")]
+        like = next(f for f in charts if f.data and set(f.data[0].y) <= {r["title"] for r in rows}
+                    and len(f.data) == 1 and set(f.data[0].y) == want)
+        assert set(like.data[0].y) == want
+        changed = [r["title"] for r in results if weights_group(r["weights_source"]) == group and
+                   budget_changes(r, budget)]
+        cap = next(c.value for c in at.caption if c.value.startswith(f"{group}, trained with this study's budget"))
+        assert all(t in cap for t in changed) and (("Left out" in cap) == bool(changed))

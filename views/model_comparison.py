@@ -10,9 +10,9 @@ from plotly.subplots import make_subplots
 
 import appkit
 from bmcore.bundle import Bundle, pick_default
-from bmcore.comparison import (PRETRAINED, SCRATCH, budget_changes, budget_text, find_studies, load_results,
-                               load_summary, reproduce_command, result_from_bundle, study_hardware, study_label,
-                               weights_group, weights_label)
+from bmcore.comparison import (PRETRAINED, SCRATCH, budget_changes, budget_text, find_studies, lesson_facts,
+                               like_with_like, load_results, load_summary, reproduce_command, result_from_bundle,
+                               study_hardware, study_label, weights_group, weights_label)
 
 SHORT = 20  # epochs: below this a from-scratch network has not finished learning
 COLOURS = {PRETRAINED: "#1f77b4", SCRATCH: "#ff7f0e"}
@@ -73,6 +73,35 @@ if summary and fewest < SHORT:
                "the ImageNet-initialised group, or in a study with a longer budget.")
 if not rows:
     st.stop()
+
+facts = lesson_facts(rows)
+with st.expander("Reading this page: what it can and cannot show", expanded=True):
+    lo_hi = facts["scratch_epochs"]
+    epochs_words = "" if not lo_hi else (f" for {lo_hi[0]} epochs" if lo_hi[0] == lo_hi[1] else
+                                         f" for {lo_hi[0]} to {lo_hi[1]} epochs")
+    st.markdown(
+        f"- **Most of the difference is the starting point, not the architecture.** Of the {facts['networks']} "
+        f"networks shown, {facts['scratch']} started from random weights and were trained{epochs_words}"
+        + (f" ({facts['scratch_under_20']} of them under 20, when a network trained from scratch has usually not "
+           "finished learning)" if facts["scratch_under_20"] else "")
+        + f"; {facts['pretrained']} started from ImageNet weights, so they could already see edges and textures. "
+        "A bar chart that mixes the two invites the wrong lesson (\"MobileNetV2 beats ConvNeXt\"): it only says "
+        "that a network that starts knowing something learns faster. Compare architectures within one colour, "
+        "or in the *Compare like with like* view below.\n"
+        "- **One training run per network.** A second run with another random seed moves a figure by a few points, "
+        "so small gaps between two bars mean nothing.\n"
+        "- **One laboratory's images, split image by image.** The test crops come from the same lab, stain and "
+        "camera as the training crops, and the same patients can appear on both sides. Expect lower figures on "
+        "another lab's slides.\n"
+        "- **What published work reports** (the table at the bottom), each on its own data and split, so none "
+        "can be ranked against another or against this page: on the 14-class marrow task a course report found "
+        "ResNet-50 at 68% accuracy and a ViT-B/16 pretrained on ImageNet-21k at 80% (Raza, Umer and Hussain); a "
+        "README reports EfficientNetB7 at about 95% and **VGG16 at about 8%**. With 14 classes, guessing gets about "
+        "7% (1 in 14), so 8% means that VGG16 run did not learn at all (a training problem such as a learning "
+        "rate too high for it), not that VGG16 cannot tell marrow cells apart: Shah, Nadar and Kanikar (2025) "
+        "trained VGG16 on 7 classes of the same collection to 76% (validation accuracy), and it learns here too. "
+        "A figure of 98% (Sharif, EfficientNet-B0 with squeeze-and-excitation) is on peripheral blood cells, an "
+        "easier task with 8 classes, not bone marrow.")
 
 splits = sorted({r["split"] for r in rows})
 where = (f"the {splits[0]}" if len(splits) == 1 else "each row's own test split (column 'measured on')") \
@@ -145,6 +174,30 @@ st.caption(f"Macro-F1 (every class counts the same) on {where}, coloured by star
            f"within one colour: across colours the starting weights, not the architecture, make most of the "
            f"difference. {NOT_SHOWN}")
 
+st.markdown("#### Compare like with like")
+st.caption("Only networks that started from the same weights and were trained with exactly this study's budget: "
+           "here the differences come from the architecture (within one run's noise).")
+present = [g for g in (PRETRAINED, SCRATCH) if any(weights_group(r.get("weights_source", "")) == g for r in results)]
+if present:
+    like_group = st.radio("Starting weights", present, horizontal=True, key="cmp_like_group")
+    same, left_out = like_with_like(results, budget, like_group)
+    if len(same) < 2:
+        st.info(f"Only {len(same)} network{'s' if len(same) != 1 else ''} of this study started {like_group.lower()} "
+                "with its budget: there is nothing to compare here.")
+    if same:
+        like = pd.DataFrame([{"model": r["title"], "macro-F1": r["metrics"]["macro_f1"],
+                              "epochs": r.get("epochs")} for r in same]).sort_values("macro-F1", ascending=False)
+        fig = px.bar(like, x="macro-F1", y="model", orientation="h", text_auto=".2f",
+                     color_discrete_sequence=[COLOURS[like_group]], hover_data=["epochs"],
+                     labels={"model": "", "macro-F1": "test macro-F1"})
+        fig.update_layout(height=100 + 26 * len(like), margin=MARGIN, xaxis_range=[0, 1])
+        fig.update_yaxes(automargin=True, categoryorder="array", categoryarray=list(like.model)[::-1])
+        st.plotly_chart(fig, width="stretch")
+    st.caption(f"{like_group}, trained with this study's budget ({budget_text(budget)}), on {where}. "
+               + (("Left out, a setting of theirs differed: " + "; ".join(f"{t} ({c})" for t, c in left_out) + ". ")
+                  if left_out else "")
+               + "The deployed model is not here: it had its own recipe.")
+
 st.markdown("#### Per-class F1")
 groups = [g for g in (PRETRAINED, SCRATCH) if (ranked.group == g).any()]
 sizes = [int((ranked.group == g).sum()) for g in groups]
@@ -214,11 +267,11 @@ if not timed.empty:
                + ("" if len(timed) == len(ranked) else "Rows without a timing (the deployed model) are not drawn. ")
                + "It does not show GPU speed or the ONNX / int8 speed the app reaches (docs/benchmarks.md in the repository).")
 
-st.markdown("#### Published figures from the seed documents")
+st.markdown("#### Published figures")
 pub = pd.read_csv(appkit.ASSETS / "published" / "seeds_published.csv", dtype={"seed": str})
-st.dataframe(pub[["seed", "model", "metric", "value", "split_note", "task", "dataset", "source"]], hide_index=True,
+st.dataframe(pub[["source", "model", "metric", "value", "split_note", "task", "dataset"]], hide_index=True,
              width="stretch")
-st.caption("Copied from the seed documents that state figures (000, 001, 003 and 004; seed 002 gives none), each on "
-           "its own data, split and budget (seed 004 is peripheral "
-           "blood, not bone marrow; seed 003 reports validation accuracy only). They cannot be compared with each "
-           "other or with the tables above.")
+st.caption("Copied from the published work this project grew from, as each states it, on its own data, split and "
+           "budget (the EfficientNet-B0 + SE figures are on peripheral blood, not bone marrow; the RJPT 2025 paper "
+           "reports validation accuracy only; one of the five documents gives no figure). They cannot be compared "
+           "with each other or with the tables above.")
