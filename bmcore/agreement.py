@@ -15,10 +15,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
+from sqlalchemy.orm import selectinload
 
 from .caserules import OK, REJECTED, model_flags, status
 from .metrics import wilson_interval
-from .schema import STATUS_SIGNED, Case
+from .schema import STATUS_SIGNED, Case, Cell
 from .tasks import DISMISSED_CODE
 
 REFUSED = "(refused)"  # the model's "label" of an image its gate would not judge
@@ -42,7 +43,10 @@ def counted_signed_cells(s, demos: list | None = None):
     the model classified or its gate refused, with a signed label that is a class (never an unreadable, dismissed
     or unlabelled image). What the agreement figures and the teaching quizzes (``bmcore.quiz``) are built from.
     ``demos``: a list each signed demo case left out is appended to."""
-    for case in s.scalars(select(Case).where(Case.status == STATUS_SIGNED).order_by(Case.signed_at)):
+    # the cells' thumbnails stay in the database unless a caller reads one (a quiz's chosen cells)
+    q = select(Case).where(Case.status == STATUS_SIGNED).order_by(Case.signed_at) \
+        .options(selectinload(Case.cells).defer(Cell.thumbnail))
+    for case in s.scalars(q):
         if case.demo:
             if demos is not None:
                 demos.append(case.id)

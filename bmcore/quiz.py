@@ -220,8 +220,8 @@ class QuizMixin:
 
     # instructor ---------------------------------------------------------------------------------------------
     def quiz_cell_pool(self, actor) -> list[dict]:
-        """The cells a quiz may be built from: every counted cell of the signed cases that are not demos, with a
-        thumbnail. For an instructor only."""
+        """The cells a quiz may be built from: every counted cell of the signed cases that are not demos (without
+        their images: ``quiz_cell_images``). For an instructor only."""
         from .agreement import REFUSED, counted_signed_cells
         from .caserules import REJECTED
 
@@ -229,8 +229,6 @@ class QuizMixin:
         with self.session() as s:
             self._authorize(s, actor, "teach")
             for case, c, st in counted_signed_cells(s):
-                if not c.thumbnail:
-                    continue
                 model = REFUSED if st == REJECTED else c.predicted
                 out.append({"cell_id": c.id, "case_id": case.id, "case": case.case_code, "position": c.position,
                             "expert": c.label, "model": model, "signed_at": case.signed_at,
@@ -275,7 +273,8 @@ class QuizMixin:
             raise CaseError(f"the time limit is 1 to {TIME_LIMIT_MAX} minutes (or none)")
         with self.session() as s:
             u = self._authorize(s, actor, "teach")
-            pool = {c.id: (case, c, st) for case, c, st in counted_signed_cells(s) if c.id in set(ids) and c.thumbnail}
+            want = set(ids)
+            pool = {c.id: (case, c, st) for case, c, st in counted_signed_cells(s) if c.id in want and c.thumbnail}
             missing = [i for i in ids if i not in pool]
             if missing:
                 raise CaseError(f"{len(missing)} of the chosen cells are not counted cells of a signed case any more "
