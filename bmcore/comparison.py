@@ -203,3 +203,27 @@ def like_with_like(results: list[dict], budget: dict, group: str) -> tuple[list[
         changed = budget_changes(r, budget)
         (other.append((r["title"], changed)) if changed else same.append(r))
     return same, other
+
+
+def by_epochs(rows: list[dict]) -> dict[int | None, list[dict]]:
+    """The rows grouped by the epochs each run really got (a time guard can give runs of one budget different
+    numbers), fewest first; None holds runs that recorded none."""
+    out: dict[int | None, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: (r.get("epochs") is None, r.get("epochs") or 0)):
+        out.setdefault(r.get("epochs"), []).append(r)
+    return out
+
+
+def published_figure(published: list[dict], seed: str, model: str, metric: str) -> float | None:
+    """One figure of ``assets/published/seeds_published.csv`` (rows as dicts): the value a document (by its seed
+    file number, which the page never shows) gives for ``model`` and ``metric``, or None where it gives none."""
+    return next((float(p["value"]) for p in published if str(p["seed"]) == seed and p["model"] == model
+                 and p["metric"] == metric), None)
+
+
+def epochs_text(rows: list[dict]) -> str:
+    """The epochs the rows got, in words: "3 epochs", "10 to 30 epochs", or "epochs not recorded"."""
+    got = sorted({r["epochs"] for r in rows if r.get("epochs")})
+    if not got:
+        return "epochs not recorded"
+    return f"{got[0]} epochs" if len(got) == 1 else f"{got[0]} to {got[-1]} epochs"

@@ -10,9 +10,11 @@ from plotly.subplots import make_subplots
 
 import appkit
 from bmcore.bundle import Bundle, pick_default
-from bmcore.comparison import (PRETRAINED, SCRATCH, budget_changes, budget_text, find_studies, lesson_facts,
-                               like_with_like, load_results, load_summary, reproduce_command, result_from_bundle,
-                               study_hardware, study_label, weights_group, weights_label)
+from bmcore.comparison import (PRETRAINED, SCRATCH, budget_changes, budget_text, by_epochs, epochs_text, find_studies,
+                               lesson_facts, like_with_like, load_results, load_summary, published_figure,
+                               reproduce_command, result_from_bundle, study_hardware, study_label, weights_group,
+                               weights_label)
+from bmcore.text import md
 
 SHORT = 20  # epochs: below this a from-scratch network has not finished learning
 COLOURS = {PRETRAINED: "#1f77b4", SCRATCH: "#ff7f0e"}
@@ -75,6 +77,33 @@ if not rows:
     st.stop()
 
 facts = lesson_facts(rows)
+pub = pd.read_csv(appkit.ASSETS / "published" / "seeds_published.csv", dtype={"seed": str})
+published = pub.to_dict("records")
+
+
+def started(group: str, label: str) -> str:
+    """``label`` and the rows of one starting-weights group with the epochs each got, in reading order (best first);
+    where the study's rows of the group all got the same epochs, said once in the label."""
+    members = sorted((r for r in rows if weights_group(r.get("weights_source", "")) == group),
+                     key=lambda r: -r["metrics"]["macro_f1"])
+    alike = {r.get("epochs") for r in members if r is not deployed}
+    each = next(iter(alike)) if len(alike) == 1 and None not in alike and len(members) > 1 else None
+    return (label + (f", {each} epochs each" if each else ", with the epochs each got") + ": "
+            + "; ".join(md(r["title"]) + (f": {r.get('epochs')}, its own recipe" if r is deployed else
+                                          "" if each else f": {r.get('epochs')}" if r.get("epochs") else "")
+                        for r in members))
+
+
+def pct(seed: str, model: str, metric: str) -> str:
+    v = published_figure(published, seed, model, metric)
+    return "?" if v is None else f"{v:.0%}"
+
+
+n_classes = next((int(m) for m in pub[pub.seed == "000"].task.str.extract(r"(\d+) classes")[0].dropna()), None)
+vgg_here = next((r for r in results if r.get("backbone") == "vgg16" and
+                 weights_group(r.get("weights_source", "")) == SCRATCH), None)
+shah_val = [float(v) for m, v in pub[(pub.seed == "003") & (pub.metric == "val_accuracy")][["model", "value"]]
+            .itertuples(index=False) if "custom" not in m.lower()]
 with st.expander("Reading this page: what it can and cannot show", expanded=True):
     lo_hi = facts["scratch_epochs"]
     epochs_words = "" if not lo_hi else (f" for {lo_hi[0]} epochs" if lo_hi[0] == lo_hi[1] else
@@ -82,26 +111,48 @@ with st.expander("Reading this page: what it can and cannot show", expanded=True
     st.markdown(
         f"- **Most of the difference is the starting point, not the architecture.** Of the {facts['networks']} "
         f"networks shown, {facts['scratch']} started from random weights and were trained{epochs_words}"
-        + (f" ({facts['scratch_under_20']} of them under 20, when a network trained from scratch has usually not "
-           "finished learning)" if facts["scratch_under_20"] else "")
+        + (f" ({'all' if facts['scratch_under_20'] == facts['scratch'] else facts['scratch_under_20']} of them "
+           "under 20, when a network trained from scratch has usually not finished learning)"
+           if facts["scratch_under_20"] else "")
         + f"; {facts['pretrained']} started from ImageNet weights, so they could already see edges and textures. "
         "A bar chart that mixes the two invites the wrong lesson (\"MobileNetV2 beats ConvNeXt\"): it only says "
         "that a network that starts knowing something learns faster. Compare architectures within one colour, "
         "or in the *Compare like with like* view below.\n"
+        + "".join(f"  - {started(g, label)}\n" for g, label in
+                  ((PRETRAINED, "From ImageNet weights"), (SCRATCH, "From random weights"))
+                  if any(weights_group(r.get("weights_source", "")) == g for r in rows)) +
         "- **One training run per network.** A second run with another random seed moves a figure by a few points, "
         "so small gaps between two bars mean nothing.\n"
         "- **One laboratory's images, split image by image.** The test crops come from the same lab, stain and "
         "camera as the training crops, and the same patients can appear on both sides. Expect lower figures on "
         "another lab's slides.\n"
-        "- **What published work reports** (the table at the bottom), each on its own data and split, so none "
-        "can be ranked against another or against this page: on the 14-class marrow task a course report found "
-        "ResNet-50 at 68% accuracy and a ViT-B/16 pretrained on ImageNet-21k at 80% (Raza, Umer and Hussain); a "
-        "README reports EfficientNetB7 at about 95% and **VGG16 at about 8%**. With 14 classes, guessing gets about "
-        "7% (1 in 14), so 8% means that VGG16 run did not learn at all (a training problem such as a learning "
-        "rate too high for it), not that VGG16 cannot tell marrow cells apart: Shah, Nadar and Kanikar (2025) "
-        "trained VGG16 on 7 classes of the same collection to 76% (validation accuracy), and it learns here too. "
-        "A figure of 98% (Sharif, EfficientNet-B0 with squeeze-and-excitation) is on peripheral blood cells, an "
-        "easier task with 8 classes, not bone marrow.")
+        "- **What published work reports** (the table at the bottom), each on its own data, classes and split, so "
+        "none can be ranked against another or against this page:\n"
+        "  - Raza, Umer and Hussain, *Fine-Grained Classification of Bone Marrow Blood Cells Using ResNet-50 CNN "
+        f"& Pretrained ViT Transformer* (course report): on 14 classes of marrow cells ResNet-50 classified "
+        f"{pct('001', 'ResNet-50', 'accuracy')} of the test cells correctly, a ViT-B/16 pretrained on ImageNet-21k "
+        f"{pct('001', 'ViT-B/16 (in21k)', 'accuracy')}. The two did not start from the same weights, so the gap is "
+        "not the architecture alone.\n"
+        "  - Joshi, *Bone Marrow Cell Classification using Deep Learning* (README on GitHub): EfficientNetB7 at "
+        f"about {pct('000', 'EfficientNetB7', 'accuracy')} and **VGG16 at about {pct('000', 'VGG16', 'accuracy')}**"
+        ". The README gives no class count, split, number of epochs or starting weights."
+        + (f" On the {n_classes}-class task the project lists it under, guessing gets about {1 / n_classes:.0%} "
+           f"(1 in {n_classes}), so {pct('000', 'VGG16', 'accuracy')} means that VGG16 run learned next to nothing: "
+           "a training run that failed, not evidence that VGG16 cannot tell marrow cells apart." if n_classes else "")
+        + " Started from pretrained weights, VGG16 "
+        f"reached {pct('003', 'VGG16', 'val_accuracy')} in Shah, Nadar and Kanikar (validation accuracy, 7 classes)"
+        + (f"; trained from scratch in this study, {vgg_here['metrics']['accuracy']:.0%} test accuracy in "
+           f"{vgg_here.get('epochs')} epochs" if vgg_here else "") + ".\n"
+        "  - Shah, Nadar and Kanikar (2025), *Automated Classification of Cells from Bone Marrow Cytology with Deep "
+        "Learning*, Research Journal of Pharmacy and Technology 18(2): 7 classes chosen to find hairy cells; "
+        + (f"{len(shah_val)} pretrained networks reached {min(shah_val):.0%} to {max(shah_val):.0%} validation "
+           f"accuracy, their own small network trained from scratch "
+           f"{pct('003', 'Custom CNN (Sequential)', 'val_accuracy')}. " if shah_val else "")
+        + "These are validation figures: the paper keeps no separate test set.\n"
+        f"  - Sharif (2024), *Blood Cell Classification using Deep Learning* (course README): "
+        f"{pct('004', 'EfficientNet-B0 + SE', 'accuracy')} test accuracy for an EfficientNet-B0 with "
+        "squeeze-and-excitation, on 8 classes of peripheral blood cells, not bone marrow.\n"
+        "  - A fifth README (a small network against a frozen ResNet50) leaves its results table empty.")
 
 splits = sorted({r["split"] for r in rows})
 where = (f"the {splits[0]}" if len(splits) == 1 else "each row's own test split (column 'measured on')") \
@@ -176,24 +227,50 @@ st.caption(f"Macro-F1 (every class counts the same) on {where}, coloured by star
 
 st.markdown("#### Compare like with like")
 st.caption("Only networks that started from the same weights and were trained with exactly this study's budget: "
-           "here the differences come from the architecture (within one run's noise).")
+           "here the differences come from the architecture (within one run's noise). Pick a starting point, then, "
+           "where the study's runs got different numbers of epochs, one training length.")
 present = [g for g in (PRETRAINED, SCRATCH) if any(weights_group(r.get("weights_source", "")) == g for r in results)]
 if present:
-    like_group = st.radio("Starting weights", present, horizontal=True, key="cmp_like_group")
+    c1, c2 = st.columns(2)
+    like_group = c1.radio("Starting weights", present, horizontal=True, key="cmp_like_group")
     same, left_out = like_with_like(results, budget, like_group)
-    if len(same) < 2:
-        st.info(f"Only {len(same)} network{'s' if len(same) != 1 else ''} of this study started {like_group.lower()} "
-                "with its budget: there is nothing to compare here.")
-    if same:
+    lengths = by_epochs(same)
+    guard = bool(budget.get("time_budget_s"))
+    every = f"every length this budget gave ({epochs_text(same)}, {len(same)} networks)"
+    if len(lengths) > 1:  # a time guard ended runs at different epochs: equal training time, not equal length
+        length = c2.selectbox("Training length", [None] + list(lengths),
+                              key=f"cmp_like_epochs::{like_group}::{'/'.join(map(str, lengths))}",  # per option set
+                              format_func=lambda e: every if e is None else
+                              f"{e} epochs ({len(lengths[e])} network{'s' if len(lengths[e]) != 1 else ''})",
+                              help=("The runs of this study had the same training time, so the epochs each got "
+                                    "differ" if guard else "The runs of this budget got different epochs")
+                                   + "; a run with more epochs had longer to learn.")
+    else:
+        length = None
+    shown_rows = same if length is None else lengths[length]
+    what = like_group + ("" if length is None else f", {length} epochs")
+    if len(shown_rows) < 2:
+        st.info(f"Only {len(shown_rows)} network{'s' if len(shown_rows) != 1 else ''} of this study ({what}) "
+                "trained with its budget: there is nothing to compare here."
+                + (f" {md(shown_rows[0]['title'])} is alone; pick another training length."
+                   if shown_rows and length is not None else ""))
+    elif length is None and len(lengths) > 1:
+        st.info(f"These {len(same)} runs got {epochs_text(same)}"
+                + (": the same training time, not the same number of epochs, and " if guard else ", and ")
+                + "a network that got more epochs had longer to learn. Pick one training length to compare at "
+                  "equal epochs.")
+    if shown_rows:
         like = pd.DataFrame([{"model": r["title"], "macro-F1": r["metrics"]["macro_f1"],
-                              "epochs": r.get("epochs")} for r in same]).sort_values("macro-F1", ascending=False)
-        fig = px.bar(like, x="macro-F1", y="model", orientation="h", text_auto=".2f",
-                     color_discrete_sequence=[COLOURS[like_group]], hover_data=["epochs"],
-                     labels={"model": "", "macro-F1": "test macro-F1"})
-        fig.update_layout(height=100 + 26 * len(like), margin=MARGIN, xaxis_range=[0, 1])
+                              "epochs": r.get("epochs")} for r in shown_rows]).sort_values("macro-F1", ascending=False)
+        fig = px.bar(like, x="macro-F1", y="model", orientation="h", custom_data=["epochs"],
+                     color_discrete_sequence=[COLOURS[like_group]], labels={"model": "", "macro-F1": "test macro-F1"})
+        fig.update_traces(texttemplate="%{x:.2f} (%{customdata[0]} epochs)", textposition="inside",
+                          hovertemplate="%{y}: macro-F1 %{x:.3f}, %{customdata[0]} epochs<extra></extra>")
+        fig.update_layout(height=95 + 26 * len(like), margin=dict(MARGIN, t=10), xaxis_range=[0, 1])
         fig.update_yaxes(automargin=True, categoryorder="array", categoryarray=list(like.model)[::-1])
         st.plotly_chart(fig, width="stretch")
-    st.caption(f"{like_group}, trained with this study's budget ({budget_text(budget)}), on {where}. "
+    st.caption(f"{like_group}, trained with this study's budget ({budget_text(budget)}), on {where}"
+               + ("" if length is None else f"; only the runs that got {length} epochs") + ". "
                + (("Left out, a setting of theirs differed: " + "; ".join(f"{t} ({c})" for t, c in left_out) + ". ")
                   if left_out else "")
                + "The deployed model is not here: it had its own recipe.")
@@ -268,9 +345,9 @@ if not timed.empty:
                + "It does not show GPU speed or the ONNX / int8 speed the app reaches (docs/benchmarks.md in the repository).")
 
 st.markdown("#### Published figures")
-pub = pd.read_csv(appkit.ASSETS / "published" / "seeds_published.csv", dtype={"seed": str})
-st.dataframe(pub[["source", "model", "metric", "value", "split_note", "task", "dataset"]], hide_index=True,
-             width="stretch")
+shown = ["source", "model", "metric", "value", "split_note", "task", "dataset"]
+st.dataframe(pub[["seed"] + shown], hide_index=True, width="stretch", column_order=shown,  # file numbers not shown
+             column_config={"source": st.column_config.TextColumn("published in")})
 st.caption("Copied from the published work this project grew from, as each states it, on its own data, split and "
            "budget (the EfficientNet-B0 + SE figures are on peripheral blood, not bone marrow; the RJPT 2025 paper "
            "reports validation accuracy only; one of the five documents gives no figure). They cannot be compared "
