@@ -9,7 +9,7 @@ import streamlit as st
 
 import appkit
 from bmcore.cases import CaseError
-from bmcore.quiz import ADJACENT_PAIRS, DIFFICULTIES, QUIZ_MAX_CELLS
+from bmcore.quiz import ADJACENT_PAIRS, DIFFICULTIES, QUIZ_MAX_CELLS, TIME_LIMIT_MAX
 from bmcore.tasks import TASKS, cell_name
 from bmcore.text import md
 
@@ -83,7 +83,7 @@ with build:
                     "Classes offered to the learner (every class drawn must be among them; add others as "
                     "distractors)", order, default=default_offered, key="tq_offered",
                     format_func=lambda k: f"{k} {cell_name(k)}")
-                limit = st.number_input("Time limit, minutes (0: none)", 0, 240, 0, key="tq_limit")
+                limit = st.number_input("Time limit, minutes (0: none)", 0, TIME_LIMIT_MAX, 0, key="tq_limit")
                 publish = st.checkbox("Publish to learners now", value=True, key="tq_publish")
                 if st.form_submit_button("Make the quiz", type="primary"):
                     try:
