@@ -10,9 +10,12 @@ by importing a class per architecture.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # the registry is read without torch (a bundle's ONNX path never imports it)
+    from torch import nn
+
+    from .smallcnn import SmallCNN
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -98,6 +101,8 @@ def _register_timm() -> None:
 
 def resolve_layer(model: nn.Module, dotted: str) -> nn.Module:
     """``model.get_submodule`` that also accepts negative indices ("blocks.-1.norm1")."""
+    from torch import nn
+
     mod = model
     for part in dotted.split("."):
         if part.lstrip("-").isdigit():
@@ -114,46 +119,11 @@ def target_layer(model: nn.Module, key: str) -> nn.Module:
 # --- the seeds' from-scratch baseline, registered with timm so it is created by name -----------------
 
 
-class SmallCNN(nn.Module):
-    """Conv(16)-pool-conv(32)-pool-conv(64)-pool-dropout-dense(128)-out, as in seeds 002/003."""
-
-    def __init__(self, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.5, **_: object):
-        super().__init__()
-        self.num_classes = num_classes
-        self.features = nn.Sequential(
-            nn.Conv2d(in_chans, 16, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
-        # Adaptive pooling keeps the dense layer independent of the input size.
-        self.pool = nn.AdaptiveAvgPool2d(6)
-        self.pre_logits = nn.Sequential(nn.Flatten(), nn.Dropout(drop_rate), nn.Linear(64 * 36, 128), nn.ReLU())
-        self.head = nn.Linear(128, num_classes)
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, *_: object, **__: object) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(128, num_classes)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.features(x))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.pre_logits(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
 def bm_small_cnn(pretrained: bool = False, **kwargs) -> SmallCNN:
     if pretrained:
         raise ValueError("bm_small_cnn has no pretrained weights")
     kwargs.pop("pretrained_cfg", None)
     kwargs.pop("pretrained_cfg_overlay", None)
+    from .smallcnn import SmallCNN
+
     return SmallCNN(**kwargs)

@@ -15,17 +15,18 @@ import json
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
+from typing import TYPE_CHECKING
 
 from . import RUO_STATEMENT, __version__
-from .backbones import create, get_backbone
+from .backbones import get_backbone
 from .bundleschema import SCHEMA_VERSION, BundleSpec, migrate, validate
 from .ood import DEFAULT_CROP_SIDE, OOD_FILE, OODGate
 from .preprocess import DataConfig
 from .tasks import CELL_NAMES, get_task
+
+if TYPE_CHECKING:  # reading a bundle and its gate needs no torch: the ONNX path runs without importing it
+    import torch
+    from torch import nn
 
 BUNDLE_JSON = "bundle.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -43,8 +44,13 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _read_safetensors(path: Path, bundle_name: str) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file (a format that holds data only: reading it never executes anything)."""
+def _read_safetensors(path: Path, bundle_name: str, framework: str = "pt") -> dict:
+    """Tensors of a safetensors file (a format that holds data only: reading it never executes anything), as torch
+    tensors (``framework`` "pt") or numpy arrays ("np")."""
+    if framework == "np":
+        from safetensors.numpy import load_file
+    else:
+        from safetensors.torch import load_file
     try:
         return load_file(str(path))
     except Exception as exc:  # safetensors' own error type for a malformed header or truncated data
@@ -139,10 +145,12 @@ class Bundle:
         if sha256_file(f) != self.spec.ood.sha256:
             raise BundleError(f"{self.path.name}: {OOD_FILE} does not match the sha256 in bundle.json; "
                               "the file was changed or corrupted")
-        return OODGate.from_parts({k: v.numpy() for k, v in _read_safetensors(f, self.path.name).items()}, info)
+        return OODGate.from_parts(_read_safetensors(f, self.path.name, "np"), info)
 
     def build_model(self) -> nn.Module:
         """Create the architecture and load the verified weights (CPU, eval mode)."""
+        from .backbones import create
+
         model = create(self.backbone, len(self.classes), img_size=self.data_config.input_size,
                        **self.spec.model_kwargs)
         state = _read_safetensors(self.path / WEIGHTS_FILE, self.path.name)
@@ -157,6 +165,9 @@ def save_bundle(path: str | Path, model: nn.Module, *, task: str, classes: list[
                 data_config: DataConfig, name: str | None = None, temperature: float = 1.0,
                 extra: dict | None = None) -> Bundle:
     """Write ``model`` as a bundle folder at ``path`` and return it (weights stored as float32 safetensors)."""
+    import torch
+    from safetensors.torch import save_file
+
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     get_task(task)
@@ -206,6 +217,8 @@ def update_bundle_meta(bundle: Bundle, **fields) -> Bundle:
 
 def save_gate(bundle: Bundle, gate, **report) -> Bundle:
     """Store an ``OODGate`` in the bundle (arrays in ood.safetensors, settings + measured figures in bundle.json)."""
+    from safetensors.torch import save_file
+
     f = bundle.path / OOD_FILE
     save_file(gate.tensors(), str(f))
     return update_bundle_meta(bundle, ood={"file": OOD_FILE, "sha256": sha256_file(f), **gate.settings(), **report})

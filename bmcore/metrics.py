@@ -7,7 +7,6 @@ temperature scaling) is implemented here because scikit-learn has no multi-class
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -55,6 +54,8 @@ def reliability(probs: np.ndarray, y: np.ndarray, n_bins: int = 15) -> list[dict
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray, max_iter: int = 200) -> float:
     """Temperature minimising the negative log-likelihood of ``y`` (fit on the validation split only)."""
+    import torch
+
     lg = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
     yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)

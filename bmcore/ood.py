@@ -35,7 +35,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import torch
 
 OOD_FILE = "ood.safetensors"
 # what the familiarity score knows: the model's view of the image is far from its training crops (not that it is no
@@ -110,6 +109,8 @@ class OODGate:
 
     # -- storage -----------------------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
+        import torch
+
         return {k: torch.from_numpy(np.ascontiguousarray(getattr(self, k), dtype=np.float32))
                 for k in ("mean", "components", "scale", "class_means")}
 

@@ -13,23 +13,39 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from . import IMPORT_LOCK
 from .bundle import Bundle, load_bundle
 from .engine import OnnxModel, inference_threads, one_blas_thread, onnxruntime_available
-from .forward import forward_logits
 from .metrics import softmax
 from .ood import quality_stats, size_refusal
 from .preprocess import (ImageDecodeError, decode_image, normalize, resize_rgb, stack_crops, thumbnail_of,
-                         to_uint8_tensor)
+                         to_uint8_array, to_uint8_tensor)
 from .tasks import HAIRY_CELL_CODE, cell_name
 from .triage import ReviewRules, judge, rules_for_model
+
+if TYPE_CHECKING:  # a predictor of the ONNX engine on a CPU (device "cpu") never imports torch
+    import torch
+
+
+@dataclass(frozen=True)
+class CpuDevice:
+    """A CPU, as a predictor asked for ``device="cpu"`` holds it: what ``torch.device("cpu")`` says of itself
+    (``type``, ``str``) without importing torch, which the ONNX engine never needs (``python -m bmcore archive``'s
+    workers start seconds sooner). ``Predictor.torch_device`` is the torch one, where the torch model runs."""
+    type: str = "cpu"
+
+    def __str__(self) -> str:
+        return "cpu"
 
 
 def pick_device(prefer: str | None = None) -> torch.device:
     """CUDA, then Apple MPS, then CPU (or exactly ``prefer`` when given)."""
+    import torch
+
     if prefer:
         return torch.device(prefer)
     if torch.cuda.is_available():
@@ -88,7 +104,7 @@ class Predictor:
         ``parallel`` (ONNX on a CPU): the cores take parts of a batch side by side, each with a one-thread session
         (``_predict_parallel``); False runs one session on all cores instead (``bmcore bench`` compares the two)."""
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-        self.device = pick_device(device)
+        self.device = CpuDevice() if device == "cpu" else pick_device(device)
         self.cfg = self.bundle.data_config
         self.classes = self.bundle.classes
         self.temperature = self.bundle.temperature
@@ -131,11 +147,20 @@ class Predictor:
         self.gate = self.bundle.gate() if gate else None
 
     @property
+    def torch_device(self) -> torch.device:
+        """This predictor's device as torch's (imports torch: for the torch model and Grad-CAM)."""
+        import torch
+
+        return torch.device(str(self.device))
+
+    @property
     def model(self) -> torch.nn.Module:
         """The bundle's torch model on this predictor's device (built on first use)."""
+        import torch
+
         with self._model_lock:
             if self._model is None:
-                m = self.bundle.build_model().to(self.device)
+                m = self.bundle.build_model().to(self.torch_device)
                 if self.device.type in ("cuda", "cpu"):
                     m = m.to(memory_format=torch.channels_last)
                 self._model = m
@@ -171,6 +196,8 @@ class Predictor:
     # -- tensors -----------------------------------------------------------------------------------
     @property
     def _dtype(self) -> torch.dtype | None:
+        import torch
+
         return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
 
     def logits(self, x: torch.Tensor) -> np.ndarray:
@@ -192,35 +219,41 @@ class Predictor:
         logits = out[0] if features else out
         unsure = np.nonzero(softmax(logits, self.temperature).max(1) < self.tta_below)[0]
         if len(unsure):  # the unsure cells again, with all 4 views (the identity view is recomputed: simpler)
-            more = self._run(x[torch.from_numpy(unsure)], features, True, onnx)
+            more = self._run(x[unsure] if isinstance(x, np.ndarray) else x[list(unsure)], features, True, onnx)
             if features:
                 out[0][unsure], out[1][unsure] = more
             else:
                 out[unsure] = more
         return out
 
-    def _run(self, x: torch.Tensor, features: bool, tta: bool, onnx=None):
+    def _run(self, x, features: bool, tta: bool, onnx=None):
+        """``x``: a normalised NCHW batch, a numpy array (``_judge``) or a tensor (``logits`` / ``outputs``)."""
         if self.onnx is not None:
             one = onnx is not None and onnx is not self.onnx
-            logits, feats = (onnx or self.onnx)(x.numpy(), tta=tta,
+            logits, feats = (onnx or self.onnx)(x if isinstance(x, np.ndarray) else x.numpy(), tta=tta,
                                                 batch_size=self.PARALLEL_BATCH if one else self.batch_size)
             return (logits, feats) if features else logits
-        return forward_logits(self.model, x, self.device, dtype=self._dtype, tta=tta, batch_size=self.batch_size,
+        import torch
+
+        from .forward import forward_logits
+
+        return forward_logits(self.model, torch.from_numpy(x) if isinstance(x, np.ndarray) else x, self.torch_device,
+                              dtype=self._dtype, tta=tta, batch_size=self.batch_size,
                               channels_last=self.device.type in ("cuda", "cpu"), features=features)
 
     # -- images ------------------------------------------------------------------------------------
-    def _load_one(self, src, thumbnail: bool = False) -> tuple[torch.Tensor, bytes | None]:
+    def _load_one(self, src, thumbnail: bool = False) -> tuple[np.ndarray, bytes | None]:
         img = src if hasattr(src, "size") and hasattr(src, "mode") else decode_image(src)
         # a camera field or a mosaic of cells is refused by its size before the model sees it (bmcore.ood)
         if why := size_refusal(img.size, self.bundle.crop_side):
             raise ImageDecodeError(why)
-        return to_uint8_tensor(resize_rgb(img, self.cfg)), (thumbnail_of(img, src) if thumbnail else None)
+        return to_uint8_array(resize_rgb(img, self.cfg)), (thumbnail_of(img, src) if thumbnail else None)
 
     def load_many(self, sources: list, thumbnails: bool = False, workers: int | None = None):
         """Decode + resize in a small thread pool (PIL releases the GIL); errors (unreadable files, and images too
         large to be a single-cell crop: ``bmcore.ood.size_refusal``) become messages.
 
-        Returns (tensors or None, error messages, stored thumbnails: with ``thumbnails``, else Nones)."""
+        Returns (CHW uint8 arrays or None, error messages, stored thumbnails: with ``thumbnails``, else Nones)."""
 
         def one(src):
             try:
@@ -238,9 +271,12 @@ class Predictor:
         return [r[0] for r in res], [r[1] for r in res], [r[2] for r in res]
 
     def batch(self, sources: list) -> torch.Tensor:
-        """Normalised NCHW batch of readable ``sources`` (bytes, paths, PIL images), as the model sees them."""
-        tensors, _, _ = self.load_many(sources)
-        return normalize(stack_crops([t for t in tensors if t is not None]), self.cfg)
+        """Normalised NCHW batch (a tensor) of readable ``sources`` (bytes, paths, PIL images), as the model sees
+        them."""
+        import torch
+
+        arrays, _, _ = self.load_many(sources)
+        return torch.from_numpy(normalize(stack_crops([t for t in arrays if t is not None]), self.cfg))
 
     def predict(self, sources: list, names: list[str] | None = None, progress=None, *,
                 threshold: float | None = None, hairy_threshold: float | None = None,
@@ -327,7 +363,7 @@ class Predictor:
             out.append(verdict)
         return out
 
-    def _judge(self, tensors: list[torch.Tensor], onnx=None) -> tuple[np.ndarray, list[str], np.ndarray]:
+    def _judge(self, tensors: list[np.ndarray], onnx=None) -> tuple[np.ndarray, list[str], np.ndarray]:
         """Calibrated probabilities, gate reasons ("" = accepted) and gate scores for resized uint8 CHW crops
         (``onnx``: the ONNX model to run instead of the predictor's own, e.g. its one-thread session)."""
         n = len(tensors)
@@ -337,7 +373,7 @@ class Predictor:
         if self.gate is None:
             return softmax(self._forward(x, False, onnx), self.temperature), [""] * n, np.full(n, np.nan)
         logits, feats = self._forward(x, True, onnx)
-        quality = np.array([quality_stats(t.permute(1, 2, 0).numpy()) for t in tensors])
+        quality = np.array([quality_stats(t.transpose(1, 2, 0)) for t in tensors])
         reasons, scores = self.gate.reasons(feats, logits, quality)
         return softmax(logits, self.temperature), reasons, scores
 
@@ -379,7 +415,7 @@ class Predictor:
         from .explain import compute_cam
 
         with self._cam_lock:
-            cam = compute_cam(self._cam_net(), self.bundle.backbone, x.to(self.device),
+            cam = compute_cam(self._cam_net(), self.bundle.backbone, x.to(self.torch_device),
                               self.classes.index(class_code), method)
         return cam, rgb, class_code
 

@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 4096 * 4096  # a single-cell crop is ~250x250; 16 MP is already generous
@@ -175,16 +174,36 @@ def resize_rgb(img: Image.Image, cfg: DataConfig) -> Image.Image:
     return img
 
 
+def to_uint8_array(img: Image.Image) -> np.ndarray:
+    """HWC uint8 PIL image -> CHW uint8 array, a view of one HWC copy of the pixels (numpy only: the ONNX path
+    runs without importing torch)."""
+    return np.array(img, dtype=np.uint8, copy=True).transpose(2, 0, 1)
+
+
 def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
     """HWC uint8 PIL image -> CHW uint8 tensor (no copy of the pixel data beyond numpy's)."""
-    return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+    import torch
+
+    return torch.from_numpy(to_uint8_array(img))
 
 
-def normalize(x: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
-    """uint8 (or 0..1 float) CHW/NCHW tensor -> normalised float tensor (a new one: ``x`` is unchanged).
+def normalize(x, cfg: DataConfig):
+    """uint8 (or 0..1 float) CHW/NCHW tensor or array -> normalised float32 of the same kind (a new one: ``x`` is
+    unchanged).
 
     uint8 input is converted once (any memory layout in, contiguous out) and scaled in place by one multiply-add
     per channel: (x / 255 - mean) / std as x * 1/(255 std) - mean/std (equal within float32 rounding)."""
+    if isinstance(x, np.ndarray):
+        mean = np.asarray(cfg.mean, dtype=np.float32).reshape(-1, 1, 1)
+        std = np.asarray(cfg.std, dtype=np.float32).reshape(-1, 1, 1)
+        if x.dtype == np.uint8:
+            y = np.ascontiguousarray(x, dtype=np.float32)
+            y *= np.float32(1.0) / (np.float32(255.0) * std)
+            y += -mean / std
+            return y
+        return (x.astype(np.float32) - mean) / std
+    import torch
+
     mean = torch.tensor(cfg.mean, dtype=torch.float32, device=x.device).view(-1, 1, 1)
     std = torch.tensor(cfg.std, dtype=torch.float32, device=x.device).view(-1, 1, 1)
     if x.dtype == torch.uint8:
@@ -193,13 +212,19 @@ def normalize(x: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
     return (x.float() - mean) / std
 
 
-def stack_crops(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """Resized uint8 CHW crops -> one NCHW uint8 batch. Crops from ``to_uint8_tensor`` are views of HWC pixels: they
-    are stacked as HWC (a plain copy each) and the batch is turned once, by ``normalize``'s single conversion, instead
-    of a strided copy per crop."""
-    if all(t.permute(1, 2, 0).is_contiguous() for t in tensors):
-        return torch.stack([t.permute(1, 2, 0) for t in tensors]).permute(0, 3, 1, 2)
-    return torch.stack(tensors)
+def stack_crops(crops: list):
+    """Resized uint8 CHW crops (tensors, or arrays from ``to_uint8_array``) -> one NCHW uint8 batch of the same kind.
+    Crops from ``to_uint8_tensor`` / ``to_uint8_array`` are views of HWC pixels: they are stacked as HWC (a plain copy
+    each) and the batch is turned once, by ``normalize``'s single conversion, instead of a strided copy per crop."""
+    if crops and isinstance(crops[0], np.ndarray):
+        if all(c.transpose(1, 2, 0).flags.c_contiguous for c in crops):
+            return np.stack([c.transpose(1, 2, 0) for c in crops]).transpose(0, 3, 1, 2)
+        return np.stack(crops)
+    import torch
+
+    if all(t.permute(1, 2, 0).is_contiguous() for t in crops):
+        return torch.stack([t.permute(1, 2, 0) for t in crops]).permute(0, 3, 1, 2)
+    return torch.stack(crops)
 
 
 def preprocess(img: Image.Image, cfg: DataConfig) -> torch.Tensor:

@@ -147,18 +147,16 @@ def test_shared_predictor_is_thread_safe(crops, engine):
 def test_selective_tta_takes_all_views_only_for_the_unsure_cells(crops):
     """Selective TTA (a measured candidate, bench/selective_tta.py): a cell under the confidence cut gets exactly the
     4-view mean, every other cell exactly its single view; it says so in its setting."""
-    import torch
-
     from bmcore.cli import default_bundle
     from bmcore.metrics import softmax
-    from bmcore.preprocess import normalize
+    from bmcore.preprocess import normalize, stack_crops
 
     files = [f for c in crops.values() for f in c[:3]]
     one = Predictor(default_bundle(), tta=False, gate=False)
     full = Predictor(default_bundle(), tta=True, gate=False)
     xs, errors, _ = one.load_many(files)
     assert not any(errors)
-    x = normalize(torch.stack(xs), one.cfg)
+    x = normalize(stack_crops(xs), one.cfg)  # numpy, as the predictor's own path
     lg1, lg4 = one.logits(x), full.logits(x)
     conf = softmax(lg1, one.temperature).max(1)
     tau = float(np.median(conf))
