@@ -363,12 +363,14 @@ class Predictor:
             out.append(verdict)
         return out
 
-    def _judge(self, tensors: list[np.ndarray], onnx=None) -> tuple[np.ndarray, list[str], np.ndarray]:
-        """Calibrated probabilities, gate reasons ("" = accepted) and gate scores for resized uint8 CHW crops
+    def _judge(self, tensors: list, onnx=None) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """Calibrated probabilities, gate reasons ("" = accepted) and gate scores for resized uint8 CHW crops (arrays,
+        or tensors)
         (``onnx``: the ONNX model to run instead of the predictor's own, e.g. its one-thread session)."""
         n = len(tensors)
         if n == 0:
             return np.zeros((0, len(self.classes))), [], np.zeros(0)
+        tensors = [t if isinstance(t, np.ndarray) else t.numpy() for t in tensors]  # train.triage passes tensors
         x = normalize(stack_crops(tensors), self.cfg)
         if self.gate is None:
             return softmax(self._forward(x, False, onnx), self.temperature), [""] * n, np.full(n, np.nan)
