@@ -252,6 +252,8 @@ def run(inputs: list[str], out: str | Path, bundle: str, *, ray_address: str | N
         classes = clf.classes
     else:
         import ray
+        import ray.data  # before ray.init: the workers Ray prestarts while the driver connects then get their
+        # actors as soon as they are up, instead of after the driver's own import of Ray Data (~0.5 s on 2 cores)
 
         from .bundle import load_bundle
 
