@@ -20,7 +20,8 @@ What it does, in order (each step written to ``<out>/<name>/status.json`` as it 
    they count as errors for both models).
 4. **Fine-tuning** from the base bundle (``train.train``, ``--init-from``: the classifier rows of a new class start
    fresh) on the lab's training cells plus as many crops of the reference training split (``--reference-root`` /
-   ``--reference-splits``; replay keeps what the reference lab taught), with light augmentation.
+   ``--reference-splits``; replay keeps what the reference lab taught; ``--replay-ratio``), with light augmentation
+   (``--augment``).
 5. **Refits on the lab's own data**: the temperature and the gate's threshold on the lab validation set (set to refuse
    under the criterion's limit by the sampling error of so few cells: ``gate_target``), the gate's
    class statistics on the training cells (``train.ood``), the review rule on the lab validation set
@@ -63,9 +64,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def write_dataset(work: Path, cells: list[LabCell], sides: dict[str, str], classes: list[str],
                   reference_root: Path | None, reference_splits: Path | None, seed: int,
-                  replay_classes: list[str] | None = None) -> tuple[Path, Path, dict]:
+                  replay_classes: list[str] | None = None, replay_ratio: float = 1.0) -> tuple[Path, Path, dict]:
     """The lab cells as a dataset root + split CSV the training modules read (``lab/<CLASS>/<sha>.jpg``), with the
-    replayed reference training crops (``ref/...``, a link to the reference root) added to the train split."""
+    replayed reference training crops (``ref/...``, a link to the reference root) added to the train split:
+    ``replay_ratio`` times as many as the lab's training cells, alike per class."""
     import pandas as pd
 
     root = work / "data"
@@ -87,7 +89,7 @@ def write_dataset(work: Path, cells: list[LabCell], sides: dict[str, str], class
         # lab's cells alone, so that its figure says what those cells did)
         ref = ref[(ref.split == "train") & ref.label.isin(replay_classes or classes)]
         n = sum(r["split"] == "train" for r in rows)
-        per = max(1, n // max(1, ref.label.nunique()))  # as many reference crops as lab ones, alike per class
+        per = max(1, int(replay_ratio * n) // max(1, ref.label.nunique()))  # replay_ratio x the lab's, alike per class
         pick = pd.concat([g.sample(min(len(g), per), random_state=seed) for _, g in ref.groupby("label")])
         (root / "ref").symlink_to(Path(reference_root).resolve(), target_is_directory=True)
         for r in pick.itertuples():
@@ -181,6 +183,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="when a class the base lacks is added, train at least this many steps: with few cells, more "
                          "epochs than --epochs (0: --epochs)")
     ap.add_argument("--batch-size", type=int, default=32, help="crops per step")
+    ap.add_argument("--augment", choices=("none", "light", "strong"), default="light",
+                    help="train-time augmentation (train.data.BatchAugment): light = flips and turns; strong adds a "
+                         "zoom and colour jitter")
+    ap.add_argument("--replay-ratio", type=float, default=1.0,
+                    help="reference training crops replayed, as a multiple of the lab's training cells")
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (smoke tests; 0: none)")
     ap.add_argument("--min-class-cells", type=int, default=30,
                     help="training cells a class the base model lacks needs before it is learnt")
@@ -216,7 +223,7 @@ def main(argv=None) -> int:
     classes = choose_classes(base.classes, task, train_counts, a.min_class_cells)
     ref_root = Path(a.reference_root) if a.reference_root and Path(a.reference_root).is_dir() else None
     root, csv, extra = write_dataset(work, cells, sides, classes, ref_root, Path(a.reference_splits), a.seed,
-                                     replay_classes=base.classes)
+                                     replay_classes=base.classes, replay_ratio=a.replay_ratio)
 
     _status(status, "fine-tuning", classes=classes, cells=len(cells))
     from train import train as train_mod
@@ -232,7 +239,7 @@ def main(argv=None) -> int:
     train_mod.main(["--data-root", str(root), "--splits", str(csv), "--task", task, "--backbone", base.backbone,
                     "--img-size", str(size), "--weights", "none", "--init-from", str(base.path),
                     "--epochs", str(epochs), "--lr", str(a.lr), "--head-lr-mult", str(head_lr_mult), "--warmup-epochs", "0.3", "--batch-size",
-                    str(a.batch_size), "--augment", "light", "--patience", "1000", "--tta", "off", "--resume", "false",
+                    str(a.batch_size), "--augment", a.augment, "--patience", "1000", "--tta", "off", "--resume", "false",
                     "--evaluate-test", "false", "--gate", "false", "--max-steps", str(a.max_steps), "--seed",
                     str(a.seed), "--out", str(work / "run"), "--bundle-name", name])
     train_seconds = time.perf_counter() - t0
