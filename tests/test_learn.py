@@ -89,3 +89,33 @@ def test_the_criteria_name_what_a_candidate_fails():
     assert any("lab-test macro-F1" in f for f in fails) and any(f.startswith("EBO:") for f in fails)
     assert any("refuses 33.3%" in f for f in fails)
     assert check(DEFAULT_CRITERIA, cur, cur) == []
+
+
+def test_the_replay_is_the_stated_multiple_of_the_lab_cells_and_of_the_base_classes_only(dev_root, tmp_path):
+    """``--replay-ratio``: the reference training crops replayed are that multiple of the lab's training cells, alike
+    per class, of the base model's classes only (a class learnt from the lab is learnt from its cells alone)."""
+    import hashlib
+
+    from bmcore.labdata import LabCell
+    from train.learn import write_dataset
+
+    from pathlib import Path
+
+    splits = Path(__file__).resolve().parents[1] / "train" / "splits" / "bm-dev_seed42.csv"
+    files = sorted((dev_root / "LYT").glob("*.jpg"))[:12] + sorted((dev_root / "PMO").glob("*.jpg"))[:12]
+    cells = [LabCell(case=f"c{i % 4}", label=f.parent.name, sha256=hashlib.sha256(f.read_bytes()).hexdigest(),
+                     data=f.read_bytes()) for i, f in enumerate(files)]
+    sides = {"c0": "train", "c1": "train", "c2": "val", "c3": "test"}
+    counts = {}
+    for ratio in (1.0, 3.0):
+        _, csv_path, extra = write_dataset(tmp_path / str(ratio), cells, sides, ["EOS", "LYT", "PMO"], dev_root,
+                                           splits, 0, replay_classes=["EOS", "LYT"], replay_ratio=ratio)
+        rows = list(csv.DictReader(open(csv_path)))
+        ref = [r for r in rows if r["case"] == "(reference)"]
+        lab_train = sum(r["split"] == "train" and r["case"] != "(reference)" for r in rows)
+        assert lab_train == 12 and extra["replayed_reference_crops"] == len(ref)
+        assert {r["label"] for r in ref} == {"EOS", "LYT"}  # never the new class
+        per = {k: sum(r["label"] == k for r in ref) for k in ("EOS", "LYT")}
+        assert per["EOS"] == per["LYT"] == int(ratio * lab_train) // 2
+        counts[ratio] = len(ref)
+    assert counts[3.0] == 3 * counts[1.0]
