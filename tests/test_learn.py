@@ -95,11 +95,10 @@ def test_the_replay_is_the_stated_multiple_of_the_lab_cells_and_of_the_base_clas
     """``--replay-ratio``: the reference training crops replayed are that multiple of the lab's training cells, alike
     per class, of the base model's classes only (a class learnt from the lab is learnt from its cells alone)."""
     import hashlib
+    from pathlib import Path
 
     from bmcore.labdata import LabCell
     from train.learn import write_dataset
-
-    from pathlib import Path
 
     splits = Path(__file__).resolve().parents[1] / "train" / "splits" / "bm-dev_seed42.csv"
     files = sorted((dev_root / "LYT").glob("*.jpg"))[:12] + sorted((dev_root / "PMO").glob("*.jpg"))[:12]
