@@ -233,67 +233,77 @@ def run(inputs: list[str], out: str | Path, bundle: str, *, ray_address: str | N
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    rows = list_sources(inputs)
-    done, before, bad = written(out)
-    for b in bad:
-        log(f"set aside an unreadable shard (its crops are redone): {b}")
-    if before:
-        log(f"resuming: {before} rows already written under {out} ({len(done)} crops skipped by content hash)")
-    bar = tqdm(total=len(rows), unit="crop", desc="archive", disable=not progress, file=sys.stderr)
-    new = 0
-    if ray_address is None:
-        clf = Classifier(bundle, threads=int(num_cpus * concurrency), done=done)
-        for i in range(0, len(rows), chunk):
-            part = rows[i:i + chunk]
-            cols = clf({k: [r[k] for r in part] for k in ("source", "path", "member", "error")})
-            write_shard(out, cols, clf.classes)
-            new += len(cols["source"])
-            bar.update(len(part))
-        classes = clf.classes
-    else:
-        import ray
-        import ray.data  # before ray.init: the workers Ray prestarts while the driver connects then get their
-        # actors as soon as they are up, instead of after the driver's own import of Ray Data (~0.5 s on 2 cores)
+    started = False
+    if ray_address is not None:
+        # connect first: Ray starts the job's workers as the driver connects, and they boot (about 1 s here) while
+        # the driver lists the inputs, reads what is written and imports Ray Data (0.7 s on 2 cores)
+        started = _connect(ray_address, int(max(1, num_cpus * concurrency)))
+    try:
+        rows = list_sources(inputs)
+        done, before, bad = written(out)
+        for b in bad:
+            log(f"set aside an unreadable shard (its crops are redone): {b}")
+        if before:
+            log(f"resuming: {before} rows already written under {out} ({len(done)} crops skipped by content hash)")
+        bar = tqdm(total=len(rows), unit="crop", desc="archive", disable=not progress, file=sys.stderr)
+        new = 0
+        if ray_address is None:
+            clf = Classifier(bundle, threads=int(num_cpus * concurrency), done=done)
+            for i in range(0, len(rows), chunk):
+                part = rows[i:i + chunk]
+                cols = clf({k: [r[k] for r in part] for k in ("source", "path", "member", "error")})
+                write_shard(out, cols, clf.classes)
+                new += len(cols["source"])
+                bar.update(len(part))
+            classes = clf.classes
+        else:
+            import logging
 
-        from .bundle import load_bundle
+            import ray.data
 
-        classes = load_bundle(bundle).classes
-        started = not ray.is_initialized()
-        if started:
-            ray.init(**({"num_cpus": int(max(1, num_cpus * concurrency))} if ray_address == "local" else
-                        {"address": ray_address}), include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parent.parent),
-                                               # Ray starts its workers at nice 15: beside any other work at the
-                                               # usual priority they starve (measured: 2,000 crops in 350 s beside
-                                               # a 2-thread training job, 21 s alone). The archive's workers are
-                                               # the job's compute: they run at the priority the CLI runs at.
-                                               "RAY_worker_niceness": "0"}})
-        import logging
+            from .bundle import load_bundle
 
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False  # the driver's own bar counts the crops
-        try:
+            classes = load_bundle(bundle).classes
+            logging.getLogger("ray.data").setLevel(logging.WARNING)
+            ray.data.DataContext.get_current().enable_progress_bars = False  # the driver's own bar counts the crops
             ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // chunk)))
             # device "cpu" unless a GPU is asked for: the ONNX engine on a CPU never imports torch (seconds per worker)
             ds = ds.map_batches(Classifier, fn_constructor_kwargs={"bundle": str(Path(bundle).resolve()),
                                                                    "threads": max(1, int(num_cpus)), "done": done,
                                                                    "device": None if num_gpus else "cpu"},
-                                batch_size=chunk, compute=ray.data.ActorPoolStrategy(size=concurrency), num_cpus=num_cpus,
-                                num_gpus=num_gpus or None, batch_format="numpy")
+                                batch_size=chunk, compute=ray.data.ActorPoolStrategy(size=concurrency),
+                                num_cpus=num_cpus, num_gpus=num_gpus or None, batch_format="numpy")
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 cols = {k: list(v) for k, v in batch.items()}
                 write_shard(out, cols, classes)
                 new += len(cols["source"])
                 bar.update(len(cols["source"]))
-        finally:
-            if started:
-                ray.shutdown()
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
     bar.close()
     seconds = time.perf_counter() - t0
     return {"inputs": len(rows), "written_before": before, "written_now": new, "skipped_as_written": len(rows) - new,
             "set_aside_shards": bad, "seconds": round(seconds, 2), "out": str(out),
             "classes": classes}
+
+
+def _connect(ray_address: str, cores: int) -> bool:
+    """Connect to Ray ("local": start a cluster of ``cores`` CPUs in this process); whether this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+           # Ray starts its workers at nice 15: beside any other work at the usual priority they starve (measured:
+           # 2,000 crops in 350 s beside a 2-thread training job, 21 s alone). The archive's workers are the job's
+           # compute: they run at the priority the CLI runs at.
+           "RAY_worker_niceness": "0"}
+    ray.init(**({"num_cpus": cores} if ray_address == "local" else {"address": ray_address}),
+             include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    return True
 
 
 def cmd_archive(a, bundle: str) -> int:

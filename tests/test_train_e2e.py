@@ -73,3 +73,20 @@ def test_ddp_two_cpu_processes(tmp_path, tiny_splits, dev_root):
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
     b = load_bundle(tmp_path / "bundle")
     assert b.meta["training"]["world_size"] == 2
+
+
+def test_select_last_ships_the_last_epochs_average_not_the_best(tmp_path, tiny_splits, dev_root):
+    r = _train(tmp_path, tiny_splits, dev_root, "--epochs", "3", "--ema-decay", "0.9", "--select", "last",
+               "--evaluate-test", "false", "--tta", "off", "--warmup-epochs", "0")
+    assert r.returncode == 0, r.stderr[-3000:]
+    import torch
+    from safetensors.torch import load_file
+
+    tr = load_bundle(tmp_path / "bundle").meta["training"]
+    assert tr["selected"] == "last" and tr["selected_epoch"] == 3 and tr["selected_weights"] == "ema"
+    shipped = load_file(tmp_path / "bundle" / "weights.safetensors")
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    ema, raw = last["ema"], last["model"]
+    # the bundle holds the last epoch's EMA weights, which differ from the raw weights of that epoch
+    assert all(torch.equal(shipped[k], ema[k].to(shipped[k].dtype)) for k in shipped)
+    assert any(not torch.equal(shipped[k], raw[k].to(shipped[k].dtype)) for k in shipped if k.endswith("weight"))

@@ -188,6 +188,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "zoom and colour jitter")
     ap.add_argument("--replay-ratio", type=float, default=1.0,
                     help="reference training crops replayed, as a multiple of the lab's training cells")
+    ap.add_argument("--ema-decay", type=float, default=0.0,
+                    help="keep an exponential moving average of the weights with this decay, validated and shipped in "
+                         "their place (0: none)")
+    ap.add_argument("--select", choices=("best", "last"), default="best",
+                    help="the epoch shipped: best (highest macro-F1 on the lab validation cases) or last (with "
+                         "--ema-decay, the average the schedule ends on)")
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (smoke tests; 0: none)")
     ap.add_argument("--min-class-cells", type=int, default=30,
                     help="training cells a class the base model lacks needs before it is learnt")
@@ -239,7 +245,7 @@ def main(argv=None) -> int:
     train_mod.main(["--data-root", str(root), "--splits", str(csv), "--task", task, "--backbone", base.backbone,
                     "--img-size", str(size), "--weights", "none", "--init-from", str(base.path),
                     "--epochs", str(epochs), "--lr", str(a.lr), "--head-lr-mult", str(head_lr_mult), "--warmup-epochs", "0.3", "--batch-size",
-                    str(a.batch_size), "--augment", a.augment, "--patience", "1000", "--tta", "off", "--resume", "false",
+                    str(a.batch_size), "--augment", a.augment, "--ema-decay", str(a.ema_decay), "--select", a.select, "--patience", "1000", "--tta", "off", "--resume", "false",
                     "--evaluate-test", "false", "--gate", "false", "--max-steps", str(a.max_steps), "--seed",
                     str(a.seed), "--out", str(work / "run"), "--bundle-name", name])
     train_seconds = time.perf_counter() - t0

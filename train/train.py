@@ -79,6 +79,7 @@ DEFAULTS: dict = {
     "imprint": True,
     "head_lr_mult": 1.0,
     "time_budget_s": 0,
+    "select": "best",
 }
 # what each flag (and config key) does: shown by --help
 HELP: dict[str, str] = {
@@ -123,6 +124,8 @@ HELP: dict[str, str] = {
     "imprint": "with --init-from: a class the initial bundle lacks starts from its training crops' mean feature "
                "(weight imprinting, Qi et al. 2018) instead of a random classifier row",
     "head_lr_mult": "the classifier's learning rate as a multiple of --lr (a new class's row has the most to learn)",
+    "select": "the weights the bundle ships: best (the epoch of the highest val macro-F1) or last (the last epoch's: "
+              "with --ema-decay, the average the schedule ends on; a val set of a few dozen cells picks by noise)",
     "time_budget_s": 'after each epoch, shorten the schedule (cosine included) so that training ends within this many seconds (0: none)',
 }
 
@@ -155,7 +158,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         else:
             ap.add_argument(flag, type=type(v), help=h)
     ap.set_defaults(**cfg)
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.select not in ("best", "last"):
+        ap.error(f"--select: best or last, not {args.select!r}")
+    return args
 
 
 class EpochSampler(Sampler[int]):
@@ -584,8 +590,9 @@ def end_of_epoch(run: Run, ep: int, loss: float, t0: float, out: Path, main_proc
     if main_proc:
         print(f"epoch {ep + 1}: loss {loss:.4f} val macro-F1 {f1:.4f} acc {acc:.4f}{' *' if improved else ''} "
               f"({seconds:.0f}s)", flush=True)
-        if improved:
+        if improved or args.select == "last":
             torch.save(run.selected.state_dict(), out / "best.pt")
+            state["selected_epoch"] = ep + 1
         torch.save({"model": run.model.state_dict(), "optimizer": run.opt.state_dict(),
                     "scheduler": run.sched.state_dict(),
                     **({"ema": run.ema.module.state_dict()} if run.ema is not None else {}), "state": state},
@@ -627,6 +634,7 @@ def write_bundle(run: Run, out: Path, command: str, resolved: dict, world: int):
                 "data": {"root": Path(args.data_root).name, "splits": Path(args.splits).name,
                          "train": {c: int(n) for c, n in zip(data.classes, data.counts)}, "val": len(data.val)},
                 "epochs_run": state["epoch"], "epochs_planned": state["epochs"], "best_epoch": state["best_epoch"],
+                "selected": args.select, "selected_epoch": state.get("selected_epoch", state["best_epoch"]),
                 "teachers": [{"name": b.name, "weights_sha256": b.sha256} for b, _ in run.teachers],
                 "selected_weights": "ema" if run.ema is not None else "model",
                 "best_val_macro_f1": state["best_f1"], "history": state["history"],
