@@ -244,8 +244,10 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     train_mod.main(["--data-root", str(root), "--splits", str(csv), "--task", task, "--backbone", base.backbone,
                     "--img-size", str(size), "--weights", "none", "--init-from", str(base.path),
-                    "--epochs", str(epochs), "--lr", str(a.lr), "--head-lr-mult", str(head_lr_mult), "--warmup-epochs", "0.3", "--batch-size",
-                    str(a.batch_size), "--augment", a.augment, "--ema-decay", str(a.ema_decay), "--select", a.select, "--patience", "1000", "--tta", "off", "--resume", "false",
+                    "--epochs", str(epochs), "--lr", str(a.lr), "--head-lr-mult", str(head_lr_mult),
+                    "--warmup-epochs", "0.3", "--batch-size", str(a.batch_size), "--augment", a.augment,
+                    "--ema-decay", str(a.ema_decay), "--select", a.select, "--patience", "1000", "--tta", "off",
+                    "--resume", "false",
                     "--evaluate-test", "false", "--gate", "false", "--max-steps", str(a.max_steps), "--seed",
                     str(a.seed), "--out", str(work / "run"), "--bundle-name", name])
     train_seconds = time.perf_counter() - t0
