@@ -90,8 +90,8 @@ def main(argv=None) -> int:
     ap.add_argument("--chunk", type=int, default=256)
     ap.add_argument("--busy", action="store_true", help="also beside a CPU-bound process on one core")
     ap.add_argument("--running-cluster", action="store_true",
-                    help="only: the CLI, then --ray auto on a cluster started beforehand (ray start --head "
-                         "--num-cpus 2), twice each in turn; the job no longer pays for the cluster's start")
+                    help="only: the CLI, then --ray auto on a cluster started beforehand (deploy/ray-node.sh --head "
+                         "--num-cpus 2), in turn; the job no longer pays for the cluster's start")
     ap.add_argument("--pairs", type=int, default=3, help="with --running-cluster: CLI/Ray pairs, in turn")
     ap.add_argument("--scale", type=int, default=0, metavar="N",
                     help="only: the CLI and --ray (a local cluster the job starts) on the same N distinct crops (at "
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
         return r
 
     if a.running_cluster:
-        return running_cluster(res, classify_run, archive_run, env, a.out, a.pairs)
+        return running_cluster(res, classify_run, archive_run, env, a.out, a.pairs, a.busy)
     if a.scale:
         # distinct crops only: the CLI classifies a repeated crop once (the same bytes, the same row), so repeats
         # would flatter it
@@ -211,26 +211,32 @@ def main(argv=None) -> int:
     return write_result(res, a.out)
 
 
-def running_cluster(res: dict, classify_run, archive_run, env: dict, out, pairs: int = 3) -> int:
+def running_cluster(res: dict, classify_run, archive_run, env: dict, out, pairs: int = 3, busy: bool = False) -> int:
     """The CLI and ``--ray auto`` on a cluster already running (as a research group's is), in turn: CLI, Ray, CLI,
-    Ray; each Ray job still starts its own actors and ONNX sessions. The cluster's own start is timed apart."""
+    Ray; each Ray job still starts its own actors and ONNX sessions. The cluster's own start is timed apart. With
+    ``busy``, the pairs run beside a CPU-bound process pinned to one core."""
+    import contextlib
+
     ray_bin = os.path.join(os.path.dirname(PY), "ray")
     t0 = time.perf_counter()
-    subprocess.run([ray_bin, "start", "--head", "--num-cpus", "2", "--include-dashboard=false"], env=env,
-                   check=True, capture_output=True)
+    # the cluster as docs/scaling.md says to start one: deploy/ray-node.sh (PYTHONPATH, nice 0, bmcore_env)
+    subprocess.run([str(REPO / "deploy" / "ray-node.sh"), "--head", "--num-cpus", "2", "--include-dashboard=false"],
+                   env={**env, "RAY": ray_bin}, check=True, capture_output=True)
     res["cluster_start_seconds"] = round(time.perf_counter() - t0, 1)
     try:
         # the cluster's first Ray Data job also starts Ray Data's detached AutoscalingCoordinator actor, which every
         # later job on the cluster reuses: timed apart, as a one-time cost of the cluster
         archive_run("archive_ray_first_job", ["--ray", "auto", "--concurrency", "2", "--num-cpus", "1"])
-        for k in range(1, pairs + 1):
-            classify_run(f"classify_{k}")
-            archive_run(f"archive_ray_running_{k}", ["--ray", "auto", "--concurrency", "2", "--num-cpus", "1"])
+        with competing_process(0) if busy else contextlib.nullcontext():
+            for k in range(1, pairs + 1):
+                classify_run(f"classify_{k}")
+                archive_run(f"archive_ray_running_{k}", ["--ray", "auto", "--concurrency", "2", "--num-cpus", "1"])
     finally:
         subprocess.run([ray_bin, "stop", "--force"], capture_output=True)
     runs = res["runs"]
     res["what"] = ("the single-process CLI against bmcore archive --ray auto on a local cluster started beforehand "
-                   "(after the cluster's first Ray Data job), in alternating pairs")
+                   "(after the cluster's first Ray Data job), in alternating pairs" +
+                   (", beside a CPU-bound process pinned to one core" if busy else ""))
     ratios = {f"ray_running_vs_cli_{k}": round(runs[f"archive_ray_running_{k}"]["crops_per_s"] /
                                                runs[f"classify_{k}"]["crops_per_s"], 3) for k in range(1, pairs + 1)}
     import statistics

@@ -5,7 +5,7 @@
     python -m bmcore archive crops.zip list.txt --out results/ --ray ray://head:10001 --concurrency 8 --csv all.csv
 
 Every crop goes through the app's own code: ``bmcore.preprocess`` decodes it, ``Predictor`` runs the bundle's chosen
-engine with its gate and review rules, ``bmcore.report.prediction_rows`` makes its row. Each row adds the crop's
+engine with its gate and review rules, ``bmcore.cellrows.prediction_rows`` makes its row. Each row adds the crop's
 sha256, the bundle's name and sha256 and the inference setting. Rows are written as Parquet shards (one per chunk,
 written to a temporary name and renamed, so a shard is whole or absent); a rerun reads the shards' hashes and skips
 every crop already written, so a run killed half way loses at most the chunks in flight. A file that cannot be read
@@ -124,7 +124,7 @@ class Classifier:
             else:
                 todo.append((s, digest, data))
         if todo:
-            from .report import prediction_rows
+            from .cellrows import prediction_rows
 
             preds = self.pred.predict([t[2] for t in todo], [t[0] for t in todo])
             for (s, digest, _), row in zip(todo, prediction_rows(preds, self.classes)):
@@ -134,7 +134,7 @@ class Classifier:
 
 def _error_row(name: str, error: str, classes: list[str]) -> dict:
     from .predictor import CellPrediction
-    from .report import prediction_rows
+    from .cellrows import prediction_rows
 
     return prediction_rows([CellPrediction(name=name, ok=False, error=error)], classes)[0]
 
@@ -142,7 +142,7 @@ def _error_row(name: str, error: str, classes: list[str]) -> dict:
 def columns(classes: list[str]) -> dict[str, str]:
     """The shards' columns and their types ("str", "float", "bool"): the same in every shard and every run."""
     from .predictor import CellPrediction
-    from .report import prediction_rows
+    from .cellrows import prediction_rows
 
     blank = prediction_rows([CellPrediction(name="", ok=False, error="")], classes)[0]
     num = {"gate_score", "confidence", *(f"p_{c}" for c in classes)}
@@ -168,8 +168,11 @@ def _table(cols: dict, classes: list[str]):
     import pyarrow as pa
 
     kinds = {"str": pa.string(), "float": pa.float64(), "bool": pa.bool_()}
-    schema = pa.schema([(k, kinds[v]) for k, v in columns(classes).items()])
-    return pa.Table.from_pydict({k: list(v) for k, v in cols.items()}, schema=schema)
+    cols_kinds = columns(classes)
+    schema = pa.schema([(k, kinds[v]) for k, v in cols_kinds.items()])
+    # a flag column with no value in the batch (every crop unreadable) reaches the driver from Ray as NaNs
+    return pa.Table.from_pydict({k: [None if x is None or x != x else bool(x) for x in v]
+                                 if cols_kinds[k] == "bool" else list(v) for k, v in cols.items()}, schema=schema)
 
 
 def write_shard(out: Path, cols: dict, classes: list[str]) -> Path | None:
@@ -235,8 +238,7 @@ def run(inputs: list[str], out: str | Path, bundle: str, *, ray_address: str | N
     t0 = time.perf_counter()
     started = False
     if ray_address is not None:
-        # connect first: Ray starts the job's workers as the driver connects, and they boot (about 1 s here) while
-        # the driver lists the inputs, reads what is written and imports Ray Data (0.7 s on 2 cores)
+        # connect first, then list the inputs, read what is written and import Ray Data
         started = _connect(ray_address, int(max(1, num_cpus * concurrency)))
     try:
         rows = list_sources(inputs)
@@ -272,7 +274,8 @@ def run(inputs: list[str], out: str | Path, bundle: str, *, ray_address: str | N
                                                                    "threads": max(1, int(num_cpus)), "done": done,
                                                                    "device": None if num_gpus else "cpu"},
                                 batch_size=chunk, compute=ray.data.ActorPoolStrategy(size=concurrency),
-                                num_cpus=num_cpus, num_gpus=num_gpus or None, batch_format="numpy")
+                                num_cpus=num_cpus, num_gpus=num_gpus or None, batch_format="numpy",
+                                **actor_options())
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 cols = {k: list(v) for k, v in batch.items()}
                 write_shard(out, cols, classes)
@@ -290,26 +293,55 @@ def run(inputs: list[str], out: str | Path, bundle: str, *, ray_address: str | N
             "classes": classes}
 
 
+# A node started for the archive carries this resource (``deploy/ray-node.sh``, or the local cluster a job starts): its
+# workers already have ``worker_env()``, so the archive's actors need no runtime environment, with which Ray boots
+# each worker ~0.4 s later (measured: docs/scaling.md).
+ENV_RESOURCE = "bmcore_env"
+
+
+def worker_env() -> dict[str, str]:
+    """What the archive's Ray workers need: this checkout on ``PYTHONPATH``, and nice 0. Ray starts its workers at
+    nice 15, and beside any other work at the usual priority they starve (measured: 2,000 crops in 350 s beside a
+    2-thread training job, 21 s alone); they are the job's compute, so they run at the priority the CLI runs at."""
+    path = [str(Path(__file__).resolve().parent.parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {"PYTHONPATH": os.pathsep.join(path), "RAY_worker_niceness": "0"}
+
+
 def _connect(ray_address: str, cores: int) -> bool:
-    """Connect to Ray ("local": start a cluster of ``cores`` CPUs in this process); whether this call started it."""
+    """Connect to Ray ("local": start a cluster of ``cores`` CPUs in this process, its node set up as
+    ``deploy/ray-node.sh`` sets one up); whether this call started it."""
     import ray
 
     if ray.is_initialized():
         return False
-    env = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent),
-           # Ray starts its workers at nice 15: beside any other work at the usual priority they starve (measured:
-           # 2,000 crops in 350 s beside a 2-thread training job, 21 s alone). The archive's workers are the job's
-           # compute: they run at the priority the CLI runs at.
-           "RAY_worker_niceness": "0"}
-    ray.init(**({"num_cpus": cores} if ray_address == "local" else {"address": ray_address}),
-             include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    if ray_address != "local":
+        ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
+        return True
+    saved = dict(os.environ)
+    os.environ.update(worker_env())  # the local node's raylet, and so its workers, inherit them
+    try:
+        ray.init(num_cpus=cores, resources={ENV_RESOURCE: 1}, include_dashboard=False, log_to_driver=False)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     return True
+
+
+def actor_options() -> dict:
+    """The Ray options of the archive's actors: none where every live node was set up for the archive
+    (``ENV_RESOURCE``), else a runtime environment carrying ``worker_env()``."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if nodes and all(ENV_RESOURCE in n.get("Resources", {}) for n in nodes):
+        return {}
+    return {"runtime_env": {"env_vars": worker_env()}}
 
 
 def cmd_archive(a, bundle: str) -> int:
     """``python -m bmcore archive`` (``bmcore.cli`` parses it) with ``bundle``: see the module doc."""
     from . import RUO_STATEMENT
-    from .report import rows_to_csv
+    from .cellrows import rows_to_csv
     if a.ray is not None:
         try:
             import ray  # noqa: F401

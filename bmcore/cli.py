@@ -42,7 +42,7 @@ def cmd_classify(a) -> int:
     from .inputs import from_paths, safe_display_name
     from .predictor import Predictor
     from .differential import differential
-    from .report import prediction_rows, rows_to_csv
+    from .cellrows import prediction_rows, rows_to_csv
 
     pred = Predictor(a.bundle or default_bundle(), threshold=a.threshold, device=a.device)
     items = from_paths(a.inputs)

@@ -1,10 +1,8 @@
-"""Cell tables (CSV) and the case report (what every export says, ``CaseReport``; the HTML rendering here): shared by
+"""Case cell tables and the case report (what every export says, ``CaseReport``; the HTML rendering here): shared by
 the batch CLI, the app and the exports. The differential itself is counted in ``bmcore.differential``."""
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 
 from . import RUO_STATEMENT
@@ -13,41 +11,10 @@ from .caserules import (HAIRY_UNAVAILABLE, critical_codes, hairy_screening, mode
                         review_reasons, said_text, status, summary)
 from .differential import DEFAULT_TARGET, Differential, blast_text, case_differential, pending_text
 from .tasks import CELL_NAMES, HAIRY_CELL_CODE, cell_name, codes_text
-from .text import clean, spreadsheet_cell
+from .text import clean
 from .casetext import inference_text, reviewer_text, signature_text, signer_text, who_text
 from .schema import SPECIMEN_FIELDS, VIA_GALLERY, VIA_ONE, WHO_TYPED
 
-
-
-def prediction_rows(preds, classes: list[str]) -> list[dict]:
-    """One flat dict per cell (CSV columns), unreadable files included with their error."""
-    rows = []
-    for p in preds:
-        row = {"file": p.name, "status": status(p), "error": p.error,
-               "rejected_reason": p.reject_reason,
-               # the gate's unfamiliarity score (higher: less like the training crops); empty without a gate
-               "gate_score": round(p.ood_score, 3) if p.ok and p.ood_score == p.ood_score else "",
-               "predicted": p.code, "predicted_name": p.label,
-               "confidence": round(p.confidence, 4) if p.ok else "",
-               "uncertain": p.uncertain if p.ok else "", "hairy_flag": p.hairy_flag if p.ok else "",
-               "critical": ",".join(p.critical) if p.ok else "", "needs_review": p.needs_review if p.ok else "",
-               "top3": "; ".join(f"{c} {v:.2f}" for c, v in p.top)}
-        for c in classes:
-            row[f"p_{c}"] = round(p.probabilities[c], 4) if p.ok else ""
-        rows.append(row)
-    return rows
-
-
-def rows_to_csv(rows: list[dict]) -> str:
-    """The rows as CSV for a spreadsheet: every text cell that a spreadsheet would run as a formula (a case id or file
-    name starting with ``= + - @``, tab or CR) is neutralised with a leading ``'`` (``bmcore.text.spreadsheet_cell``)."""
-    if not rows:
-        return ""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
-    w.writeheader()
-    w.writerows({k: spreadsheet_cell(v) for k, v in r.items()} for r in rows)
-    return buf.getvalue()
 
 
 def box_text(cell) -> str:

@@ -130,6 +130,21 @@ def test_a_cpu_worker_classifies_without_importing_torch(tree):
 
 
 # -- Ray -------------------------------------------------------------------------------------------------------------
+def test_actors_get_a_runtime_environment_unless_every_node_was_set_up_for_the_archive(monkeypatch):
+    """A cluster whose live nodes all carry ``bmcore_env`` (deploy/ray-node.sh) starts the actors as they are; any
+    other cluster gives them this checkout on PYTHONPATH and nice 0 through a runtime environment."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (make ray installs requirements-ray.txt)")
+    ours = {"Alive": True, "Resources": {"CPU": 2.0, archive.ENV_RESOURCE: 1.0}}
+    theirs = {"Alive": True, "Resources": {"CPU": 2.0}}
+    gone = {"Alive": False, "Resources": {"CPU": 2.0}}
+    monkeypatch.setattr(ray, "nodes", lambda: [ours, ours, gone])
+    assert archive.actor_options() == {}
+    monkeypatch.setattr(ray, "nodes", lambda: [ours, theirs])
+    env = archive.actor_options()["runtime_env"]["env_vars"]
+    assert env["RAY_worker_niceness"] == "0"
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(Path(archive.__file__).resolve().parents[1])
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     try:
@@ -157,3 +172,18 @@ def test_ray_writes_the_same_rows_and_resumes(tree, tmp_path, ray_cluster):
     assert got[cols].values.tolist() == plain[cols].values.tolist()
     probs = [f"p_{c}" for c in DEV_CLASSES]
     assert np.allclose(got[probs].to_numpy(float), plain[probs].to_numpy(float), atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.ray
+def test_ray_a_batch_of_only_unreadable_files_is_rows_not_a_crash(tmp_path, ray_cluster):
+    """Found 2026-12-07: when every crop of a batch was unreadable, Ray handed the driver its flag columns as NaNs and
+    writing the shard crashed the run (``archive missing.jpg --ray``). Each is a row with its error."""
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg at all")
+    (tmp_path / "notes.pdf").write_bytes(b"%PDF-1.4")
+    inputs = [str(tmp_path / "missing.jpg"), str(tmp_path / "broken.jpg"), str(tmp_path / "notes.pdf")]
+    res = archive.run(inputs, tmp_path / "out", str(DEFAULT_BUNDLE), progress=False, log=lambda *_: None,
+                      ray_address="auto", concurrency=1)
+    df = archive.read_results(tmp_path / "out")
+    assert res["written_now"] == 3 and sorted(df.source) == ["broken.jpg", "missing.jpg", "notes.pdf"]
+    assert (df.status == "unreadable").all() and df.error.str.len().gt(0).all()
+    assert df.needs_review.isna().all()  # no verdict, so no flag: neither True nor False

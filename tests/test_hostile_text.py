@@ -157,7 +157,8 @@ def test_hostile_names_through_the_upload_and_a_zip(env, crops):
     text on the results page, the Review page and in the CSV."""
     import zipfile
 
-    from bmcore.report import case_rows, rows_to_csv
+    from bmcore.cellrows import rows_to_csv
+    from bmcore.report import case_rows
     from tests.test_app import app, upload
 
     crop = crops["LYT"][0].read_bytes()
@@ -193,7 +194,8 @@ def test_exports_carry_hostile_text_as_text(env, hostile, tmp_path):
 
     from bmcore.fhirexport import fhir_json
     from bmcore.pdfreport import render_pdf_report
-    from bmcore.report import case_rows, render_html_report, rows_to_csv
+    from bmcore.cellrows import rows_to_csv
+    from bmcore.report import case_rows, render_html_report
     from tests.test_reports import _need_poppler, _pdf_pages
 
     store, cid = hostile

@@ -153,7 +153,7 @@ def test_default_predictor_rejects_what_is_not_a_cell_crop(default_bundle_with_g
     assert np.mean([p.rejected for p in ok]) <= 0.15
     assert all(p.ok and p.code in DEV_CLASSES for p in ok)
     # the CSV carries the gate's score: higher for the generated non-crops than for real crops
-    from bmcore.report import prediction_rows
+    from bmcore.cellrows import prediction_rows
 
     out_scores = [r["gate_score"] for r in prediction_rows(out, pred.classes)]
     real_scores = [r["gate_score"] for r in prediction_rows(ok, pred.classes)]

@@ -145,7 +145,7 @@ def test_case_details_are_checked(store):
 def test_cell_csv_keeps_file_box_labels_reviewer_confidence(store):
     cid = make_case(store)
     rows = case_rows(store.get_case(cid))
-    text = io.StringIO(__import__("bmcore.report", fromlist=["x"]).rows_to_csv(rows))
+    text = io.StringIO(__import__("bmcore.cellrows", fromlist=["x"]).rows_to_csv(rows))
     got = list(csv.DictReader(text))
     assert {"file", "box", "predicted", "final_label", "reviewed_by", "confidence"} <= set(got[0])
     hac1 = next(r for r in got if r["file"] == "hac1.jpg")

@@ -3,9 +3,10 @@ import streamlit as st
 import appkit
 from bmcore.cases import SPECIMEN_FIELDS, SPECIMEN_MAX, TARGET_MAX, TARGET_MIN, CaseError, case_details
 from bmcore.casetext import signer_text
+from bmcore.cellrows import rows_to_csv
 from bmcore.fhirexport import LOCAL_SYSTEM, fhir_json
 from bmcore.pdfreport import render_pdf_report
-from bmcore.report import DEFAULT_TARGET, case_rows, render_html_report, rows_to_csv
+from bmcore.report import DEFAULT_TARGET, case_rows, render_html_report
 from bmcore.text import md
 from bmcore.inputs import safe_display_name
 
