@@ -658,6 +658,11 @@ def job_banner(case) -> dict | None:
                              "You can leave this page or reload; the results are saved as they come.")
         progress()
     else:
+        # the page read the case before its job ended (a job of a few cells can end between the two reads): had the
+        # job finished them, this page would call a complete case partial and never redraw; draw it again instead
+        fresh = get_store().get_case(case.id, actor())
+        if caserules.summary(fresh).pending != summ.pending:
+            st.rerun()
         why = md((job or {}).get("error") or "the classification did not finish")
         st.error(f"**Partial case:** {summ.pending} of {summ.cells} cells are not classified ({why}). They are not "
                  "counted and the case cannot be signed off. On the **Classify** page, upload the same files again "

@@ -144,6 +144,32 @@ def test_classify_table_uncertain_bin_and_unreadable(env, crops):
     assert upload_key(at.session_state) == "uploads_1" and not at.file_uploader(key="uploads_1").value
 
 
+def test_a_job_that_ends_between_the_pages_reads_is_drawn_complete_not_partial(env, crops, monkeypatch):
+    """A job of a few cells can end after the page read the case (cells pending) and before it read the job (done):
+    the page must draw the case again, not call a complete case partial and wait forever (CI, 2026-12-07: a
+    one-cell field case in the browser)."""
+    import appkit
+
+    at = upload(app(env), "C-RACE", real(crops, 1))
+    read = appkit.active_case
+    calls = []
+
+    def stale_once():
+        case = read()
+        calls.append(case.id)
+        if len(calls) > 1:
+            return case
+        case.cells[0].pending = True  # a detached copy: as read just before the job saved its last cell
+        return case
+
+    monkeypatch.setattr(appkit, "active_case", stale_once)
+    at.run()
+    assert not at.exception, at.exception
+    assert len(calls) == 2  # drawn again, once
+    assert not [e for e in at.error if "Partial case" in e.value]
+    assert any("Classification complete: all" in c.value for c in at.caption)
+
+
 def test_threshold_zero_means_no_uncertain_and_duplicate_case_refused(env, crops):
     at = upload(app(env, threshold=0.0), "C-2", real(crops, 1))
     assert metric(at, "Uncertain") == f"0 of {len(real(crops, 1))}"
