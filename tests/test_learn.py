@@ -58,6 +58,7 @@ def test_a_candidate_learnt_from_signed_cases_holds_its_lab_test_out_by_case(dev
     assert ("NGB" in cand.classes) == (trained_bands >= 2) and cand.classes[:2] == ["ART", "BLA"]
     lin = cand.lineage
     assert lin.parent_sha256 == load_bundle(BASE).sha256 and lin.data[0].kind == "signed-cases"
+    assert "light augmentation; weights: the best epoch's; classes ART, BLA" in lin.method  # how it was learnt
     assert lin.data[0].cells == sum(r["split"] in ("train", "val") and r["case"] != "(reference)" for r in rows)
     assert cand.meta["onnx"]["fp32"]["file"] and cand.meta["ood"] and cand.meta["triage"]
     assert "lab test" in cand.meta["metrics"]["split"]

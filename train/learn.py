@@ -194,6 +194,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--select", choices=("best", "last"), default="best",
                     help="the epoch shipped: best (highest macro-F1 on the lab validation cases) or last (with "
                          "--ema-decay, the average the schedule ends on)")
+    ap.add_argument("--mixup", type=float, default=0.0,
+                    help="mixup alpha (train.train --mixup: timm's Mixup, soft targets; 0: off)")
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (smoke tests; 0: none)")
     ap.add_argument("--min-class-cells", type=int, default=30,
                     help="training cells a class the base model lacks needs before it is learnt")
@@ -246,7 +248,8 @@ def main(argv=None) -> int:
                     "--img-size", str(size), "--weights", "none", "--init-from", str(base.path),
                     "--epochs", str(epochs), "--lr", str(a.lr), "--head-lr-mult", str(head_lr_mult),
                     "--warmup-epochs", "0.3", "--batch-size", str(a.batch_size), "--augment", a.augment,
-                    "--ema-decay", str(a.ema_decay), "--select", a.select, "--patience", "1000", "--tta", "off",
+                    "--ema-decay", str(a.ema_decay), "--select", a.select, "--mixup", str(a.mixup),
+                    "--patience", "1000", "--tta", "off",
                     "--resume", "false",
                     "--evaluate-test", "false", "--gate", "false", "--max-steps", str(a.max_steps), "--seed",
                     str(a.seed), "--out", str(work / "run"), "--bundle-name", name])
@@ -301,6 +304,10 @@ def main(argv=None) -> int:
                "method": f"fine-tuned {epochs} epoch(s) from the base"
                          + (f" with {extra['replayed_reference_crops']} reference training crops replayed"
                             if extra["replayed_reference_crops"] else " without replay (no reference crops found)")
+                         + f"; {a.augment} augmentation" + (f", mixup {a.mixup:g}" if a.mixup > 0 else "")
+                         + (f"; weights: the {'last' if a.select == 'last' else 'best'} epoch's average "
+                            f"(EMA decay {a.ema_decay:g})" if a.ema_decay > 0 else
+                            f"; weights: the {'last' if a.select == 'last' else 'best'} epoch's")
                          + f"; classes {', '.join(classes)}",
                "learnt_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                "data": [{"kind": "signed-cases" if a.from_store else "folder",
