@@ -431,8 +431,16 @@ def sidebar() -> Predictor | None:
         sb.error("No model bundle found under assets/models (or BM_MODELS_DIR).")
         return None
     labels = {str(p): p.name for p in paths}
-    # the model for new cases is read from the store once per session, not on every rerun
-    _persist("bundle", st.session_state.get("bundle") or str(default_bundle_path() or pick_default(paths)))
+    # the model for new cases: the one in force (an admin's approval or restore reaches an open session at its next
+    # rerun: one row read); a session that picked another in the sidebar keeps it
+    default = str(default_bundle_path() or pick_default(paths))
+    current, followed = st.session_state.get("bundle"), st.session_state.get("bundle_in_force")
+    if current is not None and current == followed != default and default in labels:
+        st.toast(f"New cases are now classified by **{labels[default]}**, the model in force (Model updates). "
+                 "Cases already classified keep the model that classified them.", icon=":material/update:")
+        current = st.session_state["bundle"] = default
+    st.session_state["bundle_in_force"] = default
+    _persist("bundle", current or default)
     if st.session_state["bundle"] not in labels:
         st.session_state["bundle"] = st.session_state["_w_bundle"] = str(paths[0])
     if not actor().can("classify"):  # the model picker and its thresholds only matter to whoever classifies
@@ -443,7 +451,8 @@ def sidebar() -> Predictor | None:
             return None
     sb.selectbox("Model for new cases", list(labels), format_func=labels.get, key="_w_bundle", on_change=_store_back,
                  args=("bundle",), help="Bundles in assets/models and in BM_MODELS_DIR. A case is always shown and "
-                                        "explained with the model that classified it.")
+                                        "explained with the model that classified it. Unless you pick another here, "
+                                        "new cases follow the model in force, which an admin may change.")
     try:
         pred = get_predictor(st.session_state["bundle"])
     except (BundleError, OSError, RuntimeError) as exc:

@@ -57,6 +57,14 @@ def test_an_approved_candidate_classifies_new_cases_only_and_a_stale_approval_is
                             model_sha256="e" * 64, model_name="eight")
 
     ada, bob = _page(env, "ada"), _page(env, "bob")  # two admins, both pages drawn before any approval
+    # two technologists' sessions open before the approval: one on the model in force, one that picked another
+    open_tech, picked = (AppTest.from_file(str(REPO / "app.py"), default_timeout=120) for _ in range(2))
+    for at in (open_tech, picked):
+        at.session_state["actor"] = tech
+        at.run()
+    shipped = open_tech.session_state["bundle"]
+    picked.selectbox(key="_w_bundle").set_value(env["hac"]).run()
+    assert picked.session_state["bundle"] == env["hac"] != shipped
     failing = [b for b in ada.button if b.label == "Approve for new cases" and b.disabled]
     assert len(failing) == 1, "the failing candidate's approval is disabled on the page"
     assert any("cannot be approved" in e.value and "refuses 20.0%" in e.value for e in ada.error)
@@ -78,6 +86,13 @@ def test_an_approved_candidate_classifies_new_cases_only_and_a_stale_approval_is
     fresh.run()
     assert fresh.session_state["bundle"] == active["path"]
     assert store.get_case(old).model_sha256 == "e" * 64
+    # the sessions open before it: the one on the model in force follows it at its next rerun, and is told so; the
+    # one that picked another model keeps its pick
+    open_tech.run()
+    assert open_tech.session_state["bundle"] == active["path"]
+    assert any("now classified by" in t.value for t in open_tech.toast)
+    picked.run()
+    assert picked.session_state["bundle"] == env["hac"] and not list(picked.toast)
     assert (tmp_path / "approved").is_dir() and not (good / "bundle" / "DEFAULT").exists()
 
     # restore the shipped default, from a page drawn after the approval
