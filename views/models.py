@@ -19,8 +19,8 @@ expected = store.active_event_id()  # sent back with an approval or restore: a c
 shipped = appkit.shipped_default()
 st.markdown(f"**Model for new cases:** {md(active['name']) if active else md(shipped.name) + ' (' + SHIPPED + ')'}"
             + (f", {active['action']} by {md(active['who'])} on {active['at']:%Y-%m-%d %H:%M} UTC" if active else ""))
-st.caption("Cases keep the model that classified them; a change here applies to cases classified from now on, in "
-           "sessions started after it (an open session keeps the model it chose until it signs in again). The "
+st.caption("Cases keep the model that classified them; a change here applies to cases classified from now on (an "
+           "open session follows it at its next step, unless its user picked another model in the sidebar). The "
            "shipped default is never overwritten and can always be restored.")
 
 
