@@ -115,12 +115,13 @@ def gate_target(limit: float, n_val: int, *, ceiling: float = 0.04, floor: float
     return float(max(floor, min(ceiling, limit - z * math.sqrt(limit * (1 - limit) / n_val))))
 
 
-def predict_as_run(bundle, items) -> tuple[list[str], list[str]]:
-    """(the model's label or REFUSED, the true label) as the app predicts: its engine, one view, the gate on."""
+def predict_as_run(bundle, items, *, gate: bool = True) -> tuple[list[str], list[str]]:
+    """(the model's label or REFUSED, the true label) as the app predicts: its engine, one view, the gate on (off:
+    what the classifier alone says, for a benchmark's diagnosis)."""
     from bmcore.inputs import InputItem
     from bmcore.predictor import Predictor
 
-    pred = Predictor(bundle, tta=False)
+    pred = Predictor(bundle, tta=False, gate=gate)
     out = []
     for i in range(0, len(items), 64):
         chunk = [InputItem(f"{k}.jpg", d) for k, (d, _) in enumerate(items[i:i + 64])]
@@ -148,7 +149,7 @@ def _status(path: Path, step: str, **kw) -> None:
     print(f"[learn] {step}", flush=True)
 
 
-def _reference_items(root: Path, splits: Path, classes: list[str]) -> list[tuple[bytes, str]]:
+def reference_items(root: Path, splits: Path, classes: list[str]) -> list[tuple[bytes, str]]:
     import pandas as pd
 
     df = pd.read_csv(splits)
@@ -286,7 +287,7 @@ def main(argv=None) -> int:
         said, truth = predict_as_run(b, lab_test)
         figs[who] = {"model": b.name, "weights_sha256": b.sha256, "lab_test": figures(said, truth)}
         if ref_root and not a.skip_reference_test:
-            r_said, r_truth = predict_as_run(b, _reference_items(ref_root, Path(a.reference_splits), b.classes))
+            r_said, r_truth = predict_as_run(b, reference_items(ref_root, Path(a.reference_splits), b.classes))
             figs[who]["reference_test"] = figures(r_said, r_truth)
     fails = check(criteria, figs["current"], figs["candidate"])
     m = figs["candidate"]["lab_test"]
