@@ -436,8 +436,8 @@ def sidebar() -> Predictor | None:
     default = str(default_bundle_path() or pick_default(paths))
     current, followed = st.session_state.get("bundle"), st.session_state.get("bundle_in_force")
     if current is not None and current == followed != default and default in labels:
-        st.toast(f"New cases are now classified by **{labels[default]}**, the model in force (Model updates). "
-                 "Cases already classified keep the model that classified them.", icon=":material/update:")
+        st.toast(f"New cases are now classified by **{labels[default]}** (an admin's change). Classified cases keep "
+                 "their model.", icon=":material/update:", duration="long")
         current = st.session_state["bundle"] = default
     st.session_state["bundle_in_force"] = default
     _persist("bundle", current or default)

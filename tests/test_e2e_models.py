@@ -1,8 +1,8 @@
 """Model updates in a real browser (Debian's chromium driven by Playwright), two admins in two browser contexts: a
 candidate learnt from the lab (a real bundle with a report, as train.learn writes them) meets its criteria; the first
 admin approves it with their password and it becomes the model for new cases; the second admin's page, drawn before
-that, is refused when it approves too; a technologist's new session classifies with the approved model while an
-earlier case keeps its own; the first admin restores the shipped default. Screenshots in
+that, is refused when it approves too; a technologist's Classify page open since before the approval is told of
+it at its next step and classifies with it, as does a new session, while an earlier case keeps its own; the first admin restores the shipped default. Screenshots in
 test-artifacts/e2e/models_*.png. Skipped where chromium or playwright is missing, unless BM_REQUIRE_E2E=1.
 """
 
@@ -80,6 +80,11 @@ def test_two_admins_approve_a_candidate_only_one_takes_new_cases_change_and_the_
             expect(page.get_by_text("Meets every acceptance criterion")).to_be_visible()
         before = appdriver.classified_case(db, "BEFORE-1", sorted((REPO / "assets" / "demo" / "crops").glob("*.jpg"))[:2])
         ada.screenshot(path=str(ART / "models_candidate.png"), full_page=True)
+        early = appdriver.new_page(browser, TIMEOUT_S)  # a technologist's Classify page, open before the approval
+        appdriver.goto(early, srv.url, "tech")
+        early.get_by_role("link", name="Classify").first.click()
+        appdriver.wait_idle(early)
+        expect(early.get_by_text(f"New cases are classified by {shipped.name}")).to_be_visible()
         _approve(ada, USERS["admin"][1])
         expect(ada.get_by_text("is now the model for new cases")).to_be_visible()
         _approve(bob, USERS["admin2"][1])  # bob's page was drawn before ada's approval
@@ -87,6 +92,18 @@ def test_two_admins_approve_a_candidate_only_one_takes_new_cases_change_and_the_
         expect(bob.get_by_text("after your page was drawn")).to_be_visible()
         bob.screenshot(path=str(ART / "models_stale_refused.png"), full_page=True)
         assert [e["action"] for e in store.model_events()] == ["registered", "approved"]
+
+        # the page open before it follows the approval at its next step, says so, and classifies with it
+        box = early.get_by_role("textbox", name="Case id")
+        box.fill("EARLY-1")
+        box.press("Enter")
+        expect(early.get_by_text("New cases are now classified by")).to_be_visible()
+        expect(early.get_by_text("New cases are classified by bm14-lab-1")).to_be_visible()
+        early.screenshot(path=str(ART / "models_open_session_follows.png"))
+        appdriver.settle(early)
+        appdriver.upload(early, sorted((REPO / "assets" / "demo" / "crops").glob("*.jpg"))[:2])
+        appdriver.classify(early, "EARLY-1")
+        assert store.get_case(store.case_id("EARLY-1")).model_sha256 == cand.sha256
 
         tech = appdriver.new_page(browser, TIMEOUT_S)  # a session started after the approval
         appdriver.open_classify(tech, srv.url, "AFTER-1", "tech")
