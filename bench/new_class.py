@@ -27,7 +27,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bmcore.agreement import REFUSED  # noqa: E402
 from bmcore.bench import cpu_model, write_result  # noqa: E402
 from bmcore.bundle import load_bundle  # noqa: E402
 from train.learn import figures, predict_as_run, reference_items  # noqa: E402
@@ -73,16 +72,15 @@ def main(argv=None) -> int:
         ref = rep["figures"]["candidate"]["reference_test"]
         # the same test split with the gate off: what the classifier alone gets right, and what the gate costs
         cand = load_bundle(tmp / "out" / "cand" / "bundle")
-        items = reference_items(Path(a.data_root), Path(a.splits), cand.classes)
-        gated, truth = predict_as_run(cand, items)
-        bare = figures(predict_as_run(cand, items, gate=False)[0], truth)
+        bare = figures(*predict_as_run(cand, reference_items(Path(a.data_root), Path(a.splits), cand.classes),
+                                       gate=False))
         known = [v for k, v in ref["per_class_f1"].items() if k not in new]
         runs.append({"signed_cells_per_new_class": n, "trained_cells": rep["cells_per_side"]["train"],
                      "classes": rep["classes"], "new_class_f1": {k: ref["per_class_f1"].get(k) for k in new},
                      "known_classes_macro_f1": sum(known) / len(known), "refusal": ref["refusal"],
                      "new_class_f1_gate_off": {k: bare["per_class_f1"].get(k) for k in new},
-                     "new_class_refused": {k: sum(g == REFUSED for g, t in zip(gated, truth) if t == k) for k in new},
-                     "new_class_test_cells": {k: truth.count(k) for k in new},
+                     "new_class_refused": {k: ref["per_class_refused"].get(k, 0) for k in new},
+                     "new_class_test_cells": {k: ref["per_class_cells"].get(k, 0) for k in new},
                      "base_known_classes_macro_f1": (lambda b: sum(v for k, v in b.items() if k not in new) /
                                                      len([k for k in b if k not in new]))(
                          rep["figures"]["current"]["reference_test"]["per_class_f1"]),

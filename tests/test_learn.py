@@ -89,6 +89,7 @@ def test_the_criteria_name_what_a_candidate_fails():
     fails = check(DEFAULT_CRITERIA, cur, worse)
     assert any("lab-test macro-F1" in f for f in fails) and any(f.startswith("EBO:") for f in fails)
     assert any("refuses 33.3%" in f for f in fails)
+    assert worse["lab_test"]["per_class_refused"] == {"EBO": 1} and cur["lab_test"]["per_class_refused"] == {}
     assert check(DEFAULT_CRITERIA, cur, cur) == []
 
 

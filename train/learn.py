@@ -140,7 +140,8 @@ def figures(said: list[str], truth: list[str]) -> dict:
             "refused": int(sum(s == REFUSED for s in said)),
             "refusal": float(np.mean([s == REFUSED for s in said])) if said else None,
             "per_class_f1": {c: float(v) for c, v in zip(labels, f1)},
-            "per_class_cells": dict(Counter(truth))}
+            "per_class_cells": dict(Counter(truth)),
+            "per_class_refused": dict(Counter(t for s, t in zip(said, truth) if s == REFUSED))}
 
 
 def _status(path: Path, step: str, **kw) -> None:
@@ -306,9 +307,8 @@ def main(argv=None) -> int:
                          + (f" with {extra['replayed_reference_crops']} reference training crops replayed"
                             if extra["replayed_reference_crops"] else " without replay (no reference crops found)")
                          + f"; {a.augment} augmentation" + (f", mixup {a.mixup:g}" if a.mixup > 0 else "")
-                         + (f"; weights: the {'last' if a.select == 'last' else 'best'} epoch's average "
-                            f"(EMA decay {a.ema_decay:g})" if a.ema_decay > 0 else
-                            f"; weights: the {'last' if a.select == 'last' else 'best'} epoch's")
+                         + f"; weights: the {a.select} epoch's"
+                         + (f" average (EMA decay {a.ema_decay:g})" if a.ema_decay > 0 else "")
                          + f"; classes {', '.join(classes)}",
                "learnt_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                "data": [{"kind": "signed-cases" if a.from_store else "folder",
