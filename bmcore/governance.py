@@ -24,6 +24,7 @@ import shutil
 from pathlib import Path
 
 from sqlalchemy import JSON, DateTime, Integer, String, Text, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .db import NO_REUSE, Base, ConflictError, PermissionDenied, StoreError, utcnow
@@ -51,6 +52,9 @@ class ModelEvent(Base):
     sha256: Mapped[str] = mapped_column(String(64), default="")
     path: Mapped[str] = mapped_column(Text, default="")  # the bundle folder ("" for the shipped default)
     detail: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # criteria, figures, failures, proof
+    # a learning job's end (finished, failed or cancelled): its folder, unique, so that two pages (two admins, two
+    # replicas) that see the job end at the same moment record it, and register its candidate, once
+    ends_job: Mapped[str | None] = mapped_column(String(500), nullable=True, unique=True)
 
 
 def check(criteria: dict, current: dict, candidate: dict) -> list[str]:
@@ -91,6 +95,18 @@ def criteria_text(criteria: dict) -> str:
     return "; ".join(out)
 
 
+def _candidate_event(folder: Path, who: str) -> ModelEvent:
+    """The ``registered`` event of the candidate in ``folder`` (``bundle`` + ``report.json``), criteria checked."""
+    from .bundle import load_bundle
+
+    b = load_bundle(folder / "bundle")
+    report = json.loads((folder / "report.json").read_text())
+    fails = check(report["criteria"], report["figures"]["current"], report["figures"]["candidate"])
+    return ModelEvent(who=who, action="registered", name=b.name, sha256=b.sha256, path=str(b.path),
+                      detail={"criteria": report["criteria"], "figures": report["figures"], "failures": fails,
+                              "report": str(folder / "report.json"), "base": report["figures"]["current"]})
+
+
 def _event_dict(e: ModelEvent) -> dict:
     return {"id": e.id, "at": e.at, "who": e.who, "action": e.action, "name": e.name, "sha256": e.sha256,
             "path": e.path, "detail": e.detail or {}}
@@ -129,19 +145,30 @@ class GovernanceMixin:
 
     def register_candidate(self, folder: str | Path, who: str = "(learning job)") -> int:
         """Record a learnt candidate (``folder/bundle`` + ``folder/report.json``); returns the event id."""
-        from .bundle import load_bundle
-
-        folder = Path(folder)
-        b = load_bundle(folder / "bundle")
-        report = json.loads((folder / "report.json").read_text())
-        fails = check(report["criteria"], report["figures"]["current"], report["figures"]["candidate"])
+        e = _candidate_event(Path(folder), who)
         with self.session() as s:
-            e = ModelEvent(who=who, action="registered", name=b.name, sha256=b.sha256, path=str(b.path),
-                           detail={"criteria": report["criteria"], "figures": report["figures"], "failures": fails,
-                                   "report": str(folder / "report.json"), "base": report["figures"]["current"]})
             s.add(e)
             s.flush()
             return e.id
+
+    def end_learning(self, folder: str | Path, action: str, who: str = "(learning job)", *, user_id: int | None = None,
+                     name: str = "", detail: dict | None = None, register: bool = False) -> int | None:
+        """Record a learning job's end (``learn-finished``, ``-failed`` or ``-cancelled``) and, with ``register``,
+        its candidate, in one transaction and at most once per job folder. Returns the candidate's event id (0
+        without ``register``), or None when another page or replica recorded this job's end first."""
+        folder = Path(folder)
+        cand = _candidate_event(folder, "(learning job)") if register else None
+        try:
+            with self.session() as s:
+                if cand is not None:
+                    s.add(cand)
+                    s.flush()
+                s.add(ModelEvent(who=who, user_id=user_id, action=action, name=name, ends_job=str(folder),
+                                 detail={"folder": str(folder), **(detail or {}),
+                                         **({"candidate_event": cand.id} if cand is not None else {})}))
+        except IntegrityError:
+            return None
+        return cand.id if cand is not None else 0
 
     def _govern(self, s, actor, password: str | None, expected_active: int):
         """The admin doing it (role as stored now), their password again, and the model in force as their page showed

@@ -1,7 +1,7 @@
 """Learning a candidate as a background job of the server: ``python -m train.learn --from-store`` in a process of its
 own (minutes of every core; cancelling it is stopping that process), its progress in ``<folder>/status.json``, its
 start, end, cancellation or refusal in ``model_events``. A reload, or another replica, reads the same state back; a
-finished job's candidate is registered once (``CaseStore.register_candidate``).
+finished job's candidate is registered once (``CaseStore.end_learning``: one row per job end, unique by folder).
 """
 
 from __future__ import annotations
@@ -115,8 +115,7 @@ def cancel(store, actor) -> None:
             _PROCS.pop(pid).wait(15)
         except subprocess.TimeoutExpired:
             os.killpg(pid, signal.SIGKILL)
-    store.log_model_event("learn-cancelled", u.username, user_id=u.id, name=job["event"]["name"],
-                          detail={"folder": str(job["folder"])})
+    store.end_learning(job["folder"], "learn-cancelled", u.username, user_id=u.id, name=job["event"]["name"])
 
 
 def collect(store) -> int | None:
@@ -126,12 +125,9 @@ def collect(store) -> int | None:
         return None
     step = job["status"].get("step")
     if step == "done" and (job["folder"] / "report.json").is_file():
-        eid = store.register_candidate(job["folder"])
-        store.log_model_event("learn-finished", "(learning job)", name=job["event"]["name"],
-                              detail={"folder": str(job["folder"]), "candidate_event": eid})
-        return eid
+        # two pages may see the end at once (two admins, two replicas): the store records it, and registers, once
+        return store.end_learning(job["folder"], "learn-finished", name=job["event"]["name"], register=True)
     if not job["running"] and step != "done":
-        store.log_model_event("learn-failed", "(learning job)", name=job["event"]["name"],
-                              detail={"folder": str(job["folder"]), "step": step,
-                                      "reason": job["status"].get("reason", "the process stopped")})
+        store.end_learning(job["folder"], "learn-failed", name=job["event"]["name"],
+                           detail={"step": step, "reason": job["status"].get("reason", "the process stopped")})
     return None

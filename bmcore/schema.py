@@ -215,6 +215,9 @@ def add_missing_columns(engine) -> set[str]:
 def migrate(engine, added: set[str]) -> None:
     """Data changes that go with new columns. ``audit.who_kind``: an older database's names were typed into a
     text box (kept, marked "typed"); its classifier rows were the system's."""
+    if "model_events.ends_job" in added:  # the column is added without its UNIQUE: the index gives it
+        with engine.begin() as c:
+            c.exec_driver_sql("CREATE UNIQUE INDEX IF NOT EXISTS ux_model_events_ends_job ON model_events (ends_job)")
     if "audit.who_kind" in added:
         with engine.begin() as c:
             c.exec_driver_sql(f"UPDATE audit SET who_kind = '{WHO_SYSTEM}' WHERE who IN ('(classifier)', "

@@ -158,3 +158,43 @@ def test_learning_from_the_page_is_refused_with_what_is_missing_and_a_started_jo
     assert not learnjob.current(store)["running"] and learnjob.collect(store) is None
     assert [e["action"] for e in store.model_events()][-2:] == ["learn-started", "learn-cancelled"]
     assert store.candidates() == [] and job["folder"].is_dir()
+
+
+def test_a_learning_jobs_end_and_candidate_are_recorded_once_when_two_pages_see_it_end(env, tmp_path, monkeypatch):
+    """Two admins' pages (or two replicas) read the job as done before either recorded its end (CI, 2026-12-08: the
+    candidate was listed twice): the store records the end, and registers the candidate, once; a cancel after it
+    records nothing."""
+    from bmcore import learnjob
+
+    store = CaseStore(env["db"])
+    good, gb = _candidate(tmp_path, "good", 5, 0.03)
+    seen = {"event": {"name": gb.name, "detail": {"folder": str(good)}}, "folder": good, "status": {"step": "done"},
+            "running": False, "ended": False}
+    monkeypatch.setattr(learnjob, "current", lambda store: dict(seen))  # as both pages read it
+    first, second = learnjob.collect(store), learnjob.collect(store)
+    assert first and second is None
+    events = store.model_events()
+    assert [e["action"] for e in events] == ["registered", "learn-finished"]
+    assert events[1]["detail"] == {"folder": str(good), "candidate_event": first} and len(store.candidates()) == 1
+    assert store.end_learning(good, "learn-cancelled", "ada") is None and len(store.model_events()) == 2
+
+
+def test_a_database_from_before_the_one_end_per_job_rule_gets_it(tmp_path):
+    from sqlalchemy import create_engine
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    CaseStore(url).engine.dispose()
+    old = create_engine(url)
+    with old.begin() as c:  # model_events as the previous version made it
+        c.exec_driver_sql("DROP TABLE model_events")
+        c.exec_driver_sql("CREATE TABLE model_events (id INTEGER PRIMARY KEY AUTOINCREMENT, at DATETIME, "
+                          "who VARCHAR(100), user_id INTEGER, action VARCHAR(30), name VARCHAR(200), "
+                          "sha256 VARCHAR(64), path TEXT, detail JSON)")
+        c.exec_driver_sql("INSERT INTO model_events (at, who, action, name, sha256, path) VALUES "
+                          "('2026-12-01 10:00:00', 'ada', 'restored', '', '', '')")
+    old.dispose()
+    store = CaseStore(url)
+    assert [e["action"] for e in store.model_events()] == ["restored"]
+    assert store.end_learning(tmp_path / "job", "learn-failed") == 0
+    assert store.end_learning(tmp_path / "job", "learn-failed") is None
+    assert [e["action"] for e in store.model_events()] == ["restored", "learn-failed"]
